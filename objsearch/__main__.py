@@ -1,0 +1,3 @@
+from objsearch.cli import main
+
+main()

@@ -1,0 +1,96 @@
+"""Configuration: defaults in code, ``cfg/*.yaml`` overrides, command-line flags override last.
+
+The resolved configuration is saved in every index file (root attribute ``config``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from objsearch.errors import ObjsearchError
+from objsearch.projection import ALLOWED_DIMS, PROJECTION_METHODS
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_FILE = PROJECT_ROOT / "cfg" / "default.yaml"
+
+DEFAULTS: dict[str, Any] = {
+    "weights": None,
+    "imgsz": 640,
+    "conf": 0.25,
+    "iou": 0.7,
+    "max_det": 300,
+    "device": "cpu",
+    "feature_recipe": "cls_logits:4,neck_roi:1",
+    "dims": [32],
+    "projection": "random",
+    "seed": 0,
+    "thumb_size": 128,
+    "thumb_quality": 85,
+    "k": 16,
+}
+
+
+class ConfigError(ObjsearchError):
+    """A configuration file or value is invalid."""
+
+    exit_code = 2
+
+
+def parse_dims(value) -> list[int]:
+    """``"16,32"``, ``32`` or ``[16, 32]`` -> sorted unique list of allowed dims.
+
+    Raises
+    ------
+    ConfigError
+        For a value outside 16, 32, 64, 128, 256.
+    """
+    if isinstance(value, str):
+        items = [v for v in value.replace(" ", "").split(",") if v]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        items = [value]
+    try:
+        dims = sorted({int(v) for v in items})
+    except (TypeError, ValueError):
+        raise ConfigError(f"dims must be integers from {ALLOWED_DIMS}, got {value!r}") from None
+    bad = [d for d in dims if d not in ALLOWED_DIMS]
+    if bad or not dims:
+        raise ConfigError(f"dims must be among {ALLOWED_DIMS}, got {value!r}")
+    return dims
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> dict[str, Any]:
+    """Defaults, then the YAML file (``cfg/default.yaml`` when ``path`` is None and it exists), then the
+    overrides whose value is not None.
+
+    Raises
+    ------
+    ConfigError
+        For an unreadable file, an unknown key or an invalid value.
+    """
+    cfg = dict(DEFAULTS)
+    file = Path(path) if path is not None else (DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None)
+    if file is not None:
+        try:
+            loaded = yaml.safe_load(file.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config file {file}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {file} must hold a mapping, got {type(loaded).__name__}")
+        unknown = sorted(set(loaded) - set(DEFAULTS))
+        if unknown:
+            raise ConfigError(f"unknown keys in {file}: {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
+        cfg.update(loaded)
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    cfg["dims"] = parse_dims(cfg["dims"])
+    if cfg["projection"] not in PROJECTION_METHODS:
+        raise ConfigError(f"projection must be one of {PROJECTION_METHODS}, got {cfg['projection']!r}")
+    if not 0.0 <= float(cfg["conf"]) <= 1.0:
+        raise ConfigError(f"conf must be in [0, 1], got {cfg['conf']}")
+    if int(cfg["imgsz"]) < 32:
+        raise ConfigError(f"imgsz must be >= 32 pixels, got {cfg['imgsz']}")
+    return cfg

@@ -1,0 +1,323 @@
+"""The YOLO detector and per-object features from one detector pass.
+
+This is the only module that imports torch, torchvision and ultralytics. ``Detector`` runs an ultralytics
+``DetectionModel`` once per image (or batch), keeps the head's intermediate maps with forward hooks, runs
+ultralytics' NMS with ``return_idxs=True`` to learn which anchor cell produced each kept box, and pools a feature
+vector for each object from the maps the head already computed. No second network runs.
+
+Feature blocks (each is L2-normalised on its own, multiplied by its weight and concatenated; the recipe is stored in
+the index so queries use the same one):
+
+``cls_cell``
+    The class branch's penultimate activations (``Detect.cv3[level][-2]``, 80 channels in YOLOv8n/YOLO11n) at the
+    anchor cell that produced the detection.
+``cls_logits``
+    The class logits (before the sigmoid) at that cell, one per class.
+``cls_roi``
+    ``torchvision.ops.roi_align`` of the box over the class branch's penultimate map of the detection's level,
+    averaged to 1x1.
+``box_cell``
+    The box branch's penultimate activations (``Detect.cv2[level][-2]``) at the anchor cell.
+``neck_roi``
+    ``roi_align`` of the box over each of the maps that feed the Detect head (P3-P5), concatenated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from objsearch.detections import Detections
+from objsearch.errors import WeightsNotFoundError
+
+LOGGER = logging.getLogger(__name__)
+
+FEATURE_BLOCKS = ("cls_cell", "cls_logits", "cls_roi", "box_cell", "neck_roi")
+DEFAULT_RECIPE: dict[str, float] = {"cls_logits": 4.0, "neck_roi": 1.0}
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes.
+
+    Raises
+    ------
+    OSError
+        When the file cannot be read.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def parse_recipe(recipe: str | dict[str, float]) -> dict[str, float]:
+    """Turn ``"cls_cell:1,cls_logits:0.5"`` (or a dict) into ``{block: weight}``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown block name or a weight that is not a positive number.
+    """
+    if isinstance(recipe, dict):
+        items = list(recipe.items())
+    else:
+        items = []
+        for part in str(recipe).split(","):
+            name, _, weight = part.strip().partition(":")
+            items.append((name.strip(), float(weight) if weight else 1.0))
+    out: dict[str, float] = {}
+    for name, weight in items:
+        if name not in FEATURE_BLOCKS:
+            raise ValueError(f"unknown feature block {name!r}; expected one of {', '.join(FEATURE_BLOCKS)}")
+        if not float(weight) > 0:
+            raise ValueError(f"feature block weights must be positive, got {name}:{weight}")
+        out[name] = float(weight)
+    if not out:
+        raise ValueError("a feature recipe needs at least one block")
+    return out
+
+
+@dataclass
+class StageTimes:
+    """Milliseconds spent per stage by the last call (``preprocess``, ``inference``, ``nms``, ``features``)."""
+
+    ms: dict[str, float] = field(default_factory=dict)
+
+
+class Detector:
+    """A YOLO detector that returns ``Detections`` with a feature vector per object.
+
+    Parameters
+    ----------
+    weights : str or Path
+        An ultralytics detection checkpoint (``.pt``). A bare name such as ``yolov8n.pt`` is downloaded by
+        ultralytics when a network is available.
+    imgsz : int
+        Inference size in pixels (longest side after letterboxing), as in ``YOLO.predict(imgsz=...)``.
+    conf : float
+        Minimum confidence of a kept detection.
+    iou : float
+        NMS IoU threshold (ultralytics' default for ``predict`` is 0.7).
+    max_det : int
+        Most detections kept per image.
+    device : str
+        ``"cpu"``, ``"cuda"``, ``"cuda:0"``, ``"mps"``...
+    recipe : str or dict
+        Feature blocks and weights, see the module docstring.
+
+    Raises
+    ------
+    WeightsNotFoundError
+        When the checkpoint cannot be found, downloaded or loaded, or is not a detection model.
+    """
+
+    def __init__(
+        self,
+        weights: str | Path,
+        *,
+        imgsz: int = 640,
+        conf: float = 0.25,
+        iou: float = 0.7,
+        max_det: int = 300,
+        device: str = "cpu",
+        recipe: str | dict[str, float] = DEFAULT_RECIPE,
+    ) -> None:
+        import torch
+        from ultralytics import YOLO
+
+        self.weights = str(weights)
+        self.imgsz = int(imgsz)
+        self.conf = float(conf)
+        self.iou = float(iou)
+        self.max_det = int(max_det)
+        self.recipe = parse_recipe(recipe)
+        try:
+            yolo = YOLO(self.weights, task="detect")
+        except Exception as exc:  # ultralytics raises many kinds for a missing or broken file
+            raise WeightsNotFoundError(f"could not load detector weights {self.weights!r}: {exc}") from exc
+        model = yolo.model
+        head = getattr(model, "model", [None])[-1]
+        if not (hasattr(head, "cv2") and hasattr(head, "cv3") and hasattr(head, "nl")):
+            raise WeightsNotFoundError(f"{self.weights!r} is not a YOLO detection model with a Detect head")
+        if getattr(head, "end2end", False):
+            raise WeightsNotFoundError(f"{self.weights!r} has an end-to-end (NMS-free) head, which is not supported")
+        self.device = torch.device(device)
+        model = model.fuse(verbose=False) if hasattr(model, "fuse") else model
+        self.model = model.to(self.device).float().eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.head = self.model.model[-1]
+        self.names: list[str] = [str(yolo.names[i]) for i in range(len(yolo.names))]
+        self.stride = int(max(int(s) for s in self.head.stride))
+        self.strides = [float(s) for s in self.head.stride]
+        self.weights_path = getattr(yolo, "ckpt_path", None) or self.weights
+        self.weights_sha256 = file_sha256(self.weights_path) if Path(self.weights_path).is_file() else ""
+        self._captured: dict[str, list] = {"cls": [None] * self.head.nl, "box": [None] * self.head.nl}
+        for level in range(self.head.nl):
+            self.head.cv3[level][-2].register_forward_hook(self._hook("cls", level))
+            self.head.cv2[level][-2].register_forward_hook(self._hook("box", level))
+        self.times = StageTimes()
+        self._torch = torch
+        self._warmup()
+
+    def _warmup(self) -> None:
+        """One tiny forward pass and one ``roi_align`` call, so the first real query does not pay for lazy
+        initialisation (the first ``roi_align`` costs about 0.7 s on a CPU)."""
+        from torchvision.ops import roi_align
+
+        torch = self._torch
+        with torch.inference_mode():
+            self.model(torch.zeros((1, 3, 64, 64), device=self.device))
+            roi_align(torch.zeros((1, 1, 4, 4), device=self.device), [torch.tensor([[0.0, 0.0, 2.0, 2.0]],
+                      device=self.device)], 1, 1.0, 2, aligned=True)
+
+    def _hook(self, kind: str, level: int):
+        def hook(module, inputs, output):
+            self._captured[kind][level] = output
+
+        return hook
+
+    @property
+    def n_features(self) -> int:
+        """Length D of the feature vectors this recipe produces."""
+        nc = len(self.names)
+        cls_ch = self.head.cv3[0][-1].in_channels
+        box_ch = self.head.cv2[0][-1].in_channels
+        neck = sum(int(self.head.cv2[i][0].conv.in_channels) for i in range(self.head.nl))
+        sizes = {"cls_cell": cls_ch, "cls_logits": nc, "cls_roi": cls_ch, "box_cell": box_ch, "neck_roi": neck}
+        return sum(sizes[name] for name in self.recipe)
+
+    def feature_recipe(self) -> dict:
+        """What is stored in the index to describe how features were made."""
+        return {"blocks": self.recipe, "n_features": self.n_features, "imgsz": self.imgsz}
+
+    def _letterbox(self, image: np.ndarray, auto: bool):
+        from ultralytics.data.augment import LetterBox
+
+        return LetterBox(new_shape=(self.imgsz, self.imgsz), auto=auto, stride=self.stride)(image=image)
+
+    def __call__(self, image: np.ndarray) -> Detections:
+        """Detect the objects of one image and compute their features.
+
+        Parameters
+        ----------
+        image : ndarray of shape (H, W, 3), uint8, BGR (as ``cv2.imread`` returns)
+
+        Returns
+        -------
+        Detections
+            Boxes in pixels of ``image``, with ``features`` of shape (N, ``n_features``) float32.
+
+        Raises
+        ------
+        ValueError
+            When ``image`` is not an (H, W, 3) uint8 array.
+        """
+        return self.detect_batch([image], auto=True)[0]
+
+    def detect_batch(self, images: list[np.ndarray], auto: bool | None = None) -> list[Detections]:
+        """Detect the objects of several images in one forward pass.
+
+        Parameters
+        ----------
+        images : list of ndarray of shape (H_i, W_i, 3), uint8, BGR
+        auto : bool or None
+            Minimal (stride-multiple) letterbox padding, as ``YOLO.predict`` does for one image. Images of different
+            shapes are padded to a square ``imgsz`` when False; None picks True when all shapes are equal.
+
+        Returns
+        -------
+        list of Detections, one per image, boxes in that image's pixels.
+        """
+        torch = self._torch
+        from ultralytics.utils.nms import non_max_suppression
+        from ultralytics.utils.ops import scale_boxes
+
+        for image in images:
+            if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8):
+                shape = getattr(image, "shape", None)
+                raise ValueError(f"images must be (H, W, 3) uint8 BGR arrays, got {type(image).__name__} {shape}")
+        if auto is None:
+            auto = len({im.shape for im in images}) == 1
+        t0 = time.perf_counter()
+        boxed = [self._letterbox(im, auto) for im in images]
+        batch = np.ascontiguousarray(np.stack(boxed)[..., ::-1].transpose(0, 3, 1, 2))
+        x = torch.from_numpy(batch).to(self.device).float().div_(255.0)
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            y, preds = self.model(x)
+            t2 = time.perf_counter()
+            kept, kept_idx = non_max_suppression(
+                y, self.conf, self.iou, max_det=self.max_det, nc=len(self.names), return_idxs=True
+            )
+            t3 = time.perf_counter()
+            out = []
+            for b, (det, idx) in enumerate(zip(kept, kept_idx)):
+                feats = self._pool(preds, b, det[:, :4], idx.long())
+                boxes = scale_boxes(x.shape[2:], det[:, :4].clone(), images[b].shape[:2])
+                out.append(
+                    Detections(
+                        xyxy=boxes.cpu().numpy(),
+                        confidence=det[:, 4].cpu().numpy(),
+                        class_id=det[:, 5].cpu().numpy().astype(np.int64),
+                        features=feats,
+                    )
+                )
+        t4 = time.perf_counter()
+        self.times.ms = {
+            "preprocess": (t1 - t0) * 1e3,
+            "inference": (t2 - t1) * 1e3,
+            "nms": (t3 - t2) * 1e3,
+            "features": (t4 - t3) * 1e3,
+        }
+        return out
+
+    def _pool(self, preds: dict, b: int, xyxy_lb, anchor_idx) -> np.ndarray:
+        """Features of batch item ``b`` for boxes ``xyxy_lb`` (letterboxed pixels) made at ``anchor_idx``."""
+        torch = self._torch
+        from torchvision.ops import roi_align
+
+        n = len(anchor_idx)
+        if n == 0:
+            return np.zeros((0, self.n_features), np.float32)
+        feats_maps = preds["feats"]
+        sizes = [int(f.shape[2] * f.shape[3]) for f in feats_maps]
+        offsets = torch.tensor([0] + list(np.cumsum(sizes)[:-1]), device=anchor_idx.device)
+        level = torch.bucketize(anchor_idx, offsets, right=True) - 1
+        cell = anchor_idx - offsets[level]
+        blocks = []
+        for name in self.recipe:
+            if name in ("cls_cell", "box_cell"):
+                maps = self._captured["cls" if name == "cls_cell" else "box"]
+                block = torch.empty((n, maps[0].shape[1]), device=anchor_idx.device)
+                for lv, m in enumerate(maps):
+                    sel = level == lv
+                    if sel.any():
+                        block[sel] = m[b].flatten(1)[:, cell[sel]].T
+            elif name == "cls_logits":
+                block = preds["scores"][b][:, anchor_idx].T
+            elif name == "cls_roi":
+                maps = self._captured["cls"]
+                block = torch.empty((n, maps[0].shape[1]), device=anchor_idx.device)
+                for lv, m in enumerate(maps):
+                    sel = level == lv
+                    if sel.any():
+                        rois = xyxy_lb[sel].float()
+                        pooled = roi_align(m[b : b + 1], [rois], 1, 1.0 / self.strides[lv], 2, aligned=True)
+                        block[sel] = pooled.flatten(1)
+            elif name == "neck_roi":
+                rois = [xyxy_lb.float()]
+                parts = [
+                    roi_align(f[b : b + 1], rois, 1, 1.0 / s, 2, aligned=True).flatten(1)
+                    for f, s in zip(feats_maps, self.strides)
+                ]
+                block = torch.cat(parts, 1)
+            block = torch.nn.functional.normalize(block.float(), dim=1) * self.recipe[name]
+            blocks.append(block)
+        return torch.cat(blocks, 1).cpu().numpy().astype(np.float32)

@@ -1,0 +1,40 @@
+"""Exceptions a user can cause. The command line turns each into one line and a non-zero exit code."""
+
+from __future__ import annotations
+
+
+class ObjsearchError(Exception):
+    """Base class for errors caused by input (files, options), never by a bug.
+
+    ``exit_code`` is what the command line exits with.
+    """
+
+    exit_code = 1
+
+
+class ImageReadError(ObjsearchError):
+    """An image file is missing, unreadable, corrupt, empty or not an image."""
+
+    exit_code = 2
+
+
+class IndexFileError(ObjsearchError):
+    """An index file is missing, not an objsearch index, truncated, of another format version or incomplete."""
+
+    exit_code = 3
+
+
+class WeightsMismatchError(IndexFileError):
+    """The index was built with other detector weights than the ones given."""
+
+
+class WeightsNotFoundError(ObjsearchError):
+    """No detector checkpoint could be found or loaded."""
+
+    exit_code = 4
+
+
+class EmptyFolderError(ObjsearchError):
+    """A folder to analyze holds no image files."""
+
+    exit_code = 5

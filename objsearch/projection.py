@@ -1,0 +1,181 @@
+"""Projection of raw feature vectors into a small subspace: random Gaussian (default) or PCA.
+
+Both follow scikit-learn's estimator shape: ``__init__`` stores parameters, ``fit`` sets trailing-underscore
+attributes and returns ``self``, ``transform`` checks it was fitted and that the feature count matches. They are
+persisted with the index (``to_state`` / ``from_state``) so queries use exactly the same projection.
+
+The random projection is the Johnson-Lindenstrauss construction of ``sklearn.random_projection
+.GaussianRandomProjection``: entries drawn from N(0, 1/n_components), which keeps expected squared distances. The
+original ReverseObjectSearchFast app used a random projection too (to 16-256 dims).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PROJECTION_METHODS = ("random", "pca")
+ALLOWED_DIMS = (16, 32, 64, 128, 256)
+
+
+def _check_features(X, n_features_in: int | None = None) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float32)
+    if X.ndim != 2:
+        raise ValueError(f"features must be a 2-D array of shape (n_samples, n_features), got shape {X.shape}")
+    if n_features_in is not None and X.shape[1] != n_features_in:
+        raise ValueError(f"features must have shape (N, {n_features_in}), got {X.shape}")
+    return X
+
+
+class _Projection:
+    method = ""
+
+    def __init__(self, n_components: int = 32, random_state: int = 0) -> None:
+        self.n_components = n_components
+        self.random_state = random_state
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "components_"):
+            raise RuntimeError(f"this {type(self).__name__} is not fitted yet; call fit first")
+
+    def transform(self, X) -> np.ndarray:
+        """Project features.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_samples, n_features_in_)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_components), float32
+
+        Raises
+        ------
+        RuntimeError
+            When called before ``fit``.
+        ValueError
+            When ``X`` has another number of features.
+        """
+        self._check_fitted()
+        X = _check_features(X, self.n_features_in_)
+        return (X - self.mean_) @ self.components_
+
+    def fit_transform(self, X) -> np.ndarray:
+        """``fit(X).transform(X)``."""
+        return self.fit(X).transform(X)
+
+    def to_state(self) -> dict:
+        """Arrays and attributes that ``from_state`` needs: ``components`` (n_features, n_components) float32,
+        ``mean`` (n_features,) float32, ``method``, ``n_components``, ``random_state``."""
+        self._check_fitted()
+        return {
+            "method": self.method,
+            "n_components": int(self.n_components),
+            "random_state": int(self.random_state),
+            "components": self.components_,
+            "mean": self.mean_,
+        }
+
+    @staticmethod
+    def from_state(state: dict) -> RandomProjection | PCAProjection:
+        """Rebuild a fitted projection from ``to_state()`` output.
+
+        Raises
+        ------
+        ValueError
+            For an unknown method or components whose shape disagrees with ``n_components``.
+        """
+        cls = {"random": RandomProjection, "pca": PCAProjection}.get(str(state["method"]))
+        if cls is None:
+            raise ValueError(f"unknown projection method {state['method']!r}; expected one of {PROJECTION_METHODS}")
+        proj = cls(int(state["n_components"]), int(state["random_state"]))
+        components = np.asarray(state["components"], dtype=np.float32)
+        if components.ndim != 2 or components.shape[1] != proj.n_components:
+            raise ValueError(f"components must have shape (D, {proj.n_components}), got {components.shape}")
+        proj.components_ = components
+        proj.mean_ = np.asarray(state["mean"], dtype=np.float32).reshape(-1)
+        proj.n_features_in_ = components.shape[0]
+        return proj
+
+
+class RandomProjection(_Projection):
+    """Gaussian random projection with entries ~ N(0, 1 / n_components), seeded by ``random_state``.
+
+    ``fit`` only reads the number of features; the matrix depends on (n_features, n_components, random_state) alone.
+
+    Attributes
+    ----------
+    components_ : ndarray of shape (n_features_in_, n_components), float32
+    mean_ : ndarray of shape (n_features_in_,), float32, all zeros (kept so every projection is ``(X - mean) @ C``)
+    """
+
+    method = "random"
+
+    def fit(self, X) -> RandomProjection:
+        """Draw the matrix for ``X.shape[1]`` features. ``X`` : ndarray of shape (n_samples, n_features)."""
+        X = _check_features(X)
+        rng = np.random.default_rng(self.random_state)
+        self.n_features_in_ = X.shape[1]
+        self.components_ = rng.normal(0.0, 1.0 / np.sqrt(self.n_components), (X.shape[1], self.n_components)).astype(
+            np.float32
+        )
+        self.mean_ = np.zeros(X.shape[1], np.float32)
+        return self
+
+
+class PCAProjection(_Projection):
+    """Principal component analysis (centred, not whitened), components from an SVD of the centred data.
+
+    With fewer samples than ``n_components`` the trailing components are zero. ``random_state`` is kept for the
+    record; the SVD is deterministic (signs are fixed so each component's largest entry is positive).
+
+    Attributes
+    ----------
+    components_ : ndarray of shape (n_features_in_, n_components), float32
+    mean_ : ndarray of shape (n_features_in_,), float32
+    explained_variance_ratio_ : ndarray of shape (n_components,), float64
+    """
+
+    method = "pca"
+
+    def fit(self, X) -> PCAProjection:
+        """Fit on ``X`` : ndarray of shape (n_samples, n_features), n_samples >= 1.
+
+        Raises
+        ------
+        ValueError
+            When ``X`` is empty.
+        """
+        X = _check_features(X)
+        if len(X) == 0:
+            raise ValueError("PCA needs at least one sample to fit, got 0")
+        self.n_features_in_ = X.shape[1]
+        self.mean_ = X.mean(0).astype(np.float32)
+        Xc = (X - self.mean_).astype(np.float64)
+        _, s, vt = np.linalg.svd(Xc, full_matrices=False)
+        k = min(self.n_components, vt.shape[0])
+        comps = np.zeros((X.shape[1], self.n_components), np.float64)
+        comps[:, :k] = vt[:k].T
+        signs = np.sign(comps[np.abs(comps).argmax(0), np.arange(self.n_components)])
+        signs[signs == 0] = 1
+        self.components_ = (comps * signs).astype(np.float32)
+        var = s**2
+        ratio = np.zeros(self.n_components)
+        ratio[:k] = var[:k] / max(var.sum(), 1e-12)
+        self.explained_variance_ratio_ = ratio
+        return self
+
+
+def make_projection(method: str, n_components: int, random_state: int = 0) -> RandomProjection | PCAProjection:
+    """A new, unfitted projection.
+
+    Raises
+    ------
+    ValueError
+        For a method other than ``random`` or ``pca``, or ``n_components`` < 1.
+    """
+    if method not in PROJECTION_METHODS:
+        raise ValueError(f"projection must be one of {', '.join(PROJECTION_METHODS)}, got {method!r}")
+    if int(n_components) < 1:
+        raise ValueError(f"n_components must be >= 1, got {n_components}")
+    cls = RandomProjection if method == "random" else PCAProjection
+    return cls(int(n_components), int(random_state))
