@@ -27,8 +27,25 @@ def _fit(img: np.ndarray, height: int) -> np.ndarray:
     return cv2.resize(img, (max(1, round(img.shape[1] * scale)), height), interpolation=cv2.INTER_AREA)
 
 
+def _cell(img: np.ndarray | None, size: int, text: str, color, strip: int = 16) -> np.ndarray:
+    """A (size + strip, size, 3) tile: ``img`` fitted and centred in a square, ``text`` in a strip below."""
+    tile = np.full((size + strip, size, 3), 32, np.uint8)
+    if img is not None and img.size:
+        scale = size / max(img.shape[:2])
+        w, h = max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale))
+        small = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+        y0, x0 = (size - h) // 2, (size - w) // 2
+        tile[y0:y0 + h, x0:x0 + w] = small
+    tile[size:] = color
+    scale = 0.38
+    while cv2.getTextSize(text, _FONT, scale, 1)[0][0] > size - 4 and scale > 0.25:
+        scale -= 0.03
+    cv2.putText(tile, text, (2, size + strip - 4), _FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return tile
+
+
 def render_result(image: np.ndarray, result: dict, thumbnails: dict[int, bytes], *, header_height: int = 480,
-                  thumb_height: int = 96, label_width: int = 150) -> np.ndarray:
+                  thumb_height: int = 96) -> np.ndarray:
     """Draw a query result.
 
     Parameters
@@ -36,7 +53,7 @@ def render_result(image: np.ndarray, result: dict, thumbnails: dict[int, bytes],
     image : ndarray of shape (H, W, 3), uint8 BGR, the query image.
     result : the ``query --json`` object (``Searcher.to_json``).
     thumbnails : JPEG bytes by object id, for every neighbour in ``result``.
-    header_height, thumb_height, label_width : pixels.
+    header_height, thumb_height : pixels (the original app's "header height" and "thumb height" sliders).
 
     Returns
     -------
@@ -50,24 +67,16 @@ def render_result(image: np.ndarray, result: dict, thumbnails: dict[int, bytes],
         cv2.rectangle(header, (x1, y1), (x2, y2), color, 2)
         _label(header, f"{obj['label']} {obj['confidence']:.2f}", x1, y1, color)
     rows = []
+    gap = np.full((thumb_height + 16, 3, 3), 24, np.uint8)
     for obj in result["objects"]:
-        color = _color(obj["class_id"])
         x1, y1, x2, y2 = (int(round(v)) for v in obj["box"])
         crop = image[max(0, y1):max(y1 + 1, y2), max(0, x1):max(x1 + 1, x2)]
-        cells = [_fit(crop, thumb_height) if crop.size else np.zeros((thumb_height, thumb_height, 3), np.uint8)]
-        cells[0] = cells[0][:, :label_width]
-        pad = np.full((thumb_height, max(0, label_width - cells[0].shape[1]), 3), 40, np.uint8)
-        first = np.hstack([cells[0], pad])
-        _label(first, obj["label"], 2, 16, color, 0.5)
-        row = [first]
+        row = [_cell(crop, thumb_height, f"{obj['label']} {obj['confidence']:.2f}", _color(obj["class_id"])),
+               np.full((thumb_height + 16, 12, 3), 24, np.uint8)]
         for nb in obj["neighbors"]:
             data = thumbnails.get(nb["object_id"])
             thumb = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
-            cell = _fit(thumb, thumb_height) if thumb is not None else np.zeros((thumb_height, thumb_height, 3), np.uint8)
-            cell = cell.copy()
-            _label(cell, f"{nb['label']} {nb['distance']:.2f}", 0, thumb_height - 1, _color(nb["class_id"]), 0.35)
-            row.append(np.full((thumb_height, 3, 3), 255, np.uint8))
-            row.append(cell)
+            row += [_cell(thumb, thumb_height, f"{nb['label']} {nb['distance']:.2f}", _color(nb["class_id"])), gap]
         rows.append(np.hstack(row))
     width = max([header.shape[1]] + [r.shape[1] for r in rows])
 
@@ -76,6 +85,6 @@ def render_result(image: np.ndarray, result: dict, thumbnails: dict[int, bytes],
 
     parts = [pad_to(header)]
     for r in rows:
-        parts.append(np.full((3, width, 3), 24, np.uint8))
+        parts.append(np.full((4, width, 3), 24, np.uint8))
         parts.append(pad_to(r))
     return np.vstack(parts)
