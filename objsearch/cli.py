@@ -77,7 +77,7 @@ def analyze(
     conf: Annotated[Optional[float], typer.Option(help="Minimum detection confidence.")] = None,
     imgsz: Annotated[Optional[int], typer.Option(help="Inference size, pixels.")] = None,
     device: DeviceOpt = None,
-    recipe: Annotated[Optional[str], typer.Option(help="Feature blocks, e.g. cls_logits:4,neck_roi:1.")] = None,
+    recipe: Annotated[Optional[str], typer.Option(help="Feature blocks, e.g. cls_logits:2.5,neck_roi:1.")] = None,
     config: ConfigOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing index file.")] = False,
 ) -> None:
@@ -191,7 +191,7 @@ def evaluate(
     dims: Annotated[str, typer.Option(help="Comma-separated projection dims.")] = "16,32,64,128,256",
     projection: Annotated[Optional[str], typer.Option(help="random or pca.")] = None,
     weights: WeightsOpt = None,
-    recipe: Annotated[Optional[str], typer.Option(help="Feature blocks, e.g. cls_logits:4,neck_roi:1.")] = None,
+    recipe: Annotated[Optional[str], typer.Option(help="Feature blocks, e.g. cls_logits:2.5,neck_roi:1.")] = None,
     device: DeviceOpt = None,
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,

@@ -23,7 +23,7 @@ DEFAULTS: dict[str, Any] = {
     "iou": 0.7,
     "max_det": 300,
     "device": "cpu",
-    "feature_recipe": "cls_logits:4,neck_roi:1",
+    "feature_recipe": "cls_logits:2.5,neck_roi:1",
     "dims": [32],
     "projection": "random",
     "seed": 0,

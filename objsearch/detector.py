@@ -12,14 +12,16 @@ the index so queries use the same one):
     The class branch's penultimate activations (``Detect.cv3[level][-2]``, 80 channels in YOLOv8n/YOLO11n) at the
     anchor cell that produced the detection.
 ``cls_logits``
-    The class logits (before the sigmoid) at that cell, one per class.
+    The class logits (before the sigmoid) at that cell, one per class, minus their mean (they share a large negative
+    offset that would otherwise dominate the direction).
 ``cls_roi``
     ``torchvision.ops.roi_align`` of the box over the class branch's penultimate map of the detection's level,
     averaged to 1x1.
 ``box_cell``
     The box branch's penultimate activations (``Detect.cv2[level][-2]``) at the anchor cell.
 ``neck_roi``
-    ``roi_align`` of the box over each of the maps that feed the Detect head (P3-P5), concatenated.
+    ``roi_align`` of the box over each of the maps that feed the Detect head (P3-P5), 1x1, each level L2-normalised
+    on its own, then concatenated (so this block's norm is sqrt(3) times its weight).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from objsearch.errors import WeightsNotFoundError
 LOGGER = logging.getLogger(__name__)
 
 FEATURE_BLOCKS = ("cls_cell", "cls_logits", "cls_roi", "box_cell", "neck_roi")
-DEFAULT_RECIPE: dict[str, float] = {"cls_logits": 4.0, "neck_roi": 1.0}
+DEFAULT_RECIPE: dict[str, float] = {"cls_logits": 2.5, "neck_roi": 1.0}
 
 
 def file_sha256(path: str | Path) -> str:
@@ -302,6 +304,7 @@ class Detector:
                         block[sel] = m[b].flatten(1)[:, cell[sel]].T
             elif name == "cls_logits":
                 block = preds["scores"][b][:, anchor_idx].T
+                block = block - block.mean(1, keepdim=True)  # the logits share a large negative offset
             elif name == "cls_roi":
                 maps = self._captured["cls"]
                 block = torch.empty((n, maps[0].shape[1]), device=anchor_idx.device)
@@ -314,10 +317,12 @@ class Detector:
             elif name == "neck_roi":
                 rois = [xyxy_lb.float()]
                 parts = [
-                    roi_align(f[b : b + 1], rois, 1, 1.0 / s, 2, aligned=True).flatten(1)
+                    torch.nn.functional.normalize(
+                        roi_align(f[b : b + 1], rois, 1, 1.0 / s, 2, aligned=True).flatten(1).float(), dim=1)
                     for f, s in zip(feats_maps, self.strides)
                 ]
-                block = torch.cat(parts, 1)
+                blocks.append(torch.cat(parts, 1) * self.recipe[name])  # each level has norm 1
+                continue
             block = torch.nn.functional.normalize(block.float(), dim=1) * self.recipe[name]
             blocks.append(block)
         return torch.cat(blocks, 1).cpu().numpy().astype(np.float32)
