@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from objsearch.errors import WeightsNotFoundError
 
 LOGGER = logging.getLogger(__name__)
 
+RECIPE_VERSION = 2  # bump when a block's definition changes: indexes of another version are refused
 FEATURE_BLOCKS = ("cls_cell", "cls_logits", "cls_roi", "box_cell", "neck_roi")
 DEFAULT_RECIPE: dict[str, float] = {"cls_logits": 2.5, "neck_roi": 1.0}
 
@@ -150,8 +152,13 @@ class Detector:
         if getattr(head, "end2end", False):
             raise WeightsNotFoundError(f"{self.weights!r} has an end-to-end (NMS-free) head, which is not supported")
         self.device = torch.device(device)
+        model = model.float()  # fuse in float32: fusing the fp16 checkpoint first makes CPU inference ~20% slower
         model = model.fuse(verbose=False) if hasattr(model, "fuse") else model
-        self.model = model.to(self.device).float().eval()
+        self.model = model.to(self.device).eval()
+        if self.device.type == "cuda" or (
+            self.device.type == "cpu" and platform.machine() in {"AMD64", "x86_64"} and torch.backends.mkldnn.is_available()
+        ):  # channels-last convolutions are ~20% faster there; ultralytics' AutoBackend does the same
+            self.model.to(memory_format=torch.channels_last)
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.head = self.model.model[-1]
@@ -197,7 +204,8 @@ class Detector:
 
     def feature_recipe(self) -> dict:
         """What is stored in the index to describe how features were made."""
-        return {"blocks": self.recipe, "n_features": self.n_features, "imgsz": self.imgsz}
+        return {"blocks": self.recipe, "n_features": self.n_features, "imgsz": self.imgsz,
+                "version": RECIPE_VERSION}
 
     def _letterbox(self, image: np.ndarray, auto: bool):
         from ultralytics.data.augment import LetterBox

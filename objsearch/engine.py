@@ -315,8 +315,14 @@ class Searcher:
                     f"{Path(str(detector.weights_path)).name} (sha256 {detector.weights_sha256[:12]}…); "
                     f"pass the matching --weights"
                 )
-            if detector.feature_recipe()["n_features"] != self.index.attrs["feature_recipe"]["n_features"]:
-                raise IndexFileError(f"{self.index.path} holds features of another recipe than the detector makes")
+            stored_recipe = self.index.attrs["feature_recipe"]
+            made = detector.feature_recipe()
+            if (made["n_features"], made["version"]) != (stored_recipe.get("n_features"), stored_recipe.get("version")):
+                raise IndexFileError(
+                    f"{self.index.path} holds features of recipe version {stored_recipe.get('version', 1)} "
+                    f"({stored_recipe.get('n_features')}-d); this objsearch makes version {made['version']} "
+                    f"({made['n_features']}-d): analyze the images again"
+                )
             self.detector = detector
             self.dims = int(dims) if dims is not None else (32 if 32 in self.index.dims else self.index.dims[0])
             self.base_dir = Path(base_dir) if base_dir is not None else Path(self.index.attrs.get("base_dir", "."))
