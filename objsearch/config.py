@@ -55,6 +55,8 @@ def parse_dims(value) -> list[int]:
         items = [value]
     try:
         dims = sorted({int(v) for v in items})
+        if any(float(v) != int(v) for v in items):
+            raise ValueError
     except (TypeError, ValueError):
         raise ConfigError(f"dims must be integers from {ALLOWED_DIMS}, got {value!r}") from None
     bad = [d for d in dims if d not in ALLOWED_DIMS]
@@ -87,6 +89,18 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> dict[str, A
         cfg.update(loaded)
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     cfg["dims"] = parse_dims(cfg["dims"])
+    for key, kind in (("conf", float), ("iou", float), ("imgsz", int), ("max_det", int), ("seed", int),
+                      ("thumb_size", int), ("thumb_quality", int), ("k", int)):
+        try:
+            cfg[key] = kind(cfg[key])
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be {'a number' if kind is float else 'an integer'}, got {cfg[key]!r}") from None
+    try:
+        from objsearch.detector import parse_recipe
+
+        parse_recipe(cfg["feature_recipe"])
+    except ValueError as exc:
+        raise ConfigError(f"feature_recipe: {exc}") from None
     if cfg["projection"] not in PROJECTION_METHODS:
         raise ConfigError(f"projection must be one of {PROJECTION_METHODS}, got {cfg['projection']!r}")
     if not 0.0 <= float(cfg["conf"]) <= 1.0:

@@ -38,7 +38,12 @@ class Detections:
     features: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        self.xyxy = np.asarray(self.xyxy, dtype=np.float32).reshape(-1, 4)
+        xyxy = np.asarray(self.xyxy, dtype=np.float32)
+        if xyxy.size == 0:
+            xyxy = xyxy.reshape(0, 4)
+        if xyxy.ndim != 2 or xyxy.shape[1] != 4:
+            raise ValueError(f"xyxy must have shape (N, 4), got {xyxy.shape}")
+        self.xyxy = xyxy
         n = len(self.xyxy)
         self.confidence = np.asarray(self.confidence, dtype=np.float32).reshape(-1)
         self.class_id = np.asarray(self.class_id, dtype=np.int64).reshape(-1)

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from objsearch.detections import Detections
-from objsearch.errors import WeightsNotFoundError
+from objsearch.errors import DeviceError, WeightsNotFoundError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -87,6 +87,21 @@ def parse_recipe(recipe: str | dict[str, float]) -> dict[str, float]:
     return out
 
 
+def _torch_device(torch, device: str):
+    """``torch.device(device)``, checked to exist on this machine."""
+    try:
+        dev = torch.device(str(device))
+    except RuntimeError:
+        raise DeviceError(f"unknown device {device!r}; expected cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device {device!r} asked for, but torch sees no CUDA GPU on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DeviceError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"device {device!r} asked for, but MPS is not available on this machine")
+    return dev
+
+
 @dataclass
 class StageTimes:
     """Milliseconds spent per stage by the last call (``preprocess``, ``inference``, ``nms``, ``features``)."""
@@ -119,6 +134,10 @@ class Detector:
     ------
     WeightsNotFoundError
         When the checkpoint cannot be found, downloaded or loaded, or is not a detection model.
+    DeviceError
+        When ``device`` is not a torch device name or is not available here (e.g. ``cuda`` without a GPU).
+    ValueError
+        For an invalid ``recipe`` (see ``parse_recipe``).
     """
 
     def __init__(
@@ -151,7 +170,7 @@ class Detector:
             raise WeightsNotFoundError(f"{self.weights!r} is not a YOLO detection model with a Detect head")
         if getattr(head, "end2end", False):
             raise WeightsNotFoundError(f"{self.weights!r} has an end-to-end (NMS-free) head, which is not supported")
-        self.device = torch.device(device)
+        self.device = _torch_device(torch, device)
         model = model.float()  # fuse in float32: fusing the fp16 checkpoint first makes CPU inference ~20% slower
         model = model.fuse(verbose=False) if hasattr(model, "fuse") else model
         self.model = model.to(self.device).eval()

@@ -34,6 +34,12 @@ class WeightsNotFoundError(ObjsearchError):
     exit_code = 4
 
 
+class DeviceError(ObjsearchError):
+    """The requested compute device does not exist or is not available on this machine."""
+
+    exit_code = 2
+
+
 class EmptyFolderError(ObjsearchError):
     """A folder to analyze holds no image files."""
 

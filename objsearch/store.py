@@ -216,7 +216,7 @@ def write_index(
         objects.create_dataset("xyxy", data=cat("xyxy", np.float32, (0, 4)).reshape(-1, 4))
         objects.create_dataset("confidence", data=cat("confidence", np.float32, (0,)))
         objects.create_dataset("class_id", data=cat("class_id", np.int16, (0,)))
-        chunks = (min(max(n_objects, 1), 1024), n_features) if n_features else None
+        chunks = (min(n_objects, 1024), n_features) if n_features and n_objects else None
         objects.create_dataset("features", data=features, chunks=chunks)
         thumbs = objects.create_dataset("thumbnail", (n_objects,), dtype=h5py.vlen_dtype(np.uint8))
         row = 0

@@ -1,0 +1,200 @@
+"""engine.analyze end to end on real coco128 images, and the HDF5 index file it writes."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import BUS, DIMS, N_SMALL, coco_images, copy_images
+from objsearch.engine import analyze, make_thumbnail, read_image
+from objsearch.errors import EmptyFolderError, ImageReadError, IndexFileError
+from objsearch.store import IndexFile
+
+
+@pytest.fixture(scope="module")
+def index(small_index):
+    with IndexFile(small_index[0]) as f:
+        yield f
+
+
+def test_summary_counts(small_index):
+    _, summary = small_index
+    assert summary.n_images == N_SMALL
+    assert summary.n_not_images == 1  # notes.txt
+    assert summary.n_resumed == 0
+    assert summary.n_objects > 2 * N_SMALL
+    assert 0 <= summary.n_no_objects < N_SMALL
+
+
+def test_unreadable_images_are_skipped_with_reasons(small_index):
+    skipped = dict(small_index[1].skipped)
+    assert sorted(skipped) == ["corrupt.jpg", "empty.jpg"]
+    assert "the file is empty" in skipped["empty.jpg"]
+    assert "not a decodable image" in skipped["corrupt.jpg"]
+
+
+def test_no_journal_or_temporary_file_is_left(small_index):
+    path = small_index[0]
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+def test_index_file_counts(index, small_index):
+    _, summary = small_index
+    assert len(index.image_path) == N_SMALL == len(index.image_width) == len(index.image_height)
+    assert len(index) == summary.n_objects == len(index.xyxy) == len(index.confidence) == len(index.class_id)
+    assert index.dims == DIMS
+    assert [p for p, _ in index.attrs["skipped"]] == ["corrupt.jpg", "empty.jpg"]
+    assert set(index.image_id.tolist()) <= set(range(N_SMALL))
+    assert np.all(np.diff(index.image_id) >= 0)  # objects are stored image by image
+
+
+def test_image_paths_are_relative_posix_and_exist(index, small_folder):
+    names = sorted(p.name for p in coco_images(N_SMALL))
+    assert sorted(p.rsplit("/", 1)[-1] for p in index.image_path) == names
+    assert sum(p.startswith("sub/") for p in index.image_path) == N_SMALL // 2
+    for p in index.image_path:
+        assert not p.startswith("/") and "\\" not in p
+        assert (small_folder / p).is_file()
+    assert index.attrs["base_dir"] == str(small_folder.resolve())
+
+
+def test_image_sizes_are_the_real_ones(index, small_folder):
+    for i in (0, N_SMALL - 1):
+        h, w = cv2.imread(str(small_folder / index.image_path[i])).shape[:2]
+        assert (index.image_width[i], index.image_height[i]) == (w, h)
+
+
+def test_boxes_lie_within_their_image(index):
+    w = index.image_width[index.image_id]
+    h = index.image_height[index.image_id]
+    xyxy = index.xyxy
+    assert np.all(xyxy[:, 0] >= 0) and np.all(xyxy[:, 1] >= 0)
+    assert np.all(xyxy[:, 2] <= w) and np.all(xyxy[:, 3] <= h)
+    assert np.all(xyxy[:, 2] > xyxy[:, 0]) and np.all(xyxy[:, 3] > xyxy[:, 1])
+    assert np.all((index.confidence >= 0.25) & (index.confidence <= 1))
+    assert np.all((index.class_id >= 0) & (index.class_id < len(index.class_names)))
+
+
+def test_stored_boxes_equal_a_fresh_detection(index, small_folder, detector):
+    i = 3
+    dets = detector(cv2.imread(str(small_folder / index.image_path[i])))
+    rows = index.image_id == i
+    np.testing.assert_allclose(index.xyxy[rows], dets.xyxy, atol=1e-3)
+    np.testing.assert_array_equal(index.class_id[rows], dets.class_id)
+    np.testing.assert_allclose(index.features(np.flatnonzero(rows)), dets.features, atol=1e-5)
+
+
+def test_thumbnails_decode_to_at_most_128_px(index):
+    for oid in range(0, len(index), max(1, len(index) // 25)):
+        thumb = cv2.imdecode(np.frombuffer(index.thumbnail(oid), np.uint8), cv2.IMREAD_COLOR)
+        assert thumb is not None and thumb.ndim == 3
+        x1, y1, x2, y2 = index.xyxy[oid]
+        assert max(thumb.shape[:2]) <= 128
+        if max(x2 - x1, y2 - y1) > 140:  # large crops are scaled down to exactly 128 on the longest side
+            assert max(thumb.shape[:2]) == 128
+
+
+@pytest.mark.parametrize("dims", DIMS)
+def test_stored_projection_reproduces_the_stored_vectors(index, dims):
+    proj = index.projection(dims)
+    features = index.features(np.arange(len(index)))
+    vectors = index.vectors(dims)
+    assert features.shape == (len(index), 528) and vectors.shape == (len(index), dims)
+    assert proj.method == "random" and proj.random_state == 0 and proj.n_components == dims
+    np.testing.assert_allclose(proj.transform(features), vectors, rtol=1e-5, atol=1e-5)
+
+
+def test_missing_projection_is_an_index_file_error(index):
+    with pytest.raises(IndexFileError, match=r"holds projections to \[16, 32\] dims, not 64"):
+        index.projection(64)
+
+
+def test_features_read_in_any_order(index):
+    all_features = index.features(np.arange(len(index)))
+    np.testing.assert_array_equal(index.features([5, 1, 5]), all_features[[5, 1, 5]])
+    assert index.features([]).shape == (0, 528)
+
+
+def test_metadata_records_the_configuration_and_model(index, cfg, detector):
+    attrs = index.attrs
+    assert attrs["format"] == "objsearch-index" and attrs["format_version"] == 1
+    assert attrs["config"]["dims"] == DIMS and attrs["config"]["seed"] == cfg["seed"]
+    assert attrs["weights_name"] == "yolov8n-reconstructed.pt"
+    assert index.weights_sha256 == detector.weights_sha256
+    assert attrs["feature_recipe"] == detector.feature_recipe()
+    assert index.class_names == detector.names and len(index.class_names) == 80
+
+
+def test_iter_records_gives_back_every_image(index):
+    records = list(index.iter_records())
+    assert [r.path for r in records] == index.image_path
+    assert sum(len(r.xyxy) for r in records) == len(index)
+    assert all(len(r.thumbnails) == len(r.xyxy) == len(r.features) for r in records)
+
+
+def test_existing_output_is_refused_then_overwritten(tmp_path, cfg, detector):
+    folder = copy_images(coco_images(2), tmp_path / "two")
+    out = tmp_path / "two.h5"
+    out.write_text("old")
+    with pytest.raises(IndexFileError, match="already exists; pass --overwrite"):
+        analyze(folder, out, cfg, detector=detector)
+    summary = analyze(folder, out, cfg, detector=detector, overwrite=True)
+    assert summary.n_images == 2
+    with IndexFile(out) as f:
+        assert len(f.image_path) == 2
+
+
+def test_progress_is_reported_per_image(tmp_path, cfg, detector):
+    folder = copy_images(coco_images(3), tmp_path / "three")
+    calls = []
+    summary = analyze(folder, tmp_path / "three.h5", cfg, detector=detector, progress=lambda *a: calls.append(a))
+    assert [c[:2] for c in calls] == [(1, 3), (2, 3), (3, 3)]
+    assert calls[-1][2] == summary.n_objects
+
+
+def test_an_output_inside_the_folder_is_not_analysed(tmp_path, cfg, detector):
+    folder = copy_images(coco_images(2), tmp_path / "inside")
+    analyze(folder, folder / "index.h5", cfg, detector=detector)
+    with IndexFile(folder / "index.h5") as f:
+        assert len(f.image_path) == 2
+
+
+@pytest.mark.parametrize("make", ["missing", "no_images"])
+def test_a_folder_without_images_is_refused(tmp_path, cfg, detector, make):
+    folder = tmp_path / "folder"
+    if make == "no_images":
+        folder.mkdir()
+        (folder / "readme.txt").write_text("x")
+    with pytest.raises(EmptyFolderError, match="holds no image files|is not a folder"):
+        analyze(folder, tmp_path / "x.h5", cfg, detector=detector)
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_a_folder_whose_images_have_no_objects_gives_an_empty_index(tmp_path, cfg, detector):
+    folder = tmp_path / "blank"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "gray.png"), np.full((64, 64, 3), 128, np.uint8))
+    summary = analyze(folder, tmp_path / "blank.h5", cfg, detector=detector)
+    assert summary.n_images == 1 and summary.n_objects == 0 and summary.n_no_objects == 1
+    with IndexFile(tmp_path / "blank.h5") as f:
+        assert len(f) == 0 and f.image_path == ["gray.png"]
+
+
+def test_read_image_errors(tmp_path):
+    assert read_image(BUS).shape == (1080, 810, 3)
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("hello")
+    for path, match in [(tmp_path / "empty.jpg", "the file is empty"), (tmp_path / "text.jpg", "not a decodable"),
+                        (tmp_path / "missing.jpg", "cannot read image"), (tmp_path, "cannot read image")]:
+        with pytest.raises(ImageReadError, match=match):
+            read_image(path)
+
+
+def test_make_thumbnail_crops_and_clips():
+    image = np.zeros((300, 400, 3), np.uint8)
+    image[100:200, 50:350] = 255
+    thumb = cv2.imdecode(np.frombuffer(make_thumbnail(image, np.array([50, 100, 350, 200])), np.uint8), 1)
+    assert thumb.shape == (43, 128, 3) and thumb.mean() > 200  # 300x100 crop scaled to 128 wide
+    small = cv2.imdecode(np.frombuffer(make_thumbnail(image, np.array([-20, -5, 30, 20])), np.uint8), 1)
+    assert small.shape == (20, 30, 3)  # clipped to the image, small crops are not enlarged

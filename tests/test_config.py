@@ -1,0 +1,79 @@
+"""Configuration: defaults, YAML overrides, flag overrides, and the errors for bad values."""
+
+from __future__ import annotations
+
+import pytest
+
+from objsearch.config import DEFAULTS, ConfigError, load_config, parse_dims
+from objsearch.errors import ObjsearchError
+
+
+@pytest.mark.parametrize(("value", "expected"), [("32", [32]), ("32,16,32", [16, 32]), (" 64, 16 ", [16, 64]),
+                                                 (128, [128]), ([256, 16], [16, 256])])
+def test_parse_dims_sorts_and_deduplicates(value, expected):
+    assert parse_dims(value) == expected
+
+
+@pytest.mark.parametrize("value", ["33", "16,17", "", "abc", [8], 0, None])
+def test_parse_dims_refuses_other_values(value):
+    with pytest.raises(ConfigError, match="dims must be"):
+        parse_dims(value)
+
+
+def test_config_error_is_a_user_error_with_exit_code_2():
+    assert issubclass(ConfigError, ObjsearchError) and ConfigError.exit_code == 2
+
+
+def test_defaults_then_file_then_flags(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("conf: 0.4\ndims: [16, 64]\nseed: 3\n")
+    cfg = load_config(path, conf=0.6, seed=None)
+    assert cfg["conf"] == 0.6  # the flag wins
+    assert cfg["dims"] == [16, 64] and cfg["seed"] == 3  # the file wins over the defaults; None flags are ignored
+    assert cfg["imgsz"] == DEFAULTS["imgsz"] and set(cfg) == set(DEFAULTS)
+
+
+def test_the_projects_default_file_is_read():
+    cfg = load_config(None, dims="16")
+    assert cfg["dims"] == [16] and cfg["projection"] in ("random", "pca")
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("confidence: 0.4\n", "unknown keys in .*: confidence"),
+    ("- 1\n- 2\n", "must hold a mapping"),
+    ("conf: [\n", "cannot read config file"),
+    ("projection: tsne\n", "projection must be one of"),
+    ("dims: 33\n", "dims must be among"),
+    ("conf: 1.5\n", r"conf must be in \[0, 1\], got 1.5"),
+    ("imgsz: 16\n", "imgsz must be >= 32"),
+])
+def test_bad_config_files_raise_config_error(tmp_path, text, match):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(path)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "none.yaml")
+
+
+def test_bad_flag_values_raise_config_error():
+    with pytest.raises(ConfigError, match="projection"):
+        load_config(None, projection="tsne")
+    with pytest.raises(ConfigError, match="conf"):
+        load_config(None, conf=-0.1)
+
+
+@pytest.mark.parametrize("text", ["conf: high\n", "imgsz: big\n"])
+def test_non_numeric_values_in_a_config_file_raise_config_error(tmp_path, text):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError):
+        load_config(path)
+
+
+def test_fractional_dims_are_refused():
+    with pytest.raises(ConfigError, match="dims"):
+        parse_dims(32.7)

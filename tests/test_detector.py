@@ -1,0 +1,105 @@
+"""The real detector on bus.jpg: the same boxes as ultralytics' own predict, plus a feature vector per object."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import BUS, WEIGHTS
+from objsearch.detections import Detections
+
+
+@pytest.fixture(scope="module")
+def bus():
+    return cv2.imread(str(BUS))
+
+
+@pytest.fixture(scope="module")
+def bus_detections(detector, bus):
+    return detector(bus)
+
+
+@pytest.fixture(scope="module")
+def reference(bus):
+    """ultralytics' YOLO(weights).predict on the same image, default settings."""
+    from ultralytics import YOLO
+
+    boxes = YOLO(str(WEIGHTS)).predict(bus, verbose=False)[0].boxes
+    return boxes.xyxy.numpy(), boxes.cls.numpy().astype(np.int64), boxes.conf.numpy()
+
+
+def test_boxes_and_classes_equal_ultralytics_predict(bus_detections, reference):
+    xyxy, class_id, confidence = reference
+    assert len(bus_detections) == len(xyxy) > 0
+    np.testing.assert_allclose(bus_detections.xyxy, xyxy, atol=1e-3)
+    np.testing.assert_array_equal(bus_detections.class_id, class_id)
+    np.testing.assert_allclose(bus_detections.confidence, confidence, atol=1e-5)
+
+
+def test_features_have_one_finite_row_per_object(detector, bus_detections):
+    feats = bus_detections.features
+    assert isinstance(bus_detections, Detections)
+    assert feats.shape == (len(bus_detections), detector.n_features) and feats.dtype == np.float32
+    assert np.isfinite(feats).all()
+    assert len(np.unique(feats.round(4), axis=0)) == len(feats)  # every object gets its own vector
+
+
+def test_feature_blocks_have_the_recipe_norms(detector, bus_detections):
+    """Default recipe cls_logits:2.5 (80-d, norm 2.5) then neck_roi:1 (3 levels, each norm 1)."""
+    assert detector.recipe == {"cls_logits": 2.5, "neck_roi": 1.0}
+    n_classes = len(detector.names)
+    logits, neck = bus_detections.features[:, :n_classes], bus_detections.features[:, n_classes:]
+    np.testing.assert_allclose(np.linalg.norm(logits, axis=1), 2.5, rtol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(neck, axis=1), np.sqrt(3), rtol=1e-4)
+
+
+def test_bus_and_persons_are_found(detector, bus_detections):
+    names = [detector.names[c] for c in bus_detections.class_id]
+    assert detector.names[0] == "person" and detector.names[5] == "bus"
+    assert names.count("bus") == 1 and names.count("person") >= 4
+    bus_box = bus_detections.xyxy[names.index("bus")]
+    assert (bus_box[2] - bus_box[0]) > 600  # the bus spans most of the 810 px wide picture
+
+
+def test_boxes_lie_within_the_image(bus_detections, bus):
+    h, w = bus.shape[:2]
+    xyxy = bus_detections.xyxy
+    assert np.all(xyxy[:, :2] >= 0) and np.all(xyxy[:, 2] <= w) and np.all(xyxy[:, 3] <= h)
+    assert np.all(xyxy[:, 2:] > xyxy[:, :2])
+
+
+def test_detection_is_deterministic_and_leaves_the_image_alone(detector, bus, bus_detections):
+    before = bus.copy()
+    again = detector(bus)
+    np.testing.assert_array_equal(bus, before)
+    np.testing.assert_allclose(again.features, bus_detections.features, atol=1e-6)
+
+
+def test_a_blank_image_has_no_objects(detector):
+    dets = detector(np.full((240, 320, 3), 127, np.uint8))
+    assert len(dets) == 0 and dets.features.shape == (0, detector.n_features)
+
+
+@pytest.mark.parametrize("image", [np.zeros((10, 10), np.uint8), np.zeros((10, 10, 3), np.float32),
+                                   np.zeros((10, 10, 4), np.uint8), "bus.jpg"])
+def test_non_images_are_refused(detector, image):
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
+        detector(image)
+
+
+def test_recipe_and_weights_identity(detector):
+    recipe = detector.feature_recipe()
+    assert recipe["n_features"] == detector.n_features == 80 + 448
+    assert recipe["imgsz"] == 640 and recipe["blocks"] == detector.recipe
+    assert len(detector.weights_sha256) == 64
+
+
+def test_unknown_recipe_block_is_refused():
+    from objsearch.detector import parse_recipe
+
+    assert parse_recipe("cls_cell:1,cls_logits:0.5") == {"cls_cell": 1.0, "cls_logits": 0.5}
+    with pytest.raises(ValueError, match="unknown feature block 'bogus'"):
+        parse_recipe("bogus:1")
+    with pytest.raises(ValueError, match="positive"):
+        parse_recipe("cls_cell:0")
