@@ -124,12 +124,14 @@ def query(
     base_dir: Annotated[Optional[Path], typer.Option(help="Where the indexed images live now.")] = None,
     device: DeviceOpt = None,
     conf: Annotated[Optional[float], typer.Option(help="Minimum detection confidence.")] = None,
+    search: Annotated[str, typer.Option(help="Exact search method: auto, kdtree, faiss or numpy.")] = "auto",
 ) -> None:
     """Find the nearest indexed objects of every object in IMAGE."""
     from objsearch.engine import Searcher, read_image
 
     read_image(image)  # a bad query image fails before the detector loads
-    with Searcher(index, weights=weights, base_dir=base_dir, dims=dims, device=device, conf=conf) as searcher:
+    with Searcher(index, weights=weights, base_dir=base_dir, dims=dims, device=device, conf=conf,
+                  method=search) as searcher:
         result = searcher.search_file(image, k, same_class=same_class, exclude_self=not include_self)
         payload = searcher.to_json(result)
         if out is not None:
@@ -285,7 +287,7 @@ def demo(
     query_image = bus if bus.is_file() else list_images(folder)[0]
     picture = out_dir / f"query_{query_image.stem}.jpg"
     query(query_image, index, k=8, same_class=False, include_self=False, dims=None, as_json=False, out=picture,
-          weights=weights, base_dir=None, device=None, conf=None)
+          weights=weights, base_dir=None, device=None, conf=None, search="auto")
     typer.echo(f"result picture: {picture.resolve()}")
 
 

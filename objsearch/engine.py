@@ -17,7 +17,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from objsearch.config import load_config
+from objsearch.config import ConfigError, load_config
 from objsearch.detections import Detections
 from objsearch.errors import EmptyFolderError, ImageReadError, IndexFileError, WeightsMismatchError, WeightsNotFoundError
 from objsearch.index import NeighborIndex
@@ -272,8 +272,10 @@ class Searcher:
     weights : detector checkpoint; None: the path recorded in the index if it still exists with the same sha256,
         else the usual resolution order (``objsearch.weights.resolve_weights``).
     base_dir : where the indexed images now live (when the folder moved); None: the recorded one.
-    dims : projection dimension to search; None: the smallest of 32 and the stored ones... (32 when stored).
+    dims : projection dimension to search; None: 32 when stored, else the smallest stored.
     device, conf : override the index's recorded settings.
+    method : exact search method, ``auto`` (the fastest for this index, timed on open), ``kdtree``, ``faiss`` or
+        ``numpy`` (see ``objsearch.index``).
     detector : an already loaded ``Detector``.
 
     Raises
@@ -286,7 +288,8 @@ class Searcher:
         When no checkpoint can be found.
     """
 
-    def __init__(self, index_path, *, weights=None, base_dir=None, dims=None, device=None, conf=None, detector=None):
+    def __init__(self, index_path, *, weights=None, base_dir=None, dims=None, device=None, conf=None, detector=None,
+                 method: str = "auto"):
         self.index = IndexFile(index_path)
         try:
             stored = self.index.attrs.get("config", {})
@@ -326,6 +329,7 @@ class Searcher:
             self.detector = detector
             self.dims = int(dims) if dims is not None else (32 if 32 in self.index.dims else self.index.dims[0])
             self.base_dir = Path(base_dir) if base_dir is not None else Path(self.index.attrs.get("base_dir", "."))
+            self.method = method
             self._projection = {}
             self._nn = {}
             self._path_to_image = {p: i for i, p in enumerate(self.index.image_path)}
@@ -342,7 +346,11 @@ class Searcher:
         """The KD-tree search for one stored dimension (built once, on first use)."""
         if dims not in self._nn:
             self._projection[dims] = self.index.projection(dims)
-            self._nn[dims] = NeighborIndex(self.index.vectors(dims), self.index.class_id, self.index.image_id)
+            try:
+                self._nn[dims] = NeighborIndex(self.index.vectors(dims), self.index.class_id, self.index.image_id,
+                                               method=self.method)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         return self._nn[dims]
 
     def image_id_of(self, path: str | Path) -> int:
