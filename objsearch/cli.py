@@ -5,10 +5,12 @@ Every error a user can cause ends in one line on stderr and a non-zero exit code
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -242,6 +244,122 @@ def evaluate(
         typer.echo(f"{r['dims']:>5} | {p[1]:6.3f} {p[5]:6.3f} {p[16]:6.3f} | {s[1]:8.3f} {s[5]:6.3f} {s[16]:6.3f} | "
                    f"{i['mean']:8.3f} {i['hflip']:6.3f} {i['resize0.75']:6.3f} {i['jpeg60']:6.3f} | "
                    f"{r['query_ms_per_object']:7.4f}")
+
+
+@app.command()
+@handle_errors
+def video(
+    file: Annotated[Path, typer.Argument(help="Video file.")],
+    index: Annotated[Path, typer.Option("--index", "-i", help="Index file.")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write an annotated video (.mp4).")] = None,
+    jsonl: Annotated[Optional[Path], typer.Option("--jsonl", help="Write one JSON line per analyzed frame ('-': stdout).")] = None,
+    stride: Annotated[int, typer.Option("--stride", min=1, help="Analyze every N-th frame.")] = 1,
+    k: Annotated[int, typer.Option("-k", min=1, help="Neighbours per object.")] = 8,
+    same_class: Annotated[bool, typer.Option(help="Only neighbours of the object's detected class.")] = False,
+    dims: Annotated[Optional[int], typer.Option(help="Projection dimension to search (stored in the index).")] = None,
+    max_frames: Annotated[Optional[int], typer.Option(min=1, help="Stop after this many analyzed frames.")] = None,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = None,
+    conf: Annotated[Optional[float], typer.Option(help="Minimum detection confidence.")] = None,
+) -> None:
+    """Search the objects of a video's frames without a display. Each analyzed frame is one JSON line: the
+    ``query --json`` object plus ``frame`` (number in the file) and ``timestamp_s``."""
+    import contextlib
+
+    from objsearch.engine import Searcher
+    from objsearch.live import QuerySettings, ThumbnailCache, search_frame
+    from objsearch.sources import VideoFileSource
+
+    if out is None and jsonl is None:
+        jsonl = Path("-")
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(VideoFileSource(file))
+        searcher = stack.enter_context(Searcher(index, weights=weights, dims=dims, device=device, conf=conf))
+        settings = QuerySettings(k=k, same_class=same_class)
+        cache = ThumbnailCache(searcher.index) if out is not None else None
+        lines = sys.stdout if jsonl == Path("-") else (stack.enter_context(_open_for_writing(jsonl)) if jsonl else None)
+        writer = None
+        total = source.n_frames // stride if source.n_frames else None
+        if max_frames:
+            total = min(total or max_frames, max_frames)
+        bar, update = _progress_bar(total, "frames")
+        stack.callback(bar.close)
+        n_analyzed = n_objects = 0
+        t0 = time.perf_counter()
+        while max_frames is None or n_analyzed < max_frames:
+            frame = source.read()
+            if frame is None:
+                break
+            if frame.index % stride:
+                continue
+            result = search_frame(searcher, frame, settings, cache)
+            n_analyzed += 1
+            n_objects += len(result.payload["objects"])
+            if lines is not None:
+                lines.write(json.dumps(result.payload) + "\n")
+            if out is not None:
+                from objsearch.render import annotate_frame
+
+                if writer is None:
+                    writer = stack.enter_context(_video_writer(out, source.fps / stride, frame.image.shape))
+                writer.write(annotate_frame(frame.image, result.payload["objects"], result.thumbnails))
+            update(n_analyzed, total, n_objects)
+        seconds = time.perf_counter() - t0
+    typer.echo(f"analyzed {n_analyzed} frames of {file} (stride {stride}), {n_objects} objects, "
+               f"{n_analyzed / max(seconds, 1e-9):.1f} frames/s" + (f" -> {out}" if out else ""), err=True)
+
+
+@contextlib.contextmanager
+def _open_for_writing(path: Path):
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "w", encoding="utf-8")
+    except OSError as exc:
+        raise ObjsearchError(f"cannot write {path}: {exc.strerror}") from None
+    with handle:
+        yield handle
+
+
+@contextlib.contextmanager
+def _video_writer(path: Path, fps: float, shape: tuple[int, ...]):
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), max(fps, 1.0), (shape[1], shape[0]))
+    if not writer.isOpened():
+        raise ObjsearchError(f"cannot write video {path} (use an .mp4 name in a writable folder)")
+    try:
+        yield writer
+    finally:
+        writer.release()
+
+
+@app.command("app")
+@handle_errors
+def desktop_app(
+    index: Annotated[Optional[Path], typer.Option("--index", "-i", help="Index file (default: runs/demo/coco128.h5 "
+                                                  "when the demo made one).")] = None,
+    source: Annotated[Optional[str], typer.Option(help="Start with: random, webcam[:N], screen, or an image or "
+                                                  "video file.")] = None,
+    base_dir: Annotated[Optional[Path], typer.Option(help="Where the indexed images live now.")] = None,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Open the desktop app: live object search from a random image, an image file, a webcam, a video or the
+    screen."""
+    import os
+
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+                                                 or os.environ.get("QT_QPA_PLATFORM")):
+        raise ObjsearchError("no display to open a window on (DISPLAY is not set); run it in a desktop session, "
+                             "or under xvfb-run")
+    if index is None and Path("runs/demo/coco128.h5").is_file():
+        index = Path("runs/demo/coco128.h5")
+    try:
+        from objsearch.gui.window import run_app
+    except ImportError as exc:
+        raise ObjsearchError(f"the desktop app needs PyQt6 and pyqtgraph: {exc}") from None
+    raise typer.Exit(run_app(index, base_dir=base_dir, weights=weights, device=device, source=source))
 
 
 def default_demo_folder() -> Path:

@@ -4,6 +4,8 @@ and "thumb height" settings)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -44,15 +46,94 @@ def _cell(img: np.ndarray | None, size: int, text: str, color, strip: int = 16) 
     return tile
 
 
-def render_result(image: np.ndarray, result: dict, thumbnails: dict[int, bytes], *, header_height: int = 480,
+@dataclass
+class Tile:
+    """Where one thumbnail sits in the rows picture: pixels ``x, y, width, height``; ``row`` (the query object) and
+    ``column`` (-1: the query object's own crop, 0..k-1: its neighbours by rank); ``object_id`` of the neighbour in the
+    index (-1 for the query crop)."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    row: int
+    column: int
+    object_id: int
+
+
+def _decode(data) -> np.ndarray | None:
+    if data is None:
+        return None
+    if isinstance(data, np.ndarray):
+        return data
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+
+def draw_boxes(image: np.ndarray, objects: list[dict], scale: float = 1.0, thickness: int = 2) -> np.ndarray:
+    """``image`` (H, W, 3) uint8 BGR with a labeled box (class and confidence) per ``query --json`` object, drawn
+    in place; ``scale`` maps the objects' boxes (query pixels) onto ``image``."""
+    for obj in objects:
+        x1, y1, x2, y2 = (int(round(v * scale)) for v in obj["box"])
+        color = _color(obj["class_id"])
+        cv2.rectangle(image, (x1, y1), (x2, y2), color, thickness)
+        _label(image, f"{obj['label']} {obj['confidence']:.2f}", x1, y1, color)
+    return image
+
+
+def compose_rows(image: np.ndarray, objects: list[dict], thumbnails: dict, *, thumb_height: int = 96,
+                 gap: int = 3, separator: int = 12) -> tuple[np.ndarray, list[Tile]]:
+    """One row per query object: its crop from ``image``, then its neighbours' thumbnails, each labeled.
+
+    Parameters
+    ----------
+    image : (H, W, 3) uint8 BGR, the query image.
+    objects : the ``query --json`` objects.
+    thumbnails : by object id, JPEG bytes or decoded (h, w, 3) uint8 BGR arrays; a missing one draws an empty tile.
+    thumb_height : tile size in pixels (the original app's "thumb height").
+
+    Returns
+    -------
+    picture : (R, C, 3) uint8 BGR; (0, 0, 3) when there are no objects.
+    tiles : where each tile is, for hit-testing (hover, click).
+    """
+    size, strip = int(thumb_height), 16
+    tile_h = size + strip
+    tiles: list[Tile] = []
+    rows = []
+    for r, obj in enumerate(objects):
+        y = r * (tile_h + 4)
+        x1, y1, x2, y2 = (int(round(v)) for v in obj["box"])
+        crop = image[max(0, y1):max(y1 + 1, y2), max(0, x1):max(x1 + 1, x2)]
+        parts = [_cell(crop, size, f"{obj['label']} {obj['confidence']:.2f}", _color(obj["class_id"]))]
+        tiles.append(Tile(0, y, size, tile_h, r, -1, -1))
+        x = size + separator
+        parts.append(np.full((tile_h, separator, 3), 24, np.uint8))
+        for c, nb in enumerate(obj["neighbors"]):
+            thumb = _decode(thumbnails.get(nb["object_id"]))
+            parts += [_cell(thumb, size, f"{nb['label']} {nb['distance']:.2f}", _color(nb["class_id"])),
+                      np.full((tile_h, gap, 3), 24, np.uint8)]
+            tiles.append(Tile(x, y, size, tile_h, r, c, int(nb["object_id"])))
+            x += size + gap
+        rows.append(np.hstack(parts))
+    if not rows:
+        return np.zeros((0, 0, 3), np.uint8), tiles
+    width = max(r.shape[1] for r in rows)
+    picture = np.full((len(rows) * (tile_h + 4) - 4, width, 3), 24, np.uint8)
+    for r, row in enumerate(rows):
+        y = r * (tile_h + 4)
+        picture[y:y + tile_h, :row.shape[1]] = row
+    return picture, tiles
+
+
+def render_result(image: np.ndarray, result: dict, thumbnails: dict, *, header_height: int = 480,
                   thumb_height: int = 96) -> np.ndarray:
-    """Draw a query result.
+    """Draw a query result: the query with labeled boxes on top, one row of neighbours per object below.
 
     Parameters
     ----------
     image : ndarray of shape (H, W, 3), uint8 BGR, the query image.
     result : the ``query --json`` object (``Searcher.to_json``).
-    thumbnails : JPEG bytes by object id, for every neighbour in ``result``.
+    thumbnails : JPEG bytes (or decoded arrays) by object id, for every neighbour in ``result``.
     header_height, thumb_height : pixels (the original app's "header height" and "thumb height" sliders).
 
     Returns
@@ -60,31 +141,39 @@ def render_result(image: np.ndarray, result: dict, thumbnails: dict[int, bytes],
     ndarray of shape (H2, W2, 3), uint8 BGR.
     """
     scale = header_height / image.shape[0]
-    header = _fit(image, header_height)
-    for obj in result["objects"]:
-        x1, y1, x2, y2 = (int(round(v * scale)) for v in obj["box"])
-        color = _color(obj["class_id"])
-        cv2.rectangle(header, (x1, y1), (x2, y2), color, 2)
-        _label(header, f"{obj['label']} {obj['confidence']:.2f}", x1, y1, color)
-    rows = []
-    gap = np.full((thumb_height + 16, 3, 3), 24, np.uint8)
-    for obj in result["objects"]:
-        x1, y1, x2, y2 = (int(round(v)) for v in obj["box"])
-        crop = image[max(0, y1):max(y1 + 1, y2), max(0, x1):max(x1 + 1, x2)]
-        row = [_cell(crop, thumb_height, f"{obj['label']} {obj['confidence']:.2f}", _color(obj["class_id"])),
-               np.full((thumb_height + 16, 12, 3), 24, np.uint8)]
-        for nb in obj["neighbors"]:
-            data = thumbnails.get(nb["object_id"])
-            thumb = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
-            row += [_cell(thumb, thumb_height, f"{nb['label']} {nb['distance']:.2f}", _color(nb["class_id"])), gap]
-        rows.append(np.hstack(row))
-    width = max([header.shape[1]] + [r.shape[1] for r in rows])
+    header = draw_boxes(_fit(image, header_height), result["objects"], scale)
+    rows, _ = compose_rows(image, result["objects"], thumbnails, thumb_height=thumb_height)
+    width = max(header.shape[1], rows.shape[1])
 
     def pad_to(img):
         return np.hstack([img, np.full((img.shape[0], width - img.shape[1], 3), 24, np.uint8)])
 
     parts = [pad_to(header)]
-    for r in rows:
-        parts.append(np.full((4, width, 3), 24, np.uint8))
-        parts.append(pad_to(r))
+    if rows.size:
+        parts += [np.full((4, width, 3), 24, np.uint8), pad_to(rows)]
     return np.vstack(parts)
+
+
+def annotate_frame(image: np.ndarray, objects: list[dict], thumbnails: dict, *, n_neighbors: int = 3,
+                   thumb_size: int = 48) -> np.ndarray:
+    """A copy of a video frame (H, W, 3) uint8 BGR with a labeled box per object and, inside each box's top-left
+    corner, its first ``n_neighbors`` neighbours' thumbnails (``thumbnails`` by object id, JPEG bytes or arrays),
+    as far as they fit in the frame. Used by ``objsearch video --out``."""
+    out = draw_boxes(image.copy(), objects, 1.0, max(2, image.shape[1] // 400))
+    h, w = out.shape[:2]
+    for obj in objects:
+        x1, y1 = (int(round(v)) for v in obj["box"][:2])
+        x, y = max(0, x1 + 2), max(0, y1 + 2)
+        for nb in obj["neighbors"][:n_neighbors]:
+            thumb = _decode(thumbnails.get(nb["object_id"]))
+            if thumb is None or x + thumb_size > w or y + thumb_size > h:
+                break
+            cell = np.full((thumb_size, thumb_size, 3), 32, np.uint8)
+            scale = thumb_size / max(thumb.shape[:2])
+            tw, th = max(1, round(thumb.shape[1] * scale)), max(1, round(thumb.shape[0] * scale))
+            cell[(thumb_size - th) // 2:(thumb_size - th) // 2 + th, (thumb_size - tw) // 2:(thumb_size - tw) // 2 + tw] = \
+                cv2.resize(thumb, (tw, th), interpolation=cv2.INTER_AREA)
+            out[y:y + thumb_size, x:x + thumb_size] = cell
+            cv2.rectangle(out, (x, y), (x + thumb_size - 1, y + thumb_size - 1), _color(nb["class_id"]), 1)
+            x += thumb_size + 2
+    return out

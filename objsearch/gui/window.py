@@ -1,0 +1,859 @@
+"""The objsearch window: the query frame with labeled boxes on top (pyqtgraph), one row of neighbours per detected
+object below, the controls on the left, frames per second and per-stage milliseconds in the status bar.
+
+The layout, the query sources (random image, webcam, video, screen grab) and the "num results", "header height" and
+"thumb height" sliders follow the openFrameworks app ReverseObjectSearchFast. Capture and search run in their own
+threads (``objsearch.sources.CaptureThread``, ``objsearch.live.LivePipeline``): the GUI thread only paints.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyqtgraph as pg
+from PyQt6 import QtCore, QtGui, QtWidgets
+
+from objsearch.config import load_config
+from objsearch.engine import IMAGE_SUFFIXES, Searcher, analyze
+from objsearch.errors import ObjsearchError, WeightsMismatchError
+from objsearch.live import LivePipeline, LiveResult, QuerySettings
+from objsearch.render import compose_rows, draw_boxes
+from objsearch.sources import (CaptureThread, FrameSlot, ImageFileSource, RandomImageSource, ScreenSource, SourceError,
+                               VideoFileSource, WebcamSource)
+
+LOGGER = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
+SOURCES = ("random", "image", "webcam", "video", "screen")
+SOURCE_LABELS = {"random": "Random image", "image": "Image file", "webcam": "Webcam", "video": "Video file",
+                 "screen": "Screen grab"}
+
+
+class AnalysisCancelled(Exception):
+    """Raised from the progress callback to stop an analysis; the journal keeps what was done."""
+
+
+class Bridge(QtCore.QObject):
+    """Signals that carry results from worker threads to the GUI thread (queued connections)."""
+
+    result = QtCore.pyqtSignal(object)
+    error = QtCore.pyqtSignal(str)
+    source_stopped = QtCore.pyqtSignal(str, bool)  # message, is_error
+    analyze_progress = QtCore.pyqtSignal(int, int, int)
+    analyze_done = QtCore.pyqtSignal(object, object)  # summary or None, error message or None
+    task_done = QtCore.pyqtSignal(object, object)  # callback, error message or None
+
+
+def _qimage(bgr: np.ndarray) -> QtGui.QImage:
+    """A QImage sharing ``bgr`` (H, W, 3) uint8 (keep the array alive while the image is used)."""
+    h, w = bgr.shape[:2]
+    return QtGui.QImage(bgr.data, w, h, bgr.strides[0], QtGui.QImage.Format.Format_BGR888)
+
+
+class ResultsView(QtWidgets.QWidget):
+    """The rows picture: paints it 1:1, shows a tooltip per tile (path, class, distance) and emits
+    ``neighbor_clicked(object_id)`` when a neighbour is clicked."""
+
+    neighbor_clicked = QtCore.pyqtSignal(int)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setMouseTracking(True)
+        self.picture = np.zeros((0, 0, 3), np.uint8)
+        self.tiles = []
+        self.tooltips: dict[tuple[int, int], str] = {}
+        self._image = None
+        self.setMinimumSize(1, 1)
+
+    def set_picture(self, picture: np.ndarray, tiles, tooltips: dict[tuple[int, int], str]) -> None:
+        self.picture = np.ascontiguousarray(picture)
+        self.tiles, self.tooltips = tiles, tooltips
+        self._image = _qimage(self.picture) if self.picture.size else None
+        h, w = self.picture.shape[:2]
+        self.setFixedSize(max(w, 1), max(h, 1))
+        self.update()
+
+    def tile_at(self, x: float, y: float):
+        for tile in self.tiles:
+            if tile.x <= x < tile.x + tile.width and tile.y <= y < tile.y + tile.height:
+                return tile
+        return None
+
+    def paintEvent(self, event) -> None:
+        painter = QtGui.QPainter(self)
+        painter.fillRect(self.rect(), QtGui.QColor(24, 24, 24))
+        if self._image is not None:
+            painter.drawImage(0, 0, self._image)
+        painter.end()
+
+    def mouseMoveEvent(self, event) -> None:
+        pos = event.position()
+        tile = self.tile_at(pos.x(), pos.y())
+        if tile is None:
+            QtWidgets.QToolTip.hideText()
+            self.unsetCursor()
+            return
+        text = self.tooltips.get((tile.row, tile.column), "")
+        self.setCursor(QtCore.Qt.CursorShape.PointingHandCursor if tile.object_id >= 0 else
+                       QtCore.Qt.CursorShape.ArrowCursor)
+        QtWidgets.QToolTip.showText(event.globalPosition().toPoint(), text, self)
+
+    def mousePressEvent(self, event) -> None:
+        if event.button() != QtCore.Qt.MouseButton.LeftButton:
+            return
+        pos = event.position()
+        tile = self.tile_at(pos.x(), pos.y())
+        if tile is not None and tile.object_id >= 0:
+            self.neighbor_clicked.emit(tile.object_id)
+
+
+def _slider(lo: int, hi: int, value: int) -> QtWidgets.QSlider:
+    s = QtWidgets.QSlider(QtCore.Qt.Orientation.Horizontal)
+    s.setRange(lo, hi)
+    s.setValue(value)
+    return s
+
+
+class MainWindow(QtWidgets.QMainWindow):
+    """The app window.
+
+    Parameters
+    ----------
+    index : an index file to open at start (None: none; open one or analyze a folder from the window).
+    base_dir : where the index's images live now, when they moved.
+    weights, device : detector overrides, as for ``objsearch query``.
+    camera_opener, screen_grabber : stand-ins for ``cv2.VideoCapture(device)`` and the mss screen grab (tests).
+
+    Everything a user can get wrong (no camera, an undecodable video, an unreadable image, an index built with
+    other weights, a failed screen grab) ends in a message in the window (``message``), never in a crash; the open
+    index stays open when opening another one fails.
+    """
+
+    def __init__(self, index: str | Path | None = None, *, base_dir: str | Path | None = None,
+                 weights: str | None = None, device: str | None = None, camera_opener=None, screen_grabber=None):
+        super().__init__()
+        self.setWindowTitle("objsearch")
+        self.resize(1400, 900)
+        self.setAcceptDrops(True)
+        self.weights, self.device = weights, device
+        self.camera_opener, self.screen_grabber = camera_opener, screen_grabber
+        self.searcher: Searcher | None = None
+        self.settings = QuerySettings()
+        self.thumb_height = 96
+        self.slot = FrameSlot()
+        self.bridge = Bridge()
+        self.bridge.result.connect(self._show_result)
+        self.bridge.error.connect(lambda m: self.show_message(m, error=True))
+        self.bridge.source_stopped.connect(self._source_stopped)
+        self.bridge.analyze_progress.connect(self._analyze_progress)
+        self.bridge.analyze_done.connect(self._analyze_done)
+        self.bridge.task_done.connect(lambda cb, err: cb(err))
+        self.pipeline: LivePipeline | None = None
+        self.source = None
+        self.source_kind = "random"
+        self.capture: CaptureThread | None = None
+        self._still = None  # the last one-off frame, searched again when a setting changes
+        self.last_result: LiveResult | None = None
+        self.n_results_shown = 0
+        self._analysis: tuple[threading.Thread, threading.Event, Path, Path] | None = None
+        self._frame_shape = None
+        self.message = ""
+        self._build()
+        if index is not None:
+            self.open_index(index, base_dir=base_dir)
+        else:
+            self.show_message("Open an index (Index ▸ Open…) or analyze a folder of images to start.")
+
+    # ------------------------------------------------------------------------------------------------ layout
+    def _build(self) -> None:
+        self.header = pg.GraphicsLayoutWidget()
+        self.header.setBackground((24, 24, 24))
+        self.header_view = self.header.addViewBox(lockAspect=True, invertY=True, enableMouse=False)
+        self.header_view.setMenuEnabled(False)
+        self.frame_item = pg.ImageItem(axisOrder="row-major")
+        self.header_view.addItem(self.frame_item)
+        self.header.setFixedHeight(360)
+
+        self.rows = ResultsView()
+        self.rows.neighbor_clicked.connect(self.query_object)
+        scroll = QtWidgets.QScrollArea()
+        scroll.setWidget(self.rows)
+        scroll.setWidgetResizable(False)
+        scroll.setStyleSheet("background: rgb(24, 24, 24)")
+        self.rows_scroll = scroll
+
+        central = QtWidgets.QWidget()
+        layout = QtWidgets.QVBoxLayout(central)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.addWidget(self.header)
+        layout.addWidget(scroll, 1)
+        self.setCentralWidget(central)
+
+        panel = QtWidgets.QWidget()
+        form = QtWidgets.QVBoxLayout(panel)
+
+        # sources
+        box = QtWidgets.QGroupBox("Query source")
+        grid = QtWidgets.QGridLayout(box)
+        self.source_buttons = QtWidgets.QButtonGroup(self)
+        for i, kind in enumerate(SOURCES):
+            b = QtWidgets.QRadioButton(SOURCE_LABELS[kind])
+            b.setObjectName(f"source_{kind}")
+            self.source_buttons.addButton(b, i)
+            grid.addWidget(b, i, 0)
+        self.source_buttons.button(0).setChecked(True)
+        self.source_buttons.idClicked.connect(lambda i: self.select_source(SOURCES[i]))
+        self.next_button = QtWidgets.QPushButton("Next")
+        self.next_button.setToolTip("Another random image of the index (R)")
+        self.next_button.clicked.connect(self.query_random)
+        QtGui.QShortcut(QtGui.QKeySequence("R"), self, activated=self.query_random)
+        grid.addWidget(self.next_button, 0, 1)
+        open_image = QtWidgets.QPushButton("Open…")
+        open_image.setToolTip("Query an image file (or drop one on the window)")
+        open_image.clicked.connect(self._choose_image)
+        grid.addWidget(open_image, 1, 1)
+        self.camera_spin = QtWidgets.QSpinBox()
+        self.camera_spin.setRange(0, 15)
+        self.camera_spin.setPrefix("device ")
+        grid.addWidget(self.camera_spin, 2, 1)
+        open_video = QtWidgets.QPushButton("Open…")
+        open_video.clicked.connect(self._choose_video)
+        grid.addWidget(open_video, 3, 1)
+        self.region_edit = QtWidgets.QLineEdit()
+        self.region_edit.setPlaceholderText("whole screen, or x,y,w,h")
+        self.region_edit.setToolTip("Screen region to grab: left,top,width,height in pixels; empty for the first monitor")
+        self.region_edit.editingFinished.connect(lambda: self.source_kind == "screen" and self.start_screen())
+        grid.addWidget(self.region_edit, 4, 1)
+        self.play_button = QtWidgets.QPushButton("Pause")
+        self.play_button.setCheckable(True)
+        self.play_button.toggled.connect(self._toggle_pause)
+        self.seek_slider = _slider(0, 0, 0)
+        self.seek_slider.sliderMoved.connect(self._seek)
+        self.position_label = QtWidgets.QLabel("")
+        grid.addWidget(self.play_button, 5, 0)
+        grid.addWidget(self.position_label, 5, 1)
+        grid.addWidget(self.seek_slider, 6, 0, 1, 2)
+        form.addWidget(box)
+
+        # search
+        box = QtWidgets.QGroupBox("Search")
+        f = QtWidgets.QFormLayout(box)
+        self.results_slider = _slider(1, 100, self.settings.k)
+        self.results_slider.valueChanged.connect(self._set_k)
+        self.results_label = QtWidgets.QLabel(str(self.settings.k))
+        f.addRow("Results", self._with_label(self.results_slider, self.results_label))
+        self.conf_slider = _slider(1, 95, 25)
+        self.conf_slider.valueChanged.connect(self._set_conf)
+        self.conf_label = QtWidgets.QLabel("0.25")
+        f.addRow("Confidence", self._with_label(self.conf_slider, self.conf_label))
+        self.same_class_box = QtWidgets.QCheckBox("same class only")
+        self.same_class_box.toggled.connect(self._set_same_class)
+        f.addRow("", self.same_class_box)
+        self.dims_combo = QtWidgets.QComboBox()
+        self.dims_combo.currentTextChanged.connect(self._set_dims)
+        f.addRow("Dimensions", self.dims_combo)
+        form.addWidget(box)
+
+        # display
+        box = QtWidgets.QGroupBox("Display")
+        f = QtWidgets.QFormLayout(box)
+        self.header_slider = _slider(120, 1080, 360)
+        self.header_slider.valueChanged.connect(self._set_header_height)
+        f.addRow("Header height", self.header_slider)
+        self.thumb_slider = _slider(32, 256, self.thumb_height)
+        self.thumb_slider.valueChanged.connect(self._set_thumb_height)
+        f.addRow("Thumb height", self.thumb_slider)
+        form.addWidget(box)
+
+        # index
+        box = QtWidgets.QGroupBox("Index")
+        v = QtWidgets.QVBoxLayout(box)
+        self.index_label = QtWidgets.QLabel("no index")
+        self.index_label.setWordWrap(True)
+        v.addWidget(self.index_label)
+        row = QtWidgets.QHBoxLayout()
+        for text, slot in (("Open…", self._choose_index), ("Save as…", self._choose_save),
+                           ("Image folder…", self._choose_base_dir)):
+            b = QtWidgets.QPushButton(text)
+            b.clicked.connect(slot)
+            row.addWidget(b)
+        v.addLayout(row)
+        self.analyze_button = QtWidgets.QPushButton("Analyze folder…")
+        self.analyze_button.clicked.connect(self._choose_analyze)
+        v.addWidget(self.analyze_button)
+        self.progress = QtWidgets.QProgressBar()
+        self.progress.setVisible(False)
+        self.cancel_button = QtWidgets.QPushButton("Cancel analysis")
+        self.cancel_button.setVisible(False)
+        self.cancel_button.clicked.connect(self.cancel_analysis)
+        v.addWidget(self.progress)
+        v.addWidget(self.cancel_button)
+        form.addWidget(box)
+
+        self.message_label = QtWidgets.QLabel("")
+        self.message_label.setWordWrap(True)
+        self.message_label.setTextInteractionFlags(QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
+        form.addWidget(self.message_label)
+        form.addStretch(1)
+
+        dock = QtWidgets.QDockWidget("Controls", self)
+        dock.setFeatures(QtWidgets.QDockWidget.DockWidgetFeature.DockWidgetMovable)
+        scroll_panel = QtWidgets.QScrollArea()
+        scroll_panel.setWidget(panel)
+        scroll_panel.setWidgetResizable(True)
+        scroll_panel.setMinimumWidth(300)
+        dock.setWidget(scroll_panel)
+        self.addDockWidget(QtCore.Qt.DockWidgetArea.LeftDockWidgetArea, dock)
+        self.stage_label = QtWidgets.QLabel("")
+        self.statusBar().addPermanentWidget(self.stage_label)
+        self._update_source_controls()
+
+    @staticmethod
+    def _with_label(slider, label) -> QtWidgets.QWidget:
+        w = QtWidgets.QWidget()
+        h = QtWidgets.QHBoxLayout(w)
+        h.setContentsMargins(0, 0, 0, 0)
+        label.setMinimumWidth(32)
+        h.addWidget(slider, 1)
+        h.addWidget(label)
+        return w
+
+    # ----------------------------------------------------------------------------------------------- messages
+    def show_message(self, text: str, error: bool = False) -> None:
+        """Show ``text`` in the controls panel and the status bar (red when ``error``); never a modal dialog."""
+        self.message = text
+        self.message_label.setText(text)
+        self.message_label.setStyleSheet("color: #e05050" if error else "")
+        self.statusBar().showMessage(text, 0 if error else 10000)
+        (LOGGER.warning if error else LOGGER.info)("%s", text)
+
+    # -------------------------------------------------------------------------------------------------- index
+    def open_index(self, path: str | Path, base_dir: str | Path | None = None) -> bool:
+        """Open an index file and make it the one searched. On failure the message says why and the previous index
+        stays open. Returns whether it opened."""
+        path = Path(path)
+        QtWidgets.QApplication.setOverrideCursor(QtCore.Qt.CursorShape.WaitCursor)
+        try:
+            old = self.searcher
+            detector = None
+            if old is not None and self.weights is None:
+                detector = old.detector  # same checkpoint is the common case; Searcher checks the sha256
+            try:
+                searcher = Searcher(path, weights=self.weights, base_dir=base_dir, device=self.device,
+                                    detector=detector)
+                searcher.detector.conf = float(searcher.cfg["conf"])
+            except WeightsMismatchError:
+                if detector is None:
+                    raise
+                searcher = Searcher(path, weights=self.weights, base_dir=base_dir, device=self.device)
+        except ObjsearchError as exc:
+            self.show_message(f"cannot open {path.name}: {exc}", error=True)
+            return False
+        finally:
+            QtWidgets.QApplication.restoreOverrideCursor()
+        self.searcher = searcher
+        if self.pipeline is None:
+            self.pipeline = LivePipeline(searcher, self.slot, self.bridge.result.emit, on_error=self.bridge.error.emit,
+                                         settings=self.settings, compose=self._compose)
+            self.pipeline.start()
+        else:
+            self.pipeline.set_searcher(searcher)
+        if old is not None:
+            old.close()
+        self.settings.dims = searcher.dims
+        self.dims_combo.blockSignals(True)
+        self.dims_combo.clear()
+        self.dims_combo.addItems([str(d) for d in searcher.index.dims])
+        self.dims_combo.setCurrentText(str(searcher.dims))
+        self.dims_combo.blockSignals(False)
+        self.conf_slider.blockSignals(True)
+        self.conf_slider.setValue(int(round(searcher.detector.conf * 100)))
+        self.conf_label.setText(f"{searcher.detector.conf:.2f}")
+        self.conf_slider.blockSignals(False)
+        self.settings.conf = None
+        self._update_index_label()
+        self.show_message(f"opened {path} ({len(searcher.index.class_id):,} objects, search: {searcher.neighbors(searcher.dims).method})")
+        self._check_images()
+        if self.source_kind == "random" and self.capture is None:
+            self.query_random()
+        return True
+
+    def _update_index_label(self) -> None:
+        s = self.searcher
+        if s is None:
+            self.index_label.setText("no index")
+            return
+        self.index_label.setText(f"{s.index.path.name}: {len(s.index.class_id):,} objects in {len(s.index.image_path):,} "
+                                 f"images\nimages under {s.base_dir}")
+        self.index_label.setToolTip(str(s.index.path))
+
+    def _check_images(self) -> bool:
+        s = self.searcher
+        if s is None or not s.index.image_path:
+            return True
+        if s.image_path(0).is_file():
+            return True
+        self.show_message(f"the index's images are not under {s.base_dir}: choose Index ▸ Image folder… to point at "
+                          f"them (search and thumbnails work without them; random and clicked images need them)",
+                          error=True)
+        return False
+
+    def set_base_dir(self, folder: str | Path) -> None:
+        """Where the index's images live now (when they moved)."""
+        if self.searcher is None:
+            return
+        self.searcher.base_dir = Path(folder)
+        self._update_index_label()
+        if self._check_images():
+            self.show_message(f"images of {self.searcher.index.path.name} read from {folder}")
+
+    def save_index(self, path: str | Path) -> None:
+        """Copy the open index to ``path`` in the background (the copy appears complete or not at all)."""
+        if self.searcher is None:
+            self.show_message("no index is open", error=True)
+            return
+        src, dst = Path(self.searcher.index.path), Path(path)
+        if dst.resolve() == src.resolve():
+            self.show_message(f"{dst} is the open index already")
+            return
+
+        def work():
+            tmp = dst.with_name(dst.name + ".part")
+            shutil.copyfile(src, tmp)
+            tmp.replace(dst)
+
+        self._background(work, lambda err: self.show_message(
+            f"cannot save {dst}: {err}" if err else f"saved {dst}", error=bool(err)))
+
+    def _background(self, fn, done) -> None:
+        def run():
+            try:
+                fn()
+            except (OSError, ObjsearchError) as exc:
+                self.bridge.task_done.emit(done, str(exc))
+            else:
+                self.bridge.task_done.emit(done, None)
+
+        threading.Thread(target=run, daemon=True).start()
+
+    # ---------------------------------------------------------------------------------------------- analysis
+    def analyze_folder(self, folder: str | Path, output: str | Path) -> bool:
+        """Analyze ``folder`` into ``output`` in a background thread (progress bar, Cancel), then open it. An
+        interrupted or cancelled analysis leaves its journal, and analyzing the same folder into the same file
+        again resumes; ``output`` is only ever written whole."""
+        if self._analysis is not None:
+            self.show_message("an analysis is already running", error=True)
+            return False
+        folder, output = Path(folder), Path(output)
+        if self.searcher is not None and output.resolve() == Path(self.searcher.index.path).resolve():
+            self.show_message(f"{output.name} is the open index: choose another file", error=True)
+            return False
+        weights = self.weights or (str(self.searcher.detector.weights_path) if self.searcher else None)
+        try:
+            cfg = load_config(None, weights=weights, **({"device": self.device} if self.device else {}))
+        except ObjsearchError as exc:
+            self.show_message(str(exc), error=True)
+            return False
+        cancel = threading.Event()
+
+        def progress(done, total, n_objects):
+            self.bridge.analyze_progress.emit(done, total, n_objects)
+            if cancel.is_set():
+                raise AnalysisCancelled
+
+        def run():
+            try:
+                summary = analyze(folder, output, cfg, overwrite=True, progress=progress)
+            except AnalysisCancelled:
+                self.bridge.analyze_done.emit(None, "cancelled")
+            except ObjsearchError as exc:
+                self.bridge.analyze_done.emit(None, str(exc))
+            except Exception as exc:  # a bug: keep the app and the open index alive, log the traceback
+                LOGGER.exception("analysis of %s failed", folder)
+                self.bridge.analyze_done.emit(None, f"{type(exc).__name__}: {exc}")
+            else:
+                self.bridge.analyze_done.emit(summary, None)
+
+        thread = threading.Thread(target=run, daemon=True, name="analyze")
+        self._analysis = (thread, cancel, folder, output)
+        self.progress.setRange(0, 0)
+        self.progress.setVisible(True)
+        self.cancel_button.setVisible(True)
+        self.analyze_button.setEnabled(False)
+        self.show_message(f"analyzing {folder} → {output}")
+        thread.start()
+        return True
+
+    def cancel_analysis(self) -> None:
+        if self._analysis is not None:
+            self._analysis[1].set()
+            self.cancel_button.setEnabled(False)
+
+    def _analyze_progress(self, done: int, total: int, n_objects: int) -> None:
+        self.progress.setRange(0, total)
+        self.progress.setValue(done)
+        self.progress.setFormat(f"%v / %m images, {n_objects:,} objects")
+
+    def _analyze_done(self, summary, error) -> None:
+        _, _, folder, output = self._analysis
+        self._analysis = None
+        self.progress.setVisible(False)
+        self.cancel_button.setVisible(False)
+        self.cancel_button.setEnabled(True)
+        self.analyze_button.setEnabled(True)
+        if error == "cancelled":
+            self.show_message(f"analysis cancelled; {output} was not written. Analyzing {folder.name} into the same "
+                              f"file again resumes where it stopped.")
+        elif error:
+            self.show_message(f"analysis failed: {error}", error=True)
+        else:
+            skipped = f", {len(summary.skipped)} unreadable files skipped" if summary.skipped else ""
+            if self.open_index(output):
+                self.show_message(f"analyzed {summary.n_images} images, {summary.n_objects:,} objects in "
+                                  f"{summary.seconds:.1f} s{skipped} → {output}")
+
+    # ------------------------------------------------------------------------------------------------ sources
+    def _update_source_controls(self) -> None:
+        video = self.source_kind == "video" and isinstance(self.source, VideoFileSource)
+        for w in (self.play_button, self.seek_slider, self.position_label):
+            w.setEnabled(video)
+        self.next_button.setEnabled(self.source_kind == "random")
+
+    def select_source(self, kind: str) -> None:
+        """Switch the query source (``random``, ``image``, ``webcam``, ``video``, ``screen``), as the toggle does."""
+        if kind not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {kind!r}")
+        self.source_buttons.button(SOURCES.index(kind)).setChecked(True)
+        if kind == "random":
+            self.query_random()
+        elif kind == "image":
+            self._choose_image()
+        elif kind == "webcam":
+            self.start_webcam(self.camera_spin.value())
+        elif kind == "video":
+            if isinstance(self.source, VideoFileSource):
+                self.start_video(self.source.path)
+            else:
+                self._choose_video()
+        elif kind == "screen":
+            self.start_screen()
+
+    def stop_source(self) -> None:
+        """Stop a continuous source and release its device or file."""
+        if self.capture is not None:
+            self.capture.stop()
+            self.capture.join(2.0)
+            self.capture = None
+        if self.source is not None:
+            self.source.close()
+            self.source = None
+        self.slot.clear()
+
+    def _set_kind(self, kind: str) -> None:
+        self.source_kind = kind
+        self.source_buttons.button(SOURCES.index(kind)).setChecked(True)
+        self._update_source_controls()
+
+    def _submit_still(self, source) -> bool:
+        if self.searcher is None:
+            self.show_message("open an index first", error=True)
+            return False
+        try:
+            frame = source.read()
+        except ObjsearchError as exc:
+            self.show_message(str(exc), error=True)
+            return False
+        self._still = frame
+        self.slot.put(frame)
+        return True
+
+    def query_random(self) -> bool:
+        """Query a random image of the index."""
+        self.stop_source()
+        self._set_kind("random")
+        if self.searcher is None:
+            self.show_message("open an index first", error=True)
+            return False
+        try:
+            source = RandomImageSource([self.searcher.image_path(i) for i in range(len(self.searcher.index.image_path))])
+        except SourceError as exc:
+            self.show_message(str(exc), error=True)
+            return False
+        return self._submit_still(source)
+
+    def query_image(self, path: str | Path, image_id: int | None = None) -> bool:
+        """Query an image file (an indexed image leaves its own objects out of the results)."""
+        self.stop_source()
+        self._set_kind("image")
+        if image_id is None:
+            image_id = self.searcher.image_id_of(path) if self.searcher is not None else -1
+        return self._submit_still(ImageFileSource(path, image_id))
+
+    def query_object(self, object_id: int) -> bool:
+        """Make the image holding an indexed object the new query (a click on a neighbour)."""
+        if self.searcher is None:
+            return False
+        image_id = int(self.searcher.index.image_id[object_id])
+        return self.query_image(self.searcher.image_path(image_id), image_id)
+
+    def _start_continuous(self, kind: str, make_source, realtime: bool = True) -> bool:
+        self.stop_source()
+        self._set_kind(kind)
+        self._still = None
+        if self.searcher is None:
+            self.show_message("open an index first", error=True)
+            return False
+        try:
+            self.source = make_source()
+        except ObjsearchError as exc:
+            self.show_message(str(exc), error=True)
+            self._update_source_controls()
+            return False
+        self.slot.reopen()
+        name = self.source.name
+        self.capture = CaptureThread(
+            self.source, self.slot, realtime=realtime,
+            on_end=lambda: self.bridge.source_stopped.emit(f"{name} ended", False),
+            on_error=lambda m: self.bridge.source_stopped.emit(m, True))
+        self.capture.start()
+        self._update_source_controls()
+        self.play_button.setChecked(False)
+        self.show_message(f"live: {name}")
+        return True
+
+    def start_webcam(self, device: int = 0) -> bool:
+        """Search a camera's frames continuously."""
+        self.camera_spin.setValue(int(device))
+        return self._start_continuous("webcam", lambda: WebcamSource(device, opener=self.camera_opener))
+
+    def start_video(self, path: str | Path, realtime: bool = True) -> bool:
+        """Play a video file and search its frames (at the file's frame rate; ``realtime=False``: every frame, as
+        fast as the search goes)."""
+        ok = self._start_continuous("video", lambda: VideoFileSource(path), realtime)
+        if ok:
+            self.seek_slider.setRange(0, max(0, self.source.n_frames - 1))
+            self.seek_slider.setValue(0)
+        return ok
+
+    def start_screen(self, region: tuple[int, int, int, int] | None = None) -> bool:
+        """Grab a screen region continuously; None: the region typed in the controls (empty: the first monitor)."""
+        if region is None:
+            text = self.region_edit.text().strip()
+            if text:
+                try:
+                    region = tuple(int(v) for v in text.replace(" ", "").split(","))
+                except ValueError:
+                    self.show_message(f"screen region must be x,y,width,height in pixels, got {text!r}", error=True)
+                    return False
+        else:
+            self.region_edit.setText(",".join(str(v) for v in region))
+        return self._start_continuous("screen", lambda: ScreenSource(region, grabber=self.screen_grabber))
+
+    def _source_stopped(self, message: str, error: bool) -> None:
+        if self.capture is not None and not self.capture.is_alive():
+            self.capture = None
+        self.play_button.blockSignals(True)
+        self.play_button.setChecked(True)
+        self.play_button.setText("Play")
+        self.play_button.blockSignals(False)
+        self.show_message(message, error=error)
+
+    def _toggle_pause(self, paused: bool) -> None:
+        self.play_button.setText("Play" if paused else "Pause")
+        if not isinstance(self.source, VideoFileSource):
+            return
+        if self.capture is None:  # the video ended: play again from where the slider is
+            if not paused:
+                path, position = self.source.path, self.seek_slider.value()
+                if self.start_video(path):
+                    self.source.seek(0 if position >= self.source.n_frames - 1 else position)
+            return
+        self.capture.pause(paused)
+
+    def _seek(self, frame: int) -> None:
+        if isinstance(self.source, VideoFileSource):
+            self.source.seek(frame)
+
+    # ------------------------------------------------------------------------------------------------ settings
+    def _requery(self) -> None:
+        if self._still is not None and self.capture is None and self.searcher is not None:
+            self.slot.put(self._still)
+
+    def _set_k(self, k: int) -> None:
+        self.settings.k = int(k)
+        self.results_label.setText(str(k))
+        self._requery()
+
+    def _set_conf(self, value: int) -> None:
+        self.settings.conf = value / 100
+        self.conf_label.setText(f"{value / 100:.2f}")
+        self._requery()
+
+    def _set_same_class(self, on: bool) -> None:
+        self.settings.same_class = bool(on)
+        self._requery()
+
+    def _set_dims(self, text: str) -> None:
+        if text:
+            self.settings.dims = int(text)
+            self._requery()
+
+    def _set_header_height(self, height: int) -> None:
+        self.header.setFixedHeight(int(height))
+
+    def _set_thumb_height(self, height: int) -> None:
+        self.thumb_height = int(height)
+        if self.last_result is not None:
+            self.last_result.extra = self._compose(self.last_result)
+            self._paint_rows(self.last_result)
+
+    # ------------------------------------------------------------------------------------------------ display
+    def _compose(self, result: LiveResult):
+        """Runs in the pipeline thread: the boxed frame (RGB) and the rows picture with its tiles and tooltips."""
+        image = result.frame.image
+        objects = result.payload["objects"]
+        boxed = draw_boxes(image.copy(), objects, 1.0, max(2, image.shape[1] // 400))[..., ::-1]
+        picture, tiles = compose_rows(image, objects, result.thumbnails, thumb_height=self.thumb_height)
+        tips = {}
+        for r, obj in enumerate(objects):
+            x1, y1, x2, y2 = obj["box"]
+            tips[(r, -1)] = (f"query object: {obj['label']} {obj['confidence']:.2f}, box "
+                             f"{x1:.0f},{y1:.0f},{x2:.0f},{y2:.0f} in {result.frame.name}")
+            for c, nb in enumerate(obj["neighbors"]):
+                tips[(r, c)] = (f"{nb['path']}\n{nb['label']} {nb['confidence']:.2f}, distance {nb['distance']:.3f} "
+                                f"(object {nb['object_id']})\nclick: search this image")
+        return np.ascontiguousarray(boxed), picture, tiles, tips
+
+    def _paint_rows(self, result: LiveResult) -> None:
+        _, picture, tiles, tips = result.extra
+        self.rows.set_picture(picture, tiles, tips)
+
+    def _show_result(self, result: LiveResult) -> None:
+        t0 = time.perf_counter()
+        boxed = result.extra[0]
+        self.frame_item.setImage(boxed, autoLevels=False, levels=(0, 255))
+        if boxed.shape != self._frame_shape:
+            self._frame_shape = boxed.shape
+            self.header_view.autoRange(padding=0)
+        self._paint_rows(result)
+        self.last_result = result
+        self.n_results_shown += 1
+        if isinstance(self.source, VideoFileSource) and not self.seek_slider.isSliderDown():
+            self.seek_slider.setValue(result.frame.index)
+            self.position_label.setText(f"{result.frame.timestamp_s:.1f} s / frame {result.frame.index}")
+        paint = (time.perf_counter() - t0) * 1e3
+        t = result.timings_ms
+        display = t.get("thumbnails", 0) + t.get("compose", 0) + paint
+        result.timings_ms["display"] = display
+        n = len(result.payload["objects"])
+        live = self.capture is not None
+        rate = f"{result.fps:.1f} fps · " if live else ""
+        dropped = f" · dropped {result.dropped}" if live else ""
+        self.stage_label.setText(
+            f"{rate}{n} objects · detect {t.get('detect', 0):.1f} · features {t.get('features', 0):.1f} · "
+            f"search {t.get('search', 0):.1f} · display {display:.1f} ms{dropped}")
+        if not live:
+            self.statusBar().showMessage(result.frame.name, 10000)
+
+    # -------------------------------------------------------------------------------------------- file dialogs
+    def _choose_image(self) -> None:
+        path, _ = QtWidgets.QFileDialog.getOpenFileName(
+            self, "Query image", "", "Images (" + " ".join(f"*{s}" for s in sorted(IMAGE_SUFFIXES)) + ");;All files (*)")
+        if path:
+            self.query_image(path)
+
+    def _choose_video(self) -> None:
+        path, _ = QtWidgets.QFileDialog.getOpenFileName(
+            self, "Video file", "", "Videos (" + " ".join(f"*{s}" for s in sorted(VIDEO_SUFFIXES)) + ");;All files (*)")
+        if path:
+            self.start_video(path)
+
+    def _choose_index(self) -> None:
+        path, _ = QtWidgets.QFileDialog.getOpenFileName(self, "Open index", "", "objsearch index (*.h5);;All files (*)")
+        if path:
+            self.open_index(path)
+
+    def _choose_save(self) -> None:
+        path, _ = QtWidgets.QFileDialog.getSaveFileName(self, "Save index as", "", "objsearch index (*.h5)")
+        if path:
+            self.save_index(path)
+
+    def _choose_base_dir(self) -> None:
+        folder = QtWidgets.QFileDialog.getExistingDirectory(self, "Folder the index's images are in")
+        if folder:
+            self.set_base_dir(folder)
+
+    def _choose_analyze(self) -> None:
+        folder = QtWidgets.QFileDialog.getExistingDirectory(self, "Folder of images to analyze")
+        if not folder:
+            return
+        output, _ = QtWidgets.QFileDialog.getSaveFileName(self, "Write the index to", str(Path(folder).with_suffix(".h5")),
+                                                          "objsearch index (*.h5)")
+        if output:
+            self.analyze_folder(folder, output)
+
+    # ---------------------------------------------------------------------------------------------- drag & drop
+    def dragEnterEvent(self, event) -> None:
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:
+        for url in event.mimeData().urls():
+            self.open_path(url.toLocalFile())
+            break
+
+    def open_path(self, path: str | Path) -> None:
+        """What dropping a file does: an index opens, a video plays, an image is queried."""
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix in (".h5", ".hdf5"):
+            self.open_index(path)
+        elif suffix in VIDEO_SUFFIXES:
+            self.start_video(path)
+        elif suffix in IMAGE_SUFFIXES:
+            self.query_image(path)
+        else:
+            self.show_message(f"{path.name}: not an image, a video or an index file", error=True)
+
+    # ---------------------------------------------------------------------------------------------------- close
+    def closeEvent(self, event) -> None:
+        self.shutdown()
+        super().closeEvent(event)
+
+    def shutdown(self) -> None:
+        """Stop capture, search and analysis threads and close the index."""
+        self.stop_source()
+        if self._analysis is not None:
+            self._analysis[1].set()
+            self._analysis[0].join(30)
+        if self.pipeline is not None:
+            self.pipeline.stop()
+            self.pipeline = None
+        if self.searcher is not None:
+            self.searcher.close()
+            self.searcher = None
+
+
+def run_app(index=None, *, base_dir=None, weights=None, device=None, source: str | None = None) -> int:
+    """Start the Qt application with a ``MainWindow`` and run until it closes; returns the exit status.
+
+    ``source`` starts a query source: ``random``, ``webcam[:N]``, ``screen``, or a path to an image or video file.
+    """
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["objsearch"])
+    window = MainWindow(index, base_dir=base_dir, weights=weights, device=device)
+    window.show()
+    if source:
+        if source == "random":
+            window.query_random()
+        elif source.startswith("webcam"):
+            window.start_webcam(int(source.partition(":")[2] or 0))
+        elif source == "screen":
+            window.start_screen()
+        else:
+            window.open_path(source)
+    return app.exec()

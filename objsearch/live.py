@@ -1,0 +1,199 @@
+"""The live search pipeline: a worker thread that takes the newest frame from a ``FrameSlot``, finds every object's
+neighbours, fetches their thumbnails and hands a ``LiveResult`` to a callback. The desktop app and the benchmark run
+it; it knows nothing of Qt.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from objsearch.errors import ObjsearchError
+from objsearch.sources import Frame, FrameSlot
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass
+class QuerySettings:
+    """What every query of the pipeline uses; read at each frame, so changes apply to the next one.
+
+    k : neighbours per object (1-100). same_class : only neighbours of the object's class. dims : stored projection
+    dimension (None: the searcher's). conf : detection confidence threshold (None: the index's).
+    """
+
+    k: int = 16
+    same_class: bool = False
+    dims: int | None = None
+    conf: float | None = None
+
+
+@dataclass
+class LiveResult:
+    """One processed frame.
+
+    frame : the frame searched. payload : the ``query --json`` object plus ``frame`` and ``timestamp_s``.
+    thumbnails : decoded (h, w, 3) uint8 BGR thumbnails by object id, every neighbour in ``payload``.
+    timings_ms : detect, features, search, assemble, thumbnails (and whatever ``compose`` adds).
+    fps : processed frames per second over the last two seconds. dropped : frames the slot dropped so far.
+    extra : what ``compose`` returned (the app's rendered rows).
+    """
+
+    frame: Frame
+    payload: dict
+    thumbnails: dict[int, np.ndarray]
+    timings_ms: dict[str, float]
+    fps: float = 0.0
+    dropped: int = 0
+    extra: object = None
+
+
+class ThumbnailCache:
+    """Decoded thumbnails by object id, least recently used dropped beyond ``capacity`` (live video keeps finding
+    the same neighbours, so most are hits). Reads go through ``index.thumbnail(object_id)`` (JPEG bytes)."""
+
+    def __init__(self, index, capacity: int = 4096):
+        self.index, self.capacity = index, int(capacity)
+        self._items: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, object_id: int) -> np.ndarray | None:
+        object_id = int(object_id)
+        item = self._items.get(object_id)
+        if item is not None:
+            self._items.move_to_end(object_id)
+            self.hits += 1
+            return item
+        self.misses += 1
+        data = self.index.thumbnail(object_id)
+        item = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+        if item is not None:
+            self._items[object_id] = item
+            if len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return item
+
+    def get_many(self, object_ids) -> dict[int, np.ndarray]:
+        out = {}
+        for oid in object_ids:
+            if oid >= 0 and oid not in out:
+                thumb = self.get(oid)
+                if thumb is not None:
+                    out[int(oid)] = thumb
+        return out
+
+
+def search_frame(searcher, frame: Frame, settings: QuerySettings, cache: ThumbnailCache | None = None) -> LiveResult:
+    """Search one frame: detections, neighbours, the JSON payload (with ``frame`` and ``timestamp_s``) and, with a
+    ``cache``, the neighbours' decoded thumbnails.
+
+    Raises
+    ------
+    ObjsearchError
+        From the searcher (for example a projection dimension the index does not hold).
+    """
+    if settings.conf is not None:
+        searcher.detector.conf = float(settings.conf)
+    result = searcher.search(frame.image, int(settings.k), same_class=settings.same_class,
+                             exclude_image_id=frame.image_id, dims=settings.dims, name=frame.name)
+    payload = searcher.to_json(result)
+    timings = dict(payload["timings_ms"])
+    payload = {"frame": int(frame.index), "timestamp_s": round(float(frame.timestamp_s), 4), **payload}
+    thumbs = {}
+    if cache is not None:
+        t0 = time.perf_counter()
+        thumbs = cache.get_many(int(nb["object_id"]) for obj in payload["objects"] for nb in obj["neighbors"])
+        timings["thumbnails"] = (time.perf_counter() - t0) * 1e3
+    timings.pop("total", None)
+    return LiveResult(frame, payload, thumbs, timings)
+
+
+class LivePipeline(threading.Thread):
+    """Search the newest frame of ``slot``, again and again, until stopped.
+
+    Parameters
+    ----------
+    searcher : an ``objsearch.engine.Searcher`` (replace it with ``set_searcher``; only this thread uses it).
+    slot : frames to search; stale ones were already dropped by the slot.
+    on_result : called in this thread with each ``LiveResult``.
+    on_error : called in this thread with a one-line message when a frame fails; the pipeline keeps running.
+    settings : read at every frame.
+    compose : optional, called in this thread with the ``LiveResult`` before ``on_result``; its return value goes to
+        ``LiveResult.extra`` and its time to ``timings_ms["compose"]`` (the app renders its rows here, off the GUI
+        thread).
+    """
+
+    def __init__(self, searcher, slot: FrameSlot, on_result: Callable[[LiveResult], None], *,
+                 on_error: Callable[[str], None] | None = None, settings: QuerySettings | None = None,
+                 compose: Callable[[LiveResult], object] | None = None):
+        super().__init__(daemon=True, name="live pipeline")
+        self.slot, self.on_result, self.on_error, self.compose = slot, on_result, on_error, compose
+        self.settings = settings or QuerySettings()
+        self._lock = threading.Lock()
+        self._halt = threading.Event()
+        self._times: collections.deque[float] = collections.deque(maxlen=64)
+        self.n_frames = 0
+        self.searcher = None
+        self.cache = None
+        self.set_searcher(searcher)
+
+    def set_searcher(self, searcher) -> None:
+        """Use another index from the next frame on (the caller closes the old searcher)."""
+        with self._lock:
+            self.searcher = searcher
+            self.cache = ThumbnailCache(searcher.index) if searcher is not None else None
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        self._halt.set()
+        self.slot.close()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout)
+
+    def fps(self) -> float:
+        """Frames per second over the last two seconds of results."""
+        now = time.perf_counter()
+        recent = [t for t in self._times if now - t <= 2.0]
+        if len(recent) < 2:
+            return 0.0
+        return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-6)
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            frame = self.slot.get(timeout=0.1)
+            if frame is None or self._halt.is_set():
+                continue
+            with self._lock:
+                searcher, cache = self.searcher, self.cache
+                if searcher is None:
+                    continue
+                try:
+                    result = search_frame(searcher, frame, self.settings, cache)
+                    if self.compose is not None:
+                        t0 = time.perf_counter()
+                        result.extra = self.compose(result)
+                        result.timings_ms["compose"] = (time.perf_counter() - t0) * 1e3
+                except ObjsearchError as exc:
+                    self._report(str(exc))
+                    continue
+                except Exception as exc:  # a bug must not kill live search; it is logged with its traceback
+                    LOGGER.exception("searching %s failed", frame.name)
+                    self._report(f"searching {frame.name} failed: {type(exc).__name__}: {exc}")
+                    continue
+            self._times.append(time.perf_counter())
+            self.n_frames += 1
+            result.fps = self.fps()
+            result.dropped = self.slot.dropped
+            self.on_result(result)
+
+    def _report(self, message: str) -> None:
+        if self.on_error:
+            self.on_error(message)
+        else:
+            LOGGER.warning("%s", message)

@@ -1,0 +1,422 @@
+"""Frame sources for live search: an image file, a random indexed image, a webcam, a video file, the screen.
+
+Every source yields ``Frame`` objects (``image`` (H, W, 3) uint8 BGR) from ``read()`` and returns None at the end of
+its stream. The query sources are those of the original ReverseObjectSearchFast app: random image, webcam, video and
+screen grab, plus an image file.
+
+``FrameSlot`` and ``CaptureThread`` make a source live: capture runs in its own thread and keeps only the newest frame,
+so whoever consumes frames never works on a stale one (the dropped count says how many were skipped).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+
+from objsearch.errors import ObjsearchError
+
+LOGGER = logging.getLogger(__name__)
+
+
+class SourceError(ObjsearchError):
+    """A frame source cannot be opened or stopped delivering: no camera, an undecodable video, a failed screen grab."""
+
+    exit_code = 2
+
+
+@dataclass
+class Frame:
+    """One frame of a source.
+
+    image : (H, W, 3) uint8 BGR.
+    index : frame number in its source (0-based; for video files, the position in the file).
+    timestamp_s : seconds from the start of a video file; seconds since the epoch for live sources.
+    name : what the frame shows (a file path, ``webcam 0``, ``screen``).
+    image_id : row of the image in the index when the frame is an indexed image, else -1 (its own objects are
+        then left out of its results).
+    """
+
+    image: np.ndarray
+    index: int = 0
+    timestamp_s: float = 0.0
+    name: str = ""
+    image_id: int = -1
+
+
+class FrameSource:
+    """Base class. ``continuous`` sources are read again and again; the others give one frame per request."""
+
+    continuous = False
+    name = ""
+
+    def read(self) -> Frame | None:
+        """The next frame, or None when the stream ended. Raises SourceError when reading fails."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the device or file (idempotent)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class ImageFileSource(FrameSource):
+    """One image file. ``image_id`` marks an indexed image (its own objects are excluded from its results).
+
+    Raises
+    ------
+    ImageReadError
+        From ``read`` when the file is missing or not a decodable image.
+    """
+
+    def __init__(self, path: str | Path, image_id: int = -1):
+        self.path = Path(path)
+        self.image_id = int(image_id)
+        self.name = str(self.path)
+
+    def read(self) -> Frame:
+        from objsearch.engine import read_image
+
+        return Frame(read_image(self.path), 0, time.time(), str(self.path), self.image_id)
+
+
+class RandomImageSource(FrameSource):
+    """A random image of the index per ``read`` (the original app's "random image" query).
+
+    Parameters
+    ----------
+    paths : the indexed images' paths (row = image id), as they are now on disk.
+    seed : seeds the choice (stored nowhere; for reproducible demos and tests).
+
+    Raises
+    ------
+    SourceError
+        From the constructor when there are no paths; from ``read`` when none of 20 draws is a readable file (the
+        index's images moved: set its base directory).
+    """
+
+    def __init__(self, paths: Sequence[str | Path], seed: int | None = None):
+        if len(paths) == 0:
+            raise SourceError("the index holds no images to draw from")
+        self.paths = [Path(p) for p in paths]
+        self.rng = np.random.default_rng(seed)
+        self.name = "random image"
+
+    def read(self) -> Frame:
+        from objsearch.engine import read_image
+        from objsearch.errors import ImageReadError
+
+        last = ""
+        for _ in range(20):
+            image_id = int(self.rng.integers(len(self.paths)))
+            try:
+                image = read_image(self.paths[image_id])
+            except ImageReadError as exc:
+                last = str(exc)
+                continue
+            return Frame(image, image_id, time.time(), str(self.paths[image_id]), image_id)
+        raise SourceError(f"no readable indexed image in 20 random draws ({last}); "
+                          f"if the images moved, set the index's image folder (base directory)")
+
+
+class VideoFileSource(FrameSource):
+    """Frames of a video file, decoded with OpenCV.
+
+    ``seek(frame)`` may be called from another thread than ``read``; it takes effect at the next ``read``.
+
+    Raises
+    ------
+    SourceError
+        From the constructor when the file is missing or OpenCV cannot decode it; from ``read`` when a frame
+        cannot be decoded before the end (the end itself returns None).
+    """
+
+    continuous = True
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.name = str(self.path)
+        if not self.path.is_file():
+            raise SourceError(f"cannot open video {self.path}: no such file")
+        self._cap = cv2.VideoCapture(str(self.path))
+        ok, first = self._cap.read() if self._cap.isOpened() else (False, None)
+        if not ok or first is None:
+            self._cap.release()
+            raise SourceError(f"cannot open video {self.path}: OpenCV cannot decode it")
+        self._first = first
+        fps = self._cap.get(cv2.CAP_PROP_FPS)
+        self.fps = float(fps) if fps and fps > 0 and np.isfinite(fps) else 25.0
+        self.n_frames = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.position = 0
+        self._seek_to: int | None = None
+        self._lock = threading.Lock()
+
+    def seek(self, frame: int) -> None:
+        """Continue from frame number ``frame`` (clipped to the file)."""
+        with self._lock:
+            self._seek_to = int(np.clip(frame, 0, max(0, self.n_frames - 1)))
+
+    def read(self) -> Frame | None:
+        with self._lock:
+            seek, self._seek_to = self._seek_to, None
+        if self._cap is None:
+            return None
+        if seek is not None:
+            self._first = None
+            self._cap.set(cv2.CAP_PROP_POS_FRAMES, seek)
+            self.position = seek
+        if self._first is not None:
+            image, self._first = self._first, None
+        else:
+            ok, image = self._cap.read()
+            if not ok or image is None:
+                if self.n_frames and self.position < self.n_frames - 1:
+                    raise SourceError(f"{self.path}: cannot decode frame {self.position} of {self.n_frames}")
+                return None
+        frame = Frame(image, self.position, self.position / self.fps, self.name)
+        self.position += 1
+        return frame
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+def open_camera(device: int):
+    """``cv2.VideoCapture(device)``; a seam tests replace with a stand-in that yields real video frames."""
+    return cv2.VideoCapture(int(device))
+
+
+class WebcamSource(FrameSource):
+    """A camera, by device index (0: the first).
+
+    Parameters
+    ----------
+    device : camera index as OpenCV numbers them.
+    opener : returns an object with OpenCV's ``isOpened()``, ``read()`` and ``release()``; default ``open_camera``.
+
+    Raises
+    ------
+    SourceError
+        From the constructor when no camera answers at ``device``; from ``read`` when the camera stops delivering.
+    """
+
+    continuous = True
+
+    def __init__(self, device: int = 0, opener: Callable | None = None):
+        self.device = int(device)
+        self.name = f"webcam {self.device}"
+        self._cap = (opener or open_camera)(self.device)
+        if self._cap is None or not self._cap.isOpened():
+            if self._cap is not None:
+                self._cap.release()
+            raise SourceError(f"no camera at device index {self.device} (it is missing, busy, or not permitted)")
+        self._count = 0
+
+    def read(self) -> Frame:
+        if self._cap is None:
+            raise SourceError(f"{self.name} is closed")
+        ok, image = self._cap.read()
+        if not ok or image is None:
+            raise SourceError(f"{self.name} stopped delivering frames")
+        frame = Frame(image, self._count, time.time(), self.name)
+        self._count += 1
+        return frame
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+def mss_grabber(region: tuple[int, int, int, int] | None) -> Callable[[], np.ndarray]:
+    """A function returning the screen region (left, top, width, height) pixels (None: the first monitor) as
+    (H, W, 3) uint8 BGR, grabbed with the ``mss`` package. The mss handle is made on first use, in the calling
+    thread (mss handles are per thread)."""
+    state = {}
+
+    def grab() -> np.ndarray:
+        if "sct" not in state:
+            import mss
+
+            state["sct"] = mss.mss()
+        sct = state["sct"]
+        if region is None:
+            monitor = sct.monitors[1] if len(sct.monitors) > 1 else sct.monitors[0]
+        else:
+            left, top, width, height = (int(v) for v in region)
+            monitor = {"left": left, "top": top, "width": width, "height": height}
+        shot = np.asarray(sct.grab(monitor))
+        return np.ascontiguousarray(shot[..., :3])
+
+    return grab
+
+
+class ScreenSource(FrameSource):
+    """A region of the screen, grabbed continuously.
+
+    Parameters
+    ----------
+    region : (left, top, width, height) pixels of the virtual screen; None: the first monitor.
+    grabber : returns (H, W, 3) uint8 BGR; default ``mss_grabber(region)``.
+
+    Raises
+    ------
+    SourceError
+        From ``read`` when the grab fails (no display, a region outside the screen).
+    """
+
+    continuous = True
+
+    def __init__(self, region: tuple[int, int, int, int] | None = None, grabber: Callable[[], np.ndarray] | None = None):
+        if region is not None and (len(region) != 4 or region[2] <= 0 or region[3] <= 0):
+            raise SourceError(f"screen region must be (left, top, width, height) with a positive size, got {region}")
+        self.region = region
+        self.name = "screen" if region is None else "screen {}x{}+{}+{}".format(region[2], region[3], *region[:2])
+        self._grab = grabber or mss_grabber(region)
+        self._count = 0
+
+    def read(self) -> Frame:
+        try:
+            image = self._grab()
+        except Exception as exc:  # mss raises its own ScreenShotError, or OSError/KeyError without a display
+            raise SourceError(f"screen grab failed: {exc or type(exc).__name__}") from None
+        if image is None or image.ndim != 3 or image.size == 0:
+            raise SourceError("screen grab failed: it returned no pixels")
+        frame = Frame(image, self._count, time.time(), self.name)
+        self._count += 1
+        return frame
+
+
+# ------------------------------------------------------------------------------------------- live capture
+class FrameSlot:
+    """Holds the newest frame only. ``put`` replaces an unconsumed frame (counting it in ``dropped``) unless asked to
+    wait; ``get`` waits for a frame. Thread-safe."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._frame: Frame | None = None
+        self._closed = False
+        self.dropped = 0
+
+    def put(self, frame: Frame, wait: bool = False, timeout: float | None = None) -> bool:
+        """Offer ``frame``; with ``wait``, block until the previous one was taken (no dropping) or ``timeout``
+        seconds passed (then nothing is put and False returned)."""
+        with self._cond:
+            if wait and not self._cond.wait_for(lambda: self._frame is None or self._closed, timeout):
+                return False
+            if self._frame is not None:
+                self.dropped += 1
+            self._frame = frame
+            self._cond.notify_all()
+            return True
+
+    def get(self, timeout: float | None = None) -> Frame | None:
+        """The newest frame, removed from the slot; None after ``timeout`` seconds or when closed."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._frame is not None or self._closed, timeout)
+            frame, self._frame = self._frame, None
+            self._cond.notify_all()
+            return frame
+
+    def clear(self) -> None:
+        with self._cond:
+            self._frame = None
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def reopen(self) -> None:
+        with self._cond:
+            self._closed = False
+            self.dropped = 0
+
+
+class CaptureThread(threading.Thread):
+    """Reads a continuous source into a ``FrameSlot`` until stopped or the stream ends.
+
+    Parameters
+    ----------
+    source : a continuous FrameSource.
+    slot : where frames go (the newest replaces a stale one).
+    realtime : for video files, deliver frames at the file's frame rate (live playback, dropping what the consumer
+        cannot keep up with); False: as fast as the consumer takes them, every frame (benchmarks, batch work).
+    on_end : called (in this thread) when the stream ends.
+    on_error : called (in this thread) with a SourceError's message when reading fails.
+    """
+
+    def __init__(self, source: FrameSource, slot: FrameSlot, *, realtime: bool = True,
+                 on_end: Callable[[], None] | None = None, on_error: Callable[[str], None] | None = None):
+        super().__init__(daemon=True, name=f"capture {source.name}")
+        self.source, self.slot, self.realtime = source, slot, realtime
+        self.on_end, self.on_error = on_end, on_error
+        self._halt = threading.Event()
+        self._running = threading.Event()
+        self._running.set()
+        self.n_read = 0
+
+    def pause(self, paused: bool = True) -> None:
+        """Stop (or resume) reading without releasing the source."""
+        (self._running.clear if paused else self._running.set)()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self._running.set()
+
+    def run(self) -> None:
+        is_file = isinstance(self.source, VideoFileSource)
+        period = 1.0 / self.source.fps if is_file else 0.0
+        next_due = time.perf_counter()
+        while not self._halt.is_set():
+            if not self._running.is_set():
+                self._running.wait(0.1)
+                if is_file and self.source._seek_to is not None:  # show the seeked frame while paused
+                    self._read_one(wait=False)
+                continue
+            if not self._read_one(wait=is_file and not self.realtime):
+                return
+            if is_file and self.realtime:
+                next_due += period
+                delay = next_due - time.perf_counter()
+                if delay > 0:
+                    self._halt.wait(delay)
+                else:
+                    next_due = time.perf_counter()
+
+    def _read_one(self, wait: bool) -> bool:
+        try:
+            frame = self.source.read()
+        except SourceError as exc:
+            if self.on_error:
+                self.on_error(str(exc))
+            return False
+        if frame is None:
+            if self.on_end:
+                self.on_end()
+            return False
+        self.n_read += 1
+        if not wait:
+            self.slot.put(frame)
+            return True
+        while not self._halt.is_set():
+            if self.slot.put(frame, wait=True, timeout=0.2):
+                return True
+        return False
