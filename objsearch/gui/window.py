@@ -378,8 +378,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.settings.conf = None
         self._update_index_label()
         self.show_message(f"opened {path} ({len(searcher.index.class_id):,} objects, search: {searcher.neighbors(searcher.dims).method})")
-        self._check_images()
-        if self.source_kind == "random" and self.capture is None:
+        if self._check_images() and self.source_kind == "random" and self.capture is None:
             self.query_random()
         return True
 

@@ -1,0 +1,336 @@
+"""The desktop app, driven with pytest-qt on Qt's offscreen platform: real index, real detector, real frames of
+../shared/data/video; the webcam and the screen grab get stand-ins that yield real pixels."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import shutil
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import BUS, COCO128_IMAGES, DATA, WEIGHTS, WEIGHTS_11, coco_images, copy_images, run_cli
+
+pytestmark = pytest.mark.gui
+
+VIDEO = DATA / "video" / "one-by-one-person-detection.mp4"
+WAIT_MS = 20000
+
+
+@pytest.fixture(scope="module")
+def window(qapp, coco_index):
+    """One window over the coco128 index for the module (the detector loads once)."""
+    from objsearch.gui.window import MainWindow
+
+    w = MainWindow(coco_index, weights=str(WEIGHTS))
+    w.show()
+    yield w
+    w.shutdown()
+    w.close()
+
+
+def wait_result(qtbot, window, after: int | None = None):
+    """Wait until the window shows a result newer than ``after`` (default: the current count); return it."""
+    n = window.n_results_shown if after is None else after
+    qtbot.waitUntil(lambda: window.n_results_shown > n, timeout=WAIT_MS)
+    return window.last_result
+
+
+def settle(qtbot, window):
+    """Let queued results arrive, then return the current count."""
+    window.stop_source()
+    qtbot.wait(300)
+    return window.n_results_shown
+
+
+def rows_of(window) -> dict[int, list]:
+    rows: dict[int, list] = {}
+    for tile in window.rows.tiles:
+        rows.setdefault(tile.row, []).append(tile)
+    return rows
+
+
+def test_window_without_index_says_what_to_do(qtbot):
+    from objsearch.gui.window import MainWindow
+
+    w = MainWindow(None, weights=str(WEIGHTS))
+    qtbot.addWidget(w)
+    assert "Open an index" in w.message
+    assert w.searcher is None
+    assert not w.query_random()
+    assert "open an index first" in w.message
+    w.shutdown()
+
+
+def test_random_query_shows_one_row_per_detection_with_k_thumbnails(qtbot, window):
+    n = settle(qtbot, window)
+    window.results_slider.setValue(16)
+    qtbot.wait(200)
+    n = settle(qtbot, window)
+    assert window.query_random()
+    result = wait_result(qtbot, window, n)
+    objects = result.payload["objects"]
+    assert window.source_kind == "random" and result.frame.image_id >= 0
+    rows = rows_of(window)
+    assert len(rows) == len(objects) > 0
+    for r, tiles in rows.items():
+        assert [t.column for t in tiles] == list(range(-1, 16))  # the query crop, then 16 neighbours
+        assert [t.object_id for t in tiles[1:]] == [nb["object_id"] for nb in objects[r]["neighbors"]]
+    # its own objects are left out, every neighbour has a thumbnail, hover text names the image
+    own = window.searcher.index.image_path[result.frame.image_id]
+    assert all(nb["path"] != own for obj in objects for nb in obj["neighbors"])
+    assert set(result.thumbnails) == {nb["object_id"] for obj in objects for nb in obj["neighbors"]}
+    nb0 = objects[0]["neighbors"][0]
+    assert nb0["path"] in window.rows.tooltips[(0, 0)] and f"{nb0['distance']:.3f}" in window.rows.tooltips[(0, 0)]
+    # the header shows the frame with its boxes drawn
+    assert window.frame_item.image.shape == result.frame.image.shape
+    assert "detect" in window.stage_label.text() and "search" in window.stage_label.text()
+
+
+def test_results_slider_changes_the_thumbnails(qtbot, window):
+    n = settle(qtbot, window)
+    window.query_image(BUS)
+    wait_result(qtbot, window, n)
+    width_16 = window.rows.picture.shape[1]
+    n = window.n_results_shown
+    window.results_slider.setValue(5)
+    result = wait_result(qtbot, window, n)
+    assert result.frame.name == str(BUS)
+    assert all(len(tiles) == 1 + 5 for tiles in rows_of(window).values())
+    assert window.rows.picture.shape[1] < width_16
+    window.results_slider.setValue(16)
+    wait_result(qtbot, window, n + 1)
+
+
+def test_thumb_and_header_height_sliders_resize_without_searching_again(qtbot, window):
+    n = settle(qtbot, window)
+    window.query_image(BUS)
+    wait_result(qtbot, window, n)
+    n = window.n_results_shown
+    height = window.rows.picture.shape[0]
+    n_rows = len(rows_of(window))
+    window.thumb_slider.setValue(64)
+    assert window.rows.picture.shape[0] == n_rows * (64 + 16 + 4) - 4 < height
+    assert all(t.width == 64 for t in window.rows.tiles)
+    window.header_slider.setValue(200)
+    assert window.header.height() == 200
+    qtbot.wait(200)
+    assert window.n_results_shown == n  # display only: no new search
+    window.thumb_slider.setValue(96)
+
+
+def test_clicking_a_neighbour_makes_its_image_the_query(qtbot, window):
+    from PyQt6 import QtCore
+
+    n = settle(qtbot, window)
+    window.query_image(BUS)
+    wait_result(qtbot, window, n)
+    tile = next(t for t in window.rows.tiles if t.row == 0 and t.column == 2)
+    expected = window.searcher.image_path(window.searcher.index.image_id[tile.object_id])
+    n = window.n_results_shown
+    qtbot.mouseClick(window.rows, QtCore.Qt.MouseButton.LeftButton,
+                     pos=QtCore.QPoint(tile.x + tile.width // 2, tile.y + tile.height // 2))
+    result = wait_result(qtbot, window, n)
+    assert Path(result.frame.name) == expected
+    assert window.source_kind == "image"
+    assert result.frame.image_id == window.searcher.index.image_id[tile.object_id]
+
+
+def test_same_class_and_confidence_controls_change_the_search(qtbot, window):
+    n = settle(qtbot, window)
+    window.query_image(BUS)
+    all_classes = wait_result(qtbot, window, n).payload
+    window.same_class_box.setChecked(True)
+    same = wait_result(qtbot, window, n + 1).payload
+    for obj in same["objects"]:
+        assert {nb["class_id"] for nb in obj["neighbors"]} == {obj["class_id"]}
+    window.same_class_box.setChecked(False)
+    wait_result(qtbot, window, n + 2)
+    window.conf_slider.setValue(80)
+    strict = wait_result(qtbot, window, n + 3).payload
+    assert all(o["confidence"] >= 0.8 for o in strict["objects"])
+    assert len(strict["objects"]) < len(all_classes["objects"])
+    window.conf_slider.setValue(25)
+    wait_result(qtbot, window, n + 4)
+
+
+def test_video_source_searches_real_frames_and_pauses(qtbot, window):
+    n = settle(qtbot, window)
+    assert window.start_video(VIDEO, realtime=False)
+    qtbot.waitUntil(lambda: window.n_results_shown >= n + 6, timeout=WAIT_MS)
+    result = window.last_result
+    assert result.frame.image.shape == (432, 768, 3)
+    assert result.frame.index >= 5 and result.payload["frame"] == result.frame.index
+    assert "fps" in window.stage_label.text()
+    window.play_button.setChecked(True)  # pause
+    qtbot.wait(400)
+    paused_at = window.n_results_shown
+    qtbot.wait(600)
+    assert window.n_results_shown == paused_at
+    window.source.seek(900)  # people walk through this part of the clip
+    window.play_button.setChecked(False)
+    qtbot.waitUntil(lambda: window.last_result.frame.index >= 900, timeout=WAIT_MS)
+    window.stop_source()
+
+
+def test_video_that_ends_or_cannot_be_decoded_gives_a_message(qtbot, window, tmp_path):
+    cap = cv2.VideoCapture(str(VIDEO))
+    short = tmp_path / "short.mp4"
+    writer = cv2.VideoWriter(str(short), cv2.VideoWriter_fourcc(*"mp4v"), 10, (768, 432))
+    for _ in range(4):
+        writer.write(cap.read()[1])
+    writer.release()
+    settle(qtbot, window)
+    assert window.start_video(short, realtime=False)
+    qtbot.waitUntil(lambda: "ended" in window.message, timeout=WAIT_MS)
+    assert window.play_button.text() == "Play"
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all" * 100)
+    assert not window.start_video(broken)
+    assert "cannot open video" in window.message and "broken.mp4" in window.message
+    assert window.searcher is not None
+
+
+def test_webcam_stand_in_yields_results_and_a_missing_camera_says_so(qtbot, window):
+    n = settle(qtbot, window)
+    window.camera_opener = lambda device: cv2.VideoCapture(str(VIDEO))
+    try:
+        assert window.start_webcam(0)
+        qtbot.waitUntil(lambda: window.n_results_shown >= n + 3, timeout=WAIT_MS)
+        assert window.last_result.frame.name == "webcam 0"
+        assert window.source_kind == "webcam"
+
+        class NoCamera:
+            def isOpened(self):
+                return False
+
+            def release(self):
+                pass
+
+        window.camera_opener = lambda device: NoCamera()
+        assert not window.start_webcam(3)
+        assert "no camera at device index 3" in window.message
+    finally:
+        window.camera_opener = None
+        window.stop_source()
+
+
+def test_screen_grab_stand_in_and_a_failing_grab(qtbot, window):
+    bus = cv2.imread(str(BUS))
+    n = settle(qtbot, window)
+    window.screen_grabber = lambda: bus
+    try:
+        assert window.start_screen((0, 0, bus.shape[1], bus.shape[0]))
+        result = wait_result(qtbot, window, n)
+        assert result.frame.name.startswith("screen")
+        assert "bus" in {o["label"] for o in result.payload["objects"]}
+
+        def fail():
+            raise OSError("cannot open display")
+
+        window.screen_grabber = fail
+        window.start_screen()
+        qtbot.waitUntil(lambda: "screen grab failed" in window.message, timeout=WAIT_MS)
+        assert window.start_screen((0, 0, 0, 10)) is False
+        assert "positive size" in window.message
+    finally:
+        window.screen_grabber = None
+        window.stop_source()
+
+
+def test_unreadable_image_and_broken_index_keep_the_open_index(qtbot, window, tmp_path):
+    settle(qtbot, window)
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0" + bytes(300))
+    assert not window.query_image(corrupt)
+    assert "not a decodable image" in window.message
+    broken = tmp_path / "broken.h5"
+    broken.write_bytes(b"garbage" * 50)
+    before = window.searcher
+    assert not window.open_index(broken)
+    assert "cannot open broken.h5" in window.message
+    assert window.searcher is before
+    n = window.n_results_shown
+    window.open_path(BUS)  # as a dropped file
+    assert wait_result(qtbot, window, n).frame.name == str(BUS)
+
+
+def test_index_built_with_other_weights_is_refused_with_a_message(qtbot, coco_index):
+    from objsearch.gui.window import MainWindow
+
+    w = MainWindow(coco_index, weights=str(WEIGHTS_11))
+    qtbot.addWidget(w)
+    try:
+        assert w.searcher is None
+        assert "built with weights" in w.message
+    finally:
+        w.shutdown()
+
+
+def test_moved_images_ask_for_a_base_directory(qtbot, coco_index, tmp_path):
+    from objsearch.gui.window import MainWindow
+
+    w = MainWindow(coco_index, weights=str(WEIGHTS), base_dir=tmp_path)
+    qtbot.addWidget(w)
+    try:
+        assert "not under" in w.message and "Image folder" in w.message
+        w.set_base_dir(COCO128_IMAGES)
+        assert "read from" in w.message
+        n = settle(qtbot, w)
+        assert w.query_random()
+        assert wait_result(qtbot, w, n).frame.image_id >= 0
+    finally:
+        w.shutdown()
+
+
+def test_analyze_worker_reports_progress_can_be_cancelled_and_resumes(qtbot, window, tmp_path):
+    from objsearch.store import IndexFile
+
+    folder = copy_images(coco_images(24), tmp_path / "imgs")
+    out = tmp_path / "mine.h5"
+    progress = []
+    window.bridge.analyze_progress.connect(lambda d, t, o: progress.append((d, t)))
+    assert window.analyze_folder(folder, out)
+    qtbot.waitUntil(lambda: len(progress) >= 2, timeout=WAIT_MS)
+    window.cancel_analysis()
+    qtbot.waitUntil(lambda: window._analysis is None, timeout=WAIT_MS)
+    assert "cancelled" in window.message
+    assert not out.exists()  # nothing half-written
+    journal = out.with_name(out.name + ".journal")
+    assert journal.exists()
+    done_before = progress[-1][0]
+    assert 2 <= done_before < 24 and progress[-1][1] == 24
+    # again: resumes from the journal, finishes, and the window switches to the new index
+    progress.clear()
+    assert window.analyze_folder(folder, out)
+    qtbot.waitUntil(lambda: window._analysis is None, timeout=60000)
+    assert "analyzed 24 images" in window.message
+    assert progress[0][0] == done_before + 1  # resumed: the journal kept every image reported before the cancel
+    assert not journal.exists()
+    assert Path(window.searcher.index.path) == out
+    with IndexFile(out) as f:
+        assert len(f.image_path) == 24
+
+
+def test_save_index_as_copies_a_complete_file(qtbot, window, tmp_path):
+    from objsearch.store import IndexFile
+
+    target = tmp_path / "copy.h5"
+    window.save_index(target)
+    qtbot.waitUntil(lambda: "saved" in window.message or "cannot save" in window.message, timeout=WAIT_MS)
+    assert window.message == f"saved {target}"
+    with IndexFile(target) as f:
+        assert len(f.class_id) == len(window.searcher.index.class_id)
+
+
+def test_app_command_without_a_display_is_one_line():
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    proc = run_cli("app", env=env, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("error: no display") and "Traceback" not in proc.stderr
