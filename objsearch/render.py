@@ -18,10 +18,11 @@ def _color(class_id: int) -> tuple[int, int, int]:
 
 
 def _label(img: np.ndarray, text: str, x: int, y: int, color, scale: float = 0.45) -> None:
-    (tw, th), base = cv2.getTextSize(text, _FONT, scale, 1)
+    weight = max(1, int(round(scale * 2)))
+    (tw, th), base = cv2.getTextSize(text, _FONT, scale, weight)
     y = max(y, th + base)
     cv2.rectangle(img, (x, y - th - base - 2), (x + tw + 4, y), color, -1)
-    cv2.putText(img, text, (x + 2, y - base), _FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, text, (x + 2, y - base), _FONT, scale, (0, 0, 0), weight, cv2.LINE_AA)
 
 
 def _fit(img: np.ndarray, height: int) -> np.ndarray:
@@ -69,14 +70,15 @@ def _decode(data) -> np.ndarray | None:
     return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
 
 
-def draw_boxes(image: np.ndarray, objects: list[dict], scale: float = 1.0, thickness: int = 2) -> np.ndarray:
+def draw_boxes(image: np.ndarray, objects: list[dict], scale: float = 1.0, thickness: int = 2,
+               font_scale: float = 0.45) -> np.ndarray:
     """``image`` (H, W, 3) uint8 BGR with a labeled box (class and confidence) per ``query --json`` object, drawn
     in place; ``scale`` maps the objects' boxes (query pixels) onto ``image``."""
     for obj in objects:
         x1, y1, x2, y2 = (int(round(v * scale)) for v in obj["box"])
         color = _color(obj["class_id"])
         cv2.rectangle(image, (x1, y1), (x2, y2), color, thickness)
-        _label(image, f"{obj['label']} {obj['confidence']:.2f}", x1, y1, color)
+        _label(image, f"{obj['label']} {obj['confidence']:.2f}", x1, y1, color, font_scale)
     return image
 
 

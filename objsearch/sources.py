@@ -250,7 +250,7 @@ def mss_grabber(region: tuple[int, int, int, int] | None) -> Callable[[], np.nda
         if "sct" not in state:
             import mss
 
-            state["sct"] = mss.mss()
+            state["sct"] = (getattr(mss, "MSS", None) or mss.mss)()
         sct = state["sct"]
         if region is None:
             monitor = sct.monitors[1] if len(sct.monitors) > 1 else sct.monitors[0]

@@ -162,6 +162,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.n_results_shown = 0
         self._analysis: tuple[threading.Thread, threading.Event, Path, Path] | None = None
         self._frame_shape = None
+        self._header_height = 360
         self.message = ""
         self._build()
         if index is not None:
@@ -703,6 +704,7 @@ class MainWindow(QtWidgets.QMainWindow):
             self._requery()
 
     def _set_header_height(self, height: int) -> None:
+        self._header_height = int(height)
         self.header.setFixedHeight(int(height))
 
     def _set_thumb_height(self, height: int) -> None:
@@ -716,7 +718,8 @@ class MainWindow(QtWidgets.QMainWindow):
         """Runs in the pipeline thread: the boxed frame (RGB) and the rows picture with its tiles and tooltips."""
         image = result.frame.image
         objects = result.payload["objects"]
-        boxed = draw_boxes(image.copy(), objects, 1.0, max(2, image.shape[1] // 400))[..., ::-1]
+        shrink = max(1.0, image.shape[0] / max(self._header_height, 1))  # labels stay readable once scaled down
+        boxed = draw_boxes(image.copy(), objects, 1.0, max(2, int(round(1.5 * shrink))), 0.45 * shrink)[..., ::-1]
         picture, tiles = compose_rows(image, objects, result.thumbnails, thumb_height=self.thumb_height)
         tips = {}
         for r, obj in enumerate(objects):
