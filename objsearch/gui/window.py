@@ -631,10 +631,16 @@ class MainWindow(QtWidgets.QMainWindow):
         self.camera_spin.setValue(int(device))
         return self._start_continuous("webcam", lambda: WebcamSource(device, opener=self.camera_opener))
 
-    def start_video(self, path: str | Path, realtime: bool = True) -> bool:
-        """Play a video file and search its frames (at the file's frame rate; ``realtime=False``: every frame, as
-        fast as the search goes)."""
-        ok = self._start_continuous("video", lambda: VideoFileSource(path), realtime)
+    def start_video(self, path: str | Path, realtime: bool = True, start: int = 0) -> bool:
+        """Play a video file from frame ``start`` and search its frames (at the file's frame rate;
+        ``realtime=False``: every frame, as fast as the search goes)."""
+        def make():
+            source = VideoFileSource(path)
+            if start:
+                source.seek(start)
+            return source
+
+        ok = self._start_continuous("video", make, realtime)
         if ok:
             self.seek_slider.setRange(0, max(0, self.source.n_frames - 1))
             self.seek_slider.setValue(0)

@@ -1,0 +1,151 @@
+"""Benchmark the app's live pipeline on a video: frames per second of the real window (offscreen Qt) searching
+every frame, against a bare ``YOLO.predict`` on the same frames, in the same run (issue 3, item 9).
+
+Usage::
+
+    QT_QPA_PLATFORM=offscreen python tools/bench_live.py [-i INDEX.h5] \
+        [--video ../shared/data/video/one-by-one-person-detection.mp4] [--start 600] [--frames 200] [--rounds 2]
+
+Without ``-i`` it analyses ``../shared/data/coco128`` into a temporary index first. The live side is the whole app
+pipeline: decoding in the capture thread, detection, features, search, thumbnails and rows composed in the search
+thread, and the window painting each result (``MainWindow.start_video(realtime=False)``: no frame is dropped, so
+both sides process the same frames). The bare side is ``YOLO.predict`` on the same frames, already decoded. Rounds
+alternate and medians are compared, because these machines are noisy. Target: live >= 0.8x the bare predict rate.
+Then the video plays at its own frame rate for ``--realtime-seconds`` to show that the window keeps up (fps, drops).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-i", "--index", type=Path)
+    parser.add_argument("--video", type=Path, default=DATA / "video" / "one-by-one-person-detection.mp4")
+    parser.add_argument("--start", type=int, default=600)
+    parser.add_argument("--frames", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--realtime-seconds", type=float, default=10.0)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    import cv2
+    import torch
+    from PyQt6 import QtCore, QtWidgets
+    from ultralytics import YOLO
+
+    from objsearch.config import load_config
+    from objsearch.engine import analyze
+    from objsearch.gui.window import MainWindow
+
+    tmp = None
+    index = args.index
+    if index is None:
+        tmp = tempfile.TemporaryDirectory()
+        index = Path(tmp.name) / "coco128.h5"
+        summary = analyze(DATA / "coco128", index, load_config(None, device=args.device))
+        print(f"built {index}: {summary.n_images} images, {summary.n_objects} objects in {summary.seconds:.1f} s")
+
+    cap = cv2.VideoCapture(str(args.video))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, args.start)
+    frames = [cap.read()[1] for _ in range(args.frames)]
+    cap.release()
+    if any(f is None for f in frames):
+        sys.exit(f"error: {args.video} has fewer than {args.start + args.frames} frames")
+
+    app = QtWidgets.QApplication(["bench_live"])
+    window = MainWindow(index, device=args.device)
+    window.resize(1400, 900)
+    window.show()
+    yolo = YOLO(window.searcher.detector.weights_path)
+    conf = window.searcher.detector.conf
+
+    def bare() -> float:
+        t0 = time.perf_counter()
+        for f in frames:
+            yolo.predict(f, verbose=False, device=args.device, conf=conf)
+        return len(frames) / (time.perf_counter() - t0)
+
+    def run_until(predicate, timeout_s: float) -> None:
+        """Run Qt's event loop (no busy polling) until ``predicate()`` holds after a result, or the timeout."""
+        loop = QtCore.QEventLoop()
+
+        def check(_result=None):
+            if predicate():
+                loop.quit()
+
+        window.bridge.result.connect(check)
+        QtCore.QTimer.singleShot(int(timeout_s * 1000), loop.quit)
+        check()
+        loop.exec()
+        window.bridge.result.disconnect(check)
+
+    stages: dict[str, list[float]] = {}
+
+    def live() -> float:
+        window.stop_source()
+        app.processEvents()
+        first = window.n_results_shown
+        last = args.start + args.frames - 1
+        t0 = time.perf_counter()
+        window.start_video(args.video, realtime=False, start=args.start)
+        run_until(lambda: window.last_result is not None and window.n_results_shown > first
+                  and window.last_result.frame.index >= last, 600)
+        seconds = time.perf_counter() - t0
+        shown = window.n_results_shown - first
+        window.stop_source()
+        if window.last_result.frame.index < last:
+            sys.exit(f"error: the live pipeline stopped at frame {window.last_result.frame.index}: {window.message}")
+        for name, ms in window.last_result.timings_ms.items():
+            stages.setdefault(name, []).append(ms)
+        return shown / seconds
+
+    run_until(lambda: False, 2.0)  # the first random query, warm-up
+    bare_fps, live_fps = [], []
+    for _ in range(args.rounds):
+        bare_fps.append(bare())
+        live_fps.append(live())
+    med = statistics.median
+    print(f"machine: {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, device {args.device}; index "
+          f"{index} ({len(window.searcher.index.class_id)} objects, {window.searcher.dims} dims, "
+          f"{window.searcher.neighbors(window.searcher.dims).method}); video {args.video.name} frames "
+          f"{args.start}-{args.start + args.frames - 1} ({frames[0].shape[1]}x{frames[0].shape[0]}); "
+          f"k={window.settings.k}; {args.rounds} alternating rounds, medians")
+    print(f"  bare YOLO.predict  {med(bare_fps):6.1f} frames/s  (rounds: {', '.join(f'{v:.1f}' for v in bare_fps)})")
+    print(f"  live app pipeline  {med(live_fps):6.1f} frames/s  (rounds: {', '.join(f'{v:.1f}' for v in live_fps)})")
+    last = window.last_result.timings_ms
+    print("  last frame's stages, ms: " + ", ".join(f"{k} {v:.1f}" for k, v in last.items()))
+    print(f"ratio live / bare predict: {med(live_fps) / med(bare_fps):.3f}  (target >= 0.8)")
+
+    if args.realtime_seconds > 0:
+        window.stop_source()
+        first = window.n_results_shown
+        t0 = time.perf_counter()
+        window.start_video(args.video, realtime=True, start=args.start)
+        run_until(lambda: time.perf_counter() - t0 > args.realtime_seconds, args.realtime_seconds + 5)
+        seconds = time.perf_counter() - t0
+        shown = window.n_results_shown - first
+        read = window.capture.n_read if window.capture else 0
+        dropped = window.slot.dropped
+        window.stop_source()
+        print(f"real time ({window.source_kind} at the file's {frames and cv2.VideoCapture(str(args.video)).get(cv2.CAP_PROP_FPS):.1f} fps) "
+              f"for {seconds:.1f} s: {shown / seconds:.1f} results/s, {read} frames read, {dropped} dropped")
+    window.shutdown()
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
