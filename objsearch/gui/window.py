@@ -661,8 +661,10 @@ class MainWindow(QtWidgets.QMainWindow):
         return self._start_continuous("screen", lambda: ScreenSource(region, grabber=self.screen_grabber))
 
     def _source_stopped(self, message: str, error: bool) -> None:
-        if self.capture is not None and not self.capture.is_alive():
-            self.capture = None
+        if self.capture is not None:
+            self.capture.join(1.0)  # it reported its end and is returning
+            if not self.capture.is_alive():
+                self.capture = None
         self.play_button.blockSignals(True)
         self.play_button.setChecked(True)
         self.play_button.setText("Play")
