@@ -334,3 +334,28 @@ def test_app_command_without_a_display_is_one_line():
     proc = run_cli("app", env=env, timeout=60)
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("error: no display") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("Xvfb") is None, reason="needs Xvfb (Debian package xvfb) for a virtual display")
+def test_screen_source_grabs_a_real_virtual_display(tmp_path):
+    import subprocess
+    import sys
+
+    display = ":87"
+    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "640x480x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        code = ("from objsearch.sources import ScreenSource; f = ScreenSource((10, 20, 320, 240)).read(); "
+                "print(f.image.shape, f.image.dtype, f.name)")
+        env = {**os.environ, "DISPLAY": display}
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "(240, 320, 3) uint8 screen 320x240+10+20"
+        # a region outside the screen is a message, not a crash
+        code = "from objsearch.sources import ScreenSource; ScreenSource((600, 400, 320, 240)).read()"
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+        assert proc.returncode == 1 and "SourceError: screen grab failed" in proc.stderr
+    finally:
+        xvfb.terminate()
+        xvfb.wait(10)
