@@ -353,6 +353,10 @@ def desktop_app(
                                                  or os.environ.get("QT_QPA_PLATFORM")):
         raise ObjsearchError("no display to open a window on (DISPLAY is not set); run it in a desktop session, "
                              "or under xvfb-run")
+    if index is not None and not index.is_file():
+        from objsearch.errors import IndexFileError
+
+        raise IndexFileError(f"index file {index} does not exist")
     if index is None and Path("runs/demo/coco128.h5").is_file():
         index = Path("runs/demo/coco128.h5")
     try:

@@ -359,3 +359,9 @@ def test_screen_source_grabs_a_real_virtual_display(tmp_path):
     finally:
         xvfb.terminate()
         xvfb.wait(10)
+
+
+def test_app_command_with_a_missing_index_is_one_line(tmp_path):
+    proc = run_cli("app", "-i", tmp_path / "missing.h5", timeout=60)
+    assert proc.returncode == 3
+    assert proc.stderr.strip() == f"error: index file {tmp_path / 'missing.h5'} does not exist"
