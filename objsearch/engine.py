@@ -274,8 +274,8 @@ class Searcher:
     base_dir : where the indexed images now live (when the folder moved); None: the recorded one.
     dims : projection dimension to search; None: 32 when stored, else the smallest stored.
     device, conf : override the index's recorded settings.
-    method : exact search method, ``auto`` (the fastest for this index, timed on open), ``kdtree``, ``faiss`` or
-        ``numpy`` (see ``objsearch.index``).
+    method : search method: exact ``auto`` (the fastest for this index, timed on open), ``kdtree``, ``faiss`` or
+        ``numpy``, or approximate ``hnsw`` (see ``objsearch.index``).
     detector : an already loaded ``Detector``.
 
     Raises

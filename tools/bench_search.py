@@ -1,13 +1,15 @@
-"""Benchmark exact k=16 search per method and dimension on an index, and the cost of opening it (issue 4).
+"""Benchmark k=16 search per method and dimension on an index, and the cost of opening it (issue 4).
 
 Usage::
 
     python tools/make_large_index.py -o /tmp/large.h5        # SYNTHETIC, 376,459 objects
-    python tools/bench_search.py -i /tmp/large.h5 [--dims 16,32,64,128,256]
+    python tools/bench_search.py -i /tmp/large.h5 [--dims 16,32,64,128,256] [--no-hnsw]
 
 For each stored dimension: single queries (median of 30) and a frame's worth of 10 queries at once (median of 10)
-with scipy cKDTree (up to 64 dims), numpy/BLAS brute force, faiss IndexFlatL2, and our ``auto`` choice, all in the same
-run; the ratio auto / faiss; and a check that every method returns the oracle's (numpy brute force) neighbours.
+with scipy cKDTree (up to 64 dims), numpy/BLAS brute force, faiss IndexFlatL2, our ``auto`` choice, and the
+approximate hnswlib graph (default ``HnswParams``), all in the same run; the ratios auto / faiss and hnsw / faiss;
+the fraction of the oracle's (numpy brute force) neighbours each method returns in place ("exact"), and for hnsw
+its recall@16 over all 60 queries (the share of the true 16 nearest it finds, in any order).
 Then, in a fresh process: time to open the index and answer a first query at 32 dims, and its peak resident memory.
 """
 
@@ -43,6 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-i", "--index", type=Path, required=True)
     parser.add_argument("--dims", default=None)
+    parser.add_argument("--no-hnsw", action="store_true", help="skip hnsw (building its graph takes the longest)")
     args = parser.parse_args()
 
     from objsearch.index import _BACKENDS, KDTREE_MAX_DIMS, NeighborIndex, faiss_available
@@ -65,14 +68,16 @@ def main() -> None:
         n = len(f)
         print(f"index {args.index}: {n} objects{' (SYNTHETIC)' if synthetic else ''}, dims {dims}; k=16; ms")
         print(f"{'dims':>5} {'method':>7} | {'1 query':>8} {'10 queries':>10} | {'build s':>7} | exact")
+        print("      (auto=A/B: A answers one query, B batches of B's crossover size or more)")
         for d in dims:
             vectors = f.vectors(d)
             scale = vectors[rng.integers(0, n, 5000)].std(0) * 0.5  # typical queries, not near-duplicates
             queries = (vectors[rng.integers(0, n, 60)] + rng.normal(0, 1, (60, d)) * scale).astype(np.float32)
-            oracle = _BACKENDS["numpy"](vectors).query(queries[:10], 16)[1]
+            oracle_all = _BACKENDS["numpy"](vectors).query(queries, 16)[1]
+            oracle = oracle_all[:10]
             rows = {}
             methods = [m for m in ("kdtree", "numpy", "faiss") if m != "kdtree" or d <= KDTREE_MAX_DIMS]
-            for method in methods + ["auto"]:
+            for method in methods + ["auto"] + ([] if args.no_hnsw else ["hnsw"]):
                 t0 = time.perf_counter()
                 nn = NeighborIndex(vectors, method=method)
                 build = time.perf_counter() - t0
@@ -89,11 +94,23 @@ def main() -> None:
                     batch.append((time.perf_counter() - t) * 1e3)
                 same = float((nn.search(queries[:10], 16)[1] == oracle).mean())
                 rows[method] = (med(single), med(batch))
-                label = f"auto={nn.method}" if method == "auto" else method
-                print(f"{d:>5} {label:>7} | {med(single):8.3f} {med(batch):10.3f} | {build:7.2f} | {same:.3f}")
+                label = method
+                if method == "auto":
+                    label = (f"auto={nn.method}" if nn.single_method == nn.method
+                             else f"auto={nn.single_method}/{nn.method}({nn.crossover})")
+                extra = ""
+                if method == "hnsw":
+                    got = nn.search(queries, 16)[1]
+                    recall = np.mean([len(set(g) & set(e)) / 16 for g, e in zip(got, oracle_all)])
+                    extra = f" | recall@16 {recall:.3f} (60 queries)"
+                print(f"{d:>5} {label:>7} | {med(single):8.3f} {med(batch):10.3f} | {build:7.2f} | {same:.3f}{extra}")
+                del nn
             fs, fb = rows["faiss"]
             a_s, a_b = rows["auto"]
             print(f"{d:>5} ratio auto/faiss: 1 query {a_s / fs:.2f}, 10 queries {a_b / fb:.2f}")
+            if "hnsw" in rows:
+                h_s, h_b = rows["hnsw"]
+                print(f"{d:>5} ratio hnsw/faiss: 1 query {h_s / fs:.2f}, 10 queries {h_b / fb:.2f}")
     size = args.index.stat().st_size
     print(f"file size {size / 1e9:.2f} GB, {size / n / 1e3:.2f} kB per object")
 
