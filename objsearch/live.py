@@ -99,8 +99,7 @@ def search_frame(searcher, frame: Frame, settings: QuerySettings, cache: Thumbna
     ObjsearchError
         From the searcher (for example a projection dimension the index does not hold).
     """
-    if settings.conf is not None:
-        searcher.detector.conf = float(settings.conf)
+    searcher.detector.conf = float(searcher.cfg["conf"] if settings.conf is None else settings.conf)
     result = searcher.search(frame.image, int(settings.k), same_class=settings.same_class,
                              exclude_image_id=frame.image_id, dims=settings.dims, name=frame.name)
     payload = searcher.to_json(result)

@@ -117,8 +117,6 @@ def test_search_frame_conf_applies_to_the_frame(searcher, person_frame):
         searcher.detector.conf = before
 
 
-@pytest.mark.xfail(strict=True, reason="objsearch/live.py search_frame: conf=None leaves the detector at the last "
-                                       "explicit conf instead of going back to the index's (QuerySettings docs)")
 def test_search_frame_conf_none_goes_back_to_the_index_threshold(searcher, person_frame):
     before = searcher.detector.conf
     try:
