@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 
 from conftest import BUS, COCO128_IMAGES, DATA, WEIGHTS, WEIGHTS_11, coco_images, copy_images, run_cli

@@ -17,17 +17,14 @@ Then the video plays at its own frame rate for ``--realtime-seconds`` to show th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+from _common import DATA, coco128_index
 
 
 def main() -> None:
@@ -40,23 +37,17 @@ def main() -> None:
     parser.add_argument("--realtime-seconds", type=float, default=10.0)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
     import cv2
     import torch
     from PyQt6 import QtCore, QtWidgets
     from ultralytics import YOLO
 
-    from objsearch.config import load_config
-    from objsearch.engine import analyze
     from objsearch.gui.window import MainWindow
 
-    tmp = None
-    index = args.index
-    if index is None:
-        tmp = tempfile.TemporaryDirectory()
-        index = Path(tmp.name) / "coco128.h5"
-        summary = analyze(DATA / "coco128", index, load_config(None, device=args.device))
-        print(f"built {index}: {summary.n_images} images, {summary.n_objects} objects in {summary.seconds:.1f} s")
+    stack = contextlib.ExitStack()
+    index = stack.enter_context(coco128_index(args.index, args.device))
 
     cap = cv2.VideoCapture(str(args.video))
     cap.set(cv2.CAP_PROP_POS_FRAMES, args.start)
@@ -143,8 +134,7 @@ def main() -> None:
         print(f"real time ({window.source_kind} at the file's {frames and cv2.VideoCapture(str(args.video)).get(cv2.CAP_PROP_FPS):.1f} fps) "
               f"for {seconds:.1f} s: {shown / seconds:.1f} results/s, {read} frames read, {dropped} dropped")
     window.shutdown()
-    if tmp is not None:
-        tmp.cleanup()
+    stack.close()
 
 
 if __name__ == "__main__":

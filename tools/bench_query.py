@@ -12,13 +12,12 @@ machines are noisy. Target (issue 2): whole query <= 1.25x the bare predict.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+from _common import DATA, coco128_index
 
 
 def main() -> None:
@@ -33,16 +32,10 @@ def main() -> None:
     import torch
     from ultralytics import YOLO
 
-    from objsearch.config import load_config
-    from objsearch.engine import Searcher, analyze
+    from objsearch.engine import Searcher
 
-    tmp = None
-    index = args.index
-    if index is None:
-        tmp = tempfile.TemporaryDirectory()
-        index = Path(tmp.name) / "coco128.h5"
-        summary = analyze(DATA / "coco128", index, load_config(None, device=args.device))
-        print(f"built {index}: {summary.n_images} images, {summary.n_objects} objects in {summary.seconds:.1f} s")
+    stack = contextlib.ExitStack()
+    index = stack.enter_context(coco128_index(args.index, args.device))
     searcher = Searcher(index, device=args.device)
     yolo = YOLO(searcher.detector.weights_path)
     source = str(args.image)
@@ -69,8 +62,7 @@ def main() -> None:
     print(f"  {'predict':<9} {med(bare):8.2f} ms   (bare YOLO.predict on the same file)")
     print(f"ratio query / bare predict: {med(ours) / med(bare):.3f}  (target <= 1.25)")
     searcher.close()
-    if tmp is not None:
-        tmp.cleanup()
+    stack.close()
 
 
 if __name__ == "__main__":

@@ -15,14 +15,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import tempfile
+import contextlib
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+from _common import coco128_index
 
 
 def main() -> None:
@@ -36,18 +35,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from objsearch.config import load_config, parse_dims
-    from objsearch.engine import analyze
+    from objsearch.config import parse_dims
     from objsearch.projection import make_projection
     from objsearch.store import IndexFile, write_index_arrays
 
     t0 = time.perf_counter()
-    tmp = None
-    source = args.index
-    if source is None:
-        tmp = tempfile.TemporaryDirectory()
-        source = Path(tmp.name) / "coco128.h5"
-        analyze(DATA / "coco128", source, load_config(None))
+    stack = contextlib.ExitStack()
+    source = stack.enter_context(coco128_index(args.index))
     with IndexFile(source) as real:
         n_real = len(real)
         feats = real.features(np.arange(n_real))
@@ -83,8 +77,7 @@ def main() -> None:
     size = args.output.stat().st_size
     print(f"SYNTHETIC index {args.output}: {n} objects, {n_img} images, dims {dims}, from {n_real} real objects; "
           f"{size / 1e9:.2f} GB ({size / n / 1e3:.2f} kB per object); {time.perf_counter() - t0:.0f} s")
-    if tmp is not None:
-        tmp.cleanup()
+    stack.close()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,27 @@
+"""What the benchmark tools share: where the data is, and a coco128 index to run on when none is given."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+
+@contextlib.contextmanager
+def coco128_index(index: Path | None, device: str = "cpu"):
+    """Yield ``index``; when it is None, a temporary index of ``../shared/data/coco128`` analysed now with the
+    default configuration (and deleted afterwards)."""
+    if index is not None:
+        yield Path(index)
+        return
+    from objsearch.config import load_config
+    from objsearch.engine import analyze
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "coco128.h5"
+        summary = analyze(DATA / "coco128", path, load_config(None, device=device))
+        print(f"built {path}: {summary.n_images} images, {summary.n_objects} objects in {summary.seconds:.1f} s")
+        yield path
