@@ -371,6 +371,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.dims_combo.clear()
         self.dims_combo.addItems([str(d) for d in searcher.index.dims])
         self.dims_combo.setCurrentText(str(searcher.dims))
+        self.dims_combo.setEnabled(len(searcher.index.dims) > 1)
         self.dims_combo.blockSignals(False)
         self.conf_slider.blockSignals(True)
         self.conf_slider.setValue(int(round(searcher.detector.conf * 100)))
