@@ -364,3 +364,17 @@ def test_app_command_with_a_missing_index_is_one_line(tmp_path):
     proc = run_cli("app", "-i", tmp_path / "missing.h5", timeout=60)
     assert proc.returncode == 3
     assert proc.stderr.strip() == f"error: index file {tmp_path / 'missing.h5'} does not exist"
+
+
+def test_dropping_an_image_file_on_the_window_queries_it(qtbot, window):
+    from PyQt6 import QtCore, QtGui
+
+    n = settle(qtbot, window)
+    mime = QtCore.QMimeData()
+    mime.setUrls([QtCore.QUrl.fromLocalFile(str(DATA / "samples" / "zidane.jpg"))])
+    event = QtGui.QDropEvent(QtCore.QPointF(50, 50), QtCore.Qt.DropAction.CopyAction, mime,
+                             QtCore.Qt.MouseButton.LeftButton, QtCore.Qt.KeyboardModifier.NoModifier)
+    window.dropEvent(event)
+    result = wait_result(qtbot, window, n)
+    assert result.frame.name.endswith("zidane.jpg") and window.source_kind == "image"
+    assert "person" in {o["label"] for o in result.payload["objects"]}
