@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "thumb_size": 128,
     "thumb_quality": 85,
     "k": 16,
+    "batch": 1,
 }
 
 
@@ -90,7 +91,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> dict[str, A
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     cfg["dims"] = parse_dims(cfg["dims"])
     for key, kind in (("conf", float), ("iou", float), ("imgsz", int), ("max_det", int), ("seed", int),
-                      ("thumb_size", int), ("thumb_quality", int), ("k", int)):
+                      ("thumb_size", int), ("thumb_quality", int), ("k", int), ("batch", int)):
         try:
             cfg[key] = kind(cfg[key])
         except (TypeError, ValueError):
@@ -107,4 +108,6 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> dict[str, A
         raise ConfigError(f"conf must be in [0, 1], got {cfg['conf']}")
     if int(cfg["imgsz"]) < 32:
         raise ConfigError(f"imgsz must be >= 32 pixels, got {cfg['imgsz']}")
+    if cfg["batch"] < 1:
+        raise ConfigError(f"batch must be >= 1 image, got {cfg['batch']}")
     return cfg

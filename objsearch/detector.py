@@ -231,6 +231,17 @@ class Detector:
 
         return LetterBox(new_shape=(self.imgsz, self.imgsz), auto=auto, stride=self.stride)(image=image)
 
+    def letterbox_shape(self, image_shape: tuple[int, ...]) -> tuple[int, int]:
+        """(height, width) in pixels of the network input made from an image of ``image_shape`` (H, W[, 3]) with
+        minimal (``auto``) letterbox padding, as ``__call__`` makes it. Images with equal letterbox shapes can share
+        one ``detect_batch(..., auto=True)`` and get the features they would get alone."""
+        from ultralytics.data.augment import LetterBox
+
+        dummy = np.broadcast_to(np.uint8(0), (int(image_shape[0]), int(image_shape[1]), 3))  # only its shape is read
+        params = LetterBox(new_shape=(self.imgsz, self.imgsz), auto=True, stride=self.stride).get_params({"img": dummy})
+        return (params["new_unpad"][1] + params["top"] + params["bottom"],
+                params["new_unpad"][0] + params["left"] + params["right"])
+
     def __call__(self, image: np.ndarray) -> Detections:
         """Detect the objects of one image and compute their features.
 

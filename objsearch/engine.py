@@ -151,7 +151,8 @@ def analyze(
     cfg : resolved configuration (``objsearch.config.load_config``); None: the defaults.
     weights : detector checkpoint, overriding the configuration.
     overwrite : replace an existing complete index.
-    progress : called after every image with (images done, images total, objects so far).
+    progress : called after every image with (images done, images total, objects so far); with ``cfg["batch"]``
+        > 1 the calls come in bursts, one per image after each forward pass.
     detector : an already loaded ``Detector`` (its settings must match ``cfg``).
 
     Raises
@@ -198,23 +199,50 @@ def analyze(
     n_objects = sum(len(r.xyxy) for r in journal.records)
     if done:
         LOGGER.info("resuming: %d of %d images already analysed", len(done), n_total)
-    try:
-        for path, image in _prefetch(todo):
-            rel = path.relative_to(folder).as_posix()
-            if isinstance(image, ImageReadError):
-                LOGGER.warning("skipping %s", image)
-                journal.append(ImageRecord(path=rel, skipped=str(image)))
-            else:
-                dets = detector(image)
-                thumbs = [make_thumbnail(image, b, cfg["thumb_size"], cfg["thumb_quality"]) for b in dets.xyxy]
-                journal.append(ImageRecord(
-                    path=rel, width=image.shape[1], height=image.shape[0], xyxy=dets.xyxy,
-                    confidence=dets.confidence, class_id=dets.class_id, features=dets.features, thumbnails=thumbs,
-                ))
-                n_objects += len(dets)
+    batch = max(1, int(cfg.get("batch", 1)))
+    pending: list[tuple[str, np.ndarray]] = []  # decoded images of one letterbox shape, waiting for the detector
+
+    def detect_pending() -> None:
+        """Detect the pending images in one forward pass, then journal them in order, one progress call each."""
+        nonlocal n_done, n_objects
+        if not pending:
+            return
+        images = [image for _, image in pending]
+        found = detector.detect_batch(images, auto=True) if len(images) > 1 else [detector(images[0])]
+        todo_now = list(pending)
+        pending.clear()
+        for (rel, image), dets in zip(todo_now, found):
+            thumbs = [make_thumbnail(image, b, cfg["thumb_size"], cfg["thumb_quality"]) for b in dets.xyxy]
+            journal.append(ImageRecord(
+                path=rel, width=image.shape[1], height=image.shape[0], xyxy=dets.xyxy,
+                confidence=dets.confidence, class_id=dets.class_id, features=dets.features, thumbnails=thumbs,
+            ))
+            n_objects += len(dets)
             n_done += 1
             if progress:
                 progress(n_done, n_total, n_objects)
+
+    try:
+        pending_shape = None
+        for path, image in _prefetch(todo, depth=max(4, 2 * batch)):
+            rel = path.relative_to(folder).as_posix()
+            if isinstance(image, ImageReadError):
+                detect_pending()  # keep the journal in folder order
+                LOGGER.warning("skipping %s", image)
+                journal.append(ImageRecord(path=rel, skipped=str(image)))
+                n_done += 1
+                if progress:
+                    progress(n_done, n_total, n_objects)
+                continue
+            # only images of one letterbox shape share a forward pass: each gets the features it would get alone
+            shape = detector.letterbox_shape(image.shape) if batch > 1 else None
+            if pending and shape != pending_shape:
+                detect_pending()
+            pending.append((rel, image))
+            pending_shape = shape
+            if len(pending) >= batch:
+                detect_pending()
+        detect_pending()
     finally:
         journal.close()
     records = journal.records

@@ -198,3 +198,42 @@ def test_make_thumbnail_crops_and_clips():
     assert thumb.shape == (43, 128, 3) and thumb.mean() > 200  # 300x100 crop scaled to 128 wide
     small = cv2.imdecode(np.frombuffer(make_thumbnail(image, np.array([-20, -5, 30, 20])), np.uint8), 1)
     assert small.shape == (20, 30, 3)  # clipped to the image, small crops are not enlarged
+
+
+def test_batched_analysis_equals_one_image_at_a_time(small_folder, small_index, cfg, detector, tmp_path):
+    """``batch`` 4 over mixed shapes and unreadable files: same images in the same order, same objects and features
+    (to float32 noise), and one progress call per image."""
+    calls = []
+    out = tmp_path / "batched.h5"
+    summary = analyze(small_folder, out, {**cfg, "batch": 4}, detector=detector, progress=lambda *a: calls.append(a))
+    assert [c[:2] for c in calls] == [(i, N_SMALL + 2) for i in range(1, N_SMALL + 3)]
+    assert calls[-1][2] == summary.n_objects == small_index[1].n_objects
+    assert summary.skipped == small_index[1].skipped
+    with IndexFile(small_index[0]) as alone, IndexFile(out) as batched:
+        assert batched.image_path == alone.image_path
+        np.testing.assert_array_equal(batched.image_id, alone.image_id)
+        np.testing.assert_array_equal(batched.class_id, alone.class_id)
+        np.testing.assert_allclose(batched.xyxy, alone.xyxy, atol=1e-3)
+        ids = np.arange(len(alone))
+        np.testing.assert_allclose(batched.features(ids), alone.features(ids), atol=1e-5)
+        assert batched.attrs["config"]["batch"] == 4
+
+
+def test_a_raising_progress_callback_mid_batch_leaves_a_journal_that_resumes(tmp_path, cfg, detector):
+    folder = copy_images(coco_images(7), tmp_path / "seven")
+    out = tmp_path / "seven.h5"
+    batched = {**cfg, "batch": 4}
+
+    def stop_at_three(done, total, objects):
+        if done == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        analyze(folder, out, batched, detector=detector, progress=stop_at_three)
+    assert not out.exists() and out.with_name(out.name + ".journal").exists()
+    summary = analyze(folder, out, batched, detector=detector)
+    assert summary.n_resumed == 3 and summary.n_images == 7
+    whole = analyze(folder, tmp_path / "whole.h5", cfg, detector=detector)
+    with IndexFile(out) as resumed, IndexFile(tmp_path / "whole.h5") as f:
+        assert resumed.image_path == f.image_path and len(resumed) == len(f) == whole.n_objects
+        np.testing.assert_allclose(resumed.features(np.arange(len(f))), f.features(np.arange(len(f))), atol=1e-5)

@@ -36,6 +36,7 @@ def test_defaults_then_file_then_flags(tmp_path):
 def test_the_projects_default_file_is_read():
     cfg = load_config(None, dims="16")
     assert cfg["dims"] == [16] and cfg["projection"] in ("random", "pca")
+    assert cfg["batch"] == 1 and load_config(None, batch="4")["batch"] == 4
 
 
 @pytest.mark.parametrize(("text", "match"), [
@@ -46,6 +47,8 @@ def test_the_projects_default_file_is_read():
     ("dims: 33\n", "dims must be among"),
     ("conf: 1.5\n", r"conf must be in \[0, 1\], got 1.5"),
     ("imgsz: 16\n", "imgsz must be >= 32"),
+    ("batch: 0\n", "batch must be >= 1 image, got 0"),
+    ("batch: many\n", "batch must be an integer, got 'many'"),
 ])
 def test_bad_config_files_raise_config_error(tmp_path, text, match):
     path = tmp_path / "bad.yaml"

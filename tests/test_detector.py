@@ -103,3 +103,29 @@ def test_unknown_recipe_block_is_refused():
         parse_recipe("bogus:1")
     with pytest.raises(ValueError, match="positive"):
         parse_recipe("cls_cell:0")
+
+
+def test_letterbox_shape_is_the_shape_the_network_sees(detector):
+    """Oracle: ultralytics' LetterBox applied to real arrays of each shape."""
+    from ultralytics.data.augment import LetterBox
+
+    letterbox = LetterBox(new_shape=(detector.imgsz, detector.imgsz), auto=True, stride=detector.stride)
+    for shape in [(480, 640), (427, 640), (640, 425), (1080, 810), (100, 2000), (37, 41), (640, 640), (3, 700)]:
+        expected = letterbox(image=np.zeros((*shape, 3), np.uint8)).shape[:2]
+        assert detector.letterbox_shape(shape) == expected
+        assert detector.letterbox_shape((*shape, 3)) == expected
+
+
+def test_a_batch_of_one_letterbox_shape_gives_each_image_its_own_features(detector):
+    """detect_batch on coco128 images sharing a letterbox shape equals one detector call per image."""
+    from conftest import coco_images
+
+    images = [cv2.imread(str(p)) for p in coco_images(40)]
+    same = [im for im in images if detector.letterbox_shape(im.shape) == (448, 640)][:5]
+    assert len(same) >= 3 and len({im.shape for im in same}) >= 2  # e.g. 425x640 and 427x640 share 448x640
+    for alone, batched in zip([detector(im) for im in same], detector.detect_batch(same, auto=True)):
+        assert len(alone) == len(batched)
+        np.testing.assert_array_equal(alone.class_id, batched.class_id)
+        np.testing.assert_allclose(batched.xyxy, alone.xyxy, atol=1e-3)
+        np.testing.assert_allclose(batched.confidence, alone.confidence, atol=1e-5)
+        np.testing.assert_allclose(batched.features, alone.features, atol=1e-5)

@@ -2,12 +2,13 @@
 
 Usage::
 
-    python tools/bench_analyze.py [DIR] [--repeats 2] [--device cpu]
+    python tools/bench_analyze.py [DIR] [--repeats 2] [--device cpu] [--batch 1,4]
 
 Both run in this process on the same files (default ``../shared/data/coco128``), alternating, best of
 ``--repeats`` each. The bare predict streams the files through ultralytics (decoding included) and keeps nothing;
 the analysis also pools features, encodes thumbnails and writes the journal and the index file.
-Target: analysis >= 0.85x the bare predict's images/s.
+Target: analysis >= 0.85x the bare predict's images/s. ``--batch`` lists detector batch sizes (the configuration
+key ``batch``) to time against each other in the same run, alternating with the bare predict.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def main() -> None:
     parser.add_argument("folder", nargs="?", type=Path, default=DATA / "coco128")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", default=None, help="comma-separated batch sizes (default: the configured one)")
     args = parser.parse_args()
 
     import torch
@@ -39,20 +41,26 @@ def main() -> None:
     files = [str(p) for p in list_images(args.folder)]
     yolo = YOLO(detector.weights_path)
     yolo.predict(files[0], verbose=False, device=args.device)  # warm-up (and ultralytics' thread setting)
-    bare, ours = [], []
+    batches = [int(b) for b in args.batch.split(",")] if args.batch else [cfg["batch"]]
+    bare, ours = [], {b: [] for b in batches}
     for _ in range(args.repeats):
         t0 = time.perf_counter()
         for _result in yolo.predict(files, stream=True, verbose=False, device=args.device, conf=cfg["conf"]):
             pass
         bare.append(len(files) / (time.perf_counter() - t0))
-        with tempfile.TemporaryDirectory() as tmp:
-            summary = analyze(args.folder, Path(tmp) / "bench.h5", cfg, detector=detector)
-        ours.append(summary.n_images / summary.seconds)
+        for b in batches:
+            with tempfile.TemporaryDirectory() as tmp:
+                summary = analyze(args.folder, Path(tmp) / "bench.h5", {**cfg, "batch": b}, detector=detector)
+            ours[b].append(summary.n_images / summary.seconds)
     print(f"{len(files)} images in {args.folder}; device {args.device}; torch threads {torch.get_num_threads()}; "
           f"best of {args.repeats}")
     print(f"  bare YOLO.predict  {max(bare):6.1f} images/s")
-    print(f"  objsearch analyze  {max(ours):6.1f} images/s  ({summary.n_objects} objects)")
-    print(f"ratio analyze / bare predict: {max(ours) / max(bare):.3f}  (target >= 0.85)")
+    for b in batches:
+        print(f"  objsearch analyze  {max(ours[b]):6.1f} images/s  batch {b} ({summary.n_objects} objects)")
+    for b in batches:
+        print(f"ratio analyze batch {b} / bare predict: {max(ours[b]) / max(bare):.3f}  (target >= 0.85)")
+    for b in batches[1:]:
+        print(f"ratio analyze batch {b} / batch {batches[0]}: {max(ours[b]) / max(ours[batches[0]]):.3f}")
 
 
 if __name__ == "__main__":
