@@ -63,6 +63,8 @@ def main() -> None:
     yolo = YOLO(window.searcher.detector.weights_path)
     conf = window.searcher.detector.conf
 
+    yolo.predict(frames[0], verbose=False, device=args.device, conf=conf)  # ultralytics sets torch's threads here
+
     def bare() -> float:
         t0 = time.perf_counter()
         for f in frames:
@@ -109,13 +111,17 @@ def main() -> None:
         bare_fps.append(bare())
         live_fps.append(live())
     med = statistics.median
-    print(f"machine: {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, device {args.device}; index "
+    print(f"machine: {os.cpu_count()} cores, device {args.device}, {torch.get_num_threads()} torch thread(s) for both "
+          f"(YOLO.predict sets cpu_count - 1 for the process); index "
           f"{index} ({len(window.searcher.index.class_id)} objects, {window.searcher.dims} dims, "
           f"{window.searcher.neighbors(window.searcher.dims).method}); video {args.video.name} frames "
           f"{args.start}-{args.start + args.frames - 1} ({frames[0].shape[1]}x{frames[0].shape[0]}); "
           f"k={window.settings.k}; {args.rounds} alternating rounds, medians")
-    print(f"  bare YOLO.predict  {med(bare_fps):6.1f} frames/s  (rounds: {', '.join(f'{v:.1f}' for v in bare_fps)})")
-    print(f"  live app pipeline  {med(live_fps):6.1f} frames/s  (rounds: {', '.join(f'{v:.1f}' for v in live_fps)})")
+    def rounds(values):
+        return ", ".join(f"{v:.1f}" for v in values)
+
+    print(f"  bare YOLO.predict  {med(bare_fps):6.1f} frames/s  (rounds: {rounds(bare_fps)})")
+    print(f"  live app pipeline  {med(live_fps):6.1f} frames/s  (rounds: {rounds(live_fps)})")
     last = window.last_result.timings_ms
     print("  last frame's stages, ms: " + ", ".join(f"{k} {v:.1f}" for k, v in last.items()))
     print(f"ratio live / bare predict: {med(live_fps) / med(bare_fps):.3f}  (target >= 0.8)")
