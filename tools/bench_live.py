@@ -36,6 +36,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--realtime-seconds", type=float, default=10.0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, help="torch threads for both sides (default: what YOLO.predict sets, "
+                                                    "cpu_count - 1)")
     args = parser.parse_args()
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -56,14 +58,22 @@ def main() -> None:
     if any(f is None for f in frames):
         sys.exit(f"error: {args.video} has fewer than {args.start + args.frames} frames")
 
+    from objsearch.store import IndexFile
+
+    with IndexFile(index) as f:
+        weights, conf = f.attrs["weights_path"], float(f.attrs["config"]["conf"])
+    yolo = YOLO(weights)
+    yolo.predict(frames[0], verbose=False, device=args.device, conf=conf)  # ultralytics sets torch's threads here
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    # torch's thread count is taken per thread when the thread first runs torch code, so it is fixed here, before
+    # the app's search thread exists: both sides run on the same number of threads
+    threads = torch.get_num_threads()
+
     app = QtWidgets.QApplication(["bench_live"])
     window = MainWindow(index, device=args.device)
     window.resize(1400, 900)
     window.show()
-    yolo = YOLO(window.searcher.detector.weights_path)
-    conf = window.searcher.detector.conf
-
-    yolo.predict(frames[0], verbose=False, device=args.device, conf=conf)  # ultralytics sets torch's threads here
 
     def bare() -> float:
         t0 = time.perf_counter()
@@ -111,8 +121,7 @@ def main() -> None:
         bare_fps.append(bare())
         live_fps.append(live())
     med = statistics.median
-    print(f"machine: {os.cpu_count()} cores, device {args.device}, {torch.get_num_threads()} torch thread(s) for both "
-          f"(YOLO.predict sets cpu_count - 1 for the process); index "
+    print(f"machine: {os.cpu_count()} cores, device {args.device}, {threads} torch thread(s) for both sides; index "
           f"{index} ({len(window.searcher.index.class_id)} objects, {window.searcher.dims} dims, "
           f"{window.searcher.neighbors(window.searcher.dims).method}); video {args.video.name} frames "
           f"{args.start}-{args.start + args.frames - 1} ({frames[0].shape[1]}x{frames[0].shape[0]}); "
