@@ -82,12 +82,13 @@ def analyze(
     recipe: Annotated[Optional[str], typer.Option(help="Feature blocks, e.g. cls_logits:2.5,neck_roi:1.")] = None,
     config: ConfigOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing index file.")] = False,
+    batch: Annotated[Optional[int], typer.Option(help="Images per detector forward pass (same input shape only).")] = None,
 ) -> None:
     """Analyze every image under FOLDER into an index file. An interrupted run resumes when run again."""
     from objsearch.engine import analyze as run_analyze
 
     cfg = load_config(config, dims=dims, projection=projection, conf=conf, imgsz=imgsz, device=device,
-                      feature_recipe=recipe, weights=weights)
+                      feature_recipe=recipe, weights=weights, batch=batch)
     bar = None
     update = None
 
@@ -126,7 +127,9 @@ def query(
     base_dir: Annotated[Optional[Path], typer.Option(help="Where the indexed images live now.")] = None,
     device: DeviceOpt = None,
     conf: Annotated[Optional[float], typer.Option(help="Minimum detection confidence.")] = None,
-    search: Annotated[str, typer.Option(help="Exact search method: auto, kdtree, faiss or numpy.")] = "auto",
+    search: Annotated[str, typer.Option(help="Search method: auto (the fastest exact one for this index), kdtree, "
+                                              "faiss, numpy (exact), or hnsw (approximate, hnswlib; builds its graph "
+                                              "when the index opens).")] = "auto",
 ) -> None:
     """Find the nearest indexed objects of every object in IMAGE."""
     from objsearch.engine import Searcher, read_image
