@@ -270,6 +270,7 @@ class ScreenSource(FrameSource):
     ----------
     region : (left, top, width, height) pixels of the virtual screen; None: the first monitor.
     grabber : returns (H, W, 3) uint8 BGR; default ``mss_grabber(region)``.
+    fps : at most this many grabs per second when captured live (a screen, unlike a camera, does not pace itself).
 
     Raises
     ------
@@ -279,12 +280,14 @@ class ScreenSource(FrameSource):
 
     continuous = True
 
-    def __init__(self, region: tuple[int, int, int, int] | None = None, grabber: Callable[[], np.ndarray] | None = None):
+    def __init__(self, region: tuple[int, int, int, int] | None = None, grabber: Callable[[], np.ndarray] | None = None,
+                 fps: float = 30.0):
         if region is not None and (len(region) != 4 or region[2] <= 0 or region[3] <= 0):
             raise SourceError(f"screen region must be (left, top, width, height) with a positive size, got {region}")
         self.region = region
         self.name = "screen" if region is None else "screen {}x{}+{}+{}".format(region[2], region[3], *region[:2])
         self._grab = grabber or mss_grabber(region)
+        self.fps = float(fps)
         self._count = 0
 
     def read(self) -> Frame:
@@ -355,6 +358,7 @@ class CaptureThread(threading.Thread):
     slot : where frames go (the newest replaces a stale one).
     realtime : for video files, deliver frames at the file's frame rate (live playback, dropping what the consumer
         cannot keep up with); False: as fast as the consumer takes them, every frame (benchmarks, batch work).
+        Other sources are always live; a screen is grabbed at most ``source.fps`` times a second.
     on_end : called (in this thread) when the stream ends.
     on_error : called (in this thread) with a SourceError's message when reading fails.
     """
@@ -383,7 +387,9 @@ class CaptureThread(threading.Thread):
 
     def run(self) -> None:
         is_file = isinstance(self.source, VideoFileSource)
-        period = 1.0 / self.source.fps if is_file else 0.0
+        paced = self.realtime or not is_file
+        fps = getattr(self.source, "fps", None)  # video files and the screen; a camera paces itself
+        period = 1.0 / fps if paced and fps else 0.0
         next_due = time.perf_counter()
         while not self._halt.is_set():
             if not self._running.is_set():
@@ -393,7 +399,7 @@ class CaptureThread(threading.Thread):
                 continue
             if not self._read_one(wait=is_file and not self.realtime):
                 return
-            if is_file and self.realtime:
+            if period:
                 next_due += period
                 delay = next_due - time.perf_counter()
                 if delay > 0:

@@ -486,3 +486,22 @@ def test_capture_stop_is_prompt(clip, state):
         thread.stop()
         thread.join(1.0)
         assert not thread.is_alive() and time.perf_counter() - t0 < 0.6
+
+
+def test_a_live_screen_is_grabbed_at_most_fps_times_a_second():
+    bus = cv2.imread(str(BUS))
+    grabs = []
+
+    def grab():
+        grabs.append(time.perf_counter())
+        return bus
+
+    slot = FrameSlot()
+    capture = CaptureThread(ScreenSource(None, grabber=grab, fps=10), slot)
+    capture.start()
+    time.sleep(1.0)
+    capture.stop()
+    capture.join(2)
+    # unpaced, a stand-in that returns at once would be grabbed thousands of times a second
+    assert 5 <= len(grabs) <= 13
+    assert slot.get(timeout=0.1) is not None
