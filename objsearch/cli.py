@@ -271,6 +271,7 @@ def video(
 
     from objsearch.engine import Searcher
     from objsearch.live import QuerySettings, ThumbnailCache, search_frame
+    from objsearch.render import annotate_frame
     from objsearch.sources import VideoFileSource
 
     if out is None and jsonl is None:
@@ -282,7 +283,7 @@ def video(
         cache = ThumbnailCache(searcher.index) if out is not None else None
         lines = sys.stdout if jsonl == Path("-") else (stack.enter_context(_open_for_writing(jsonl)) if jsonl else None)
         writer = None
-        total = source.n_frames // stride if source.n_frames else None
+        total = -(-source.n_frames // stride) if source.n_frames else None
         if max_frames:
             total = min(total or max_frames, max_frames)
         bar, update = _progress_bar(total, "frames")
@@ -290,19 +291,19 @@ def video(
         n_analyzed = n_objects = 0
         t0 = time.perf_counter()
         while max_frames is None or n_analyzed < max_frames:
+            if source.position % stride:
+                if not source.skip():
+                    break
+                continue
             frame = source.read()
             if frame is None:
                 break
-            if frame.index % stride:
-                continue
             result = search_frame(searcher, frame, settings, cache)
             n_analyzed += 1
             n_objects += len(result.payload["objects"])
             if lines is not None:
                 lines.write(json.dumps(result.payload) + "\n")
             if out is not None:
-                from objsearch.render import annotate_frame
-
                 if writer is None:
                     writer = stack.enter_context(_video_writer(out, source.fps / stride, frame.image.shape))
                 writer.write(annotate_frame(frame.image, result.payload["objects"], result.thumbnails))

@@ -224,7 +224,7 @@ class _HnswSubset:
         return d, pos
 
 
-_BACKENDS = {"kdtree": _KDTree, "faiss": _Faiss, "numpy": _Numpy, "hnsw": _Hnsw}
+_BACKENDS = {"kdtree": _KDTree, "faiss": _Faiss, "numpy": _Numpy}  # exact; hnsw takes its params (NeighborIndex._build)
 
 
 TIE = 0.10  # ``auto``: frame times within this fraction of the fastest count as a tie, broken by single queries

@@ -65,6 +65,9 @@ class ThumbnailCache:
         self.hits = self.misses = 0
 
     def get(self, object_id: int) -> np.ndarray | None:
+        """The thumbnail of ``object_id`` as (h, w, 3) uint8 BGR, or None when the index holds none for it.
+
+        Raises ``IndexError`` (from the index file) for an id outside the index."""
         object_id = int(object_id)
         item = self._items.get(object_id)
         if item is not None:
@@ -81,6 +84,7 @@ class ThumbnailCache:
         return item
 
     def get_many(self, object_ids) -> dict[int, np.ndarray]:
+        """``get`` for every id >= 0 of an iterable (-1 padding skipped), by id."""
         out = {}
         for oid in object_ids:
             if oid >= 0 and oid not in out:

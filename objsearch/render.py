@@ -31,7 +31,8 @@ def _fit(img: np.ndarray, height: int) -> np.ndarray:
 
 
 def _cell(img: np.ndarray | None, size: int, text: str, color, strip: int = 16) -> np.ndarray:
-    """A (size + strip, size, 3) tile: ``img`` fitted and centred in a square, ``text`` in a strip below."""
+    """A (size + strip, size, 3) tile: ``img`` fitted and centred in a square, ``text`` in a strip below (none when
+    ``strip`` is 0)."""
     tile = np.full((size + strip, size, 3), 32, np.uint8)
     if img is not None and img.size:
         scale = size / max(img.shape[:2])
@@ -39,6 +40,8 @@ def _cell(img: np.ndarray | None, size: int, text: str, color, strip: int = 16) 
         small = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
         y0, x0 = (size - h) // 2, (size - w) // 2
         tile[y0:y0 + h, x0:x0 + w] = small
+    if not strip:
+        return tile
     tile[size:] = color
     scale = 0.38
     while cv2.getTextSize(text, _FONT, scale, 1)[0][0] > size - 4 and scale > 0.25:
@@ -170,12 +173,7 @@ def annotate_frame(image: np.ndarray, objects: list[dict], thumbnails: dict, *, 
             thumb = _decode(thumbnails.get(nb["object_id"]))
             if thumb is None or x + thumb_size > w or y + thumb_size > h:
                 break
-            cell = np.full((thumb_size, thumb_size, 3), 32, np.uint8)
-            scale = thumb_size / max(thumb.shape[:2])
-            tw, th = max(1, round(thumb.shape[1] * scale)), max(1, round(thumb.shape[0] * scale))
-            cell[(thumb_size - th) // 2:(thumb_size - th) // 2 + th, (thumb_size - tw) // 2:(thumb_size - tw) // 2 + tw] = \
-                cv2.resize(thumb, (tw, th), interpolation=cv2.INTER_AREA)
-            out[y:y + thumb_size, x:x + thumb_size] = cell
+            out[y:y + thumb_size, x:x + thumb_size] = _cell(thumb, thumb_size, "", None, strip=0)
             cv2.rectangle(out, (x, y), (x + thumb_size - 1, y + thumb_size - 1), _color(nb["class_id"]), 1)
             x += thumb_size + 2
     return out

@@ -166,15 +166,18 @@ class VideoFileSource(FrameSource):
         with self._lock:
             self._seek_to = int(np.clip(frame, 0, max(0, self.n_frames - 1)))
 
-    def read(self) -> Frame | None:
+    def _apply_seek(self) -> None:
         with self._lock:
             seek, self._seek_to = self._seek_to, None
-        if self._cap is None:
-            return None
-        if seek is not None:
+        if seek is not None and self._cap is not None:
             self._first = None
             self._cap.set(cv2.CAP_PROP_POS_FRAMES, seek)
             self.position = seek
+
+    def read(self) -> Frame | None:
+        self._apply_seek()
+        if self._cap is None:
+            return None
         if self._first is not None:
             image, self._first = self._first, None
         else:
@@ -186,6 +189,18 @@ class VideoFileSource(FrameSource):
         frame = Frame(image, self.position, self.position / self.fps, self.name)
         self.position += 1
         return frame
+
+    def skip(self) -> bool:
+        """Pass over the next frame without decoding it (``cv2.VideoCapture.grab``); False at the end."""
+        self._apply_seek()
+        if self._cap is None:
+            return False
+        if self._first is not None:
+            self._first = None
+        elif not self._cap.grab():
+            return False
+        self.position += 1
+        return True
 
     def close(self) -> None:
         if self._cap is not None:

@@ -73,10 +73,11 @@ def main() -> None:
             vectors = f.vectors(d)
             scale = vectors[rng.integers(0, n, 5000)].std(0) * 0.5  # typical queries, not near-duplicates
             queries = (vectors[rng.integers(0, n, 60)] + rng.normal(0, 1, (60, d)) * scale).astype(np.float32)
-            oracle = _BACKENDS["numpy"](vectors).query(queries[:10], 16)[1]
+            brute_force = _BACKENDS["numpy"](vectors)
+            oracle = brute_force.query(queries[:10], 16)[1]
             if not args.no_hnsw:
                 recall_queries = (vectors[rng.integers(0, n, 300)] + rng.normal(0, 1, (300, d)) * scale).astype(np.float32)
-                recall_oracle = _BACKENDS["numpy"](vectors).query(recall_queries, 16)[1]
+                recall_oracle = brute_force.query(recall_queries, 16)[1]
             rows = {}
             methods = [m for m in ("kdtree", "numpy", "faiss") if m != "kdtree" or d <= KDTREE_MAX_DIMS]
             for method in methods + ["auto"] + ([] if args.no_hnsw else ["hnsw"]):

@@ -163,6 +163,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self._analysis: tuple[threading.Thread, threading.Event, Path, Path] | None = None
         self._frame_shape = None
         self._header_height = 360
+        self._random: RandomImageSource | None = None
         self.message = ""
         self._build()
         if index is not None:
@@ -358,6 +359,7 @@ class MainWindow(QtWidgets.QMainWindow):
         finally:
             QtWidgets.QApplication.restoreOverrideCursor()
         self.searcher = searcher
+        self._random = None
         if self.pipeline is None:
             self.pipeline = LivePipeline(searcher, self.slot, self.bridge.result.emit, on_error=self.bridge.error.emit,
                                          settings=self.settings, compose=self._compose)
@@ -409,6 +411,7 @@ class MainWindow(QtWidgets.QMainWindow):
         if self.searcher is None:
             return
         self.searcher.base_dir = Path(folder)
+        self._random = None
         self._update_index_label()
         if self._check_images():
             self.show_message(f"images of {self.searcher.index.path.name} read from {folder}")
@@ -580,12 +583,13 @@ class MainWindow(QtWidgets.QMainWindow):
         if self.searcher is None:
             self.show_message("open an index first", error=True)
             return False
-        try:
-            source = RandomImageSource([self.searcher.image_path(i) for i in range(len(self.searcher.index.image_path))])
-        except SourceError as exc:
-            self.show_message(str(exc), error=True)
-            return False
-        return self._submit_still(source)
+        if self._random is None:  # one list of paths per index and image folder, not per click
+            try:
+                self._random = RandomImageSource([self.searcher.base_dir / p for p in self.searcher.index.image_path])
+            except SourceError as exc:
+                self.show_message(str(exc), error=True)
+                return False
+        return self._submit_still(self._random)
 
     def query_image(self, path: str | Path, image_id: int | None = None) -> bool:
         """Query an image file (an indexed image leaves its own objects out of the results)."""
