@@ -29,8 +29,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import platform
+import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -102,13 +102,6 @@ def _torch_device(torch, device: str):
     return dev
 
 
-@dataclass
-class StageTimes:
-    """Milliseconds spent per stage by the last call (``preprocess``, ``inference``, ``nms``, ``features``)."""
-
-    ms: dict[str, float] = field(default_factory=dict)
-
-
 class Detector:
     """A YOLO detector that returns ``Detections`` with a feature vector per object.
 
@@ -120,7 +113,7 @@ class Detector:
     imgsz : int
         Inference size in pixels (longest side after letterboxing), as in ``YOLO.predict(imgsz=...)``.
     conf : float
-        Minimum confidence of a kept detection.
+        Default minimum confidence of a kept detection (each call may pass its own).
     iou : float
         NMS IoU threshold (ultralytics' default for ``predict`` is 0.7).
     max_det : int
@@ -138,6 +131,12 @@ class Detector:
         When ``device`` is not a torch device name or is not available here (e.g. ``cuda`` without a GPU).
     ValueError
         For an invalid ``recipe`` (see ``parse_recipe``).
+
+    Notes
+    -----
+    Re-entrant: confidence and stage times are per call, the head's intermediate maps are captured per thread, and
+    the forward pass holds a lock (ultralytics' Detect head caches its anchors for the last input shape on the
+    module, so two shapes at once would race). Two threads may search at once and get what they would get alone.
     """
 
     def __init__(
@@ -186,11 +185,12 @@ class Detector:
         self.strides = [float(s) for s in self.head.stride]
         self.weights_path = getattr(yolo, "ckpt_path", None) or self.weights
         self.weights_sha256 = file_sha256(self.weights_path) if Path(self.weights_path).is_file() else ""
-        self._captured: dict[str, list] = {"cls": [None] * self.head.nl, "box": [None] * self.head.nl}
+        self._local = threading.local()  # per-thread captures of the head's intermediate maps
+        self._forward_lock = threading.Lock()
+        self._warm_shapes: set[tuple[int, int]] = set()
         for level in range(self.head.nl):
             self.head.cv3[level][-2].register_forward_hook(self._hook("cls", level))
             self.head.cv2[level][-2].register_forward_hook(self._hook("box", level))
-        self.times = StageTimes()
         self._torch = torch
         self._warmup()
 
@@ -205,9 +205,28 @@ class Detector:
             roi_align(torch.zeros((1, 1, 4, 4), device=self.device), [torch.tensor([[0.0, 0.0, 2.0, 2.0]],
                       device=self.device)], 1, 1.0, 2, aligned=True)
 
+    def warmup(self, image_shape: tuple[int, ...], passes: int = 2) -> float:
+        """Run ``passes`` untimed forward passes at the network input shape an image of ``image_shape`` (H, W[, 3])
+        gets, once per shape: the first passes at a new shape are 2-4x slower on a CPU (oneDNN builds its kernels),
+        and a one-off query would otherwise report that as detection time. Returns the milliseconds spent (0 when
+        the shape was warm already)."""
+        shape = self.letterbox_shape(image_shape)
+        if shape in self._warm_shapes:
+            return 0.0
+        torch = self._torch
+        t0 = time.perf_counter()
+        x = torch.zeros((1, 3, *shape), device=self.device)
+        with torch.inference_mode(), self._forward_lock:
+            for _ in range(passes):
+                self.model(x)
+        self._warm_shapes.add(shape)
+        return (time.perf_counter() - t0) * 1e3
+
     def _hook(self, kind: str, level: int):
         def hook(module, inputs, output):
-            self._captured[kind][level] = output
+            captured = getattr(self._local, "captured", None)
+            if captured is not None:
+                captured[kind][level] = output
 
         return hook
 
@@ -242,12 +261,15 @@ class Detector:
         return (params["new_unpad"][1] + params["top"] + params["bottom"],
                 params["new_unpad"][0] + params["left"] + params["right"])
 
-    def __call__(self, image: np.ndarray) -> Detections:
+    def __call__(self, image: np.ndarray, *, conf: float | None = None, timings: dict | None = None) -> Detections:
         """Detect the objects of one image and compute their features.
 
         Parameters
         ----------
         image : ndarray of shape (H, W, 3), uint8, BGR (as ``cv2.imread`` returns)
+        conf : minimum confidence for this call; None: the detector's ``conf``.
+        timings : when given, filled with this call's milliseconds per stage (``preprocess``, ``inference``,
+            ``nms``, ``features``).
 
         Returns
         -------
@@ -259,9 +281,10 @@ class Detector:
         ValueError
             When ``image`` is not an (H, W, 3) uint8 array.
         """
-        return self.detect_batch([image], auto=True)[0]
+        return self.detect_batch([image], auto=True, conf=conf, timings=timings)[0]
 
-    def detect_batch(self, images: list[np.ndarray], auto: bool | None = None) -> list[Detections]:
+    def detect_batch(self, images: list[np.ndarray], auto: bool | None = None, *, conf: float | None = None,
+                     timings: dict | None = None) -> list[Detections]:
         """Detect the objects of several images in one forward pass.
 
         Parameters
@@ -270,6 +293,8 @@ class Detector:
         auto : bool or None
             Minimal (stride-multiple) letterbox padding, as ``YOLO.predict`` does for one image. Images of different
             shapes are padded to a square ``imgsz`` when False; None picks True when all shapes are equal.
+        conf : minimum confidence for this call, in [0, 1]; None: the detector's ``conf``.
+        timings : when given, filled with this call's milliseconds per stage.
 
         Returns
         -------
@@ -283,6 +308,9 @@ class Detector:
             if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8):
                 shape = getattr(image, "shape", None)
                 raise ValueError(f"images must be (H, W, 3) uint8 BGR arrays, got {type(image).__name__} {shape}")
+        conf = self.conf if conf is None else float(conf)
+        if not 0.0 <= conf <= 1.0:
+            raise ValueError(f"conf must be in [0, 1], got {conf}")
         if auto is None:
             auto = len({im.shape for im in images}) == 1
         t0 = time.perf_counter()
@@ -290,16 +318,22 @@ class Detector:
         batch = np.ascontiguousarray(np.stack(boxed)[..., ::-1].transpose(0, 3, 1, 2))
         x = torch.from_numpy(batch).to(self.device).float().div_(255.0)
         t1 = time.perf_counter()
+        captured = {"cls": [None] * self.head.nl, "box": [None] * self.head.nl}
         with torch.inference_mode():
-            y, preds = self.model(x)
+            self._local.captured = captured
+            try:
+                with self._forward_lock:
+                    y, preds = self.model(x)
+            finally:
+                self._local.captured = None
             t2 = time.perf_counter()
             kept, kept_idx = non_max_suppression(
-                y, self.conf, self.iou, max_det=self.max_det, nc=len(self.names), return_idxs=True
+                y, conf, self.iou, max_det=self.max_det, nc=len(self.names), return_idxs=True
             )
             t3 = time.perf_counter()
             out = []
             for b, (det, idx) in enumerate(zip(kept, kept_idx)):
-                feats = self._pool(preds, b, det[:, :4], idx.long())
+                feats = self._pool(preds, captured, b, det[:, :4], idx.long())
                 boxes = scale_boxes(x.shape[2:], det[:, :4].clone(), images[b].shape[:2])
                 out.append(
                     Detections(
@@ -310,15 +344,12 @@ class Detector:
                     )
                 )
         t4 = time.perf_counter()
-        self.times.ms = {
-            "preprocess": (t1 - t0) * 1e3,
-            "inference": (t2 - t1) * 1e3,
-            "nms": (t3 - t2) * 1e3,
-            "features": (t4 - t3) * 1e3,
-        }
+        if timings is not None:
+            timings.update({"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, "nms": (t3 - t2) * 1e3,
+                            "features": (t4 - t3) * 1e3})
         return out
 
-    def _pool(self, preds: dict, b: int, xyxy_lb, anchor_idx) -> np.ndarray:
+    def _pool(self, preds: dict, captured: dict, b: int, xyxy_lb, anchor_idx) -> np.ndarray:
         """Features of batch item ``b`` for boxes ``xyxy_lb`` (letterboxed pixels) made at ``anchor_idx``."""
         torch = self._torch
         from torchvision.ops import roi_align
@@ -334,7 +365,7 @@ class Detector:
         blocks = []
         for name in self.recipe:
             if name in ("cls_cell", "box_cell"):
-                maps = self._captured["cls" if name == "cls_cell" else "box"]
+                maps = captured["cls" if name == "cls_cell" else "box"]
                 block = torch.empty((n, maps[0].shape[1]), device=anchor_idx.device)
                 for lv, m in enumerate(maps):
                     sel = level == lv
@@ -344,7 +375,7 @@ class Detector:
                 block = preds["scores"][b][:, anchor_idx].T
                 block = block - block.mean(1, keepdim=True)  # the logits share a large negative offset
             elif name == "cls_roi":
-                maps = self._captured["cls"]
+                maps = captured["cls"]
                 block = torch.empty((n, maps[0].shape[1]), device=anchor_idx.device)
                 for lv, m in enumerate(maps):
                     sel = level == lv

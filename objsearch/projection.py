@@ -164,6 +164,52 @@ class PCAProjection(_Projection):
         self.explained_variance_ratio_ = ratio
         return self
 
+    def fit_streaming(self, chunks, n_features: int) -> PCAProjection:
+        """Fit from chunks of samples without holding them all: one pass accumulating the sum and the scatter
+        matrix (float64, (D, D)), then an eigendecomposition of the covariance. The components equal ``fit``'s
+        (the right singular vectors of the centred data) up to rounding; memory is O(chunk + D^2).
+
+        Parameters
+        ----------
+        chunks : iterable of ndarray of shape (n_i, n_features)
+        n_features : D, used when there are no samples at all.
+
+        Raises
+        ------
+        ValueError
+            When a chunk has another number of features.
+        """
+        n, total = 0, np.zeros(n_features, np.float64)
+        scatter = np.zeros((n_features, n_features), np.float64)
+        for chunk in chunks:
+            X = _check_features(chunk, n_features).astype(np.float64)
+            n += len(X)
+            total += X.sum(0)
+            scatter += X.T @ X
+        self.n_features_in_ = n_features
+        mean = total / max(n, 1)
+        cov = scatter / max(n, 1) - np.outer(mean, mean)
+        self.mean_ = mean.astype(np.float32)
+        rank = max(0, n - 1) if n else 0
+        self.components_, self.explained_variance_ratio_ = _pca_components(mean, cov, self.n_components, rank)
+        return self
+
+
+def _pca_components(mean: np.ndarray, cov: np.ndarray, n_components: int, rank: int):
+    """Top ``n_components`` eigenvectors of ``cov`` (D, D) as columns (D, n_components), signs fixed so each column's
+    largest entry is positive, zero beyond ``rank``; and the explained variance ratio."""
+    values, vectors = np.linalg.eigh(cov)
+    order = np.argsort(values)[::-1]
+    values, vectors = np.clip(values[order], 0, None), vectors[:, order]
+    k = min(n_components, rank, vectors.shape[1])
+    comps = np.zeros((cov.shape[0], n_components), np.float64)
+    comps[:, :k] = vectors[:, :k]
+    signs = np.sign(comps[np.abs(comps).argmax(0), np.arange(n_components)])
+    signs[signs == 0] = 1
+    ratio = np.zeros(n_components)
+    ratio[:k] = values[:k] / max(values.sum(), 1e-12)
+    return (comps * signs).astype(np.float32), ratio
+
 
 def make_projection(method: str, n_components: int, random_state: int = 0) -> RandomProjection | PCAProjection:
     """A new, unfitted projection.

@@ -294,9 +294,10 @@ class SearchResult:
         """The ``query --json`` object: ``image``, ``width``, ``height``, ``timings_ms`` and ``objects`` with their
         ``neighbors`` (``object_id``, ``image_id``, ``path``, ``box``, ``class_id``, ``label``, ``confidence``,
         ``distance``, and ``frame_index`` / ``timestamp_s`` for video frames). Floats are rounded; ``total`` is the
-        sum of the stages. Only finite numbers: JSON has no NaN."""
+        sum of the stages (a ``warmup`` pass, when one ran, is reported beside them, not in the total). Only finite
+        numbers: JSON has no NaN."""
         timings = {k: v for k, v in self.timings_ms.items() if k != "total"}
-        timings["total"] = sum(timings.values())
+        timings["total"] = sum(v for k, v in timings.items() if k != "warmup")
         objects = []
         for i in range(len(self.detections)):
             cid = int(self.detections.class_id[i])

@@ -52,3 +52,22 @@ def resolve_weights(explicit: str | Path | None = None) -> tuple[str, list[str]]
         return str(SHARED_WEIGHTS), looked
     looked.append(f"{DEFAULT_NAME} (ultralytics download)")
     return DEFAULT_NAME, looked
+
+
+def trusted_weights(configured: str | Path | None = None) -> list[Path]:
+    """Checkpoints objsearch may load for an index without being told (the index's sha256 picks among them; an index
+    never names a file to load): the configured weights, ``$OBJSEARCH_WEIGHTS``, the project's ``weights/*.pt`` and
+    the ``*.pt`` files of ``../shared/data/weights``. Only existing files, each once, in that order."""
+    found: list[Path] = []
+    if configured:
+        found.append(Path(configured).expanduser())
+    env = os.environ.get("OBJSEARCH_WEIGHTS")
+    if env:
+        found.append(Path(env).expanduser())
+    found += sorted((PROJECT_ROOT / "weights").glob("*.pt"))
+    found += sorted(SHARED_WEIGHTS.parent.glob("*.pt"))
+    out: list[Path] = []
+    for p in found:
+        if p.is_file() and p.resolve() not in {q.resolve() for q in out}:
+            out.append(p)
+    return out

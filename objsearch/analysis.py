@@ -1,0 +1,675 @@
+"""Analysis jobs: ``analyze`` a folder into a new index, ``add`` files to it, ``remove`` them, ``sync`` it with its
+folder, ``compact`` it. Every job streams: images are decoded in a prefetch thread, detected, journaled and committed
+to the index in small transactions, so memory stays O(commit interval), not O(dataset).
+
+Crash safety has two layers:
+
+* the **analysis journal** (``INDEX.h5.journal``): each finished image is appended as one CRC-framed record and
+  flushed before the next one starts, so a job killed at any moment (even ``kill -9``) loses at most the image in
+  flight; the next job on the same index applies the journaled images first, then does the rest. Records carry a
+  sequence number and the journal a random id; the index remembers the last record it applied (attribute
+  ``journal``), so a record is never applied twice.
+* the **index transactions** (``objsearch.catalog``): every ``commit`` reaches the file completely or not at all
+  (a rollback journal, as SQLite's).
+
+So a killed job leaves an index that opens and holds the state of its last commit, plus a journal of the images
+finished since; re-running the same command finishes the work, and gives the same object ids, boxes and vectors as
+an uninterrupted run (images are always processed in sorted path order and ids are handed out in that order).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import queue
+import struct
+import threading
+import time
+import uuid
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from objsearch.errors import EmptyFolderError, ImageReadError, IndexFileError, ObjsearchError
+from objsearch.media import list_media, make_thumbnail, read_image
+from objsearch.projection import PCAProjection, make_projection
+from objsearch.types import Detections, MediaRecord, MediaRef, SkippedFile
+
+LOGGER = logging.getLogger(__name__)
+
+_JOURNAL_MAGIC = b"OSJ2"
+_FRAME = struct.Struct("<4sII")  # magic, payload length, crc32
+COMMIT_EVERY_IMAGES = 64
+COMMIT_EVERY_SECONDS = 5.0
+
+
+class JobCancelled(ObjsearchError):
+    """The job was cancelled; the journal keeps what was finished, and running it again resumes."""
+
+    exit_code = 130
+
+
+# ----------------------------------------------------------------------------------------------------- journal
+def _record_to_bytes(seq: int, record: MediaRecord | SkippedFile) -> bytes:
+    buf = io.BytesIO()
+    if isinstance(record, SkippedFile):
+        meta = {"seq": seq, "kind": "skipped", "path": record.path, "reason": record.reason}
+        np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+        return buf.getvalue()
+    m, d = record.media, record.detections
+    meta = {"seq": seq, "kind": "media", "path": m.path, "width": m.width, "height": m.height,
+            "frame_index": m.frame_index, "timestamp_s": m.timestamp_s, "file_size": m.file_size,
+            "file_mtime_ns": m.file_mtime_ns}
+    thumbs = np.frombuffer(b"".join(record.thumbnails), np.uint8)
+    offsets = np.cumsum([0] + [len(t) for t in record.thumbnails]).astype(np.int64)
+    np.savez(buf, meta=np.frombuffer(json.dumps(meta, ensure_ascii=True).encode(), np.uint8), xyxy=d.xyxy,
+             confidence=d.confidence, class_id=d.class_id, features=d.features, thumbs=thumbs, offsets=offsets)
+    return buf.getvalue()
+
+
+def _record_from_bytes(payload: bytes) -> tuple[int, MediaRecord | SkippedFile]:
+    with np.load(io.BytesIO(payload), allow_pickle=False) as z:
+        meta = json.loads(z["meta"].tobytes().decode())
+        if meta["kind"] == "skipped":
+            return meta["seq"], SkippedFile(meta["path"], meta["reason"])
+        thumbs, offsets = z["thumbs"].tobytes(), z["offsets"]
+        media = MediaRef(path=meta["path"], width=meta["width"], height=meta["height"],
+                         frame_index=meta["frame_index"], timestamp_s=meta["timestamp_s"],
+                         file_size=meta["file_size"], file_mtime_ns=meta["file_mtime_ns"])
+        dets = Detections(z["xyxy"], z["confidence"], z["class_id"], z["features"])
+        return meta["seq"], MediaRecord(media, dets, [thumbs[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)])
+
+
+class Journal:
+    """Append-only, CRC-framed log of the images a job finished and has not committed yet (``INDEX.h5.journal``).
+
+    The first record is a JSON header (the journal's id and the settings that must not change: weights, recipe,
+    thresholds, thumbnail size); each later record is one finished image (or a skipped file) with a sequence number.
+    Opening an existing journal drops a torn or corrupt tail (what a killed job leaves) and keeps everything before.
+
+    Raises
+    ------
+    IndexFileError
+        When an existing journal was written with other settings than ``settings``.
+    """
+
+    def __init__(self, path: Path, settings: dict) -> None:
+        self.path = Path(path)
+        self.settings = json.loads(json.dumps(settings, sort_keys=True))
+        self.pending: list[tuple[int, MediaRecord | SkippedFile]] = []
+        self.journal_id = uuid.uuid4().hex
+        self.next_seq = 1
+        if self.path.exists():
+            self._recover()
+        else:
+            self._start()
+
+    def _start(self) -> None:
+        self._handle = open(self.path, "wb")
+        self._write(json.dumps({"journal_id": self.journal_id, "settings": self.settings}, sort_keys=True).encode())
+        self._header_end = self._handle.tell()
+
+    def _recover(self) -> None:
+        with open(self.path, "rb") as handle:
+            data = handle.read()
+        pos = good_end = header_end = 0
+        header = None
+        while pos + _FRAME.size <= len(data):
+            magic, length, crc = _FRAME.unpack_from(data, pos)
+            payload = data[pos + _FRAME.size: pos + _FRAME.size + length]
+            if magic != _JOURNAL_MAGIC or len(payload) != length or zlib.crc32(payload) != crc:
+                break
+            try:
+                if header is None:
+                    header = json.loads(payload.decode())
+                    header_end = pos + _FRAME.size + length
+                else:
+                    self.pending.append(_record_from_bytes(payload))
+            except Exception:  # a record that frames correctly but does not parse ends the good part
+                break
+            pos += _FRAME.size + length
+            good_end = pos
+        if header is None or "settings" not in header:
+            LOGGER.warning("journal %s has no readable header; starting a new one", self.path)
+            self.pending = []
+            self._start()
+            return
+        if header["settings"] != self.settings:
+            diff = sorted(k for k in set(header["settings"]) | set(self.settings)
+                          if header["settings"].get(k) != self.settings.get(k))
+            raise IndexFileError(
+                f"an unfinished job in {self.path} used other settings ({', '.join(diff)}); run it with the same "
+                f"settings to finish it, or delete {self.path} to drop its {len(self.pending)} finished images")
+        if good_end < len(data):
+            LOGGER.warning("journal %s: dropped a torn record of %d bytes at its end", self.path, len(data) - good_end)
+        self.journal_id = header["journal_id"]
+        self.next_seq = max([seq for seq, _ in self.pending], default=0) + 1
+        self._handle = open(self.path, "r+b")
+        self._handle.truncate(good_end)
+        self._handle.seek(good_end)
+        self._header_end = header_end
+
+    def _write(self, payload: bytes) -> None:
+        self._handle.write(_FRAME.pack(_JOURNAL_MAGIC, len(payload), zlib.crc32(payload)) + payload)
+        self._handle.flush()
+
+    def append(self, record: MediaRecord | SkippedFile) -> int:
+        """Write one finished image (or skipped file) and flush it to the operating system (it survives the process
+        being killed). Returns its sequence number."""
+        seq = self.next_seq
+        self._write(_record_to_bytes(seq, record))
+        self.next_seq += 1
+        return seq
+
+    def committed(self) -> None:
+        """Everything appended so far is in the index: keep only the header."""
+        self.pending = []
+        self._handle.truncate(self._header_end)
+        self._handle.seek(self._header_end)
+        self._handle.flush()
+
+    def close(self, remove: bool = False) -> None:
+        self._handle.close()
+        if remove:
+            self.path.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------------ summaries
+@dataclass
+class JobSummary:
+    """What a job did: counts, time, and the files it skipped with reasons."""
+
+    index: Path
+    n_added: int = 0
+    n_added_objects: int = 0
+    n_removed: int = 0
+    n_removed_objects: int = 0
+    n_changed: int = 0
+    n_unchanged: int = 0
+    n_resumed: int = 0
+    n_no_objects: int = 0
+    n_already: int = 0
+    n_other_files: int = 0
+    skipped: list[SkippedFile] = field(default_factory=list)
+    seconds: float = 0.0
+    n_images: int = 0
+    n_objects: int = 0
+
+
+ProgressFn = Callable[[int, int, int], None]
+
+
+def _prefetch(paths: list[Path], depth: int, stop: threading.Event, max_pixels: int) -> Iterator:
+    """Decode images in a background thread, yielding (path, image or ImageReadError) in order. Any failure of the
+    thread itself is re-raised here; stopping (the consumer returning early) never leaves it blocked."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work():
+        try:
+            for p in paths:
+                if stop.is_set():
+                    return
+                try:
+                    item = read_image(p, max_pixels=max_pixels)
+                except ImageReadError as exc:
+                    item = exc
+                if not put((p, item)):
+                    return
+            put(done)
+        except BaseException as exc:  # a bug in decoding: hand it to the consumer instead of dying silently
+            put(exc)
+
+    thread = threading.Thread(target=work, daemon=True, name="prefetch")
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(5.0)
+
+
+def _file_identity(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return int(st.st_size), int(st.st_mtime_ns)
+
+
+def _relative(path: Path, base_dir: Path) -> str:
+    """``path`` relative to ``base_dir`` (POSIX separators).
+
+    Raises
+    ------
+    ObjsearchError
+        When ``path`` is not under ``base_dir``.
+    """
+    try:
+        return Path(os.path.abspath(path)).relative_to(Path(os.path.abspath(base_dir))).as_posix()
+    except ValueError:
+        raise ObjsearchError(f"{path} is not under the index's base directory {base_dir}; an index holds the files of "
+                             f"one folder tree") from None
+
+
+def job_settings(detector, cfg: dict) -> dict:
+    """What must stay the same across the images of one index (and its journal)."""
+    return {
+        "weights_sha256": detector.weights_sha256,
+        "feature_recipe": detector.feature_recipe(),
+        "iou": detector.iou, "max_det": detector.max_det, "conf": float(cfg["conf"]),
+        "thumb_size": int(cfg["thumb_size"]), "thumb_quality": int(cfg["thumb_quality"]),
+    }
+
+
+class _Run:
+    """One job's pass over files: detect, journal, commit in transactions. Used by analyze, add and sync."""
+
+    def __init__(self, writer, detector, cfg: dict, base_dir: Path, summary: JobSummary, *,
+                 progress: ProgressFn | None, cancel: threading.Event | None):
+        self.writer, self.detector, self.cfg, self.base_dir = writer, detector, cfg, base_dir
+        self.summary, self.progress, self.cancel = summary, progress, cancel or threading.Event()
+        settings = job_settings(detector, cfg)
+        self.journal = Journal(Path(str(writer.path) + ".journal"), settings)
+        self.skipped = list(writer.skipped)
+        self.n_done = self.n_total = self.n_objects = 0
+        self._last_commit = time.perf_counter()
+        self._uncommitted = 0
+
+    def replay(self) -> set[str]:
+        """Apply what a killed job journaled and did not commit; returns the paths it covered."""
+        applied = str(self.writer.attrs.get("journal", ""))
+        last_id, _, last_seq = applied.partition(":")
+        paths = set()
+        records = self.journal.pending
+        for seq, record in records:
+            paths.add(record.path if isinstance(record, SkippedFile) else record.media.path)
+            if last_id == self.journal.journal_id and seq <= int(last_seq or 0):
+                continue
+            self._apply(record)
+        if records:
+            self.summary.n_resumed += sum(1 for _, r in records if isinstance(r, MediaRecord))
+            self._commit(self.journal.next_seq - 1)
+        return paths
+
+    def _apply(self, record) -> None:
+        if isinstance(record, SkippedFile):
+            self.skipped = [s for s in self.skipped if s.path != record.path] + [record]
+            self.writer.set_skipped(self.skipped)
+            self.summary.skipped.append(record)
+            return
+        self.writer.add(record)
+        n = len(record.detections)
+        self.summary.n_added += 1
+        self.summary.n_added_objects += n
+        self.summary.n_no_objects += n == 0
+
+    def _commit(self, last_seq: int) -> None:
+        self.writer.commit(journal=f"{self.journal.journal_id}:{last_seq}")
+        self.journal.committed()
+        self._last_commit = time.perf_counter()
+        self._uncommitted = 0
+
+    def _finish_one(self, record) -> None:
+        seq = self.journal.append(record)
+        self._apply(record)
+        self._uncommitted += 1
+        self.n_done += 1
+        if isinstance(record, MediaRecord):
+            self.n_objects += len(record.detections)
+        if (self._uncommitted >= COMMIT_EVERY_IMAGES
+                or time.perf_counter() - self._last_commit >= COMMIT_EVERY_SECONDS):
+            self._commit(seq)
+        if self.progress:
+            self.progress(self.n_done, self.n_total, self.n_objects)
+        if self.cancel.is_set():
+            self._commit(seq)
+            raise JobCancelled("cancelled; what was finished is in the index, and running the same command again "
+                               "does the rest")
+
+    def run(self, files: list[Path]) -> None:
+        """Analyze ``files`` (images, sorted) in order."""
+        self.n_total = self.n_done + len(files)
+        if self.progress:
+            self.progress(self.n_done, self.n_total, self.n_objects)
+        batch = max(1, int(self.cfg.get("batch", 1)))
+        pending: list[tuple[Path, np.ndarray]] = []
+        pending_shape = None
+        stop = threading.Event()
+
+        def detect_pending() -> None:
+            if not pending:
+                return
+            images = [image for _, image in pending]
+            found = (self.detector.detect_batch(images, auto=True, conf=self.cfg["conf"]) if len(images) > 1
+                     else [self.detector(images[0], conf=self.cfg["conf"])])
+            todo = list(pending)
+            pending.clear()
+            for (path, image), dets in zip(todo, found):
+                self._finish_one(self._record(path, image, dets))
+
+        for path, image in _prefetch(files, max(4, 2 * batch), stop, int(self.cfg.get("max_pixels", 100_000_000))):
+            if isinstance(image, ImageReadError):
+                detect_pending()  # keep the journal in path order
+                LOGGER.warning("skipping %s", image)
+                self._finish_one(SkippedFile(_relative(path, self.base_dir), str(image)))
+                continue
+            shape = self.detector.letterbox_shape(image.shape) if batch > 1 else None
+            if pending and shape != pending_shape:
+                detect_pending()
+            pending.append((path, image))
+            pending_shape = shape
+            if len(pending) >= batch:
+                detect_pending()
+        detect_pending()
+
+    def _record(self, path: Path, image: np.ndarray, dets: Detections) -> MediaRecord:
+        size, mtime = _file_identity(path)
+        thumbs = [make_thumbnail(image, b, self.cfg["thumb_size"], self.cfg["thumb_quality"]) for b in dets.xyxy]
+        media = MediaRef(path=_relative(path, self.base_dir), width=image.shape[1], height=image.shape[0],
+                         file_size=size, file_mtime_ns=mtime)
+        return MediaRecord(media, dets, thumbs)
+
+    def close(self) -> None:
+        """Commit what is left and remove the journal."""
+        self._commit(self.journal.next_seq - 1)
+        self.journal.close(remove=True)
+
+
+def _load_detector(cfg: dict, weights: str | None, detector):
+    if detector is not None:
+        return detector
+    from objsearch.engine import load_detector
+
+    return load_detector(cfg, weights)
+
+
+def _fit_pending_projections(writer, n_features: int) -> None:
+    """Fit the projections that need the data (PCA) from the stored features, streamed, and store them."""
+    pending = writer.attrs.get("pending_projections") or []
+    for d in pending:
+        proj = PCAProjection(int(d), int(writer.attrs["config"]["seed"]))
+        proj.fit_streaming((f for _, f in writer.iter_features()), n_features)
+        writer.set_projection(proj)
+    if pending:
+        writer.set_attrs(pending_projections=[])
+
+
+def analyze(folder: str | Path, output: str | Path, cfg: dict, *, weights: str | None = None,
+            overwrite: bool = False, progress: ProgressFn | None = None, cancel: threading.Event | None = None,
+            detector=None) -> JobSummary:
+    """Detect every object in the images under ``folder`` and write a new index ``output``.
+
+    Images are committed to ``output`` as they are analysed (state ``analyzing`` until the end); an interrupted run
+    (Ctrl-C, ``cancel``, ``kill -9``) resumes where it stopped when run again with the same settings.
+
+    Raises
+    ------
+    EmptyFolderError
+        When ``folder`` holds no image files.
+    IndexFileError
+        When ``output`` is a finished index (use ``sync``, or ``overwrite``), or an unfinished one of other settings.
+    WeightsNotFoundError
+        When no checkpoint can be found.
+    JobCancelled
+        When ``cancel`` was set.
+    """
+    from objsearch.catalog import CatalogWriter
+
+    t0 = time.perf_counter()
+    folder, output = Path(folder), Path(output)
+    if not folder.is_dir():
+        raise EmptyFolderError(f"{folder} is not a folder")
+    listing = list_media(folder)
+    if not listing.images:
+        raise EmptyFolderError(f"{folder} holds no image files ({', '.join(sorted({'.jpg', '.png', '.webp', '.bmp', '.tif'}))} ...)")
+    writer = None
+    if output.exists() and not overwrite:
+        from objsearch.catalog import Catalog
+
+        with Catalog(output) as existing:
+            state = existing.state
+            same = os.path.abspath(existing.base_dir) == os.path.abspath(folder)
+        if state == "ready":
+            hint = (f"run `objsearch sync {folder} -i {output}` to add new, changed and removed images" if same
+                    else f"it indexes {existing.base_dir}")
+            raise IndexFileError(f"{output} already exists ({hint}); pass --overwrite to analyze everything again")
+        writer = CatalogWriter.open(output)
+    detector = _load_detector(cfg, weights, detector)
+    if writer is None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            for suffix in (".journal",):
+                Path(str(output) + suffix).unlink(missing_ok=True)
+        projections, pending = [], []
+        for d in cfg["dims"]:
+            if cfg["projection"] == "pca":
+                pending.append(int(d))
+            else:
+                projections.append(make_projection(cfg["projection"], d, cfg["seed"]).fit(
+                    np.zeros((1, detector.n_features), np.float32)))
+        writer = CatalogWriter.create(output, attrs=index_attrs(detector, cfg, folder, pending),
+                                      n_features=detector.n_features, projections=projections, overwrite=overwrite)
+    summary = JobSummary(index=output, n_other_files=listing.n_other, skipped=list(listing.skipped))
+    try:
+        run = _Run(writer, detector, cfg, folder, summary, progress=progress, cancel=cancel)
+        covered = run.replay() | set(writer.media_path) | {s.path for s in writer.skipped}
+        todo = [p for p in listing.images if _relative(p, folder) not in covered]
+        summary.n_resumed += len(listing.images) - len(todo) - summary.n_resumed
+        run.run(todo)
+        _fit_pending_projections(writer, detector.n_features)
+        writer.set_attrs(state="ready")
+        run.close()
+        summary.n_images = len(writer.media_id)
+        summary.n_objects = len(writer.object_id)
+    finally:
+        writer.close()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def index_attrs(detector, cfg: dict, folder: Path, pending_projections: list[int]) -> dict:
+    """Root attributes of a new index."""
+    weights = Path(str(detector.weights_path))
+    return {
+        "state": "analyzing",
+        "weights_sha256": detector.weights_sha256,
+        "weights_name": weights.name,
+        "feature_recipe": detector.feature_recipe(),
+        "config": {**cfg, "weights": weights.name},
+        "class_names": detector.names,
+        "base_dir": os.path.abspath(folder),
+        "pending_projections": list(pending_projections),
+    }
+
+
+def index_config(catalog) -> dict:
+    """The configuration an index was built with, as ``load_config`` resolves it (for add and sync)."""
+    from objsearch.config import load_config
+
+    stored = catalog.attrs.get("config", {})
+    keep = ("imgsz", "iou", "max_det", "conf", "thumb_size", "thumb_quality", "projection", "seed", "batch")
+    cfg = load_config(None, **{k: v for k, v in stored.items() if k in keep})
+    cfg["feature_recipe"] = catalog.attrs["feature_recipe"]["blocks"]
+    cfg["imgsz"] = catalog.attrs["feature_recipe"].get("imgsz", cfg["imgsz"])
+    return cfg
+
+
+def _open_for_job(index: Path, cfg_overrides: dict, weights, detector):
+    """(writer, detector, cfg) for a job on an existing index: its own weights (checked by sha256), recipe and
+    thresholds."""
+    from objsearch.catalog import CatalogWriter
+    from objsearch.engine import detector_for_index
+
+    writer = CatalogWriter.open(index)
+    try:
+        if writer.attrs.get("state") != "ready":
+            raise IndexFileError(f"{index} is an unfinished analysis; run `objsearch analyze` again to finish it")
+        cfg = index_config(writer)
+        cfg.update({k: v for k, v in cfg_overrides.items() if v is not None})
+        detector = detector_for_index(writer, cfg, weights=weights, detector=detector)
+    except BaseException:
+        writer.close()
+        raise
+    return writer, detector, cfg
+
+
+def add(index: str | Path, paths: Iterable[str | Path], *, weights: str | None = None, device: str | None = None,
+        progress: ProgressFn | None = None, cancel: threading.Event | None = None, detector=None) -> JobSummary:
+    """Analyze image files (or the images under folders) and add them to ``index`` with its own weights, recipe and
+    projection. Files already indexed are left as they are (``n_already``; ``sync`` re-analyzes changed ones).
+
+    Raises
+    ------
+    IndexFileError
+        When the index cannot be opened for writing (missing, damaged, locked by another writer, unfinished).
+    ObjsearchError
+        When a path is outside the index's base directory.
+    """
+    t0 = time.perf_counter()
+    index = Path(index)
+    writer, detector, cfg = _open_for_job(index, {"device": device}, weights, detector)
+    summary = JobSummary(index=index)
+    try:
+        base = Path(writer.base_dir)
+        listing = list_media(list(paths))
+        summary.skipped += listing.skipped
+        summary.n_other_files = listing.n_other
+        run = _Run(writer, detector, cfg, base, summary, progress=progress, cancel=cancel)
+        covered = run.replay()
+        indexed = set(writer.media_path)
+        todo = []
+        for p in listing.images:
+            rel = _relative(p, base)
+            if rel in indexed or rel in covered:
+                summary.n_already += rel in indexed and rel not in covered
+                continue
+            todo.append(p)
+        run.run(todo)
+        run.close()
+        summary.n_images, summary.n_objects = len(writer.media_id), len(writer.object_id)
+    finally:
+        writer.close()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def remove(index: str | Path, paths: Iterable[str | Path] = (), *, missing: bool = False,
+           base_dir: str | Path | None = None) -> JobSummary:
+    """Remove indexed images (given as files or folders, present on disk or not) from ``index`` in one transaction;
+    with ``missing``, also every indexed image whose file is gone. Ids are never reused.
+
+    Raises
+    ------
+    IndexFileError
+        When the index cannot be opened for writing.
+    """
+    from objsearch.catalog import CatalogWriter
+
+    t0 = time.perf_counter()
+    index = Path(index)
+    summary = JobSummary(index=index)
+    writer = CatalogWriter.open(index)
+    try:
+        base = Path(base_dir) if base_dir is not None else Path(writer.base_dir)
+        rels = [_relative(Path(p), base) for p in paths]
+        gone = []
+        for i, rel in enumerate(writer.media_path):
+            hit = any(rel == r or rel.startswith(r.rstrip("/") + "/") or r in ("", ".") for r in rels)
+            if hit or (missing and not (base / rel).is_file()):
+                gone.append(int(writer.media_id[i]))
+        if gone:
+            summary.n_removed_objects = writer.remove_media(np.asarray(sorted(set(gone)), np.int64))
+            summary.n_removed = len(set(gone))
+            writer.commit()
+        summary.n_images, summary.n_objects = len(writer.media_id), len(writer.object_id)
+    finally:
+        writer.close()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def sync(index: str | Path, folder: str | Path | None = None, *, weights: str | None = None,
+         device: str | None = None, progress: ProgressFn | None = None, cancel: threading.Event | None = None,
+         detector=None) -> JobSummary:
+    """Bring ``index`` in step with its folder (default: its base directory): remove indexed images whose file is
+    gone, re-analyze changed ones (size or modification time differ), add new ones.
+
+    Raises
+    ------
+    IndexFileError
+        When the index cannot be opened for writing.
+    ObjsearchError
+        When ``folder`` is not under the index's base directory.
+    """
+    t0 = time.perf_counter()
+    index = Path(index)
+    writer, detector, cfg = _open_for_job(index, {"device": device}, weights, detector)
+    summary = JobSummary(index=index)
+    try:
+        base = Path(writer.base_dir)
+        folder = Path(folder) if folder is not None else base
+        prefix = _relative(folder, base)
+        prefix = "" if prefix in ("", ".") else prefix.rstrip("/") + "/"
+        listing = list_media(folder)
+        summary.skipped += listing.skipped
+        summary.n_other_files = listing.n_other
+        run = _Run(writer, detector, cfg, base, summary, progress=progress, cancel=cancel)
+        covered = run.replay()
+        on_disk = {_relative(p, base): p for p in listing.images}
+        stale = []
+        for i, rel in enumerate(writer.media_path):
+            if not rel.startswith(prefix):
+                continue
+            path = on_disk.get(rel)
+            if path is None:
+                stale.append(i)
+                summary.n_removed += 1
+            elif rel not in covered and _file_identity(path) != (int(writer.media_file_size[i]),
+                                                                int(writer.media_file_mtime_ns[i])):
+                stale.append(i)
+                summary.n_changed += 1
+        if stale:
+            summary.n_removed_objects = writer.remove_media(writer.media_id[np.asarray(stale)])
+            writer.commit()
+        indexed = set(writer.media_path)
+        todo = [p for rel, p in sorted(on_disk.items()) if rel not in indexed and rel not in covered]
+        summary.n_unchanged = sum(1 for rel in on_disk if rel in indexed)
+        run.run(todo)
+        run.close()
+        summary.n_added -= summary.n_changed
+        summary.n_images, summary.n_objects = len(writer.media_id), len(writer.object_id)
+    finally:
+        writer.close()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def compact(index: str | Path) -> tuple[int, int]:
+    """Rewrite ``index`` without its removed rows (ids kept); returns (object rows before, after).
+
+    Raises
+    ------
+    IndexFileError
+        When the index cannot be opened for writing.
+    """
+    from objsearch.catalog import compact as compact_catalog
+
+    return compact_catalog(Path(index))

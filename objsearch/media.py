@@ -1,0 +1,225 @@
+"""Media files: listing a folder's images (and videos), decoding an image safely, and object thumbnails.
+
+The only module that decodes or encodes images with OpenCV for the library (the render module draws pictures).
+Decoding is bounded: a file must be a regular file (a FIFO or a device would block for ever), its header's pixel
+count must stay under ``max_pixels`` before anything is decoded (a 69-byte PNG can declare 65000 x 65000 pixels), and
+every decoder error becomes an ``ImageReadError`` with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from objsearch.errors import ImageReadError
+from objsearch.types import SkippedFile
+
+LOGGER = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jfif", ".pbm", ".pgm", ".ppm"}
+VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm"}
+DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: a 30000 x 30000 PNG bomb took 44 s and 5.4 GB per decode
+MAX_THUMBNAIL_BYTES = 4 << 20
+MAX_THUMBNAIL_SIDE = 1024
+
+
+@dataclass
+class Listing:
+    """What a folder walk found.
+
+    images : image files, sorted by path. videos : video files, sorted. skipped : entries that cannot be used
+    (unreadable folders, dangling links, FIFOs, devices), each with its reason. n_other : regular files of other types.
+    """
+
+    images: list[Path] = field(default_factory=list)
+    videos: list[Path] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
+    n_other: int = 0
+
+
+def list_media(paths, *, videos: bool = False) -> Listing:
+    """Walk files and folders (recursively, symbolic links to files followed, not to folders) for media files.
+
+    Parameters
+    ----------
+    paths : a path or an iterable of paths (files or folders).
+    videos : also collect video files (``VIDEO_SUFFIXES``); otherwise they count as other files.
+
+    Returns
+    -------
+    Listing
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    out = Listing()
+
+    def consider(p: Path) -> None:
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            out.skipped.append(SkippedFile(str(p), "dangling link or vanished file"))
+            return
+        except OSError as exc:
+            out.skipped.append(SkippedFile(str(p), f"cannot read: {exc.strerror}"))
+            return
+        suffix = p.suffix.lower()
+        wanted = suffix in IMAGE_SUFFIXES or (videos and suffix in VIDEO_SUFFIXES)
+        if not stat.S_ISREG(st.st_mode):
+            if wanted:
+                kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if (
+                    stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)) else "not a regular file"
+                out.skipped.append(SkippedFile(str(p), f"{kind}, not an image file"))
+            else:
+                out.n_other += 1
+            return
+        if suffix in IMAGE_SUFFIXES:
+            out.images.append(p)
+        elif videos and suffix in VIDEO_SUFFIXES:
+            out.videos.append(p)
+        else:
+            out.n_other += 1
+
+    def walk(folder: Path) -> None:
+        def onerror(exc: OSError) -> None:
+            out.skipped.append(SkippedFile(str(exc.filename), f"cannot list folder: {exc.strerror}"))
+
+        for root, dirs, files in os.walk(folder, onerror=onerror):
+            dirs.sort()
+            for name in files:
+                consider(Path(root) / name)
+            for name in dirs:  # os.walk does not descend into links to folders; they are not files either
+                if os.path.islink(os.path.join(root, name)):
+                    out.n_other += 1
+
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            walk(p)
+        elif p.exists() or p.is_symlink():
+            consider(p)
+        else:
+            out.skipped.append(SkippedFile(str(p), "no such file or folder"))
+    out.images.sort()
+    out.videos.sort()
+    return out
+
+
+def list_images(root: str | Path) -> list[Path]:
+    """Image files under ``root`` (recursively), sorted by path (see ``list_media``)."""
+    return list_media(root).images
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the image header without decoding the pixels (Pillow reads only the header), or None when
+    Pillow does not know the format."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return int(im.size[0]), int(im.size[1])
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
+def decode_image(data: bytes | np.ndarray, name: str = "image", *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode encoded image bytes to (H, W, 3) uint8 BGR.
+
+    Raises
+    ------
+    ImageReadError
+        When the data is empty, not a decodable image, or declares more than ``max_pixels`` pixels (checked from
+        the header before decoding).
+    """
+    buf = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
+    if buf.size == 0:
+        raise ImageReadError(f"cannot read image {name}: the file is empty")
+    size = _header_size(buf.tobytes()[:1 << 20] if buf.size > (1 << 20) else buf.tobytes())
+    if size is None and buf.size > (1 << 20):
+        size = _header_size(buf.tobytes())
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise ImageReadError(f"cannot read image {name}: {size[0]} x {size[1]} pixels is more than the limit of "
+                             f"{max_pixels / 1e6:.0f} MP (max_pixels)")
+    try:
+        image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ImageReadError(f"cannot read image {name}: the decoder failed ({reason})") from None
+    if image is None or image.size == 0:
+        raise ImageReadError(f"cannot read image {name}: not a decodable image")
+    if image.shape[0] * image.shape[1] > max_pixels:
+        raise ImageReadError(f"cannot read image {name}: {image.shape[1]} x {image.shape[0]} pixels is more than the "
+                             f"limit of {max_pixels / 1e6:.0f} MP (max_pixels)")
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    return image
+
+
+def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an image file to (H, W, 3) uint8 BGR.
+
+    Only regular files are opened (a FIFO would block for ever); see ``decode_image`` for the pixel limit.
+
+    Raises
+    ------
+    ImageReadError
+        When the file is missing, not a regular file, empty, unreadable, too large or not a decodable image.
+    """
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ImageReadError(f"cannot read image {path}: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageReadError(f"cannot read image {path}: it is a folder")
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageReadError(f"cannot read image {path}: not a regular file (a FIFO, socket or device)")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped for something else since the stat
+                raise ImageReadError(f"cannot read image {path}: not a regular file")
+            with os.fdopen(fd, "rb", closefd=False) as handle:
+                data = handle.read()
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise ImageReadError(f"cannot read image {path}: {exc.strerror}") from None
+    return decode_image(data, str(path), max_pixels=max_pixels)
+
+
+def make_thumbnail(image: np.ndarray, xyxy: np.ndarray, size: int = 128, quality: int = 85) -> bytes:
+    """JPEG bytes of the crop ``xyxy`` (4,) pixels of ``image`` (H, W, 3) uint8 BGR, longest side ``size`` px."""
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = np.asarray(xyxy, np.float64)
+    x1, y1 = int(np.clip(np.floor(x1), 0, w - 1)), int(np.clip(np.floor(y1), 0, h - 1))
+    x2, y2 = int(np.clip(np.ceil(x2), x1 + 1, w)), int(np.clip(np.ceil(y2), y1 + 1, h))
+    crop = image[y1:y2, x1:x2]
+    scale = size / max(crop.shape[:2])
+    if scale < 1:
+        crop = cv2.resize(crop, (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale))),
+                          interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    return buf.tobytes()
+
+
+def decode_thumbnail(data: bytes) -> np.ndarray | None:
+    """A stored thumbnail (JPEG bytes) as (h, w, 3) uint8 BGR; None when it is empty, too large or not decodable (a
+    thumbnail read from an index is data: one that declares more than ``MAX_THUMBNAIL_SIDE`` pixels a side is not
+    decoded)."""
+    if not data or len(data) > MAX_THUMBNAIL_BYTES:
+        return None
+    size = _header_size(bytes(data))
+    if size is None or max(size) > MAX_THUMBNAIL_SIDE:
+        return None
+    try:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        return None
