@@ -68,6 +68,52 @@ def _progress_bar(total: int, desc: str):
     return bar, update
 
 
+BackendOpt = Annotated[str, typer.Option("--backend", "--search", help="Vector search: auto (the fastest exact "
+                                          "method for this index), kdtree, faiss, numpy (exact), or hnsw "
+                                          "(approximate, hnswlib; its graph is kept beside the index).")]
+
+
+def _print_summary(verb: str, summary, output=None) -> None:
+    parts = [f"{verb} {summary.n_added} images ({summary.n_added_objects} objects)"]
+    if summary.n_resumed:
+        parts.append(f"{summary.n_resumed} resumed from an interrupted run")
+    if summary.n_changed:
+        parts.append(f"{summary.n_changed} changed and analyzed again")
+    if summary.n_removed:
+        parts.append(f"removed {summary.n_removed} images ({summary.n_removed_objects} objects)")
+    if summary.n_already:
+        parts.append(f"{summary.n_already} already indexed")
+    if summary.n_unchanged:
+        parts.append(f"{summary.n_unchanged} unchanged")
+    parts.append(f"{summary.n_no_objects} with no objects")
+    parts.append(f"{len(summary.skipped)} skipped")
+    if summary.n_other_files:
+        parts.append(f"{summary.n_other_files} other files ignored")
+    typer.echo(", ".join(parts) + f", in {summary.seconds:.1f} s -> {output or summary.index} "
+               f"({summary.n_images} images, {summary.n_objects} objects)")
+    from objsearch.types import printable
+
+    for item in summary.skipped:
+        typer.echo(f"  skipped {printable(item.path)}: {item.reason}")
+
+
+def _job_progress(desc: str):
+    """A progress callback that opens its bar on first use; returns (callback, close)."""
+    state = {}
+
+    def progress(done, total, objects):
+        if "bar" not in state:
+            state["bar"], state["update"] = _progress_bar(total, desc)
+        state["bar"].total = total
+        state["update"](done, total, objects)
+
+    def close():
+        if "bar" in state:
+            state["bar"].close()
+
+    return progress, close
+
+
 @app.command()
 @handle_errors
 def analyze(
@@ -84,32 +130,114 @@ def analyze(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing index file.")] = False,
     batch: Annotated[Optional[int], typer.Option(help="Images per detector forward pass (same input shape only).")] = None,
 ) -> None:
-    """Analyze every image under FOLDER into an index file. An interrupted run resumes when run again."""
-    from objsearch.engine import analyze as run_analyze
+    """Analyze every image under FOLDER into a new index file. An interrupted run resumes when run again; a
+    finished index is brought up to date with `objsearch sync`."""
+    from objsearch.analysis import analyze as run_analyze
 
     cfg = load_config(config, dims=dims, projection=projection, conf=conf, imgsz=imgsz, device=device,
                       feature_recipe=recipe, weights=weights, batch=batch)
-    bar = None
-    update = None
-
-    def progress(done, total, objects):
-        nonlocal bar, update
-        if bar is None:
-            bar, update = _progress_bar(total, "analyze")
-        update(done, total, objects)
-
+    _check_not_input(output, [folder])
+    progress, close = _job_progress("analyze")
     try:
         summary = run_analyze(folder, output, cfg, overwrite=overwrite, progress=progress)
     finally:
-        if bar is not None:
-            bar.close()
-    typer.echo(
-        f"analyzed {summary.n_images} images ({summary.n_resumed} resumed), {summary.n_objects} objects, "
-        f"{summary.n_no_objects} images with no objects, {len(summary.skipped)} skipped (unreadable), "
-        f"{summary.n_not_images} non-image files ignored, in {summary.seconds:.1f} s -> {summary.output}"
-    )
-    for path, reason in summary.skipped:
-        typer.echo(f"  skipped {path}: {reason}")
+        close()
+    _print_summary("analyzed", summary)
+
+
+def _check_not_input(output: Path, inputs) -> None:
+    """Refuse an output path that is one of the inputs (never write over an input)."""
+    import os
+
+    out = os.path.realpath(output)
+    for item in inputs:
+        if item is not None and os.path.realpath(item) == out:
+            raise ObjsearchError(f"{output} is an input of this command; choose another output file")
+
+
+@app.command()
+@handle_errors
+def add(
+    paths: Annotated[list[Path], typer.Argument(help="Image files or folders (under the index's base directory).")],
+    index: Annotated[Path, typer.Option("--index", "-i", help="Index file.")],
+    weights: WeightsOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Analyze images and add them to an index, with the index's own weights, recipe and projection. Only the new
+    images are analyzed; the file is extended, not rewritten."""
+    from objsearch.analysis import add as run_add
+
+    progress, close = _job_progress("add")
+    try:
+        summary = run_add(index, paths, weights=weights, device=device, progress=progress)
+    finally:
+        close()
+    _print_summary("added", summary)
+
+
+@app.command()
+@handle_errors
+def remove(
+    paths: Annotated[Optional[list[Path]], typer.Argument(help="Indexed images or folders to remove.")] = None,
+    index: Annotated[Path, typer.Option("--index", "-i", help="Index file.")] = Path("index.h5"),
+    missing: Annotated[bool, typer.Option(help="Also remove every indexed image whose file is gone.")] = False,
+) -> None:
+    """Remove images (and their objects) from an index; their ids are never reused. `objsearch compact` reclaims
+    the space."""
+    from objsearch.analysis import remove as run_remove
+
+    if not paths and not missing:
+        raise ObjsearchError("name images or folders to remove, or pass --missing")
+    summary = run_remove(index, paths or [], missing=missing)
+    typer.echo(f"removed {summary.n_removed} images ({summary.n_removed_objects} objects) from {index} "
+               f"({summary.n_images} images, {summary.n_objects} objects left) in {summary.seconds:.1f} s")
+
+
+@app.command()
+@handle_errors
+def sync(
+    folder: Annotated[Optional[Path], typer.Argument(help="Folder to bring the index in step with (default: its "
+                                                     "base directory).")] = None,
+    index: Annotated[Path, typer.Option("--index", "-i", help="Index file.")] = Path("index.h5"),
+    weights: WeightsOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Bring an index in step with its folder: add new images, analyze changed ones again, remove deleted ones."""
+    from objsearch.analysis import sync as run_sync
+
+    progress, close = _job_progress("sync")
+    try:
+        summary = run_sync(index, folder, weights=weights, device=device, progress=progress)
+    finally:
+        close()
+    _print_summary("synced: added", summary)
+
+
+@app.command()
+@handle_errors
+def compact(index: Annotated[Path, typer.Argument(help="Index file.")]) -> None:
+    """Rewrite an index without its removed rows (ids stay the same)."""
+    from objsearch.analysis import compact as run_compact
+
+    t0 = time.perf_counter()
+    before, after = run_compact(index)
+    typer.echo(f"compacted {index}: {before} object rows -> {after} in {time.perf_counter() - t0:.1f} s")
+
+
+@app.command()
+@handle_errors
+def convert(
+    source: Annotated[Path, typer.Argument(help="Index file of format 1.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="New index file (format 2).")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+) -> None:
+    """Convert an index of format 1 to format 2 (stable ids; add, remove and sync). Nothing is analyzed again."""
+    from objsearch.catalog import convert as run_convert
+
+    _check_not_input(output, [source])
+    t0 = time.perf_counter()
+    run_convert(source, output, overwrite=overwrite)
+    typer.echo(f"converted {source} -> {output} in {time.perf_counter() - t0:.1f} s")
 
 
 @app.command()
@@ -126,45 +254,71 @@ def query(
     weights: WeightsOpt = None,
     base_dir: Annotated[Optional[Path], typer.Option(help="Where the indexed images live now.")] = None,
     device: DeviceOpt = None,
-    conf: Annotated[Optional[float], typer.Option(help="Minimum detection confidence.")] = None,
-    search: Annotated[str, typer.Option(help="Search method: auto (the fastest exact one for this index), kdtree, "
-                                              "faiss, numpy (exact), or hnsw (approximate, hnswlib; builds its graph "
-                                              "when the index opens).")] = "auto",
+    conf: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Minimum detection confidence.")] = None,
+    backend: BackendOpt = "auto",
 ) -> None:
     """Find the nearest indexed objects of every object in IMAGE."""
-    from objsearch.engine import Searcher, read_image
+    from objsearch.engine import Engine
+    from objsearch.media import read_image
+    from objsearch.types import printable
 
     read_image(image)  # a bad query image fails before the detector loads
-    with Searcher(index, weights=weights, base_dir=base_dir, dims=dims, device=device, conf=conf,
-                  method=search) as searcher:
-        result = searcher.search_file(image, k, same_class=same_class, exclude_self=not include_self)
-        payload = searcher.to_json(result)
+    if out is not None:
+        _check_not_input(out, [image, index])
+        _check_picture_path(out)
+    with Engine(index, weights=weights, base_dir=base_dir, dims=dims, device=device, conf=conf,
+                backend=backend) as engine:
+        result = engine.search_file(image, k=k, same_class=same_class, exclude_self=not include_self, warmup=True)
         if out is not None:
-            _write_picture(searcher, image, payload, out)
+            _write_picture(engine, image, result, out)
     if as_json:
-        typer.echo(json.dumps(payload))
+        typer.echo(json.dumps(result.to_dict()))
         return
-    t = payload["timings_ms"]
-    typer.echo(f"{image}: {len(payload['objects'])} objects, {t['total']:.0f} ms "
-               f"(detect {t['detect']:.0f}, features {t['features']:.1f}, search {t['search']:.1f})")
-    for obj in payload["objects"]:
-        nbs = ", ".join(f"{n['label']} {n['distance']:.2f} ({n['path']})" for n in obj["neighbors"][:5])
-        typer.echo(f"  {obj['label']} {obj['confidence']:.2f} {[round(v) for v in obj['box']]}: {nbs}")
+    t = result.to_dict()["timings_ms"]
+    warm = f"; a first pass at this input size took {t['warmup']:.0f} ms before timing" if "warmup" in t else ""
+    typer.echo(f"{printable(str(image))}: {len(result.detections)} objects, {t['total']:.0f} ms "
+               f"(detect {t['detect']:.0f}, features {t['features']:.1f}, search {t['search']:.1f}){warm}")
+    for i in range(len(result.detections)):
+        nbs = ", ".join(f"{result.label(n.class_id)} d={n.distance:.2f} ({n.media.display_name()})"
+                        for n in result.neighbors[i][:5])
+        box = [round(float(v)) for v in result.detections.xyxy[i]]
+        note = f"  [{result.notes[i]}]" if result.notes[i] else ""
+        typer.echo(f"  {result.label(result.detections.class_id[i])} {result.detections.confidence[i]:.2f} "
+                   f"{box}: {nbs}{note}")
     if out is not None:
         typer.echo(f"wrote {out}")
 
 
-def _write_picture(searcher, image_path: Path, payload: dict, out: Path) -> None:
+PICTURE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def _check_picture_path(out: Path) -> None:
+    """Refuse before any work a picture path OpenCV cannot write: no image suffix, a folder, a parent that is a
+    file."""
+    if out.is_dir():
+        raise ObjsearchError(f"cannot write picture {out}: it is a folder")
+    if out.suffix.lower() not in PICTURE_SUFFIXES:
+        raise ObjsearchError(f"cannot write picture {out}: use a name ending in .jpg or .png")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise ObjsearchError(f"cannot write picture {out}: {parent} is a file, not a folder")
+
+
+def _write_picture(engine, image_path: Path, result, out: Path) -> None:
     import cv2
 
-    from objsearch.engine import read_image
-    from objsearch.errors import ObjsearchError
+    from objsearch.media import read_image
     from objsearch.render import render_result
 
-    ids = {n["object_id"] for o in payload["objects"] for n in o["neighbors"]}
-    picture = render_result(read_image(image_path), payload, {i: searcher.index.thumbnail(i) for i in ids})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), picture):
+    picture = render_result(read_image(image_path), result, {i: engine.thumbnail(i) for i in result.object_ids()})
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        ok = cv2.imwrite(str(out), picture)
+    except (OSError, cv2.error) as exc:
+        raise ObjsearchError(f"cannot write picture {out}: {exc}") from None
+    if not ok:
         raise ObjsearchError(f"cannot write picture {out} (use a .jpg or .png name in a writable folder)")
 
 
@@ -174,21 +328,23 @@ def info(index: Annotated[Path, typer.Argument(help="Index file.")]) -> None:
     """Counts, dims, model, classes and size on disk of an index file."""
     import numpy as np
 
-    from objsearch.store import IndexFile
+    from objsearch.catalog import Catalog
+    from objsearch.types import printable
 
-    with IndexFile(index) as f:
+    with Catalog(index) as f:
         counts = np.bincount(f.class_id, minlength=len(f.class_names))
         top = ", ".join(f"{f.class_names[c]} {counts[c]}" for c in np.argsort(-counts)[:10] if counts[c])
         size = index.stat().st_size
         cfg = f.attrs.get("config", {})
-        typer.echo(f"index      {index}")
-        typer.echo(f"format     {f.attrs['format']} v{f.attrs['format_version']}, created {f.attrs.get('created', '?')}")
-        typer.echo(f"images     {len(f.image_path)} (skipped {len(f.attrs.get('skipped', []))}), base dir {f.attrs.get('base_dir')}")
-        typer.echo(f"objects    {len(f)} in {int((counts > 0).sum())} classes: {top}")
-        typer.echo(f"features   {f.attrs['feature_recipe']}")
+        typer.echo(f"index      {printable(str(index))}")
+        typer.echo(f"format     {f.attrs.get('format')} v{f.format_version}, created {f.attrs.get('created', '?')}, "
+                   f"generation {f.generation}, state {f.state}")
+        typer.echo(f"images     {len(f.media_id)} (skipped {len(f.skipped)}), base dir {printable(str(f.base_dir))}")
+        typer.echo(f"objects    {len(f.object_id)} in {int((counts > 0).sum())} classes: {top}")
+        typer.echo(f"features   {f.attrs.get('feature_recipe')}")
         typer.echo(f"projection {cfg.get('projection', '?')} to dims {f.dims} (seed {cfg.get('seed', '?')})")
         typer.echo(f"model      {f.attrs.get('weights_name')} sha256 {f.weights_sha256}")
-        typer.echo(f"size       {size / 1e6:.2f} MB on disk ({size / max(len(f), 1) / 1e3:.2f} kB per object)")
+        typer.echo(f"size       {size / 1e6:.2f} MB on disk ({size / max(len(f.object_id), 1) / 1e3:.2f} kB per object)")
 
 
 @app.command("eval")
@@ -263,24 +419,26 @@ def video(
     max_frames: Annotated[Optional[int], typer.Option(min=1, help="Stop after this many analyzed frames.")] = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = None,
-    conf: Annotated[Optional[float], typer.Option(help="Minimum detection confidence.")] = None,
+    conf: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Minimum detection confidence.")] = None,
+    backend: BackendOpt = "auto",
 ) -> None:
     """Search the objects of a video's frames without a display. Each analyzed frame is one JSON line: the
     ``query --json`` object plus ``frame`` (number in the file) and ``timestamp_s``."""
-    import contextlib
-
-    from objsearch.engine import Searcher
-    from objsearch.live import QuerySettings, ThumbnailCache, search_frame
+    from objsearch.engine import Engine
+    from objsearch.live import QuerySettings, ThumbnailCache, search_video
     from objsearch.render import annotate_frame
     from objsearch.sources import VideoFileSource
 
     if out is None and jsonl is None:
         jsonl = Path("-")
+    for target in (out, jsonl if jsonl != Path("-") else None):
+        if target is not None:
+            _check_not_input(target, [file, index])
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(VideoFileSource(file))
-        searcher = stack.enter_context(Searcher(index, weights=weights, dims=dims, device=device, conf=conf))
-        settings = QuerySettings(k=k, same_class=same_class)
-        cache = ThumbnailCache(searcher.index) if out is not None else None
+        engine = stack.enter_context(Engine(index, weights=weights, dims=dims, device=device, conf=conf,
+                                            backend=backend))
+        cache = ThumbnailCache(engine) if out is not None else None
         lines = sys.stdout if jsonl == Path("-") else (stack.enter_context(_open_for_writing(jsonl)) if jsonl else None)
         writer = None
         total = -(-source.n_frames // stride) if source.n_frames else None
@@ -290,23 +448,16 @@ def video(
         stack.callback(bar.close)
         n_analyzed = n_objects = 0
         t0 = time.perf_counter()
-        while max_frames is None or n_analyzed < max_frames:
-            if source.position % stride:
-                if not source.skip():
-                    break
-                continue
-            frame = source.read()
-            if frame is None:
-                break
-            result = search_frame(searcher, frame, settings, cache)
+        settings = QuerySettings(k=k, same_class=same_class)
+        for live in search_video(engine, source, settings, stride=stride, max_frames=max_frames, cache=cache):
             n_analyzed += 1
-            n_objects += len(result.payload["objects"])
+            n_objects += len(live.result.detections)
             if lines is not None:
-                lines.write(json.dumps(result.payload) + "\n")
+                lines.write(json.dumps(live.result.to_dict()) + "\n")
             if out is not None:
                 if writer is None:
-                    writer = stack.enter_context(_video_writer(out, source.fps / stride, frame.image.shape))
-                writer.write(annotate_frame(frame.image, result.payload["objects"], result.thumbnails))
+                    writer = stack.enter_context(_video_writer(out, source.fps / stride, live.frame.image.shape))
+                writer.write(annotate_frame(live.frame.image, live.result, live.thumbnails))
             update(n_analyzed, total, n_objects)
         seconds = time.perf_counter() - t0
     typer.echo(f"analyzed {n_analyzed} frames of {file} (stride {stride}), {n_objects} objects, "
@@ -394,26 +545,31 @@ def demo(
     weights: WeightsOpt = None,
 ) -> None:
     """Analyze a sample folder, query bus.jpg (or its first image) and write the result picture."""
-    from objsearch.engine import analyze as run_analyze
-    from objsearch.engine import list_images
+    from objsearch.analysis import analyze as run_analyze
+    from objsearch.catalog import Catalog
+    from objsearch.media import list_images
 
     folder = folder or default_demo_folder()
     index = out_dir / f"{folder.name}.h5"
+    finished = False
     if index.exists():
+        with contextlib.suppress(ObjsearchError), Catalog(index) as existing:
+            finished = existing.state == "ready"
+    if finished:
         typer.echo(f"using the existing index {index} (delete it to analyze again)")
     else:
         cfg = load_config(None, weights=weights)
-        bar, update = _progress_bar(len(list_images(folder)), "analyze")
+        progress, close = _job_progress("analyze")
         try:
-            summary = run_analyze(folder, index, cfg, progress=update)
+            summary = run_analyze(folder, index, cfg, progress=progress)
         finally:
-            bar.close()
+            close()
         typer.echo(f"analyzed {summary.n_images} images, {summary.n_objects} objects in {summary.seconds:.1f} s -> {index}")
     bus = SHARED_DATA / "samples" / "bus.jpg"
     query_image = bus if bus.is_file() else list_images(folder)[0]
     picture = out_dir / f"query_{query_image.stem}.jpg"
     query(query_image, index, k=8, same_class=False, include_self=False, dims=None, as_json=False, out=picture,
-          weights=weights, base_dir=None, device=None, conf=None, search="auto")
+          weights=weights, base_dir=None, device=None, conf=None, backend="auto")
     typer.echo(f"result picture: {picture.resolve()}")
 
 

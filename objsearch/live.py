@@ -12,11 +12,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import cv2
 import numpy as np
 
 from objsearch.errors import ObjsearchError
+from objsearch.media import decode_thumbnail
 from objsearch.sources import Frame, FrameSlot
+from objsearch.types import MediaRef, SearchResult
 
 LOGGER = logging.getLogger(__name__)
 
@@ -39,15 +40,16 @@ class QuerySettings:
 class LiveResult:
     """One processed frame.
 
-    frame : the frame searched. payload : the ``query --json`` object plus ``frame`` and ``timestamp_s``.
-    thumbnails : decoded (h, w, 3) uint8 BGR thumbnails by object id, every neighbour in ``payload``.
+    frame : the frame searched. result : its search result (``result.to_dict()`` is the ``query --json`` object plus
+    ``frame`` and ``timestamp_s`` for video frames).
+    thumbnails : decoded (h, w, 3) uint8 BGR thumbnails by object id, every neighbour in ``result``.
     timings_ms : detect, features, search, assemble, thumbnails (and whatever ``compose`` adds).
     fps : processed frames per second over the last two seconds. dropped : frames the slot dropped so far.
     extra : what ``compose`` returned (the app's rendered rows).
     """
 
     frame: Frame
-    payload: dict
+    result: SearchResult
     thumbnails: dict[int, np.ndarray]
     timings_ms: dict[str, float]
     fps: float = 0.0
@@ -57,7 +59,8 @@ class LiveResult:
 
 class ThumbnailCache:
     """Decoded thumbnails by object id, least recently used dropped beyond ``capacity`` (live video keeps finding
-    the same neighbours, so most are hits). Reads go through ``index.thumbnail(object_id)`` (JPEG bytes)."""
+    the same neighbours, so most are hits). Reads go through ``index.thumbnail(object_id)`` (JPEG bytes; ``index`` is
+    an ``Engine`` or a ``Catalog``)."""
 
     def __init__(self, index, capacity: int = 4096):
         self.index, self.capacity = index, int(capacity)
@@ -75,8 +78,7 @@ class ThumbnailCache:
             self.hits += 1
             return item
         self.misses += 1
-        data = self.index.thumbnail(object_id)
-        item = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+        item = decode_thumbnail(self.index.thumbnail(object_id))
         if item is not None:
             self._items[object_id] = item
             if len(self._items) > self.capacity:
@@ -94,28 +96,53 @@ class ThumbnailCache:
         return out
 
 
-def search_frame(searcher, frame: Frame, settings: QuerySettings, cache: ThumbnailCache | None = None) -> LiveResult:
-    """Search one frame: detections, neighbours, the JSON payload (with ``frame`` and ``timestamp_s``) and, with a
-    ``cache``, the neighbours' decoded thumbnails.
+def search_frame(engine, frame: Frame, settings: QuerySettings, cache: ThumbnailCache | None = None) -> LiveResult:
+    """Search one frame (``engine``: an ``objsearch.engine.Engine``): its result (frame number and time in
+    ``result.query``) and, with a ``cache``, the neighbours' decoded thumbnails.
 
     Raises
     ------
     ObjsearchError
-        From the searcher (for example a projection dimension the index does not hold).
+        From the engine (for example a projection dimension the index does not hold).
     """
-    searcher.detector.conf = float(searcher.cfg["conf"] if settings.conf is None else settings.conf)
-    result = searcher.search(frame.image, int(settings.k), same_class=settings.same_class,
-                             exclude_image_id=frame.image_id, dims=settings.dims, name=frame.name)
-    payload = searcher.to_json(result)
-    timings = dict(payload["timings_ms"])
-    payload = {"frame": int(frame.index), "timestamp_s": round(float(frame.timestamp_s), 4), **payload}
+    query = MediaRef(path=frame.name, media_id=frame.image_id,
+                     frame_index=int(frame.index) if frame.is_video else -1,
+                     timestamp_s=float(frame.timestamp_s) if frame.is_video else -1.0)
+    result = engine.search(frame.image, k=int(settings.k), conf=settings.conf, same_class=settings.same_class,
+                           exclude_media_id=frame.image_id, dims=settings.dims, query=query)
+    timings = dict(result.timings_ms)
     thumbs = {}
     if cache is not None:
         t0 = time.perf_counter()
-        thumbs = cache.get_many(int(nb["object_id"]) for obj in payload["objects"] for nb in obj["neighbors"])
+        thumbs = cache.get_many(result.object_ids())
         timings["thumbnails"] = (time.perf_counter() - t0) * 1e3
-    timings.pop("total", None)
-    return LiveResult(frame, payload, thumbs, timings)
+    return LiveResult(frame, result, thumbs, timings)
+
+
+def search_video(engine, source, settings: QuerySettings, *, stride: int = 1, max_frames: int | None = None,
+                 cache: ThumbnailCache | None = None):
+    """Search every ``stride``-th frame of a video source (skipped frames are not decoded), at most ``max_frames``.
+
+    Yields
+    ------
+    LiveResult, one per analysed frame.
+
+    Raises
+    ------
+    SourceError
+        From the source, when a frame cannot be decoded before the end.
+    """
+    n = 0
+    while max_frames is None or n < max_frames:
+        if source.position % stride:
+            if not source.skip():
+                return
+            continue
+        frame = source.read()
+        if frame is None:
+            return
+        n += 1
+        yield search_frame(engine, frame, settings, cache)
 
 
 class LivePipeline(threading.Thread):
@@ -123,7 +150,7 @@ class LivePipeline(threading.Thread):
 
     Parameters
     ----------
-    searcher : an ``objsearch.engine.Searcher`` (replace it with ``set_searcher``; only this thread uses it).
+    searcher : an ``objsearch.engine.Engine`` (replace it with ``set_searcher``).
     slot : frames to search; stale ones were already dropped by the slot.
     on_result : called in this thread with each ``LiveResult``.
     on_error : called in this thread with a one-line message when a frame fails; the pipeline keeps running.
@@ -148,10 +175,10 @@ class LivePipeline(threading.Thread):
         self.set_searcher(searcher)
 
     def set_searcher(self, searcher) -> None:
-        """Use another index from the next frame on (the caller closes the old searcher)."""
+        """Use another index from the next frame on (the caller closes the old engine)."""
         with self._lock:
             self.searcher = searcher
-            self.cache = ThumbnailCache(searcher.index) if searcher is not None else None
+            self.cache = ThumbnailCache(searcher) if searcher is not None else None
 
     def stop(self, timeout: float | None = 5.0) -> None:
         self._halt.set()

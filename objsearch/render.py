@@ -9,6 +9,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from objsearch.media import decode_thumbnail
+from objsearch.types import SearchResult
+
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
@@ -70,29 +73,30 @@ def _decode(data) -> np.ndarray | None:
         return None
     if isinstance(data, np.ndarray):
         return data
-    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return decode_thumbnail(data)
 
 
-def draw_boxes(image: np.ndarray, objects: list[dict], scale: float = 1.0, thickness: int = 2,
+def draw_boxes(image: np.ndarray, result: SearchResult, scale: float = 1.0, thickness: int = 2,
                font_scale: float = 0.45) -> np.ndarray:
-    """``image`` (H, W, 3) uint8 BGR with a labeled box (class and confidence) per ``query --json`` object, drawn
-    in place; ``scale`` maps the objects' boxes (query pixels) onto ``image``."""
-    for obj in objects:
-        x1, y1, x2, y2 = (int(round(v * scale)) for v in obj["box"])
-        color = _color(obj["class_id"])
+    """``image`` (H, W, 3) uint8 BGR with a labeled box (class and confidence) per query object of ``result``,
+    drawn in place; ``scale`` maps the boxes (query pixels) onto ``image``."""
+    dets = result.detections
+    for i in range(len(dets)):
+        x1, y1, x2, y2 = (int(round(float(v) * scale)) for v in dets.xyxy[i])
+        color = _color(dets.class_id[i])
         cv2.rectangle(image, (x1, y1), (x2, y2), color, thickness)
-        _label(image, f"{obj['label']} {obj['confidence']:.2f}", x1, y1, color, font_scale)
+        _label(image, f"{result.label(dets.class_id[i])} {dets.confidence[i]:.2f}", x1, y1, color, font_scale)
     return image
 
 
-def compose_rows(image: np.ndarray, objects: list[dict], thumbnails: dict, *, thumb_height: int = 96,
+def compose_rows(image: np.ndarray, result: SearchResult, thumbnails: dict, *, thumb_height: int = 96,
                  gap: int = 3, separator: int = 12) -> tuple[np.ndarray, list[Tile]]:
     """One row per query object: its crop from ``image``, then its neighbours' thumbnails, each labeled.
 
     Parameters
     ----------
     image : (H, W, 3) uint8 BGR, the query image.
-    objects : the ``query --json`` objects.
+    result : the search result of ``image``.
     thumbnails : by object id, JPEG bytes or decoded (h, w, 3) uint8 BGR arrays; a missing one draws an empty tile.
     thumb_height : tile size in pixels (the original app's "thumb height").
 
@@ -105,19 +109,21 @@ def compose_rows(image: np.ndarray, objects: list[dict], thumbnails: dict, *, th
     tile_h = size + strip
     tiles: list[Tile] = []
     rows = []
-    for r, obj in enumerate(objects):
+    dets = result.detections
+    for r in range(len(dets)):
         y = r * (tile_h + 4)
-        x1, y1, x2, y2 = (int(round(v)) for v in obj["box"])
+        x1, y1, x2, y2 = (int(round(float(v))) for v in dets.xyxy[r])
         crop = image[max(0, y1):max(y1 + 1, y2), max(0, x1):max(x1 + 1, x2)]
-        parts = [_cell(crop, size, f"{obj['label']} {obj['confidence']:.2f}", _color(obj["class_id"]))]
+        parts = [_cell(crop, size, f"{result.label(dets.class_id[r])} {dets.confidence[r]:.2f}",
+                       _color(dets.class_id[r]))]
         tiles.append(Tile(0, y, size, tile_h, r, -1, -1))
         x = size + separator
         parts.append(np.full((tile_h, separator, 3), 24, np.uint8))
-        for c, nb in enumerate(obj["neighbors"]):
-            thumb = _decode(thumbnails.get(nb["object_id"]))
-            parts += [_cell(thumb, size, f"{nb['label']} {nb['distance']:.2f}", _color(nb["class_id"])),
+        for c, nb in enumerate(result.neighbors[r]):
+            thumb = _decode(thumbnails.get(nb.object_id))
+            parts += [_cell(thumb, size, f"{result.label(nb.class_id)} d={nb.distance:.2f}", _color(nb.class_id)),
                       np.full((tile_h, gap, 3), 24, np.uint8)]
-            tiles.append(Tile(x, y, size, tile_h, r, c, int(nb["object_id"])))
+            tiles.append(Tile(x, y, size, tile_h, r, c, int(nb.object_id)))
             x += size + gap
         rows.append(np.hstack(parts))
     if not rows:
@@ -146,8 +152,8 @@ def render_result(image: np.ndarray, result: dict, thumbnails: dict, *, header_h
     ndarray of shape (H2, W2, 3), uint8 BGR.
     """
     scale = header_height / image.shape[0]
-    header = draw_boxes(_fit(image, header_height), result["objects"], scale)
-    rows, _ = compose_rows(image, result["objects"], thumbnails, thumb_height=thumb_height)
+    header = draw_boxes(_fit(image, header_height), result, scale)
+    rows, _ = compose_rows(image, result, thumbnails, thumb_height=thumb_height)
     width = max(header.shape[1], rows.shape[1])
 
     def pad_to(img):
@@ -159,21 +165,21 @@ def render_result(image: np.ndarray, result: dict, thumbnails: dict, *, header_h
     return np.vstack(parts)
 
 
-def annotate_frame(image: np.ndarray, objects: list[dict], thumbnails: dict, *, n_neighbors: int = 3,
+def annotate_frame(image: np.ndarray, result: SearchResult, thumbnails: dict, *, n_neighbors: int = 3,
                    thumb_size: int = 48) -> np.ndarray:
     """A copy of a video frame (H, W, 3) uint8 BGR with a labeled box per object and, inside each box's top-left
     corner, its first ``n_neighbors`` neighbours' thumbnails (``thumbnails`` by object id, JPEG bytes or arrays),
     as far as they fit in the frame. Used by ``objsearch video --out``."""
-    out = draw_boxes(image.copy(), objects, 1.0, max(2, image.shape[1] // 400))
+    out = draw_boxes(image.copy(), result, 1.0, max(2, image.shape[1] // 400))
     h, w = out.shape[:2]
-    for obj in objects:
-        x1, y1 = (int(round(v)) for v in obj["box"][:2])
+    for r in range(len(result.detections)):
+        x1, y1 = (int(round(float(v))) for v in result.detections.xyxy[r][:2])
         x, y = max(0, x1 + 2), max(0, y1 + 2)
-        for nb in obj["neighbors"][:n_neighbors]:
-            thumb = _decode(thumbnails.get(nb["object_id"]))
+        for nb in result.neighbors[r][:n_neighbors]:
+            thumb = _decode(thumbnails.get(nb.object_id))
             if thumb is None or x + thumb_size > w or y + thumb_size > h:
                 break
             out[y:y + thumb_size, x:x + thumb_size] = _cell(thumb, thumb_size, "", None, strip=0)
-            cv2.rectangle(out, (x, y), (x + thumb_size - 1, y + thumb_size - 1), _color(nb["class_id"]), 1)
+            cv2.rectangle(out, (x, y), (x + thumb_size - 1, y + thumb_size - 1), _color(nb.class_id), 1)
             x += thumb_size + 2
     return out

@@ -39,8 +39,9 @@ class Frame:
     index : frame number in its source (0-based; for video files, the position in the file).
     timestamp_s : seconds from the start of a video file; seconds since the epoch for live sources.
     name : what the frame shows (a file path, ``webcam 0``, ``screen``).
-    image_id : row of the image in the index when the frame is an indexed image, else -1 (its own objects are
-        then left out of its results).
+    image_id : media id of the image in the index when the frame is an indexed image, else -1 (its own objects
+        are then left out of its results).
+    is_video : the frame comes from a video file (``index`` and ``timestamp_s`` are its place in the file).
     """
 
     image: np.ndarray
@@ -48,12 +49,12 @@ class Frame:
     timestamp_s: float = 0.0
     name: str = ""
     image_id: int = -1
+    is_video: bool = False
 
 
 class FrameSource:
-    """Base class. ``continuous`` sources are read again and again; the others give one frame per request."""
+    """Base class of frame sources."""
 
-    continuous = False
     name = ""
 
     def read(self) -> Frame | None:
@@ -85,7 +86,7 @@ class ImageFileSource(FrameSource):
         self.name = str(self.path)
 
     def read(self) -> Frame:
-        from objsearch.engine import read_image
+        from objsearch.media import read_image
 
         return Frame(read_image(self.path), 0, time.time(), str(self.path), self.image_id)
 
@@ -113,8 +114,8 @@ class RandomImageSource(FrameSource):
         self.name = "random image"
 
     def read(self) -> Frame:
-        from objsearch.engine import read_image
         from objsearch.errors import ImageReadError
+        from objsearch.media import read_image
 
         last = ""
         for _ in range(20):
@@ -140,8 +141,6 @@ class VideoFileSource(FrameSource):
         From the constructor when the file is missing or OpenCV cannot decode it; from ``read`` when a frame
         cannot be decoded before the end (the end itself returns None).
     """
-
-    continuous = True
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -186,7 +185,7 @@ class VideoFileSource(FrameSource):
                 if self.n_frames and self.position < self.n_frames - 1:
                     raise SourceError(f"{self.path}: cannot decode frame {self.position} of {self.n_frames}")
                 return None
-        frame = Frame(image, self.position, self.position / self.fps, self.name)
+        frame = Frame(image, self.position, self.position / self.fps, self.name, is_video=True)
         self.position += 1
         return frame
 
@@ -226,8 +225,6 @@ class WebcamSource(FrameSource):
     SourceError
         From the constructor when no camera answers at ``device``; from ``read`` when the camera stops delivering.
     """
-
-    continuous = True
 
     def __init__(self, device: int = 0, opener: Callable | None = None):
         self.device = int(device)
@@ -292,8 +289,6 @@ class ScreenSource(FrameSource):
     SourceError
         From ``read`` when the grab fails (no display, a region outside the screen).
     """
-
-    continuous = True
 
     def __init__(self, region: tuple[int, int, int, int] | None = None, grabber: Callable[[], np.ndarray] | None = None,
                  fps: float = 30.0):
