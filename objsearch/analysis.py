@@ -19,6 +19,7 @@ an uninterrupted run (images are always processed in sorted path order and ids a
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -347,8 +348,6 @@ class _Run:
     def run(self, files: list[Path]) -> None:
         """Analyze ``files`` (images, sorted) in order."""
         self.n_total = self.n_done + len(files)
-        if self.progress:
-            self.progress(self.n_done, self.n_total, self.n_objects)
         batch = max(1, int(self.cfg.get("batch", 1)))
         pending: list[tuple[Path, np.ndarray]] = []
         pending_shape = None
@@ -387,10 +386,15 @@ class _Run:
                          file_size=size, file_mtime_ns=mtime)
         return MediaRecord(media, dets, thumbs)
 
-    def close(self) -> None:
+    def finish(self) -> None:
         """Commit what is left and remove the journal."""
         self._commit(self.journal.next_seq - 1)
         self.journal.close(remove=True)
+
+    def abandon(self) -> None:
+        """Close the journal (kept: the next job on this index applies it)."""
+        if not self.journal._handle.closed:
+            self.journal.close()
 
 
 def _load_detector(cfg: dict, weights: str | None, detector):
@@ -468,18 +472,23 @@ def analyze(folder: str | Path, output: str | Path, cfg: dict, *, weights: str |
         writer = CatalogWriter.create(output, attrs=index_attrs(detector, cfg, folder, pending),
                                       n_features=detector.n_features, projections=projections, overwrite=overwrite)
     summary = JobSummary(index=output, n_other_files=listing.n_other, skipped=list(listing.skipped))
+    run = None
     try:
         run = _Run(writer, detector, cfg, folder, summary, progress=progress, cancel=cancel)
         covered = run.replay() | set(writer.media_path) | {s.path for s in writer.skipped}
         todo = [p for p in listing.images if _relative(p, folder) not in covered]
-        summary.n_resumed += len(listing.images) - len(todo) - summary.n_resumed
+        summary.n_resumed = len(listing.images) - len(todo)
+        run.n_done = summary.n_resumed
         run.run(todo)
         _fit_pending_projections(writer, detector.n_features)
         writer.set_attrs(state="ready")
-        run.close()
+        run.finish()
         summary.n_images = len(writer.media_id)
         summary.n_objects = len(writer.object_id)
+        summary.n_added = summary.n_images
     finally:
+        if run is not None:
+            run.abandon()
         writer.close()
     summary.seconds = time.perf_counter() - t0
     return summary
@@ -547,12 +556,14 @@ def add(index: str | Path, paths: Iterable[str | Path], *, weights: str | None =
     index = Path(index)
     writer, detector, cfg = _open_for_job(index, {"device": device}, weights, detector)
     summary = JobSummary(index=index)
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(writer.close)
         base = Path(writer.base_dir)
         listing = list_media(list(paths))
         summary.skipped += listing.skipped
         summary.n_other_files = listing.n_other
         run = _Run(writer, detector, cfg, base, summary, progress=progress, cancel=cancel)
+        stack.callback(run.abandon)
         covered = run.replay()
         indexed = set(writer.media_path)
         todo = []
@@ -563,10 +574,8 @@ def add(index: str | Path, paths: Iterable[str | Path], *, weights: str | None =
                 continue
             todo.append(p)
         run.run(todo)
-        run.close()
+        run.finish()
         summary.n_images, summary.n_objects = len(writer.media_id), len(writer.object_id)
-    finally:
-        writer.close()
     summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -623,7 +632,8 @@ def sync(index: str | Path, folder: str | Path | None = None, *, weights: str | 
     index = Path(index)
     writer, detector, cfg = _open_for_job(index, {"device": device}, weights, detector)
     summary = JobSummary(index=index)
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(writer.close)
         base = Path(writer.base_dir)
         folder = Path(folder) if folder is not None else base
         prefix = _relative(folder, base)
@@ -632,6 +642,7 @@ def sync(index: str | Path, folder: str | Path | None = None, *, weights: str | 
         summary.skipped += listing.skipped
         summary.n_other_files = listing.n_other
         run = _Run(writer, detector, cfg, base, summary, progress=progress, cancel=cancel)
+        stack.callback(run.abandon)
         covered = run.replay()
         on_disk = {_relative(p, base): p for p in listing.images}
         stale = []
@@ -653,11 +664,9 @@ def sync(index: str | Path, folder: str | Path | None = None, *, weights: str | 
         todo = [p for rel, p in sorted(on_disk.items()) if rel not in indexed and rel not in covered]
         summary.n_unchanged = sum(1 for rel in on_disk if rel in indexed)
         run.run(todo)
-        run.close()
+        run.finish()
         summary.n_added -= summary.n_changed
         summary.n_images, summary.n_objects = len(writer.media_id), len(writer.object_id)
-    finally:
-        writer.close()
     summary.seconds = time.perf_counter() - t0
     return summary
 

@@ -387,13 +387,13 @@ def evaluate(
         "data_dir": str(data_dir), "weights": Path(str(detector.weights_path)).name,
         "feature_recipe": detector.feature_recipe(), "projection": cfg["projection"],
         "n_images": data.n_images, "n_ground_truth": data.n_ground_truth, "n_detections": data.n_detections,
-        "n_matched": int(len(data.features)), "coverage": data.coverage, "results": results,
+        "n_matched": len(data.objects), "coverage": data.coverage, "results": results,
     }
     if as_json:
         typer.echo(json.dumps(report))
         return
     typer.echo(f"{data.n_images} images, {data.n_ground_truth} ground-truth objects, {data.n_detections} detections, "
-               f"{len(data.features)} matched at IoU>=0.5; {Path(str(detector.weights_path)).name}, "
+               f"{len(data.objects)} matched at IoU>=0.5; {Path(str(detector.weights_path)).name}, "
                f"features {detector.feature_recipe()['blocks']} ({detector.n_features}-d), {cfg['projection']} projection")
     typer.echo("re-detected after distortion: " + ", ".join(f"{t} {v:.3f}" for t, v in data.coverage.items()))
     typer.echo(f"{'dims':>5} | {'P@1':>6} {'P@5':>6} {'P@16':>6} | {'same P@1':>8} {'P@5':>6} {'P@16':>6} | "

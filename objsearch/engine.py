@@ -139,7 +139,7 @@ class Engine:
     WeightsNotFoundError
         When no checkpoint can be found.
     ConfigError
-        For an unknown backend or a dimension the index does not hold.
+        For an unknown backend.
     """
 
     def __init__(self, index_path, *, weights=None, base_dir=None, dims=None, device=None, conf=None,
@@ -201,7 +201,8 @@ class Engine:
         with self._lock:
             if dims not in self._stores:
                 if dims not in self.catalog.dims:
-                    raise ConfigError(f"{self.catalog.path} holds projections to {self.catalog.dims} dims, not {dims}")
+                    raise IndexFileError(f"{self.catalog.path} holds projections to {self.catalog.dims} dims, not "
+                                         f"{dims}")
                 from objsearch.vectors import memory_store
 
                 c = self.catalog
@@ -311,7 +312,7 @@ class Engine:
         ------
         ValueError
             For k < 1 or conf outside [0, 1].
-        ConfigError
+        IndexFileError
             For a dimension the index does not hold.
         """
         if int(k) < 1:

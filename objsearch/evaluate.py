@@ -28,9 +28,9 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from objsearch.detections import Detections
-from objsearch.index import NeighborIndex
 from objsearch.projection import make_projection
+from objsearch.types import Detections
+from objsearch.vectors import memory_store
 
 LOGGER = logging.getLogger(__name__)
 
@@ -124,15 +124,13 @@ def apply_transform(image: np.ndarray, name: str) -> tuple[np.ndarray, Callable[
 class EvalData:
     """Detections of an evaluation set, ready to score with any projection.
 
-    ``features`` (N, D) float32, ``true_class`` (N,), ``detected_class`` (N,), ``image_id`` (N,) describe the matched
-    detections (the evaluation index); ``instance_queries[t]`` holds (features (Q, D), object ids (Q,)) for transform
-    t, and ``coverage[t]`` the fraction of indexed objects found again.
+    ``objects`` are the matched detections (the evaluation index): their boxes, confidences, detected ``class_id``,
+    ``features`` (N, D) float32, and in ``data`` their ``true_class`` (N,) and ``image_id`` (N,); object id i is row i.
+    ``instance_queries[t]`` holds (features (Q, D), object ids (Q,)) for transform t, and ``coverage[t]`` the fraction
+    of indexed objects found again.
     """
 
-    features: np.ndarray
-    true_class: np.ndarray
-    detected_class: np.ndarray
-    image_id: np.ndarray
+    objects: Detections
     instance_queries: dict[str, tuple[np.ndarray, np.ndarray]]
     coverage: dict[str, float]
     n_images: int
@@ -142,7 +140,7 @@ class EvalData:
 
 def list_labeled_images(data_dir: Path) -> list[Path]:
     """Images under ``data_dir/images`` (or ``data_dir`` itself when it has no ``images`` folder), sorted."""
-    from objsearch.engine import list_images
+    from objsearch.media import list_images
 
     root = data_dir / "images" if (data_dir / "images").is_dir() else data_dir
     return list_images(root)
@@ -153,7 +151,7 @@ def collect(detect: Callable[[np.ndarray], Detections], images: list[Path], prog
 
     Unreadable images are skipped (logged).
     """
-    feats, true_cls, det_cls, img_ids = [], [], [], []
+    kept_all = []
     inst: dict[str, tuple[list, list]] = {t: ([], []) for t in TRANSFORMS}
     found = {t: 0 for t in TRANSFORMS}
     n_gt = n_det = n_img = 0
@@ -175,10 +173,8 @@ def collect(detect: Callable[[np.ndarray], Detections], images: list[Path], prog
         kept = dets[keep]
         ids = np.arange(next_id, next_id + len(kept))
         next_id += len(kept)
-        feats.append(kept.features)
-        true_cls.append(gt_cls[match[keep]])
-        det_cls.append(kept.class_id)
-        img_ids.append(np.full(len(kept), n_img))
+        kept.data = {"true_class": gt_cls[match[keep]], "image_id": np.full(len(kept), n_img, np.int64)}
+        kept_all.append(kept)
         for t in TRANSFORMS:
             distorted, back = apply_transform(image, t)
             d2 = detect(distorted)
@@ -192,7 +188,7 @@ def collect(detect: Callable[[np.ndarray], Detections], images: list[Path], prog
         if progress:
             progress(len(dets))
     n = next_id
-    D = next((f.shape[1] for f in feats if f is not None and f.ndim == 2), 0)
+    D = next((d.features.shape[1] for d in kept_all if d.features is not None), 0)
 
     def cat(parts, dtype, width=None):
         parts = [p for p in parts if p is not None and len(p)]
@@ -200,11 +196,11 @@ def collect(detect: Callable[[np.ndarray], Detections], images: list[Path], prog
             return np.zeros((0, width) if width is not None else 0, dtype)
         return np.concatenate(parts).astype(dtype)
 
+    objects = Detections.concat(kept_all) if kept_all else Detections.empty(D)
+    if not kept_all:
+        objects.data = {"true_class": np.zeros(0, np.int64), "image_id": np.zeros(0, np.int64)}
     return EvalData(
-        features=cat(feats, np.float32, D),
-        true_class=cat(true_cls, np.int64),
-        detected_class=cat(det_cls, np.int64),
-        image_id=cat(img_ids, np.int64),
+        objects=objects,
         instance_queries={t: (cat(inst[t][0], np.float32, D), cat(inst[t][1], np.int64)) for t in TRANSFORMS},
         coverage={t: found[t] / max(n, 1) for t in TRANSFORMS},
         n_images=n_img,
@@ -234,24 +230,26 @@ def score(data: EvalData, n_components: int, method: str = "random", random_stat
     Returns a dict: ``dims``, ``precision_at_k`` and ``precision_at_k_same_class`` ({k: value}),
     ``instance_recall_at_1`` ({transform: value, "mean": value}), ``query_ms_per_object``.
     """
-    proj = make_projection(method, n_components, random_state).fit(data.features)
-    vectors = proj.transform(data.features)
-    index = NeighborIndex(vectors, class_id=data.detected_class, image_id=data.image_id)
+    objects = data.objects
+    true_class, image_id = objects.data["true_class"], objects.data["image_id"]
+    proj = make_projection(method, n_components, random_state).fit(objects.features)
+    vectors = proj.transform(objects.features)
+    index = memory_store("auto", np.arange(len(vectors)), vectors, objects.class_id, image_id)
     kmax = max(PRECISION_KS)
     t0 = time.perf_counter()
-    _, ids = index.search(vectors, kmax, exclude_image_id=data.image_id)
+    ids = index.search(vectors, kmax, exclude_image_id=image_id).ids
     elapsed = time.perf_counter() - t0
-    _, ids_same = index.search(vectors, kmax, class_id=data.detected_class, exclude_image_id=data.image_id)
+    ids_same = index.search(vectors, kmax, class_id=objects.class_id, exclude_image_id=image_id).ids
 
     def classes_of(i):
-        return np.where(i >= 0, data.true_class[np.clip(i, 0, None)], -1)
+        return np.where(i >= 0, true_class[np.clip(i, 0, None)], -1)
 
     out = {
         "dims": n_components,
         "projection": method,
-        "precision_at_k": {k: precision_at_k(classes_of(ids), data.true_class, k) for k in PRECISION_KS},
+        "precision_at_k": {k: precision_at_k(classes_of(ids), true_class, k) for k in PRECISION_KS},
         "precision_at_k_same_class": {
-            k: precision_at_k(classes_of(ids_same), data.true_class, k) for k in PRECISION_KS
+            k: precision_at_k(classes_of(ids_same), true_class, k) for k in PRECISION_KS
         },
         "instance_recall_at_1": {},
         "query_ms_per_object": elapsed * 1e3 / max(len(vectors), 1),
@@ -261,7 +259,7 @@ def score(data: EvalData, n_components: int, method: str = "random", random_stat
         if len(qid) == 0:
             out["instance_recall_at_1"][t] = float("nan")
             continue
-        _, top = index.search(proj.transform(qf), 1)
+        top = index.search(proj.transform(qf), 1).ids
         out["instance_recall_at_1"][t] = float((top[:, 0] == qid).mean())
         recalls.append(out["instance_recall_at_1"][t])
     out["instance_recall_at_1"]["mean"] = float(np.mean(recalls)) if recalls else float("nan")

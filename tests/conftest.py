@@ -78,7 +78,7 @@ def small_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def small_index(small_folder, cfg, detector, tmp_path_factory):
     """(index path, AnalyzeSummary) of ``small_folder``."""
-    from objsearch.engine import analyze
+    from objsearch.analysis import analyze
 
     out = tmp_path_factory.mktemp("small_index") / "small.h5"
     summary = analyze(small_folder, out, cfg, detector=detector)
@@ -88,7 +88,7 @@ def small_index(small_folder, cfg, detector, tmp_path_factory):
 @pytest.fixture(scope="session")
 def coco_index(cfg, detector, tmp_path_factory) -> Path:
     """An index of all 128 coco128 images (a few seconds)."""
-    from objsearch.engine import analyze
+    from objsearch.analysis import analyze
 
     out = tmp_path_factory.mktemp("coco_index") / "coco128.h5"
     analyze(COCO128_IMAGES, out, cfg, detector=detector)

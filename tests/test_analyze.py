@@ -1,4 +1,4 @@
-"""engine.analyze end to end on real coco128 images, and the HDF5 index file it writes."""
+"""analysis.analyze end to end on real coco128 images, and the HDF5 index file it writes."""
 
 from __future__ import annotations
 
@@ -7,28 +7,34 @@ import numpy as np
 import pytest
 
 from conftest import BUS, DIMS, N_SMALL, coco_images, copy_images
-from objsearch.engine import analyze, make_thumbnail, read_image
+from objsearch.analysis import analyze
+from objsearch.catalog import Catalog
 from objsearch.errors import EmptyFolderError, ImageReadError, IndexFileError
-from objsearch.store import IndexFile
+from objsearch.media import make_thumbnail, read_image
 
 
 @pytest.fixture(scope="module")
 def index(small_index):
-    with IndexFile(small_index[0]) as f:
+    with Catalog(small_index[0]) as f:
         yield f
+
+
+def rows_of_media(index, i):
+    """Object rows of the i-th image."""
+    return np.flatnonzero(index.object_media_id == index.media_id[i])
 
 
 def test_summary_counts(small_index):
     _, summary = small_index
-    assert summary.n_images == N_SMALL
-    assert summary.n_not_images == 1  # notes.txt
+    assert summary.n_images == summary.n_added == N_SMALL
+    assert summary.n_other_files == 1  # notes.txt
     assert summary.n_resumed == 0
     assert summary.n_objects > 2 * N_SMALL
     assert 0 <= summary.n_no_objects < N_SMALL
 
 
 def test_unreadable_images_are_skipped_with_reasons(small_index):
-    skipped = dict(small_index[1].skipped)
+    skipped = {s.path: s.reason for s in small_index[1].skipped}
     assert sorted(skipped) == ["corrupt.jpg", "empty.jpg"]
     assert "the file is empty" in skipped["empty.jpg"]
     assert "not a decodable image" in skipped["corrupt.jpg"]
@@ -36,38 +42,40 @@ def test_unreadable_images_are_skipped_with_reasons(small_index):
 
 def test_no_journal_or_temporary_file_is_left(small_index):
     path = small_index[0]
-    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+    assert sorted(p.name for p in path.parent.iterdir() if not p.name.endswith(".lock")) == [path.name]
 
 
 def test_index_file_counts(index, small_index):
     _, summary = small_index
-    assert len(index.image_path) == N_SMALL == len(index.image_width) == len(index.image_height)
-    assert len(index) == summary.n_objects == len(index.xyxy) == len(index.confidence) == len(index.class_id)
+    assert len(index.media_path) == N_SMALL == len(index.media_width) == len(index.media_height)
+    assert len(index.object_id) == summary.n_objects == len(index.xyxy) == len(index.confidence) == len(index.class_id)
     assert index.dims == DIMS
-    assert [p for p, _ in index.attrs["skipped"]] == ["corrupt.jpg", "empty.jpg"]
-    assert set(index.image_id.tolist()) <= set(range(N_SMALL))
-    assert np.all(np.diff(index.image_id) >= 0)  # objects are stored image by image
+    assert [s.path for s in index.skipped] == ["corrupt.jpg", "empty.jpg"]
+    assert set(index.object_media_id.tolist()) <= set(index.media_id.tolist())
+    assert np.all(np.diff(index.object_media_id) >= 0)  # objects are stored image by image
+    assert np.all(np.diff(index.object_id) > 0) and np.all(np.diff(index.media_id) > 0)  # stable, increasing ids
 
 
 def test_image_paths_are_relative_posix_and_exist(index, small_folder):
     names = sorted(p.name for p in coco_images(N_SMALL))
-    assert sorted(p.rsplit("/", 1)[-1] for p in index.image_path) == names
-    assert sum(p.startswith("sub/") for p in index.image_path) == N_SMALL // 2
-    for p in index.image_path:
+    assert sorted(p.rsplit("/", 1)[-1] for p in index.media_path) == names
+    assert sum(p.startswith("sub/") for p in index.media_path) == N_SMALL // 2
+    for p in index.media_path:
         assert not p.startswith("/") and "\\" not in p
         assert (small_folder / p).is_file()
-    assert index.attrs["base_dir"] == str(small_folder.resolve())
+    assert index.base_dir == str(small_folder.resolve())
 
 
 def test_image_sizes_are_the_real_ones(index, small_folder):
     for i in (0, N_SMALL - 1):
-        h, w = cv2.imread(str(small_folder / index.image_path[i])).shape[:2]
-        assert (index.image_width[i], index.image_height[i]) == (w, h)
+        h, w = cv2.imread(str(small_folder / index.media_path[i])).shape[:2]
+        assert (index.media_width[i], index.media_height[i]) == (w, h)
 
 
 def test_boxes_lie_within_their_image(index):
-    w = index.image_width[index.image_id]
-    h = index.image_height[index.image_id]
+    rows = index.media_rows(index.object_media_id)
+    w = index.media_width[rows]
+    h = index.media_height[rows]
     xyxy = index.xyxy
     assert np.all(xyxy[:, 0] >= 0) and np.all(xyxy[:, 1] >= 0)
     assert np.all(xyxy[:, 2] <= w) and np.all(xyxy[:, 3] <= h)
@@ -78,18 +86,18 @@ def test_boxes_lie_within_their_image(index):
 
 def test_stored_boxes_equal_a_fresh_detection(index, small_folder, detector):
     i = 3
-    dets = detector(cv2.imread(str(small_folder / index.image_path[i])))
-    rows = index.image_id == i
+    dets = detector(cv2.imread(str(small_folder / index.media_path[i])))
+    rows = rows_of_media(index, i)
     np.testing.assert_allclose(index.xyxy[rows], dets.xyxy, atol=1e-3)
     np.testing.assert_array_equal(index.class_id[rows], dets.class_id)
-    np.testing.assert_allclose(index.features(np.flatnonzero(rows)), dets.features, atol=1e-5)
+    np.testing.assert_allclose(index.features(index.object_id[rows]), dets.features, atol=1e-5)
 
 
 def test_thumbnails_decode_to_at_most_128_px(index):
-    for oid in range(0, len(index), max(1, len(index) // 25)):
-        thumb = cv2.imdecode(np.frombuffer(index.thumbnail(oid), np.uint8), cv2.IMREAD_COLOR)
+    for row in range(0, len(index.object_id), max(1, len(index.object_id) // 25)):
+        thumb = cv2.imdecode(np.frombuffer(index.thumbnail(index.object_id[row]), np.uint8), cv2.IMREAD_COLOR)
         assert thumb is not None and thumb.ndim == 3
-        x1, y1, x2, y2 = index.xyxy[oid]
+        x1, y1, x2, y2 = index.xyxy[row]
         assert max(thumb.shape[:2]) <= 128
         if max(x2 - x1, y2 - y1) > 140:  # large crops are scaled down to exactly 128 on the longest side
             assert max(thumb.shape[:2]) == 128
@@ -98,27 +106,28 @@ def test_thumbnails_decode_to_at_most_128_px(index):
 @pytest.mark.parametrize("dims", DIMS)
 def test_stored_projection_reproduces_the_stored_vectors(index, dims):
     proj = index.projection(dims)
-    features = index.features(np.arange(len(index)))
+    features = index.features(index.object_id)
     vectors = index.vectors(dims)
-    assert features.shape == (len(index), 528) and vectors.shape == (len(index), dims)
+    assert features.shape == (len(index.object_id), 528) and vectors.shape == (len(index.object_id), dims)
     assert proj.method == "random" and proj.random_state == 0 and proj.n_components == dims
     np.testing.assert_allclose(proj.transform(features), vectors, rtol=1e-5, atol=1e-5)
 
 
 def test_missing_projection_is_an_index_file_error(index):
-    with pytest.raises(IndexFileError, match=r"holds projections to \[16, 32\] dims, not 64"):
+    with pytest.raises(IndexFileError, match="64"):
         index.projection(64)
 
 
 def test_features_read_in_any_order(index):
-    all_features = index.features(np.arange(len(index)))
-    np.testing.assert_array_equal(index.features([5, 1, 5]), all_features[[5, 1, 5]])
+    all_features = index.features(index.object_id)
+    ids = index.object_id[[5, 1, 5]]
+    np.testing.assert_array_equal(index.features(ids), all_features[[5, 1, 5]])
     assert index.features([]).shape == (0, 528)
 
 
 def test_metadata_records_the_configuration_and_model(index, cfg, detector):
     attrs = index.attrs
-    assert attrs["format"] == "objsearch-index" and attrs["format_version"] == 1
+    assert attrs["format"] == "objsearch-index" and index.format_version == 2 and index.state == "ready"
     assert attrs["config"]["dims"] == DIMS and attrs["config"]["seed"] == cfg["seed"]
     assert attrs["weights_name"] == "yolov8n-reconstructed.pt"
     assert index.weights_sha256 == detector.weights_sha256
@@ -126,23 +135,25 @@ def test_metadata_records_the_configuration_and_model(index, cfg, detector):
     assert index.class_names == detector.names and len(index.class_names) == 80
 
 
-def test_iter_records_gives_back_every_image(index):
-    records = list(index.iter_records())
-    assert [r.path for r in records] == index.image_path
-    assert sum(len(r.xyxy) for r in records) == len(index)
-    assert all(len(r.thumbnails) == len(r.xyxy) == len(r.features) for r in records)
-
-
 def test_existing_output_is_refused_then_overwritten(tmp_path, cfg, detector):
     folder = copy_images(coco_images(2), tmp_path / "two")
     out = tmp_path / "two.h5"
     out.write_text("old")
-    with pytest.raises(IndexFileError, match="already exists; pass --overwrite"):
+    with pytest.raises(IndexFileError):  # not an index: refused, left as it is
         analyze(folder, out, cfg, detector=detector)
+    assert out.read_text() == "old"
     summary = analyze(folder, out, cfg, detector=detector, overwrite=True)
     assert summary.n_images == 2
-    with IndexFile(out) as f:
-        assert len(f.image_path) == 2
+    with Catalog(out) as f:
+        assert len(f.media_path) == 2
+
+
+def test_analyzing_a_finished_index_again_points_at_sync(tmp_path, cfg, detector):
+    folder = copy_images(coco_images(2), tmp_path / "two")
+    out = tmp_path / "two.h5"
+    analyze(folder, out, cfg, detector=detector)
+    with pytest.raises(IndexFileError, match="objsearch sync"):
+        analyze(folder, out, cfg, detector=detector)
 
 
 def test_progress_is_reported_per_image(tmp_path, cfg, detector):
@@ -156,8 +167,8 @@ def test_progress_is_reported_per_image(tmp_path, cfg, detector):
 def test_an_output_inside_the_folder_is_not_analysed(tmp_path, cfg, detector):
     folder = copy_images(coco_images(2), tmp_path / "inside")
     analyze(folder, folder / "index.h5", cfg, detector=detector)
-    with IndexFile(folder / "index.h5") as f:
-        assert len(f.image_path) == 2
+    with Catalog(folder / "index.h5") as f:
+        assert len(f.media_path) == 2
 
 
 @pytest.mark.parametrize("make", ["missing", "no_images"])
@@ -177,8 +188,8 @@ def test_a_folder_whose_images_have_no_objects_gives_an_empty_index(tmp_path, cf
     cv2.imwrite(str(folder / "gray.png"), np.full((64, 64, 3), 128, np.uint8))
     summary = analyze(folder, tmp_path / "blank.h5", cfg, detector=detector)
     assert summary.n_images == 1 and summary.n_objects == 0 and summary.n_no_objects == 1
-    with IndexFile(tmp_path / "blank.h5") as f:
-        assert len(f) == 0 and f.image_path == ["gray.png"]
+    with Catalog(tmp_path / "blank.h5") as f:
+        assert len(f.object_id) == 0 and f.media_path == ["gray.png"]
 
 
 def test_read_image_errors(tmp_path):
@@ -209,13 +220,13 @@ def test_batched_analysis_equals_one_image_at_a_time(small_folder, small_index, 
     assert [c[:2] for c in calls] == [(i, N_SMALL + 2) for i in range(1, N_SMALL + 3)]
     assert calls[-1][2] == summary.n_objects == small_index[1].n_objects
     assert summary.skipped == small_index[1].skipped
-    with IndexFile(small_index[0]) as alone, IndexFile(out) as batched:
-        assert batched.image_path == alone.image_path
-        np.testing.assert_array_equal(batched.image_id, alone.image_id)
+    with Catalog(small_index[0]) as alone, Catalog(out) as batched:
+        assert batched.media_path == alone.media_path
+        np.testing.assert_array_equal(batched.object_id, alone.object_id)
+        np.testing.assert_array_equal(batched.object_media_id, alone.object_media_id)
         np.testing.assert_array_equal(batched.class_id, alone.class_id)
         np.testing.assert_allclose(batched.xyxy, alone.xyxy, atol=1e-3)
-        ids = np.arange(len(alone))
-        np.testing.assert_allclose(batched.features(ids), alone.features(ids), atol=1e-5)
+        np.testing.assert_allclose(batched.features(batched.object_id), alone.features(alone.object_id), atol=1e-5)
         assert batched.attrs["config"]["batch"] == 4
 
 
@@ -230,10 +241,13 @@ def test_a_raising_progress_callback_mid_batch_leaves_a_journal_that_resumes(tmp
 
     with pytest.raises(KeyboardInterrupt):
         analyze(folder, out, batched, detector=detector, progress=stop_at_three)
-    assert not out.exists() and out.with_name(out.name + ".journal").exists()
+    with Catalog(out) as unfinished:  # it opens, and says it is unfinished
+        assert unfinished.state == "analyzing"
     summary = analyze(folder, out, batched, detector=detector)
     assert summary.n_resumed == 3 and summary.n_images == 7
     whole = analyze(folder, tmp_path / "whole.h5", cfg, detector=detector)
-    with IndexFile(out) as resumed, IndexFile(tmp_path / "whole.h5") as f:
-        assert resumed.image_path == f.image_path and len(resumed) == len(f) == whole.n_objects
-        np.testing.assert_allclose(resumed.features(np.arange(len(f))), f.features(np.arange(len(f))), atol=1e-5)
+    with Catalog(out) as resumed, Catalog(tmp_path / "whole.h5") as f:
+        assert resumed.media_path == f.media_path and len(resumed.object_id) == len(f.object_id) == whole.n_objects
+        np.testing.assert_array_equal(resumed.object_id, f.object_id)
+        np.testing.assert_allclose(resumed.features(f.object_id), f.features(f.object_id), atol=1e-5)
+        np.testing.assert_allclose(resumed.vectors(32), f.vectors(32), atol=1e-5)

@@ -57,9 +57,10 @@ def test_query_json_keys(bus_json):
     assert all(v >= 0 for v in timings.values())
     assert timings["total"] >= timings["detect"] + timings["search"]
     for obj in bus_json["objects"]:
-        assert set(obj) == {"box", "class_id", "label", "confidence", "neighbors"}
+        assert {"box", "class_id", "label", "confidence", "neighbors"} <= set(obj) <= {
+            "box", "class_id", "label", "confidence", "neighbors", "note"}
         for nb in obj["neighbors"]:
-            assert set(nb) == {"object_id", "path", "box", "class_id", "label", "confidence", "distance"}
+            assert set(nb) == {"object_id", "image_id", "path", "box", "class_id", "label", "confidence", "distance"}
 
 
 def test_query_json_objects_are_the_buses_and_persons(bus_json):
@@ -78,12 +79,15 @@ def test_query_json_neighbours(bus_json, small_index, small_folder):
         assert distances == sorted(distances)
         for nb in obj["neighbors"]:
             assert not Path(nb["path"]).is_absolute() and (small_folder / nb["path"]).is_file()
-            assert 0 <= nb["object_id"] < small_index[1].n_objects and len(nb["box"]) == 4
-    with h5py.File(small_index[0], "r") as f:  # the neighbour fields are the stored ones
-        names = json.loads(f.attrs["class_names"])
+            assert nb["object_id"] >= 0 and len(nb["box"]) == 4
+    from objsearch.catalog import Catalog
+
+    with Catalog(small_index[0]) as f:  # the neighbour fields are the stored ones
         nb = bus_json["objects"][0]["neighbors"][0]
-        assert nb["class_id"] == f["objects/class_id"][nb["object_id"]] and nb["label"] == names[nb["class_id"]]
-        np.testing.assert_allclose(nb["box"], f["objects/xyxy"][nb["object_id"]], atol=0.01)
+        row = f.object_rows([nb["object_id"]])[0]
+        assert nb["class_id"] == f.class_id[row] and nb["label"] == f.class_names[nb["class_id"]]
+        assert nb["image_id"] == f.object_media_id[row] and nb["path"] == f.media(nb["image_id"]).path
+        np.testing.assert_allclose(nb["box"], f.xyxy[row], atol=0.01)
 
 
 def test_query_same_class(small_index):
@@ -113,7 +117,7 @@ def test_query_text_output(small_index):
 
 
 def test_query_base_dir_of_a_moved_folder(tmp_path, cfg, detector):
-    from objsearch.engine import analyze
+    from objsearch.analysis import analyze
 
     folder = copy_images(coco_images(6), tmp_path / "before")
     index = tmp_path / "moved.h5"
@@ -231,8 +235,8 @@ def test_analyze_prints_its_summary(tmp_path):
     (folder / "list.csv").write_text("a,b\n")
     result = invoke("analyze", folder, "-o", tmp_path / "three.h5", "-w", WEIGHTS, "--dims", "16,64")
     assert result.exit_code == 0, result.output
-    assert "analyzed 3 images (0 resumed)" in result.stdout
-    assert "1 skipped (unreadable), 1 non-image files ignored" in result.stdout
+    assert "analyzed 3 images (" in result.stdout and "resumed" not in result.stdout
+    assert "1 skipped, 1 other files ignored" in result.stdout
     assert "skipped broken.png: cannot read image" in result.stdout
     assert "dims [16, 64]" in invoke("info", tmp_path / "three.h5").stdout
 

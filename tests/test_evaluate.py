@@ -120,8 +120,9 @@ def test_collect_and_score_on_a_synthetic_set(tmp_path):
         return Detections(box, [0.9], [i % 2], feature[None])
 
     data = ev.collect(detect, ev.list_labeled_images(tmp_path))
-    assert data.n_images == data.n_ground_truth == data.n_detections == len(data.features) == 4
-    assert data.true_class.tolist() == [0, 1, 0, 1] and data.image_id.tolist() == [0, 1, 2, 3]
+    assert data.n_images == data.n_ground_truth == data.n_detections == len(data.objects) == 4
+    assert data.objects.data["true_class"].tolist() == [0, 1, 0, 1]
+    assert data.objects.data["image_id"].tolist() == [0, 1, 2, 3]
     assert data.coverage == {"hflip": 0.0, "resize0.75": 1.0, "jpeg60": 1.0}  # the flipped box lands elsewhere
     result = ev.score(data, 16, "random")
     assert result["precision_at_k"][1] == 1.0 and result["precision_at_k_same_class"][1] == 1.0

@@ -18,7 +18,7 @@ from objsearch.sources import FrameSlot, VideoFileSource
 
 VIDEO = DATA / "video" / "one-by-one-person-detection.mp4"  # 768x432, 10 fps; a person in frames 100 and 150
 OBJECT_KEYS = {"box", "class_id", "label", "confidence", "neighbors"}
-NEIGHBOR_KEYS = {"object_id", "path", "box", "class_id", "label", "confidence", "distance"}
+NEIGHBOR_KEYS = {"object_id", "image_id", "path", "box", "class_id", "label", "confidence", "distance"}
 
 
 def read_frames(*numbers):
@@ -32,9 +32,9 @@ def read_frames(*numbers):
 
 @pytest.fixture(scope="module")
 def searcher(small_index, detector):
-    from objsearch.engine import Searcher
+    from objsearch.engine import Engine
 
-    with Searcher(small_index[0], weights=str(WEIGHTS), detector=detector) as s:
+    with Engine(small_index[0], weights=str(WEIGHTS), detector=detector) as s:
         yield s
 
 
@@ -45,7 +45,7 @@ def person_frame():
 
 def check_objects(objects, n_index_objects, k):
     for obj in objects:
-        assert set(obj) == OBJECT_KEYS
+        assert OBJECT_KEYS <= set(obj) <= OBJECT_KEYS | {"note"}
         x1, y1, x2, y2 = obj["box"]
         assert 0 <= x1 < x2 <= 768 and 0 <= y1 < y2 <= 432
         assert 0 < obj["confidence"] <= 1 and isinstance(obj["class_id"], int)
@@ -54,32 +54,33 @@ def check_objects(objects, n_index_objects, k):
         assert distances == sorted(distances)
         for nb in obj["neighbors"]:
             assert set(nb) == NEIGHBOR_KEYS
-            assert 0 <= nb["object_id"] < n_index_objects and nb["path"].endswith(".jpg") and len(nb["box"]) == 4
+            assert nb["object_id"] >= 0 and nb["image_id"] >= 0
+            assert nb["path"].endswith(".jpg") and len(nb["box"]) == 4
 
 
 # ------------------------------------------------------------------------------------------- search_frame
 def test_search_frame_payload(searcher, person_frame, small_index):
     result = search_frame(searcher, person_frame, QuerySettings(k=3))
     assert isinstance(result, LiveResult) and result.frame is person_frame and result.thumbnails == {}
-    payload = result.payload
+    payload = result.result.to_dict()
     assert payload["frame"] == 100 and payload["timestamp_s"] == pytest.approx(10.0)
     assert set(payload) == {"frame", "timestamp_s", "image", "width", "height", "timings_ms", "objects"}
     assert (payload["width"], payload["height"]) == (768, 432) and payload["image"] == str(VIDEO)
     assert "person" in [obj["label"] for obj in payload["objects"]]
     check_objects(payload["objects"], small_index[1].n_objects, 3)
     assert {"detect", "features", "search", "assemble"} <= set(result.timings_ms)
-    assert "total" not in result.timings_ms and "thumbnails" not in result.timings_ms
+    assert "thumbnails" not in result.timings_ms
     json.dumps(payload)  # serialisable as a JSON line
 
 
 def test_search_frame_thumbnails_come_from_the_cache(searcher, person_frame):
-    cache = ThumbnailCache(searcher.index)
+    cache = ThumbnailCache(searcher)
     first = search_frame(searcher, person_frame, QuerySettings(k=4), cache)
-    ids = {nb["object_id"] for obj in first.payload["objects"] for nb in obj["neighbors"]}
+    ids = set(first.result.object_ids())
     assert ids and set(first.thumbnails) == ids
     for oid, thumb in first.thumbnails.items():
         assert thumb.ndim == 3 and thumb.shape[2] == 3 and thumb.dtype == np.uint8
-        expected = cv2.imdecode(np.frombuffer(searcher.index.thumbnail(oid), np.uint8), cv2.IMREAD_COLOR)
+        expected = cv2.imdecode(np.frombuffer(searcher.thumbnail(oid), np.uint8), cv2.IMREAD_COLOR)
         np.testing.assert_array_equal(thumb, expected)
     assert cache.misses == len(ids) and cache.hits == 0
     assert "thumbnails" in first.timings_ms
@@ -90,16 +91,17 @@ def test_search_frame_thumbnails_come_from_the_cache(searcher, person_frame):
 
 
 def test_thumbnail_cache_drops_the_least_recently_used(searcher):
-    cache = ThumbnailCache(searcher.index, capacity=2)
-    cache.get(0), cache.get(1), cache.get(0), cache.get(2)  # 1 is the least recently used when 2 arrives
-    assert list(cache._items) == [0, 2]
-    cache.get(1)
+    cache = ThumbnailCache(searcher, capacity=2)
+    a, b, c = searcher.catalog.object_id[:3]
+    cache.get(a), cache.get(b), cache.get(a), cache.get(c)  # b is the least recently used when c arrives
+    assert list(cache._items) == [a, c]
+    cache.get(b)
     assert (cache.hits, cache.misses) == (1, 4)
 
 
 def test_search_frame_same_class(searcher, person_frame):
     result = search_frame(searcher, person_frame, QuerySettings(k=5, same_class=True))
-    for obj in result.payload["objects"]:
+    for obj in result.result.to_dict()["objects"]:
         assert obj["neighbors"] and all(nb["class_id"] == obj["class_id"] for nb in obj["neighbors"])
 
 
@@ -109,22 +111,15 @@ def test_search_frame_unknown_dims_is_an_objsearch_error(searcher, person_frame)
 
 
 def test_search_frame_conf_applies_to_the_frame(searcher, person_frame):
-    before = searcher.detector.conf
-    try:
-        strict = search_frame(searcher, person_frame, QuerySettings(k=1, conf=0.95))
-        assert strict.payload["objects"] == []  # the person is detected at about 0.91
-    finally:
-        searcher.detector.conf = before
+    strict = search_frame(searcher, person_frame, QuerySettings(k=1, conf=0.95))
+    assert len(strict.result.detections) == 0  # the person is detected at about 0.91
 
 
 def test_search_frame_conf_none_goes_back_to_the_index_threshold(searcher, person_frame):
-    before = searcher.detector.conf
-    try:
-        search_frame(searcher, person_frame, QuerySettings(k=1, conf=0.95))
-        again = search_frame(searcher, person_frame, QuerySettings(k=1, conf=None))
-        assert "person" in [obj["label"] for obj in again.payload["objects"]]
-    finally:
-        searcher.detector.conf = before
+    search_frame(searcher, person_frame, QuerySettings(k=1, conf=0.95))
+    again = search_frame(searcher, person_frame, QuerySettings(k=1, conf=None))
+    assert "person" in [obj["label"] for obj in again.result.to_dict()["objects"]]
+    assert searcher.detector.conf == searcher.conf == 0.25  # nothing is left behind on shared objects
 
 
 # -------------------------------------------------------------------------------------------------- pipeline
@@ -143,20 +138,19 @@ def test_live_pipeline_processes_frames_and_survives_errors(searcher):
 
     settings = QuerySettings(k=2)
     pipeline = LivePipeline(searcher, slot, on_result, on_error=on_error, settings=settings,
-                            compose=lambda r: len(r.payload["objects"]))
+                            compose=lambda r: len(r.result.detections))
     pipeline.start()
     try:
         for frame in frames:
             assert slot.put(frame, wait=True, timeout=30)
         for _ in frames:
             assert got.acquire(timeout=30)
-        assert [r.payload["frame"] for r in results] == [0, 100, 150] and errors == []
+        assert [r.result.query.frame_index for r in results] == [0, 100, 150] and errors == []
         assert slot.dropped == 0 and all(r.dropped == 0 for r in results)
         for r in results:
-            assert r.extra == len(r.payload["objects"]) and "compose" in r.timings_ms
-            ids = {nb["object_id"] for obj in r.payload["objects"] for nb in obj["neighbors"]}
-            assert set(r.thumbnails) == ids
-        assert "person" in [obj["label"] for obj in results[1].payload["objects"]]
+            assert r.extra == len(r.result.detections) and "compose" in r.timings_ms
+            assert set(r.thumbnails) == set(r.result.object_ids())
+        assert "person" in [obj["label"] for obj in results[1].result.to_dict()["objects"]]
 
         settings.dims = 7  # read at the next frame: the index holds no 7-d projection
         assert slot.put(frames[1], wait=True, timeout=30)
@@ -167,7 +161,7 @@ def test_live_pipeline_processes_frames_and_survives_errors(searcher):
         settings.dims = None
         assert slot.put(frames[2], wait=True, timeout=30)
         assert got.acquire(timeout=30)
-        assert len(results) == 4 and results[3].payload["frame"] == 150 and len(errors) == 1
+        assert len(results) == 4 and results[3].result.query.frame_index == 150 and len(errors) == 1
         assert pipeline.n_frames == 4
     finally:
         t0 = time.perf_counter()
