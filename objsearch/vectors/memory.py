@@ -290,12 +290,26 @@ class _HnswGraph:
         """Insert ``vectors`` (n, dims) under the labels ``ids`` (n,); a label marked deleted is revived in place."""
         if not len(ids):
             return
-        needed = self.graph.get_current_count() + len(ids)  # an upper bound: revived labels keep their slot
+        if self.deleted:  # labels marked deleted that come back with the same vector: unmarked, not re-inserted
+            ids = np.asarray(ids, np.int64)
+            back = np.flatnonzero(np.isin(ids, np.fromiter(self.deleted, np.int64, len(self.deleted))))
+            if len(back):
+                for label in ids[back]:
+                    self.graph.unmark_deleted(int(label))
+                    self.deleted.discard(int(label))
+                same = np.all(self.graph.get_items(ids[back]) == vectors[back], axis=1)
+                LOGGER.debug("hnsw: %d deleted labels revived, %d of them with a new vector", len(back),
+                             int((~same).sum()))
+                fresh = np.ones(len(ids), bool)
+                fresh[back[same]] = False  # the others are updated in place by add_items (hnswlib's updatePoint)
+                ids, vectors = ids[fresh], vectors[fresh]
+                if not len(ids):
+                    return
+        needed = self.graph.get_current_count() + len(ids)  # an upper bound: updated labels keep their slot
         if needed > self.graph.get_max_elements():
             self.graph.resize_index(max(needed, int(self.graph.get_max_elements() * 1.25)))
         self.graph.add_items(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64),
                              num_threads=self.params.build_threads)
-        self.deleted.difference_update(int(i) for i in ids)
 
     def remove(self, ids: np.ndarray) -> None:
         """Mark the live labels ``ids`` deleted (hnswlib skips them in every later search)."""
