@@ -55,7 +55,11 @@ The hnsw graph cache (``hnsw_cache``)
     projection under the same dims rebuilds). A missing or mismatched cache is rebuilt. The cache is written back
     (temporary file + ``os.replace``, graph first, then the sidecar, so a crash in between leaves a sidecar that no
     longer matches the graph's size and time, which rebuilds) when the graph changed on opening and on ``close``;
-    a folder that is not writable keeps the graph in memory only (logged).
+    a folder that is not writable keeps the graph in memory only (logged). Measured with ``tools/bench_search.py
+    --synthetic 376459 --dims 32 --only-hnsw-cache`` on the 2-core machine while others loaded it (load average
+    7-10): building and saving the graph took 275 s (23-36 s when the machine is quiet), opening from the cache
+    0.9 s (104 MB with its sidecar), recall@16 1.000 for 300 queries; at 50k x 32 opening with 1% of the ids gone
+    took 0.13 s and with them back 0.12 s (a label that returns with its old vector is only unmarked).
 """
 
 from __future__ import annotations
