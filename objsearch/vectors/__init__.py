@@ -8,11 +8,14 @@ contract suite in ``tests/vector_store_contract.py``.
 from __future__ import annotations
 
 import os
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
 from objsearch.types import Hits
+
+if TYPE_CHECKING:
+    from objsearch.vectors.memory import HnswParams, MemoryVectorStore
 
 BACKENDS = ("auto", "kdtree", "faiss", "numpy", "hnsw")
 
@@ -88,7 +91,7 @@ class VectorStore(Protocol):
 
 
 def memory_store(method: str, ids: np.ndarray, vectors: np.ndarray, class_id: np.ndarray, image_id: np.ndarray, *,
-                 hnsw=None, hnsw_cache: str | os.PathLike | None = None):
+                 hnsw: HnswParams | None = None, hnsw_cache: str | os.PathLike | None = None) -> MemoryVectorStore:
     """An in-memory store (``MemoryVectorStore``) with the search ``method`` (one of ``BACKENDS``).
 
     Parameters

@@ -55,7 +55,11 @@ The hnsw graph cache (``hnsw_cache``)
     projection under the same dims rebuilds). A missing or mismatched cache is rebuilt. The cache is written back
     (temporary file + ``os.replace``, graph first, then the sidecar, so a crash in between leaves a sidecar that no
     longer matches the graph's size and time, which rebuilds) when the graph changed on opening and on ``close``;
-    a folder that is not writable keeps the graph in memory only (logged).
+    a folder that is not writable keeps the graph in memory only (logged). Measured with ``tools/bench_search.py
+    --synthetic 376459 --dims 32 --only-hnsw-cache`` on the 2-core machine while others loaded it (load average
+    7-10): building and saving the graph took 275 s (23-36 s when the machine is quiet), opening from the cache
+    0.9 s (104 MB with its sidecar), recall@16 1.000 for 300 queries; at 50k x 32 opening with 1% of the ids gone
+    took 0.13 s and with them back 0.12 s (a label that returns with its old vector is only unmarked).
 """
 
 from __future__ import annotations
@@ -290,12 +294,26 @@ class _HnswGraph:
         """Insert ``vectors`` (n, dims) under the labels ``ids`` (n,); a label marked deleted is revived in place."""
         if not len(ids):
             return
-        needed = self.graph.get_current_count() + len(ids)  # an upper bound: revived labels keep their slot
+        if self.deleted:  # labels marked deleted that come back with the same vector: unmarked, not re-inserted
+            ids = np.asarray(ids, np.int64)
+            back = np.flatnonzero(np.isin(ids, np.fromiter(self.deleted, np.int64, len(self.deleted))))
+            if len(back):
+                for label in ids[back]:
+                    self.graph.unmark_deleted(int(label))
+                    self.deleted.discard(int(label))
+                same = np.all(self.graph.get_items(ids[back]) == vectors[back], axis=1)
+                LOGGER.debug("hnsw: %d deleted labels revived, %d of them with a new vector", len(back),
+                             int((~same).sum()))
+                fresh = np.ones(len(ids), bool)
+                fresh[back[same]] = False  # the others are updated in place by add_items (hnswlib's updatePoint)
+                ids, vectors = ids[fresh], vectors[fresh]
+                if not len(ids):
+                    return
+        needed = self.graph.get_current_count() + len(ids)  # an upper bound: updated labels keep their slot
         if needed > self.graph.get_max_elements():
             self.graph.resize_index(max(needed, int(self.graph.get_max_elements() * 1.25)))
         self.graph.add_items(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64),
                              num_threads=self.params.build_threads)
-        self.deleted.difference_update(int(i) for i in ids)
 
     def remove(self, ids: np.ndarray) -> None:
         """Mark the live labels ``ids`` deleted (hnswlib skips them in every later search)."""
