@@ -331,8 +331,9 @@ class Engine:
         vectors = self._projections[dims].transform(dets.features)
         t1 = time.perf_counter()
         timings["features"] = stage["features"] + (t1 - t0) * 1e3
-        hits = store.search(vectors, k, class_id=dets.class_id if same_class else None,
-                            exclude_image_id=exclude_media_id if exclude_media_id >= 0 else None)
+        with self._lock:  # a store rebuilds its structures lazily on the first search after a change
+            hits = store.search(vectors, k, class_id=dets.class_id if same_class else None,
+                                exclude_image_id=exclude_media_id if exclude_media_id >= 0 else None)
         t2 = time.perf_counter()
         timings["search"] = (t2 - t1) * 1e3
         ref = query or MediaRef(path="")
