@@ -427,7 +427,7 @@ def test_reader_refuses_unrecoverable_transaction(tmp_path, monkeypatch):
         fh.seek(0, 2)
         fh.write(b"garbage" * 100)
 
-    def read_only_folder(path, description="objsearch"):  # what a reader meets in a folder it cannot write
+    def read_only_folder(self, path, description="objsearch"):  # what a reader meets in a folder it cannot write
         raise IndexFileError(f"cannot create the writer lock {txn.lock_path(path)}: Read-only file system")
 
     monkeypatch.setattr(txn.WriterLock, "__init__", read_only_folder)
