@@ -585,3 +585,34 @@ def test_bit_flips_are_harmless_or_refused(small_catalog, tmp_path):
     print(f"bit flips over {len(data)} bytes: {counts}")
     assert not slipped, slipped[:10]
     assert counts["refused"] > 0
+
+
+def test_reader_waits_for_a_commit_and_follows_changes(tmp_path):
+    import threading
+
+    path = tmp_path / "INDEX.h5"
+    rng = np.random.default_rng(9)
+    with new_catalog(path) as w:
+        w.add(make_record(rng, "a.jpg", 3))
+        w.commit()
+        cat = Catalog(path)
+        first = cat.features(cat.object_id)
+        # a commit in progress holds the index exclusively: a reader waits for it, or gives up after wait_s
+        lock = txn.FileLock(path, exclusive=True)
+        with pytest.raises(IndexLockedError, match="stayed locked"):
+            Catalog(path, wait_s=0.2)
+        timer = threading.Timer(0.3, lock.release)
+        timer.start()
+        start = time.monotonic()
+        with Catalog(path) as waited:
+            assert time.monotonic() - start >= 0.2 and len(waited) == 3
+        timer.join()
+        # another commit: the open view sees it changed, and still reads its own objects
+        w.add(make_record(rng, "b.jpg", 2))
+        w.remove_objects(cat.object_id[:1])
+        w.commit()
+        assert cat.changed()
+        assert np.array_equal(cat.features(cat.object_id), first) and len(cat) == 3
+        cat.close()
+    with Catalog(path) as cat:
+        assert len(cat) == 4 and not cat.changed()

@@ -43,6 +43,7 @@ are transactions made crash-safe by a rollback journal (see ``objsearch.catalog.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -425,11 +426,34 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _open_read(path: Path) -> h5py.File:
+    """Open read-only through h5py's file-object driver: HDF5 shares one cached file between all opens of the same
+    path in a process (so a second open would see the first one's stale metadata after another process committed);
+    opens through distinct Python file objects are never shared. Close with ``_close``."""
+    fh = open(path, "rb", buffering=0)
     try:
-        return h5py.File(path, "r", locking=False)
+        f = h5py.File(fh, "r", locking=False)
     except (OSError, ValueError) as exc:
+        fh.close()
         raise IndexFileError(f"{path} is not a readable HDF5 file (truncated, damaged or not HDF5): "
                              f"{_one_line(exc)}") from None
+    f._objsearch_fh = fh
+    return f
+
+
+def _close(f: h5py.File) -> None:
+    f.close()
+    fh = getattr(f, "_objsearch_fh", None)
+    if fh is not None:
+        fh.close()
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[h5py.File]:
+    f = _open_read(path)
+    try:
+        yield f
+    finally:
+        _close(f)
 
 
 def _stat_signature(path: Path) -> tuple:
@@ -546,11 +570,12 @@ class Catalog:
         try:
             version, attrs, tables = _load(f, self.path)
         except BaseException:
-            f.close()
+            _close(f)
             raise
         if self._file is not None:
-            self._file.close()
+            _close(self._file)
         self._file, self._signature = f, signature
+        self._file_generation, self._file_uuid = int(attrs.get("generation", 0)), str(attrs.get("uuid", ""))
         self.format_version = version
         self.attrs = attrs
         self.uuid = str(attrs.get("uuid", ""))
@@ -589,9 +614,9 @@ class Catalog:
         signature = _stat_signature(self.path)
         f = _open_read(self.path)
         try:
-            _, _, tables = _load(f, self.path)
+            _, tables_attrs, tables = _load(f, self.path)
         except BaseException:
-            f.close()
+            _close(f)
             raise
         ids = tables.objects["id"]
         pos = np.minimum(np.searchsorted(ids, self.object_id), max(len(ids) - 1, 0))
@@ -599,8 +624,9 @@ class Catalog:
         self._rows = np.where(found, pos, -1)
         self._thumb_offset = np.where(found, tables.objects["thumb_offset"][pos] if len(ids) else 0, -1)
         self._thumb_length = np.where(found, tables.objects["thumb_length"][pos] if len(ids) else 0, -1)
-        self._file.close()
+        _close(self._file)
         self._file, self._signature = f, signature
+        self._file_generation, self._file_uuid = int(tables_attrs.get("generation", 0)), tables_attrs.get("uuid", "")
         return f
 
     def _read(self, fn):
@@ -615,12 +641,8 @@ class Catalog:
     def changed(self) -> bool:
         """True when another process committed to the index since this view was loaded (reopen to see it)."""
         with self._shared_lock():
-            if _stat_signature(self.path) == self._signature:
-                return False
-            with _open_read(self.path) as f:
-                gen, uid = f.attrs.get("generation"), f.attrs.get("uuid")
-        uid = uid.decode() if isinstance(uid, bytes) else uid
-        return not (isinstance(gen, np.integer) and int(gen) == self.generation and (uid or "") == self.uuid)
+            self._current_file()  # reopened (and validated) when the file changed
+        return (self._file_generation, self._file_uuid) != (self.generation, self.uuid)
 
     # -- media and objects
     def media(self, media_id: int) -> MediaRef:
@@ -722,7 +744,7 @@ class Catalog:
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            _close(self._file)
             self._file = None
 
     def __enter__(self) -> Catalog:
@@ -950,7 +972,7 @@ class CatalogWriter:
             try:
                 version, attrs, tables = _load(f, self.path)
             finally:
-                f.close()
+                _close(f)
         if version != FORMAT_VERSION:
             raise IndexFileError(f"{self.path} has index format version {version}; run `objsearch convert "
                                  f"{self.path} NEW.h5` to get a format {FORMAT_VERSION} index that can be updated")
@@ -1025,7 +1047,7 @@ class CatalogWriter:
         """Yield ``(object_ids (n,) int64, features (n, D) float32)`` of the committed live objects, ``chunk`` rows
         of the file at a time (memory O(chunk)), e.g. for a streaming PCA fit."""
         alive, ids = self._t.objects["alive"], self._t.objects["id"]
-        with txn.FileLock(self.path, exclusive=False), _open_read(self.path) as f:
+        with txn.FileLock(self.path, exclusive=False), _reading(self.path) as f:
             feats = f["objects/features"]
             for start in range(0, feats.shape[0], chunk):
                 stop = min(start + chunk, feats.shape[0])
@@ -1274,7 +1296,7 @@ class CatalogWriter:
         before = len(self._t.objects["id"])
         tmp = self.path.with_name(self.path.name + ".tmp")
         attrs = {**self.attrs, "generation": self.generation + 1}
-        with txn.FileLock(self.path, exclusive=False), _open_read(self.path) as src:
+        with txn.FileLock(self.path, exclusive=False), _reading(self.path) as src:
             _copy_live(src, tmp, attrs, self._t, 2)
         _fsync_path(tmp)
         fd = os.open(self.path, os.O_RDONLY)
