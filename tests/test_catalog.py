@@ -558,16 +558,33 @@ def test_truncated_and_not_hdf5_refused(small_catalog, tmp_path):
         Catalog(tmp_path / "nope.h5")
 
 
-def test_bit_flips_are_harmless_or_refused(small_catalog, tmp_path):
+def _metadata_positions(path: Path) -> np.ndarray:
+    """Byte positions of the file outside every dataset chunk (superblock, object headers, chunk indexes...)."""
+    raw = np.zeros(path.stat().st_size, bool)
+
+    def mark(name, obj):
+        if isinstance(obj, h5py.Dataset) and obj.chunks is not None:
+            for i in range(obj.id.get_num_chunks()):
+                info = obj.id.get_chunk_info(i)
+                raw[info.byte_offset:info.byte_offset + info.size] = True
+
+    with h5py.File(path, "r") as f:
+        f.visititems(mark)
+    return np.flatnonzero(~raw)
+
+
+@pytest.mark.parametrize("where", ["anywhere", "metadata"])
+def test_bit_flips_are_harmless_or_refused(small_catalog, tmp_path, where):
     with Catalog(small_catalog) as cat:
         original = snapshot(cat)
     data = bytearray(small_catalog.read_bytes())
     rng = np.random.default_rng(1234)
+    positions = np.arange(len(data)) if where == "anywhere" else _metadata_positions(small_catalog)
     path = tmp_path / "INDEX.h5"
     counts = {"harmless": 0, "refused": 0}
     slipped = []
     for _ in range(400):
-        pos, bit = int(rng.integers(len(data))), int(rng.integers(8))
+        pos, bit = int(rng.choice(positions)), int(rng.integers(8))
         flipped = bytearray(data)
         flipped[pos] ^= 1 << bit
         path.write_bytes(flipped)
@@ -582,7 +599,7 @@ def test_bit_flips_are_harmless_or_refused(small_catalog, tmp_path):
             counts["harmless"] += 1
         except AssertionError as exc:
             slipped.append((pos, bit, str(exc)))
-    print(f"bit flips over {len(data)} bytes: {counts}")
+    print(f"bit flips {where} ({len(positions)} of {len(data)} bytes): {counts}")
     assert not slipped, slipped[:10]
     assert counts["refused"] > 0
 
