@@ -44,3 +44,7 @@ class EmptyFolderError(ObjsearchError):
     """A folder to analyze holds no image files."""
 
     exit_code = 5
+
+
+class IndexLockedError(IndexFileError):
+    """Another process is writing the index (it holds ``INDEX.h5.lock``); the message names its pid."""

@@ -1,0 +1,1423 @@
+"""The index file, format version 2: a living HDF5 file with stable ids, in-place appends and tombstones.
+
+The only module of objsearch (with ``store.py``'s legacy format 1 writer) that imports h5py.
+
+Layout of ``INDEX.h5`` (``format_version`` 2)::
+
+    /  attrs    every string is fixed-length bytes (UTF-8; JSON for structures) so that no attribute lives in HDF5's
+                global heap, which has no checksum; integers are int64, floats float64:
+                format="objsearch-index", format_version=2, uuid (32 hex digits), created, generation (+1 per
+                commit), state ("ready" | "analyzing"), weights_sha256, weights_name, feature_recipe (JSON),
+                config (JSON), class_names (JSON list), base_dir, n_features (D), next_media_id, next_object_id,
+                any extra attribute of the caller, json_attrs (JSON list of the attributes stored as JSON),
+                attrs_sha256 (digest of every other attribute, checked on open)
+    /media/id             (M,) int64, stable id, strictly increasing with the row, never reused
+    /media/path_offset    (M,) int64 and /media/path_length (M,) int32: a slice of /media/path_bytes
+    /media/path_bytes     (P,) uint8, paths relative to base_dir as os.fsencode bytes, back to back
+    /media/width, height  (M,) int32 pixels
+    /media/frame_index    (M,) int64, -1 for an image
+    /media/timestamp_s    (M,) float64, -1.0 for an image
+    /media/file_size, file_mtime_ns   (M,) int64, -1 when unknown
+    /media/alive          (M,) uint8, 0 for a removed item (a tombstone)
+    /objects/id           (N,) int64, stable id, strictly increasing with the row, never reused
+    /objects/media_id     (N,) int64, an id of /media/id
+    /objects/xyxy         (N, 4) float32 pixels [x1, y1, x2, y2] in the media item
+    /objects/confidence   (N,) float32
+    /objects/class_id     (N,) int16, index into class_names
+    /objects/alive        (N,) uint8
+    /objects/features     (N, D) float32, chunks (1024, D)
+    /objects/thumb_offset (N,) int64 and /objects/thumb_length (N,) int32: a slice of /thumbnails
+    /thumbnails           (T,) uint8, JPEG bytes back to back
+    /skipped              (S,) uint8, UTF-8 JSON [[path, reason], ...]
+    /projections/<d>/     components (D, d) float32, mean (D,) float32, vectors (N, d) float32 aligned with the
+                          rows of /objects; attrs method ("random" | "pca"), n_components (= d), random_state
+
+Every dataset is chunked, extensible on axis 0 and carries a Fletcher-32 checksum per chunk (verified by HDF5 on
+every read); the file is written with ``libver=("v110", "latest")`` so that the superblock, object headers and chunk
+indexes carry checksums too; attributes stay in the (checksummed) object header. Nothing is variable-length.
+
+Removing marks rows dead (alive=0) and never moves rows; ``compact`` rewrites the live rows into a new file. Updates
+are transactions made crash-safe by a rollback journal (see ``objsearch.catalog.txn``). Format 1 files
+(``objsearch.store``) are read through the same ``Catalog`` API (ids = rows) and converted with ``convert``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid as uuid_module
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from objsearch.catalog import txn
+from objsearch.errors import IndexFileError
+from objsearch.projection import PROJECTION_METHODS, _Projection
+from objsearch.types import Detections, MediaRecord, MediaRef, SkippedFile
+
+LOGGER = logging.getLogger(__name__)
+
+FORMAT_NAME = "objsearch-index"
+FORMAT_VERSION = 2
+LIBVER = ("v110", "latest")
+MAX_THUMBNAIL_BYTES = 4 << 20
+MAX_PATH_BYTES = 1 << 16
+FEATURE_CHUNK_ROWS = 1024
+STREAM_ROWS = 65536
+_STATES = ("ready", "analyzing")
+_JSON_ATTRS = ("feature_recipe", "config", "class_names")
+_META_ATTRS = ("json_attrs", "attrs_sha256")
+
+# name -> (dtype, trailing shape, chunk rows)
+MEDIA_COLUMNS = {
+    "id": ("<i8", (), 4096), "path_offset": ("<i8", (), 4096), "path_length": ("<i4", (), 4096),
+    "width": ("<i4", (), 4096), "height": ("<i4", (), 4096), "frame_index": ("<i8", (), 4096),
+    "timestamp_s": ("<f8", (), 4096), "file_size": ("<i8", (), 4096), "file_mtime_ns": ("<i8", (), 4096),
+    "alive": ("u1", (), 4096),
+}
+OBJECT_COLUMNS = {
+    "id": ("<i8", (), 8192), "media_id": ("<i8", (), 8192), "xyxy": ("<f4", (4,), 4096),
+    "confidence": ("<f4", (), 8192), "class_id": ("<i2", (), 8192), "alive": ("u1", (), 8192),
+    "thumb_offset": ("<i8", (), 8192), "thumb_length": ("<i4", (), 8192),
+}
+BLOBS = {"media/path_bytes": 1 << 16, "thumbnails": 1 << 18, "skipped": 1 << 12}
+
+
+# ------------------------------------------------------------------------------------------------- attributes
+def _encode_attrs(attrs: dict) -> dict:
+    """Python values -> HDF5 attribute values (fixed-length bytes, int64, float64), with ``json_attrs`` and the
+    ``attrs_sha256`` digest added."""
+    out, json_keys = {}, []
+    for key, value in attrs.items():
+        if key in _META_ATTRS:
+            continue
+        if isinstance(value, (bool, np.bool_)) or value is None or key in _JSON_ATTRS \
+                or not isinstance(value, (str, int, float, np.integer, np.floating)) \
+                or (isinstance(value, str) and "\x00" in value):
+            out[key] = np.bytes_(json.dumps(value).encode())
+            json_keys.append(key)
+        elif isinstance(value, str):
+            out[key] = np.bytes_(value.encode("utf-8", "surrogateescape"))
+        elif isinstance(value, (int, np.integer)):
+            out[key] = np.int64(value)
+        else:
+            out[key] = np.float64(value)
+    out["json_attrs"] = np.bytes_(json.dumps(sorted(json_keys)).encode())
+    out["attrs_sha256"] = np.bytes_(_attrs_digest(out).encode())
+    return out
+
+
+def _attrs_digest(raw: dict) -> str:
+    h = hashlib.sha256()
+    for key in sorted(k for k in raw if k != "attrs_sha256"):
+        value = raw[key]
+        if isinstance(value, (bytes, np.bytes_)):
+            tag, data = b"b", bytes(value)
+        elif isinstance(value, np.integer):
+            tag, data = b"i", str(int(value)).encode()
+        else:
+            tag, data = b"f", float(value).hex().encode()
+        h.update(key.encode() + b"\0" + tag + len(data).to_bytes(8, "little") + data)
+    return h.hexdigest()
+
+
+def _decode_attrs(raw: dict, path: Path) -> dict:
+    """HDF5 attribute values of a format 2 file -> Python values. Raises IndexFileError on a wrong type or digest."""
+    for key, value in raw.items():
+        ok = isinstance(value, (bytes, np.bytes_)) or (
+            isinstance(value, (np.integer, np.floating)) and not isinstance(value, np.bool_))
+        if not ok:
+            raise IndexFileError(f"{path} is damaged: root attribute {key!r} has type {type(value).__name__}, "
+                                 f"expected fixed-length bytes, int64 or float64")
+    if "attrs_sha256" not in raw or bytes(raw["attrs_sha256"]).decode("ascii", "replace") != _attrs_digest(raw):
+        raise IndexFileError(f"{path} is damaged: its root attributes do not match their sha256 digest")
+    try:
+        json_keys = set(json.loads(bytes(raw["json_attrs"]).decode()))
+        out = {}
+        for key, value in raw.items():
+            if key in _META_ATTRS:
+                continue
+            if isinstance(value, (bytes, np.bytes_)):
+                text = bytes(value).decode("utf-8", "surrogateescape")
+                out[key] = json.loads(text) if key in json_keys else text
+            elif isinstance(value, np.integer):
+                out[key] = int(value)
+            else:
+                out[key] = float(value)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise IndexFileError(f"{path} is damaged: unreadable root attribute ({exc})") from None
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ the tables
+@dataclass
+class _Tables:
+    """Every row (live or dead) of the small arrays of an index, as loaded in memory."""
+
+    media: dict[str, np.ndarray]
+    path_bytes: bytes
+    objects: dict[str, np.ndarray]
+    n_thumb_bytes: int
+    projections: dict[int, _Projection] = field(default_factory=dict)
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+    def media_paths(self, rows: np.ndarray) -> list[str]:
+        off, length, blob = self.media["path_offset"], self.media["path_length"], self.path_bytes
+        return [os.fsdecode(blob[off[r]:off[r] + length[r]]) for r in rows]
+
+
+def _damaged(path: Path, why: str) -> IndexFileError:
+    return IndexFileError(f"{path} is damaged: {why}")
+
+
+def _check_links(f: h5py.File, path: Path) -> None:
+    """Refuse soft and external links, external storage and virtual datasets anywhere in the file."""
+    stack = [f]
+    while stack:
+        group = stack.pop()
+        for name in group.keys():
+            link = group.get(name, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                raise IndexFileError(f"{path} is refused: {group.name}/{name} is an external link to another file")
+            if isinstance(link, h5py.SoftLink):
+                raise IndexFileError(f"{path} is refused: {group.name}/{name} is a soft link")
+            obj = group[name]
+            if isinstance(obj, h5py.Group):
+                stack.append(obj)
+            elif isinstance(obj, h5py.Dataset):
+                if obj.is_virtual:
+                    raise IndexFileError(f"{path} is refused: {obj.name} is a virtual dataset")
+                if obj.external:
+                    raise IndexFileError(f"{path} is refused: {obj.name} uses external storage")
+
+
+def _dataset(f: h5py.File, name: str, dtype: str, shape: tuple, path: Path, *, checksum: bool = True):
+    """The dataset ``name`` checked for dtype, rank, trailing shape, Fletcher-32 and allocated storage."""
+    ds = f.get(name)
+    if not isinstance(ds, h5py.Dataset):
+        raise _damaged(path, f"dataset /{name} is missing")
+    if ds.dtype != np.dtype(dtype):
+        raise _damaged(path, f"/{name} has dtype {ds.dtype}, expected {np.dtype(dtype)}")
+    if ds.ndim != 1 + len(shape) or tuple(ds.shape[1:]) != tuple(shape):
+        raise _damaged(path, f"/{name} has shape {ds.shape}, expected (n, {', '.join(map(str, shape))})"
+                       if shape else f"/{name} has shape {ds.shape}, expected (n,)")
+    if checksum and not ds.fletcher32:
+        raise _damaged(path, f"/{name} has no Fletcher-32 checksum")
+    if ds.size and ds.chunks is not None and ds.id.get_storage_size() < ds.size * ds.dtype.itemsize:
+        raise _damaged(path, f"/{name} declares {ds.shape[0]} rows but stores fewer")
+    return ds
+
+
+def _check_ids(ids: np.ndarray, next_id: int, what: str, path: Path) -> None:
+    if len(ids) and (ids[0] < 0 or np.any(np.diff(ids) <= 0) or ids[-1] >= next_id):
+        raise _damaged(path, f"{what} ids are not strictly increasing in [0, next_{what}_id={next_id})")
+
+
+def _check_values(t: _Tables, n_classes: int, path: Path) -> None:
+    """The value checks common to both formats."""
+    m, o = t.media, t.objects
+    for name in ("alive",):
+        if np.any(m[name] > 1) or np.any(o[name] > 1):
+            raise _damaged(path, "an alive flag is neither 0 nor 1")
+    if np.any(m["width"] < 0) or np.any(m["height"] < 0):
+        raise _damaged(path, "a media width or height is negative")
+    if not np.all(np.isfinite(m["timestamp_s"])) or np.any(m["frame_index"] < -1):
+        raise _damaged(path, "a media timestamp or frame index is invalid")
+    end = m["path_offset"] + m["path_length"]
+    if np.any(m["path_offset"] < 0) or np.any(m["path_length"] < 0) or np.any(m["path_length"] > MAX_PATH_BYTES) \
+            or (len(end) and end.max() > len(t.path_bytes)):
+        raise _damaged(path, "a media path lies outside /media/path_bytes")
+    if not np.all(np.isfinite(o["xyxy"])) or not np.all(np.isfinite(o["confidence"])):
+        raise _damaged(path, "an object box or confidence is not finite")
+    if len(o["class_id"]) and (o["class_id"].min() < 0 or o["class_id"].max() >= n_classes):
+        raise _damaged(path, f"an object class id is outside [0, {n_classes}) (the class names)")
+    rows = np.searchsorted(m["id"], o["media_id"])
+    rows = np.minimum(rows, max(len(m["id"]) - 1, 0))
+    if len(o["media_id"]) and (len(m["id"]) == 0 or np.any(m["id"][rows] != o["media_id"])):
+        raise _damaged(path, "an object's media id is not among the media ids")
+    if len(o["alive"]) and np.any((o["alive"] == 1) & (m["alive"][rows] == 0)):
+        raise _damaged(path, "a live object belongs to a removed media item")
+    end = o["thumb_offset"] + o["thumb_length"]
+    if np.any(o["thumb_offset"] < 0) or np.any(o["thumb_length"] < 0) \
+            or np.any(o["thumb_length"] > MAX_THUMBNAIL_BYTES) or (len(end) and end.max() > t.n_thumb_bytes):
+        raise _damaged(path, "an object thumbnail lies outside /thumbnails (or is larger than 4 MiB)")
+
+
+def _load_projections(f: h5py.File, n_features: int, n_objects: int, path: Path, checksum: bool) -> dict:
+    group = f.get("projections")
+    if group is None:
+        return {}
+    if not isinstance(group, h5py.Group):
+        raise _damaged(path, "/projections is not a group")
+    out = {}
+    for name in group.keys():
+        g = group[name]
+        if not isinstance(g, h5py.Group) or not name.isdigit():
+            raise _damaged(path, f"/projections/{name} is not a projection")
+        d = int(name)
+        try:
+            method = g.attrs["method"]
+            method = method.decode() if isinstance(method, bytes) else str(method)
+            n_components, random_state = g.attrs["n_components"], g.attrs["random_state"]
+        except (KeyError, UnicodeDecodeError):
+            raise _damaged(path, f"/projections/{name} lacks its method, n_components or random_state") from None
+        if method not in PROJECTION_METHODS or not isinstance(n_components, np.integer) \
+                or not isinstance(random_state, np.integer) or int(n_components) != d or d < 1:
+            raise _damaged(path, f"/projections/{name} has invalid attributes (method {method!r}, "
+                           f"n_components {n_components!r})")
+        comps = _dataset(f, f"projections/{name}/components", "<f4", (d,), path, checksum=checksum)
+        mean = _dataset(f, f"projections/{name}/mean", "<f4", (), path, checksum=checksum)
+        vectors = _dataset(f, f"projections/{name}/vectors", "<f4", (d,), path, checksum=checksum)
+        if comps.shape[0] != n_features or mean.shape[0] != n_features or vectors.shape[0] != n_objects:
+            raise _damaged(path, f"/projections/{name} has components {comps.shape}, mean {mean.shape} and "
+                           f"vectors {vectors.shape}; expected ({n_features}, {d}), ({n_features},), ({n_objects}, {d})")
+        components, mean = comps[()], mean[()]
+        if not (np.all(np.isfinite(components)) and np.all(np.isfinite(mean))):
+            raise _damaged(path, f"/projections/{name} has non-finite components or mean")
+        out[d] = _Projection.from_state({"method": method, "n_components": d, "random_state": int(random_state),
+                                         "components": components, "mean": mean})
+    return out
+
+
+def _load_v2(f: h5py.File, path: Path) -> tuple[dict, _Tables]:
+    attrs = _decode_attrs(dict(f.attrs.items()), path)
+    ints = {}
+    for key in ("n_features", "next_media_id", "next_object_id", "generation"):
+        value = attrs.get(key)
+        if not isinstance(value, int) or value < 0:
+            raise _damaged(path, f"root attribute {key} must be a non-negative integer, got {value!r}")
+        ints[key] = value
+    if attrs.get("state") not in _STATES:
+        raise _damaged(path, f"root attribute state must be one of {_STATES}, got {attrs.get('state')!r}")
+    names = attrs.get("class_names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise _damaged(path, "root attribute class_names is not a JSON list of strings")
+    uid = attrs.get("uuid")
+    if not isinstance(uid, str) or len(uid) != 32 or any(c not in "0123456789abcdef" for c in uid):
+        raise _damaged(path, "root attribute uuid is not 32 hex digits")
+    if ints["n_features"] < 1:
+        raise _damaged(path, "root attribute n_features must be >= 1")
+    media = {k: _dataset(f, f"media/{k}", dt, shp, path)[()] for k, (dt, shp, _) in MEDIA_COLUMNS.items()}
+    objects = {k: _dataset(f, f"objects/{k}", dt, shp, path)[()] for k, (dt, shp, _) in OBJECT_COLUMNS.items()}
+    for group, cols in (("media", media), ("objects", objects)):
+        lengths = {len(v) for v in cols.values()}
+        if len(lengths) > 1:
+            raise _damaged(path, f"the /{group} arrays have different lengths {sorted(lengths)}")
+    n_objects = len(objects["id"])
+    feats = _dataset(f, "objects/features", "<f4", (ints["n_features"],), path)
+    if feats.shape[0] != n_objects:
+        raise _damaged(path, f"/objects/features has {feats.shape[0]} rows, expected {n_objects}")
+    path_bytes = _dataset(f, "media/path_bytes", "u1", (), path)[()].tobytes()
+    n_thumb = _dataset(f, "thumbnails", "u1", (), path).shape[0]
+    skipped_raw = _dataset(f, "skipped", "u1", (), path)[()].tobytes()
+    try:
+        skipped_list = json.loads(skipped_raw.decode("utf-8", "surrogateescape")) if skipped_raw else []
+        skipped = [SkippedFile(str(p), str(r)) for p, r in skipped_list]
+    except (ValueError, TypeError):
+        raise _damaged(path, "/skipped is not a JSON list of [path, reason]") from None
+    _check_ids(media["id"], ints["next_media_id"], "media", path)
+    _check_ids(objects["id"], ints["next_object_id"], "object", path)
+    objects["class_id"] = objects["class_id"].astype(np.int64)
+    tables = _Tables(media, path_bytes, objects, n_thumb, skipped=skipped)
+    _check_values(tables, len(names), path)
+    tables.projections = _load_projections(f, ints["n_features"], n_objects, path, checksum=True)
+    return attrs, tables
+
+
+def _load_v1(f: h5py.File, path: Path) -> tuple[dict, _Tables]:
+    attrs = {}
+    for key, value in f.attrs.items():
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "surrogateescape")
+        if isinstance(value, str) and key in ("feature_recipe", "config", "class_names", "skipped"):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise _damaged(path, f"root attribute {key} is not JSON") from None
+        elif isinstance(value, np.integer):
+            value = int(value)
+        elif isinstance(value, np.floating):
+            value = float(value)
+        attrs[key] = value
+    names = attrs.get("class_names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise _damaged(path, "root attribute class_names is not a JSON list of strings")
+    ds = f.get("images/path")
+    if not isinstance(ds, h5py.Dataset) or ds.ndim != 1:
+        raise _damaged(path, "dataset /images/path is missing")
+    paths = [p if isinstance(p, bytes) else str(p).encode("utf-8", "surrogateescape") for p in ds[()]]
+    n_media = len(paths)
+    lengths = np.array([len(p) for p in paths], np.int32)
+    media = {
+        "id": np.arange(n_media, dtype=np.int64),
+        "path_offset": np.concatenate([[0], np.cumsum(lengths[:-1], dtype=np.int64)]).astype(np.int64)[:n_media],
+        "path_length": lengths,
+        "width": _dataset(f, "images/width", "<i4", (), path, checksum=False)[()],
+        "height": _dataset(f, "images/height", "<i4", (), path, checksum=False)[()],
+        "frame_index": np.full(n_media, -1, np.int64), "timestamp_s": np.full(n_media, -1.0),
+        "file_size": np.full(n_media, -1, np.int64), "file_mtime_ns": np.full(n_media, -1, np.int64),
+        "alive": np.ones(n_media, np.uint8),
+    }
+    image_id = _dataset(f, "objects/image_id", "<i4", (), path, checksum=False)[()]
+    n = len(image_id)
+    objects = {
+        "id": np.arange(n, dtype=np.int64), "media_id": image_id.astype(np.int64),
+        "xyxy": _dataset(f, "objects/xyxy", "<f4", (4,), path, checksum=False)[()],
+        "confidence": _dataset(f, "objects/confidence", "<f4", (), path, checksum=False)[()],
+        "class_id": _dataset(f, "objects/class_id", "<i2", (), path, checksum=False)[()].astype(np.int64),
+        "alive": np.ones(n, np.uint8), "thumb_offset": np.zeros(n, np.int64), "thumb_length": np.zeros(n, np.int32),
+    }
+    for key, value in list(media.items()) + list(objects.items()):
+        if len(value) != (n_media if key in media and value is media.get(key) else n):
+            raise _damaged(path, f"array {key} has {len(value)} rows, expected {n_media if key in media else n}")
+    feats = f.get("objects/features")
+    if not isinstance(feats, h5py.Dataset) or feats.ndim != 2 or feats.shape[0] != n or feats.dtype != np.float32:
+        raise _damaged(path, "/objects/features is missing or has the wrong shape")
+    thumbs = f.get("objects/thumbnail")
+    if not isinstance(thumbs, h5py.Dataset) or thumbs.shape != (n,):
+        raise _damaged(path, "/objects/thumbnail is missing or has the wrong shape")
+    skipped = attrs.pop("skipped", [])
+    try:
+        skipped = [SkippedFile(str(p), str(r)) for p, r in skipped]
+    except (ValueError, TypeError):
+        raise _damaged(path, "attribute skipped is not a list of [path, reason]") from None
+    attrs.setdefault("n_features", int(feats.shape[1]))
+    tables = _Tables(media, b"".join(paths), objects, 0, skipped=skipped)
+    _check_values(tables, len(names), path)
+    tables.projections = _load_projections(f, int(feats.shape[1]), n, path, checksum=False)
+    return attrs, tables
+
+
+def _format_version(f: h5py.File, path: Path) -> int:
+    fmt = f.attrs.get("format")
+    if isinstance(fmt, bytes):
+        fmt = fmt.decode("utf-8", "replace")
+    if fmt != FORMAT_NAME:
+        raise IndexFileError(f"{path} is an HDF5 file but not an objsearch index (no format={FORMAT_NAME!r})")
+    version = f.attrs.get("format_version")
+    if not isinstance(version, np.integer) or isinstance(version, np.bool_) or int(version) not in (1, 2):
+        raise IndexFileError(f"{path} has index format version {version!r}; this objsearch reads the integers 1 and 2")
+    return int(version)
+
+
+def _load(f: h5py.File, path: Path) -> tuple[int, dict, _Tables]:
+    """Validate and load an open file; every failure is an IndexFileError with one line."""
+    try:
+        version = _format_version(f, path)
+        _check_links(f, path)
+        attrs, tables = (_load_v1 if version == 1 else _load_v2)(f, path)
+        return version, attrs, tables
+    except IndexFileError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise _damaged(path, f"{type(exc).__name__}: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _open_read(path: Path) -> h5py.File:
+    """Open read-only through h5py's file-object driver: HDF5 shares one cached file between all opens of the same
+    path in a process (so a second open would see the first one's stale metadata after another process committed);
+    opens through distinct Python file objects are never shared. Close with ``_close``."""
+    fh = open(path, "rb", buffering=0)
+    try:
+        f = h5py.File(fh, "r", locking=False)
+    except (OSError, ValueError) as exc:
+        fh.close()
+        raise IndexFileError(f"{path} is not a readable HDF5 file (truncated, damaged or not HDF5): "
+                             f"{_one_line(exc)}") from None
+    f._objsearch_fh = fh
+    return f
+
+
+def _close(f: h5py.File) -> None:
+    f.close()
+    fh = getattr(f, "_objsearch_fh", None)
+    if fh is not None:
+        fh.close()
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[h5py.File]:
+    f = _open_read(path)
+    try:
+        yield f
+    finally:
+        _close(f)
+
+
+def _stat_signature(path: Path) -> tuple:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _with_rollback(path: Path, description: str, deadline: float) -> txn.FileLock:
+    """The shared lock on ``path`` with no unfinished transaction left behind (rolled back here when possible)."""
+    while True:
+        lock = txn.FileLock(path, exclusive=False, timeout_s=max(0.0, deadline - time.monotonic()))
+        if not txn.undo_path(path).exists():
+            return lock
+        lock.release()  # an undo file while no commit runs: a killed writer's, or a live writer about to commit
+        undo = txn.undo_path(path)
+        hint = (f"a killed writer left an unfinished transaction in {undo.name}; run `objsearch repair {path}` "
+                f"as a user who can write that folder")
+        try:
+            wl = txn.try_writer_lock(path, description)
+        except IndexFileError:
+            raise IndexFileError(f"{path} cannot be read: {hint}") from None
+        if wl is None:
+            if time.monotonic() > deadline:
+                raise IndexFileError(f"{path} cannot be read: a writer is still applying a transaction")
+            time.sleep(0.05)
+            continue
+        try:
+            txn.rollback(path)
+        except OSError as exc:
+            raise IndexFileError(f"{path} cannot be read ({exc.strerror}): {hint}") from None
+        finally:
+            wl.release()
+
+
+def repair(path: str | Path) -> bool:
+    """Roll back a transaction a killed writer left (``INDEX.h5.undo``); True when there was one.
+
+    Raises
+    ------
+    IndexLockedError
+        When a live writer holds the index (it rolls back by itself).
+    """
+    path = Path(path)
+    wl = txn.WriterLock(path, "objsearch repair")
+    try:
+        return txn.rollback(path)
+    finally:
+        wl.release()
+
+
+# ----------------------------------------------------------------------------------------------------- reading
+class Catalog:
+    """A read-only view of an index file (format 2, or format 1 through the same API).
+
+    The attributes and the small arrays of the live rows are loaded when opened and validated; projected vectors
+    are loaded on first use; raw features and thumbnails are read on demand. Ids are stable (format 1: rows).
+
+    Attributes
+    ----------
+    path : Path
+    format_version : int, 1 or 2
+    uuid : str (32 hex digits; "" for format 1)
+    generation : int, +1 per committed transaction
+    state : str, "ready" or "analyzing"
+    attrs : dict, the root attributes decoded (JSON ones as Python values)
+    class_names : list of str
+    n_features : int, D
+    weights_sha256, base_dir : str
+    dims : list of int, the stored projection dimensions
+    media_id : ndarray of shape (M,), int64, live media items in increasing id order
+    media_path : list of M str, relative to ``base_dir`` (non-UTF-8 bytes as surrogate escapes)
+    media_width, media_height : ndarray of shape (M,), int32 pixels
+    media_frame_index : ndarray of shape (M,), int64 (-1 for an image)
+    media_timestamp_s : ndarray of shape (M,), float64 seconds (-1.0 for an image)
+    media_file_size, media_file_mtime_ns : ndarray of shape (M,), int64 (-1 unknown)
+    object_id : ndarray of shape (N,), int64, live objects in increasing id order
+    object_media_id : ndarray of shape (N,), int64
+    xyxy : ndarray of shape (N, 4), float32 pixels in the media item
+    confidence : ndarray of shape (N,), float32
+    class_id : ndarray of shape (N,), int64
+    skipped : list of SkippedFile
+
+    Raises
+    ------
+    IndexFileError
+        When the file is missing, not HDF5, truncated, damaged (a failed checksum, an inconsistent or out-of-range
+        value), hostile (links, external storage, virtual datasets), of another format, or left by a killed writer in
+        a folder this process cannot write. ``IndexLockedError`` when a writer's commit takes longer than
+        ``wait_s``.
+    """
+
+    def __init__(self, path: str | Path, *, wait_s: float = txn.LOCK_WAIT_S) -> None:
+        self.path = Path(path)
+        self._wait_s = wait_s
+        self._file: h5py.File | None = None
+        if not self.path.is_file():
+            journal = self.path.with_name(self.path.name + ".journal")
+            hint = f" (an unfinished analysis is in {journal.name}; run analyze again to finish it)" \
+                if journal.exists() else ""
+            raise IndexFileError(f"index file {self.path} does not exist{hint}")
+        with self._shared_lock():
+            self._open_and_load()
+
+    def _shared_lock(self) -> txn.FileLock:
+        try:
+            return _with_rollback(self.path, "objsearch (a reader rolling back)", time.monotonic() + self._wait_s)
+        except FileNotFoundError:
+            raise IndexFileError(f"index file {self.path} does not exist") from None
+
+    def _open_and_load(self) -> None:
+        """Open and load the file (the caller holds the shared lock)."""
+        signature = _stat_signature(self.path)
+        f = _open_read(self.path)
+        try:
+            version, attrs, tables = _load(f, self.path)
+        except BaseException:
+            _close(f)
+            raise
+        if self._file is not None:
+            _close(self._file)
+        self._file, self._signature = f, signature
+        self._file_generation, self._file_uuid = int(attrs.get("generation", 0)), str(attrs.get("uuid", ""))
+        self.format_version = version
+        self.attrs = attrs
+        self.uuid = str(attrs.get("uuid", ""))
+        self.generation = int(attrs.get("generation", 0))
+        self.state = str(attrs.get("state", "ready"))
+        self.class_names = list(attrs.get("class_names", []))
+        self.n_features = int(attrs["n_features"])
+        self.weights_sha256 = str(attrs.get("weights_sha256", ""))
+        self.base_dir = str(attrs.get("base_dir", ""))
+        self._projections = tables.projections
+        self.dims = sorted(tables.projections)
+        self.skipped = tables.skipped
+        m, o = tables.media, tables.objects
+        media_rows = np.flatnonzero(m["alive"])
+        self.media_id = m["id"][media_rows]
+        self.media_path = tables.media_paths(media_rows)
+        self.media_width, self.media_height = m["width"][media_rows], m["height"][media_rows]
+        self.media_frame_index, self.media_timestamp_s = m["frame_index"][media_rows], m["timestamp_s"][media_rows]
+        self.media_file_size, self.media_file_mtime_ns = m["file_size"][media_rows], m["file_mtime_ns"][media_rows]
+        rows = np.flatnonzero(o["alive"])
+        self._rows = rows  # file rows of the live objects
+        self.object_id = o["id"][rows]
+        self.object_media_id = o["media_id"][rows]
+        self.xyxy, self.confidence, self.class_id = o["xyxy"][rows], o["confidence"][rows], o["class_id"][rows]
+        self._thumb_offset, self._thumb_length = o["thumb_offset"][rows], o["thumb_length"][rows]
+        self._vectors: dict[int, np.ndarray] = {}
+
+    # -- the file, reopened when a writer changed it (ids are stable; rows change only by compaction)
+    def _current_file(self) -> h5py.File:
+        """The open file, reopened (rows remapped by id) when another process committed since; the caller holds the
+        shared lock."""
+        if self._file is None:
+            raise IndexFileError(f"{self.path} is closed")
+        if _stat_signature(self.path) == self._signature:
+            return self._file
+        signature = _stat_signature(self.path)
+        f = _open_read(self.path)
+        try:
+            _, tables_attrs, tables = _load(f, self.path)
+        except BaseException:
+            _close(f)
+            raise
+        ids = tables.objects["id"]
+        pos = np.minimum(np.searchsorted(ids, self.object_id), max(len(ids) - 1, 0))
+        found = (len(ids) > 0) & (ids[pos] == self.object_id) if len(ids) else np.zeros(len(self.object_id), bool)
+        self._rows = np.where(found, pos, -1)
+        self._thumb_offset = np.where(found, tables.objects["thumb_offset"][pos] if len(ids) else 0, -1)
+        self._thumb_length = np.where(found, tables.objects["thumb_length"][pos] if len(ids) else 0, -1)
+        _close(self._file)
+        self._file, self._signature = f, signature
+        self._file_generation, self._file_uuid = int(tables_attrs.get("generation", 0)), tables_attrs.get("uuid", "")
+        return f
+
+    def _read(self, fn):
+        with self._shared_lock():
+            try:
+                return fn(self._current_file())
+            except IndexFileError:
+                raise
+            except (OSError, KeyError, ValueError, RuntimeError) as exc:
+                raise _damaged(self.path, f"{type(exc).__name__}: {_one_line(exc)}") from None
+
+    def changed(self) -> bool:
+        """True when another process committed to the index since this view was loaded (reopen to see it)."""
+        with self._shared_lock():
+            self._current_file()  # reopened (and validated) when the file changed
+        return (self._file_generation, self._file_uuid) != (self.generation, self.uuid)
+
+    # -- media and objects
+    def media(self, media_id: int) -> MediaRef:
+        """The live media item ``media_id``. Raises KeyError for an unknown or removed id."""
+        row = int(self.media_rows([media_id])[0])
+        if row < 0:
+            raise KeyError(f"media id {media_id} is not in {self.path.name}")
+        return MediaRef(
+            path=self.media_path[row], width=int(self.media_width[row]), height=int(self.media_height[row]),
+            media_id=int(self.media_id[row]), frame_index=int(self.media_frame_index[row]),
+            timestamp_s=float(self.media_timestamp_s[row]), file_size=int(self.media_file_size[row]),
+            file_mtime_ns=int(self.media_file_mtime_ns[row]),
+        )
+
+    @staticmethod
+    def _positions(sorted_ids: np.ndarray, ids) -> np.ndarray:
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        if len(sorted_ids) == 0:
+            return np.full(len(ids), -1, np.int64)
+        pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+        return np.where(sorted_ids[pos] == ids, pos, -1).astype(np.int64)
+
+    def media_rows(self, media_ids) -> np.ndarray:
+        """Positions (n,) int64 of ``media_ids`` in the ``media_*`` arrays; -1 for unknown or removed ids."""
+        return self._positions(self.media_id, media_ids)
+
+    def object_rows(self, object_ids) -> np.ndarray:
+        """Positions (n,) int64 of ``object_ids`` in the object arrays; -1 for unknown or removed ids."""
+        return self._positions(self.object_id, object_ids)
+
+    def __len__(self) -> int:
+        return len(self.object_id)
+
+    def projection(self, dims: int) -> _Projection:
+        """The stored projection to ``dims`` dimensions. Raises IndexFileError when the index has none."""
+        if dims not in self._projections:
+            raise IndexFileError(f"{self.path} holds projections to {self.dims} dims, not {dims}")
+        return self._projections[dims]
+
+    def vectors(self, dims: int) -> np.ndarray:
+        """Projected vectors (N, dims) float32 aligned with ``object_id``, loaded once and checked to be finite."""
+        if dims not in self._vectors:
+            self.projection(dims)
+
+            def load(f):
+                rows = self._rows
+                if np.any(rows < 0):
+                    raise IndexFileError(f"{self.path} was compacted since it was opened; open it again")
+                vectors = f[f"projections/{dims}/vectors"][()][rows]
+                if not np.all(np.isfinite(vectors)):
+                    raise _damaged(self.path, f"/projections/{dims}/vectors holds non-finite values")
+                return vectors
+
+            self._vectors[dims] = self._read(load)
+        return self._vectors[dims]
+
+    def _file_rows(self, object_ids) -> np.ndarray:
+        pos = self.object_rows(object_ids)
+        if np.any(pos < 0):
+            bad = np.asarray(object_ids, np.int64).reshape(-1)[pos < 0][:5].tolist()
+            raise KeyError(f"object ids {bad} are not in {self.path.name}")
+        return pos
+
+    def features(self, object_ids) -> np.ndarray:
+        """Raw features (n, D) float32 of live ``object_ids``, read from disk. Raises KeyError for unknown ids."""
+        pos = self._file_rows(object_ids)
+        if len(pos) == 0:
+            return np.zeros((0, self.n_features), np.float32)
+
+        def load(f):
+            rows = self._rows[pos]
+            if np.any(rows < 0):
+                raise IndexFileError(f"{self.path} was compacted since it was opened; open it again")
+            unique, inverse = np.unique(rows, return_inverse=True)  # h5py wants increasing unique indices
+            out = f["objects/features"][unique][inverse]
+            if not np.all(np.isfinite(out)):
+                raise _damaged(self.path, "/objects/features holds non-finite values")
+            return out
+
+        return self._read(load)
+
+    def thumbnail(self, object_id: int) -> bytes:
+        """JPEG bytes of one live object's crop, read from disk. Raises KeyError for an unknown id."""
+        pos = int(self._file_rows([object_id])[0])
+
+        def load(f):
+            row = int(self._rows[pos])
+            if row < 0:
+                raise IndexFileError(f"{self.path} was compacted since it was opened; open it again")
+            if self.format_version == 1:
+                data = f["objects/thumbnail"][row].tobytes()
+                if len(data) > MAX_THUMBNAIL_BYTES:
+                    raise _damaged(self.path, f"thumbnail of object {object_id} is larger than 4 MiB")
+                return data
+            off, length = int(self._thumb_offset[pos]), int(self._thumb_length[pos])
+            return f["thumbnails"][off:off + length].tobytes()
+
+        return self._read(load)
+
+    def close(self) -> None:
+        if self._file is not None:
+            _close(self._file)
+            self._file = None
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ----------------------------------------------------------------------------------------------------- writing
+def _create_dataset(f, name: str, dtype: str, shape: tuple, chunk_rows: int):
+    return f.create_dataset(name, shape=(0,) + shape, maxshape=(None,) + shape, dtype=np.dtype(dtype),
+                            chunks=(chunk_rows,) + shape, fletcher32=True)
+
+
+def _vector_chunk_rows(d: int) -> int:
+    return max(1024, (1 << 16) // d)
+
+
+def _create_projection(f, proj: _Projection, n_rows: int):
+    state = proj.to_state()
+    d = int(state["n_components"])
+    name = f"projections/{d}"
+    if name in f:
+        del f[name]
+    g = f.require_group("projections").create_group(str(d))
+    g.attrs["method"] = np.bytes_(state["method"].encode())
+    g.attrs["n_components"] = np.int64(d)
+    g.attrs["random_state"] = np.int64(state["random_state"])
+    for key, value in (("components", state["components"]), ("mean", state["mean"])):
+        value = np.asarray(value, np.float32)
+        ds = _create_dataset(f, f"{name}/{key}", "<f4", value.shape[1:], max(1, value.shape[0]))
+        _extend(ds, value)
+    ds = _create_dataset(f, f"{name}/vectors", "<f4", (d,), _vector_chunk_rows(d))
+    ds.resize(n_rows, axis=0)
+    return ds
+
+
+def _new_file(path: Path, attrs: dict, n_features: int, projections: list[_Projection]) -> None:
+    """Write an empty format 2 file at ``path`` (replaced if it exists)."""
+    fcpl = h5py.h5p.create(h5py.h5p.FILE_CREATE)
+    fcpl.set_attr_phase_change(4096, 4096)  # keep the attributes in the checksummed object header
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_V110, h5py.h5f.LIBVER_LATEST)
+    fid = h5py.h5f.create(os.fsencode(path), h5py.h5f.ACC_TRUNC, fcpl=fcpl, fapl=fapl)
+    with h5py.File(fid) as f:
+        for name, (dtype, shape, rows) in MEDIA_COLUMNS.items():
+            _create_dataset(f, f"media/{name}", dtype, shape, rows)
+        for name, (dtype, shape, rows) in OBJECT_COLUMNS.items():
+            _create_dataset(f, f"objects/{name}", dtype, shape, rows)
+        _create_dataset(f, "objects/features", "<f4", (n_features,), FEATURE_CHUNK_ROWS)
+        for name, rows in BLOBS.items():
+            _create_dataset(f, name, "u1", (), rows)
+        f.create_group("projections")
+        for proj in projections:
+            _create_projection(f, proj, 0)
+        for key, value in _encode_attrs(attrs).items():
+            f.attrs[key] = value
+
+
+def _extend(ds, data) -> int:
+    """Append ``data`` along axis 0; returns the old length."""
+    n0 = ds.shape[0]
+    data = np.asarray(data)
+    if len(data):
+        ds.resize(n0 + len(data), axis=0)
+        ds[n0:n0 + len(data)] = data
+    return n0
+
+
+def _append(f, media: dict, paths: list[bytes], objects: dict, features: np.ndarray, thumbs: list[bytes],
+            vectors: dict[int, np.ndarray]) -> None:
+    """Append rows to every dataset: media columns (without path_* and with ``paths`` bytes), object columns
+    (without thumb_*, with ``thumbs`` JPEG bytes), features (n, D) and vectors {d: (n, d)}."""
+    n_media, n_obj = len(paths), len(thumbs)
+    if n_media:
+        lengths = np.array([len(p) for p in paths], np.int64)
+        base = _extend(f["media/path_bytes"], np.frombuffer(b"".join(paths), np.uint8))
+        media = {**media, "path_length": lengths.astype(np.int32),
+                 "path_offset": base + np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)}
+        for name, (dtype, _, _) in MEDIA_COLUMNS.items():
+            _extend(f[f"media/{name}"], np.asarray(media[name], np.dtype(dtype)))
+    if n_obj:
+        lengths = np.array([len(t) for t in thumbs], np.int64)
+        base = _extend(f["thumbnails"], np.frombuffer(b"".join(thumbs), np.uint8))
+        objects = {**objects, "thumb_length": lengths.astype(np.int32),
+                   "thumb_offset": base + np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)}
+        for name, (dtype, _, _) in OBJECT_COLUMNS.items():
+            _extend(f[f"objects/{name}"], np.asarray(objects[name], np.dtype(dtype)))
+        _extend(f["objects/features"], np.asarray(features, np.float32))
+        for d, vec in vectors.items():
+            _extend(f[f"projections/{d}/vectors"], np.asarray(vec, np.float32))
+
+
+def _write_alive(ds, rows: np.ndarray) -> None:
+    """Set alive=0 at ``rows`` (sorted unique), one slice write per run of consecutive rows."""
+    if len(rows) == 0:
+        return
+    breaks = np.flatnonzero(np.diff(rows) > 1) + 1
+    for run in np.split(rows, breaks):
+        ds[int(run[0]):int(run[-1]) + 1] = 0
+
+
+def _fill_vectors(f, d: int, proj: _Projection, chunk: int = STREAM_ROWS) -> None:
+    """Compute /projections/<d>/vectors for every row from the stored features, ``chunk`` rows at a time."""
+    feats, out = f["objects/features"], f[f"projections/{d}/vectors"]
+    for start in range(0, feats.shape[0], chunk):
+        stop = min(start + chunk, feats.shape[0])
+        out[start:stop] = proj.transform(feats[start:stop])
+
+
+@dataclass
+class _Pending:
+    media: list[MediaRecord] = field(default_factory=list)
+    media_ids: list[int] = field(default_factory=list)
+    object_ids: list[np.ndarray] = field(default_factory=list)
+    remove_media: set[int] = field(default_factory=set)
+    remove_objects: set[int] = field(default_factory=set)
+    skipped: list[SkippedFile] | None = None
+    attrs: dict = field(default_factory=dict)
+    projections: dict[int, _Projection] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.media or self.remove_media or self.remove_objects or self.skipped is not None
+                    or self.attrs or self.projections)
+
+
+class CatalogWriter:
+    """The one writer of a format 2 index: buffered adds and removals applied in crash-safe transactions.
+
+    Obtain one with ``CatalogWriter.create`` or ``CatalogWriter.open``; it holds ``INDEX.h5.lock`` until
+    ``close()``. Ids are assigned when ``add`` is called, in call order, and never reused. ``commit`` applies
+    everything buffered in one transaction: a process killed at any point leaves the file as it was before the
+    commit (rolled back by the next opener) or after it. The ``media_*``/``object_*`` accessors show the committed
+    state (live rows).
+
+    Parameters (of ``open``)
+    ----------
+    path : the index file.
+    description : who writes (shown to a second writer that is refused), e.g. ``"objsearch add"``.
+    fsync : fsync the undo log before each overwrite and the data file at commit (durability against power loss;
+        without it a commit survives ``kill -9`` but not a power cut).
+
+    Raises
+    ------
+    IndexLockedError
+        When another writer holds the index.
+    IndexFileError
+        When the file is not a valid format 2 index (format 1: run ``objsearch convert``).
+    """
+
+    def __init__(self, path: Path, lock: txn.WriterLock, *, fsync: bool) -> None:
+        self.path = Path(path)
+        self._lock = lock
+        self._fsync = fsync
+        self._pending = _Pending()
+        self.last_commit_stats: dict = {}
+        try:
+            self._reload()
+        except BaseException:
+            lock.release()
+            raise
+
+    # -- opening
+    @classmethod
+    def create(cls, path: str | Path, *, attrs: dict, n_features: int, projections: list[_Projection] = (),
+               overwrite: bool = False, description: str = "objsearch", fsync: bool = True) -> CatalogWriter:
+        """Write a new, empty index (``path.tmp``, then renamed) and open it for writing.
+
+        Parameters
+        ----------
+        attrs : root attributes (weights_sha256, weights_name, feature_recipe, config, class_names, base_dir, ...).
+        n_features : D, the raw feature length (>= 1).
+        projections : fitted projections with ``n_features_in_ == D``, one per stored dimension.
+
+        Raises
+        ------
+        IndexFileError
+            When ``path`` exists and ``overwrite`` is False. ValueError for a bad ``n_features`` or projection.
+        """
+        path = Path(path)
+        if int(n_features) < 1:
+            raise ValueError(f"n_features must be >= 1, got {n_features}")
+        for proj in projections:
+            _check_projection(proj, int(n_features))
+        lock = txn.WriterLock(path, description)
+        try:
+            if path.exists() and not overwrite:
+                raise IndexFileError(f"{path} already exists; pass overwrite=True to replace it")
+            undo = txn.undo_path(path)
+            if undo.exists():
+                undo.unlink()  # a killed writer's transaction on the file being replaced
+            full = {"state": "ready", "weights_sha256": "", "weights_name": "", "feature_recipe": {}, "config": {},
+                    "class_names": [], "base_dir": "", **attrs,
+                    "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "uuid": uuid_module.uuid4().hex,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "generation": 0,
+                    "n_features": int(n_features), "next_media_id": 0, "next_object_id": 0}
+            tmp = path.with_name(path.name + ".tmp")
+            _new_file(tmp, full, int(n_features), list(projections))
+            _fsync_path(tmp)
+            os.replace(tmp, path)
+            txn._fsync_dir(path.parent)
+        except BaseException:
+            lock.release()
+            raise
+        return cls(path, lock, fsync=fsync)
+
+    @classmethod
+    def open(cls, path: str | Path, *, description: str = "objsearch", fsync: bool = True) -> CatalogWriter:
+        """Open an existing format 2 index for writing (rolling back a killed writer's transaction first)."""
+        path = Path(path)
+        if not path.is_file():
+            raise IndexFileError(f"index file {path} does not exist")
+        lock = txn.WriterLock(path, description)
+        try:
+            txn.rollback(path)
+        except BaseException:
+            lock.release()
+            raise
+        return cls(path, lock, fsync=fsync)
+
+    def _reload(self) -> None:
+        with txn.FileLock(self.path, exclusive=False):
+            f = _open_read(self.path)
+            try:
+                version, attrs, tables = _load(f, self.path)
+            finally:
+                _close(f)
+        if version != FORMAT_VERSION:
+            raise IndexFileError(f"{self.path} has index format version {version}; run `objsearch convert "
+                                 f"{self.path} NEW.h5` to get a format {FORMAT_VERSION} index that can be updated")
+        self.attrs, self._t = attrs, tables
+        self._size = os.path.getsize(self.path)
+
+    # -- committed state
+    @property
+    def generation(self) -> int:
+        return int(self.attrs["generation"])
+
+    @property
+    def next_media_id(self) -> int:
+        return int(self.attrs["next_media_id"]) + len(self._pending.media_ids)
+
+    @property
+    def next_object_id(self) -> int:
+        return int(self.attrs["next_object_id"]) + sum(len(ids) for ids in self._pending.object_ids)
+
+    @property
+    def n_features(self) -> int:
+        return int(self.attrs["n_features"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.attrs.get("class_names", []))
+
+    @property
+    def dims(self) -> list[int]:
+        return sorted(self._t.projections)
+
+    def projection(self, dims: int) -> _Projection:
+        if dims not in self._t.projections:
+            raise IndexFileError(f"{self.path} holds projections to {self.dims} dims, not {dims}")
+        return self._t.projections[dims]
+
+    def _live_media(self) -> np.ndarray:
+        return np.flatnonzero(self._t.media["alive"])
+
+    def _live_objects(self) -> np.ndarray:
+        return np.flatnonzero(self._t.objects["alive"])
+
+    @property
+    def media_id(self) -> np.ndarray:
+        return self._t.media["id"][self._live_media()]
+
+    @property
+    def media_path(self) -> list[str]:
+        return self._t.media_paths(self._live_media())
+
+    @property
+    def media_file_size(self) -> np.ndarray:
+        return self._t.media["file_size"][self._live_media()]
+
+    @property
+    def media_file_mtime_ns(self) -> np.ndarray:
+        return self._t.media["file_mtime_ns"][self._live_media()]
+
+    @property
+    def media_frame_index(self) -> np.ndarray:
+        return self._t.media["frame_index"][self._live_media()]
+
+    @property
+    def object_id(self) -> np.ndarray:
+        return self._t.objects["id"][self._live_objects()]
+
+    @property
+    def object_media_id(self) -> np.ndarray:
+        return self._t.objects["media_id"][self._live_objects()]
+
+    def iter_features(self, chunk: int = STREAM_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(object_ids (n,) int64, features (n, D) float32)`` of the committed live objects, ``chunk`` rows
+        of the file at a time (memory O(chunk)), e.g. for a streaming PCA fit."""
+        alive, ids = self._t.objects["alive"], self._t.objects["id"]
+        with txn.FileLock(self.path, exclusive=False), _reading(self.path) as f:
+            feats = f["objects/features"]
+            for start in range(0, feats.shape[0], chunk):
+                stop = min(start + chunk, feats.shape[0])
+                keep = alive[start:stop] == 1
+                if keep.any():
+                    yield ids[start:stop][keep], feats[start:stop][keep]
+
+    # -- buffering
+    def add(self, record: MediaRecord) -> tuple[int, np.ndarray]:
+        """Buffer one analysed media item; its ids are assigned now.
+
+        Parameters
+        ----------
+        record : ``record.detections`` with features (n, D) float32, finite boxes and confidences and class ids
+            in [0, len(class_names)); ``record.media.path`` relative to ``base_dir``.
+
+        Returns
+        -------
+        media_id : int
+        object_ids : ndarray of shape (n,), int64
+
+        Raises
+        ------
+        ValueError
+            When the record does not fit this index (feature length, values, thumbnail size).
+        """
+        det, ref = record.detections, record.media
+        n = len(det)
+        feats = det.features if det.features is not None else (np.zeros((0, self.n_features), np.float32)
+                                                                if n == 0 else None)
+        if feats is None or feats.shape != (n, self.n_features):
+            raise ValueError(f"features must have shape ({n}, {self.n_features}), got "
+                             f"{None if det.features is None else det.features.shape}")
+        if not (np.all(np.isfinite(det.xyxy)) and np.all(np.isfinite(det.confidence)) and np.all(np.isfinite(feats))):
+            raise ValueError("boxes, confidences and features must be finite")
+        if n and (det.class_id.min() < 0 or det.class_id.max() >= len(self.class_names)):
+            raise ValueError(f"class ids must be in [0, {len(self.class_names)}), got {det.class_id.min()}.."
+                             f"{det.class_id.max()}")
+        if any(len(t) > MAX_THUMBNAIL_BYTES for t in record.thumbnails):
+            raise ValueError("a thumbnail is larger than 4 MiB")
+        if len(os.fsencode(ref.path)) > MAX_PATH_BYTES:
+            raise ValueError(f"a media path is longer than {MAX_PATH_BYTES} bytes")
+        if not np.isfinite(ref.timestamp_s) or ref.frame_index < -1 or ref.width < 0 or ref.height < 0:
+            raise ValueError(f"invalid media fields: {ref}")
+        media_id = self.next_media_id
+        object_ids = np.arange(self.next_object_id, self.next_object_id + n, dtype=np.int64)
+        self._pending.media.append(record)
+        self._pending.media_ids.append(media_id)
+        self._pending.object_ids.append(object_ids)
+        return media_id, object_ids.copy()
+
+    def remove_media(self, media_ids) -> int:
+        """Buffer the removal of media items and all their objects; returns the number of objects removed.
+        Unknown or already removed ids are ignored."""
+        ids = {int(i) for i in np.asarray(media_ids, np.int64).reshape(-1)}
+        live = set(self.media_id.tolist()) | set(self._pending.media_ids)
+        ids = (ids & live) - self._pending.remove_media
+        self._pending.remove_media |= ids
+        obj_media = np.concatenate([self.object_media_id] + [
+            np.full(len(oid), mid, np.int64) for mid, oid in zip(self._pending.media_ids, self._pending.object_ids)])
+        obj_ids = np.concatenate([self.object_id] + self._pending.object_ids)
+        hit = set(obj_ids[np.isin(obj_media, list(ids))].tolist()) - self._pending.remove_objects
+        self._pending.remove_objects |= hit
+        return len(hit)
+
+    def remove_objects(self, object_ids) -> int:
+        """Buffer the removal of objects; returns how many were live. Unknown or removed ids are ignored."""
+        ids = {int(i) for i in np.asarray(object_ids, np.int64).reshape(-1)}
+        live = set(self.object_id.tolist()) | {int(i) for oid in self._pending.object_ids for i in oid}
+        hit = (ids & live) - self._pending.remove_objects
+        self._pending.remove_objects |= hit
+        return len(hit)
+
+    def set_skipped(self, skipped: list[SkippedFile]) -> None:
+        """Replace the list of skipped files at the next commit."""
+        self._pending.skipped = [SkippedFile(str(s.path), str(s.reason)) for s in skipped]
+
+    def set_attrs(self, **attrs) -> None:
+        """Set root attributes at the next commit (the format's own bookkeeping attributes cannot be set)."""
+        reserved = {"format", "format_version", "uuid", "created", "generation", "n_features", "next_media_id",
+                    "next_object_id", *_META_ATTRS}
+        bad = sorted(set(attrs) & reserved)
+        if bad:
+            raise ValueError(f"attributes {bad} are managed by the catalog and cannot be set")
+        if "state" in attrs and attrs["state"] not in _STATES:
+            raise ValueError(f"state must be one of {_STATES}, got {attrs['state']!r}")
+        if "class_names" in attrs and not all(isinstance(n, str) for n in attrs["class_names"]):
+            raise ValueError("class_names must be a list of str")
+        self._pending.attrs.update(attrs)
+
+    def set_projection(self, proj: _Projection) -> None:
+        """Add or replace the projection to ``proj.n_components`` dims at the next commit; its vectors are computed
+        then for every row from the stored features, 65536 rows at a time."""
+        _check_projection(proj, self.n_features)
+        self._pending.projections[int(proj.n_components)] = proj
+
+    def rollback(self) -> None:
+        """Drop everything buffered since the last commit (ids handed out are not reused... by anyone: they are
+        simply never stored)."""
+        self._pending = _Pending()
+
+    # -- the transaction
+    def commit(self, **attrs) -> int:
+        """Apply everything buffered (and ``attrs``) in one transaction; returns the new generation.
+
+        Raises
+        ------
+        ValueError
+            For attributes that cannot be set (nothing is applied).
+        IndexFileError
+            When the file changed under the lock or an I/O error occurred (the transaction is rolled back).
+        """
+        if attrs:
+            self.set_attrs(**attrs)
+        p = self._pending
+        if not p:
+            return self.generation
+        t = self._t
+        started = time.perf_counter()
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            lock = txn.FileLock(self.path, exclusive=True, fd=fd)
+            try:
+                if os.fstat(fd).st_size != self._size or txn.undo_path(self.path).exists():
+                    raise IndexFileError(f"{self.path} changed while this writer held it; open it again")
+                undo = txn.UndoLog(txn.undo_path(self.path), self._size, fsync=self._fsync)
+                jfile = txn.JournaledFile(fd, undo)
+                try:
+                    new_attrs, new_tables = self._apply(jfile)
+                    if self._fsync:
+                        os.fsync(fd)
+                except BaseException:
+                    undo.close()
+                    self._restore(fd, undo)
+                    raise
+                undo.remove()  # the commit point
+            finally:
+                lock.release()
+        finally:
+            os.close(fd)
+        self.attrs, self._t = new_attrs, new_tables
+        self._size = os.path.getsize(self.path)
+        self._pending = _Pending()
+        self.last_commit_stats = {"seconds": time.perf_counter() - started, "writes": jfile.n_writes,
+                                  "bytes_written": jfile.bytes_written, "undo_bytes": len(jfile._saved) * txn.PAGE}
+        LOGGER.debug("committed generation %d of %s: %s", self.generation, self.path, self.last_commit_stats)
+        return self.generation
+
+    def _restore(self, fd: int, undo: txn.UndoLog) -> None:
+        """Roll back the failed transaction in place (the exclusive lock on ``fd`` is held)."""
+        parsed = txn.read_undo(undo.path)
+        if parsed is not None:
+            size, ranges = parsed
+            for offset, payload in ranges:
+                os.pwrite(fd, payload, offset)
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        os.unlink(undo.path)
+
+    def _apply(self, jfile: txn.JournaledFile) -> tuple[dict, _Tables]:
+        """Write the pending changes through ``jfile``; returns the new attrs and tables (nothing in self changes)."""
+        p, t = self._pending, self._t
+        D = self.n_features
+        recs = p.media
+        m_new = {
+            "id": np.array(p.media_ids, np.int64),
+            "width": np.array([r.media.width for r in recs], np.int32),
+            "height": np.array([r.media.height for r in recs], np.int32),
+            "frame_index": np.array([r.media.frame_index for r in recs], np.int64),
+            "timestamp_s": np.array([r.media.timestamp_s for r in recs], np.float64),
+            "file_size": np.array([r.media.file_size for r in recs], np.int64),
+            "file_mtime_ns": np.array([r.media.file_mtime_ns for r in recs], np.int64),
+            "alive": np.ones(len(recs), np.uint8),
+        }
+        paths = [os.fsencode(r.media.path) for r in recs]
+        det = Detections.concat([r.detections for r in recs]) if recs else Detections.empty(D)
+        feats = det.features if det.features is not None and len(det) else np.zeros((0, D), np.float32)
+        o_new = {
+            "id": np.concatenate(p.object_ids) if recs else np.zeros(0, np.int64),
+            "media_id": np.concatenate([np.full(len(r.detections), mid, np.int64)
+                                        for mid, r in zip(p.media_ids, recs)]) if recs else np.zeros(0, np.int64),
+            "xyxy": det.xyxy, "confidence": det.confidence, "class_id": det.class_id,
+            "alive": np.ones(len(det), np.uint8),
+        }
+        thumbs = [bytes(b) for r in recs for b in r.thumbnails]
+        kept = {d: proj for d, proj in t.projections.items() if d not in p.projections}
+        vectors = {d: proj.transform(feats) for d, proj in kept.items()}
+        with h5py.File(jfile, "r+", libver=LIBVER, locking=False) as f:
+            n_media0, n_obj0 = f["media/id"].shape[0], f["objects/id"].shape[0]
+            if n_media0 != len(t.media["id"]) or n_obj0 != len(t.objects["id"]):
+                raise IndexFileError(f"{self.path} changed while this writer held it; open it again")
+            path_base = f["media/path_bytes"].shape[0]
+            thumb_base = f["thumbnails"].shape[0]
+            _append(f, m_new, paths, o_new, feats, thumbs, vectors)
+            n_rows = n_obj0 + len(thumbs)
+            for d, proj in p.projections.items():
+                _create_projection(f, proj, n_rows)
+                _fill_vectors(f, d, proj)
+            # tombstones (rows of committed and just appended items)
+            all_media_ids = np.concatenate([t.media["id"], m_new["id"]])
+            all_obj_ids = np.concatenate([t.objects["id"], o_new["id"]])
+            media_rows = np.flatnonzero(np.isin(all_media_ids, list(p.remove_media)))
+            obj_rows = np.flatnonzero(np.isin(all_obj_ids, list(p.remove_objects)))
+            _write_alive(f["media/alive"], media_rows)
+            _write_alive(f["objects/alive"], obj_rows)
+            if p.skipped is not None:
+                blob = json.dumps([[s.path, s.reason] for s in p.skipped]).encode("utf-8", "surrogateescape")
+                ds = f["skipped"]
+                ds.resize(len(blob), axis=0)
+                if blob:
+                    ds[:] = np.frombuffer(blob, np.uint8)
+            attrs = {**self.attrs, **p.attrs, "generation": self.generation + 1,
+                     "next_media_id": self.next_media_id, "next_object_id": self.next_object_id}
+            encoded = _encode_attrs(attrs)
+            for key in set(f.attrs.keys()) - set(encoded):
+                del f.attrs[key]
+            for key, value in encoded.items():
+                old = f.attrs.get(key)
+                if old is None or type(old) is not type(value) or old != value:
+                    f.attrs[key] = value
+        # the new in-memory tables
+        lengths = np.array([len(x) for x in paths], np.int64)
+        m_new["path_length"] = lengths.astype(np.int32)
+        m_new["path_offset"] = path_base + np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)[:len(paths)]
+        tl = np.array([len(x) for x in thumbs], np.int64)
+        o_new["thumb_length"] = tl.astype(np.int32)
+        o_new["thumb_offset"] = thumb_base + np.concatenate([[0], np.cumsum(tl)[:-1]]).astype(np.int64)[:len(thumbs)]
+        o_new["class_id"] = o_new["class_id"].astype(np.int64)
+        media = {k: np.concatenate([t.media[k], np.asarray(m_new[k], t.media[k].dtype)]) for k in t.media}
+        objects = {k: np.concatenate([t.objects[k], np.asarray(o_new[k], t.objects[k].dtype)]) for k in t.objects}
+        media["alive"][media_rows] = 0
+        objects["alive"][obj_rows] = 0
+        tables = _Tables(media, t.path_bytes + b"".join(paths), objects, thumb_base + int(tl.sum()),
+                         projections={**kept, **p.projections},
+                         skipped=list(t.skipped) if p.skipped is None else list(p.skipped))
+        return _decode_attrs(encoded, self.path), tables
+
+    # -- compaction
+    def compact(self) -> tuple[int, int]:
+        """Rewrite the live rows into ``path.tmp`` (ids, uuid kept; generation + 1) and rename it over the index.
+
+        Returns ``(rows before, rows after)`` of /objects. Raises ValueError when changes are buffered.
+        """
+        if self._pending:
+            raise ValueError("commit or drop the buffered changes before compacting")
+        before = len(self._t.objects["id"])
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        attrs = {**self.attrs, "generation": self.generation + 1}
+        with txn.FileLock(self.path, exclusive=False), _reading(self.path) as src:
+            _copy_live(src, tmp, attrs, self._t, 2)
+        _fsync_path(tmp)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            with txn.FileLock(self.path, exclusive=True, fd=fd):
+                os.replace(tmp, self.path)
+                txn._fsync_dir(self.path.parent)
+        finally:
+            os.close(fd)
+        self._reload()
+        return before, len(self._t.objects["id"])
+
+    def close(self) -> None:
+        """Drop anything uncommitted and release the writer lock."""
+        self._pending = _Pending()
+        self._lock.release()
+
+    def __enter__(self) -> CatalogWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _check_projection(proj: _Projection, n_features: int) -> None:
+    if not hasattr(proj, "components_") or getattr(proj, "n_features_in_", None) != n_features:
+        raise ValueError(f"projections must be fitted on {n_features} features, got "
+                         f"{getattr(proj, 'n_features_in_', 'an unfitted one')}")
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _copy_live(src: h5py.File, dst: Path, attrs: dict, t: _Tables, version: int) -> None:
+    """Write the live rows of ``src`` (loaded as ``t``) into a new format 2 file ``dst``; vectors are copied."""
+    n_features = int(attrs["n_features"])
+    _new_file(dst, attrs, n_features, [])
+    m, o = t.media, t.objects
+    media_rows = np.flatnonzero(m["alive"])
+    obj_rows = np.flatnonzero(o["alive"])
+    fapl_kw = {"libver": LIBVER, "locking": False}
+    with h5py.File(dst, "r+", **fapl_kw) as f:
+        for proj in t.projections.values():
+            _create_projection(f, proj, 0)
+        _append(f, {k: v[media_rows] for k, v in m.items()}, [os.fsencode(p) for p in t.media_paths(media_rows)],
+                {}, np.zeros((0, n_features), np.float32), [], {})
+        feats = src["objects/features"]
+        for start in range(0, len(obj_rows), STREAM_ROWS):
+            rows = obj_rows[start:start + STREAM_ROWS]
+            lo, hi = int(rows[0]), int(rows[-1]) + 1
+            block = feats[lo:hi][rows - lo]
+            vectors = {d: src[f"projections/{d}/vectors"][lo:hi][rows - lo] for d in t.projections}
+            if version == 1:
+                thumbs = [x.tobytes() for x in src["objects/thumbnail"][lo:hi][rows - lo]]
+            else:
+                t_lo = int(o["thumb_offset"][rows].min())
+                t_hi = int((o["thumb_offset"][rows] + o["thumb_length"][rows]).max())
+                blob = src["thumbnails"][t_lo:t_hi].tobytes()
+                thumbs = [blob[int(a) - t_lo:int(a) - t_lo + int(n)]
+                          for a, n in zip(o["thumb_offset"][rows], o["thumb_length"][rows])]
+            _append(f, {}, [], {k: o[k][rows] for k in ("id", "media_id", "xyxy", "confidence", "class_id", "alive")},
+                    block, thumbs, vectors)
+        if t.skipped:
+            blob = json.dumps([[s.path, s.reason] for s in t.skipped]).encode("utf-8", "surrogateescape")
+            _extend(f["skipped"], np.frombuffer(blob, np.uint8))
+
+
+def compact(path: str | Path, *, description: str = "objsearch compact") -> tuple[int, int]:
+    """Reclaim removed rows of a format 2 index under the writer lock; returns ``(rows before, rows after)``.
+
+    Raises
+    ------
+    IndexLockedError
+        When another writer holds the index.
+    """
+    with CatalogWriter.open(path, description=description) as writer:
+        return writer.compact()
+
+
+def convert(src: str | Path, dst: str | Path, *, overwrite: bool = False) -> int:
+    """Write a format 2 index ``dst`` from a format 1 (or 2) index ``src`` (ids = the old rows); returns the number
+    of objects.
+
+    Raises
+    ------
+    IndexFileError
+        When ``dst`` is ``src``, or exists and ``overwrite`` is False, or ``src`` is not a readable index.
+    """
+    src, dst = Path(src), Path(dst)
+    if src.resolve() == dst.resolve() or (dst.exists() and src.exists() and os.path.samefile(src, dst)):
+        raise IndexFileError(f"convert writes a new file; {dst} is the source itself")
+    if dst.exists() and not overwrite:
+        raise IndexFileError(f"{dst} already exists; pass overwrite to replace it")
+    with Catalog(src) as cat, txn.FileLock(cat.path, exclusive=False):
+        f = cat._file
+        version, attrs, t = _load(f, cat.path)
+        if not attrs.get("class_names") and len(t.objects["id"]):
+            raise IndexFileError(f"{src} has objects but no class names")
+        full = {"state": "ready", "weights_sha256": "", "weights_name": "", "feature_recipe": {}, "config": {},
+                "class_names": [], "base_dir": "", **attrs,
+                "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+                "uuid": attrs.get("uuid") or uuid_module.uuid4().hex,
+                "created": str(attrs.get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))),
+                "generation": int(attrs.get("generation", 0)),
+                "n_features": int(attrs["n_features"]),
+                "next_media_id": int(t.media["id"][-1]) + 1 if len(t.media["id"]) else 0,
+                "next_object_id": int(t.objects["id"][-1]) + 1 if len(t.objects["id"]) else 0}
+        if version == 2:
+            full["next_media_id"], full["next_object_id"] = attrs["next_media_id"], attrs["next_object_id"]
+        lock = txn.WriterLock(dst, "objsearch convert")
+        try:
+            tmp = dst.with_name(dst.name + ".tmp")
+            _copy_live(f, tmp, full, t, version)
+            _fsync_path(tmp)
+            os.replace(tmp, dst)
+            txn._fsync_dir(dst.parent)
+        finally:
+            lock.release()
+    return int(t.objects["alive"].sum())
