@@ -119,11 +119,16 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from the image header without decoding the pixels (Pillow reads only the header), or None when
     Pillow does not know the format."""
     import io
+    import sys
 
     from PIL import Image, UnidentifiedImageError
 
+    # ultralytics replaces PIL.Image.open with a wrapper that tries to pip-install a HEIF plugin whenever Pillow
+    # cannot identify a file; use the original it keeps
+    patches = sys.modules.get("ultralytics.utils.patches")
+    image_open = getattr(patches, "_image_open", None) or Image.open
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with image_open(io.BytesIO(data)) as im:
             return int(im.size[0]), int(im.size[1])
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None

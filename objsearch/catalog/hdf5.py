@@ -997,6 +997,19 @@ class CatalogWriter:
         return int(self.attrs["n_features"])
 
     @property
+    def base_dir(self) -> str:
+        return str(self.attrs.get("base_dir", ""))
+
+    @property
+    def weights_sha256(self) -> str:
+        return str(self.attrs.get("weights_sha256", ""))
+
+    @property
+    def skipped(self) -> list[SkippedFile]:
+        """The skipped files, committed ones or those set since."""
+        return list(self._pending.skipped if self._pending.skipped is not None else self._t.skipped)
+
+    @property
     def class_names(self) -> list[str]:
         return list(self.attrs.get("class_names", []))
 
