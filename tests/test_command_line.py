@@ -180,7 +180,7 @@ def broken_index(request, small_index, tmp_path):
 
 
 BROKEN = [("text", "not a readable HDF5 file"), ("truncated", "truncated"), ("foreign", "not an objsearch index"),
-          ("version", "format version 99"), ("missing_dataset", "damaged objsearch index")]
+          ("version", "format version 99"), ("missing_dataset", "is damaged: dataset /objects/xyxy is missing")]
 
 
 @pytest.mark.parametrize(("broken_index", "message"), BROKEN, indirect=["broken_index"])

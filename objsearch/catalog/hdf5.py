@@ -403,7 +403,9 @@ def _format_version(f: h5py.File, path: Path) -> int:
         raise IndexFileError(f"{path} is an HDF5 file but not an objsearch index (no format={FORMAT_NAME!r})")
     version = f.attrs.get("format_version")
     if not isinstance(version, np.integer) or isinstance(version, np.bool_) or int(version) not in (1, 2):
-        raise IndexFileError(f"{path} has index format version {version!r}; this objsearch reads the integers 1 and 2")
+        shown = int(version) if isinstance(version, np.integer) else repr(
+            version.item() if isinstance(version, np.generic) else version)
+        raise IndexFileError(f"{path} has index format version {shown}; this objsearch reads the integers 1 and 2")
     return int(version)
 
 
