@@ -43,20 +43,18 @@ def load_detector(cfg: dict, weights: str | None = None):
         raise WeightsNotFoundError(f"{exc} (looked in: {'; '.join(looked)})") from None
 
 
-def detector_for_index(catalog, cfg: dict, *, weights: str | None = None, detector=None):
-    """The detector an index was built with, loaded only from places the user controls.
+def weights_for_index(catalog, cfg: dict, *, weights: str | None = None) -> str:
+    """The checkpoint an index was built with, found only among places the user controls.
 
-    An index never chooses code: its ``weights_sha256`` only checks candidates. Candidates, in order: ``weights``
-    (``--weights``), ``detector`` (one already loaded, e.g. for the previous index), the configuration's weights,
-    ``$OBJSEARCH_WEIGHTS``, the project's ``weights/*.pt`` and the shared data's weights. The first whose sha256
-    matches is loaded with the index's recipe and thresholds.
+    An index never chooses code: its ``weights_sha256`` only checks candidates. With ``weights`` (``--weights``) that
+    file must match; otherwise the candidates are the configuration's weights, ``$OBJSEARCH_WEIGHTS``, the project's
+    ``weights/*.pt`` and the shared data's weights (``objsearch.weights.trusted_weights``), and the first whose
+    sha256 matches is returned.
 
     Raises
     ------
     WeightsMismatchError
-        When ``weights`` is given and differs from the index's, or no candidate matches.
-    IndexFileError
-        When the index's features were made by another recipe version.
+        When ``weights`` differs from the index's, or no candidate matches.
     WeightsNotFoundError
         When ``weights`` names no file.
     """
@@ -64,31 +62,37 @@ def detector_for_index(catalog, cfg: dict, *, weights: str | None = None, detect
 
     want = catalog.weights_sha256
     name = catalog.attrs.get("weights_name", "?")
-    chosen = None
     if weights is not None:
         path, _ = resolve_weights(weights)
         if Path(path).is_file() and file_sha256(path) != want:
             raise WeightsMismatchError(
                 f"{catalog.path} was built with weights {name} (sha256 {want[:12]}…), but {Path(path).name} is "
                 f"another file; pass the matching --weights")
-        chosen = path
-    elif detector is not None and detector.weights_sha256 == want:
-        pass
-    else:
-        detector = None
-        for candidate in trusted_weights(cfg.get("weights")):
-            try:
-                if file_sha256(candidate) == want:
-                    chosen = str(candidate)
-                    break
-            except OSError:
-                continue
-        if chosen is None:
-            raise WeightsMismatchError(
-                f"{catalog.path} was built with weights {name} (sha256 {want[:12]}…), which are not among the "
-                f"weights objsearch may load here; pass that file with --weights")
-    if detector is None or (chosen is not None and detector.weights_sha256 != want):
-        detector = load_detector(cfg, chosen)
+        return path
+    for candidate in trusted_weights(cfg.get("weights")):
+        try:
+            if file_sha256(candidate) == want:
+                return str(candidate)
+        except OSError:
+            continue
+    raise WeightsMismatchError(
+        f"{catalog.path} was built with weights {name} (sha256 {want[:12]}…), which are not among the weights "
+        f"objsearch may load here; pass that file with --weights")
+
+
+def detector_for_index(catalog, cfg: dict, *, weights: str | None = None, detector=None):
+    """The detector an index was built with: ``detector`` when its weights match (e.g. the one of the index opened
+    before), else one loaded from ``weights_for_index``, with the index's recipe and thresholds.
+
+    Raises
+    ------
+    WeightsMismatchError, WeightsNotFoundError
+        See ``weights_for_index``.
+    IndexFileError
+        When the index's features were made by another recipe version.
+    """
+    if weights is not None or detector is None or detector.weights_sha256 != catalog.weights_sha256:
+        detector = load_detector(cfg, weights_for_index(catalog, cfg, weights=weights))
     made, stored = detector.feature_recipe(), catalog.attrs["feature_recipe"]
     if (made["n_features"], made["version"]) != (stored.get("n_features"), stored.get("version")):
         raise IndexFileError(

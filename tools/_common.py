@@ -17,8 +17,8 @@ def coco128_index(index: Path | None, device: str = "cpu"):
     if index is not None:
         yield Path(index)
         return
+    from objsearch.analysis import analyze
     from objsearch.config import load_config
-    from objsearch.engine import analyze
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "coco128.h5"

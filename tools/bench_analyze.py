@@ -33,8 +33,10 @@ def main() -> None:
     import torch
     from ultralytics import YOLO
 
+    from objsearch.analysis import analyze
     from objsearch.config import load_config
-    from objsearch.engine import analyze, list_images, load_detector
+    from objsearch.engine import load_detector
+    from objsearch.media import list_images
 
     cfg = load_config(None, device=args.device)
     detector = load_detector(cfg)

@@ -59,10 +59,13 @@ def main() -> None:
     if any(f is None for f in frames):
         sys.exit(f"error: {args.video} has fewer than {args.start + args.frames} frames")
 
-    from objsearch.store import IndexFile
+    from objsearch.catalog import Catalog
+    from objsearch.config import load_config
+    from objsearch.engine import weights_for_index
 
-    with IndexFile(index) as f:
-        weights, conf = f.attrs["weights_path"], float(f.attrs["config"]["conf"])
+    with Catalog(index) as f:
+        conf = float(f.attrs["config"]["conf"])
+        weights = weights_for_index(f, load_config(None, device=args.device))
     yolo = YOLO(weights)
     yolo.predict(frames[0], verbose=False, device=args.device, conf=conf)  # ultralytics sets torch's threads here
     if args.threads:
@@ -127,7 +130,7 @@ def main() -> None:
         live_fps.append(live())
     med = statistics.median
     print(f"machine: {os.cpu_count()} cores, device {args.device}, {threads} torch thread(s) for both sides; index "
-          f"{index} ({len(window.searcher.index.class_id)} objects, {window.searcher.dims} dims, "
+          f"{index} ({len(window.searcher.catalog.object_id)} objects, {window.searcher.dims} dims, "
           f"{window.searcher.neighbors(window.searcher.dims).method}); video {args.video.name} frames "
           f"{args.start}-{args.start + args.frames - 1} ({frames[0].shape[1]}x{frames[0].shape[0]}); "
           f"k={window.settings.k}; {args.rounds} alternating rounds, medians")

@@ -32,33 +32,33 @@ def main() -> None:
     import torch
     from ultralytics import YOLO
 
-    from objsearch.engine import Searcher
+    from objsearch.engine import Engine
 
     stack = contextlib.ExitStack()
     index = stack.enter_context(coco128_index(args.index, args.device))
-    searcher = Searcher(index, device=args.device)
+    searcher = Engine(index, device=args.device)
     yolo = YOLO(searcher.detector.weights_path)
     source = str(args.image)
     for _ in range(3):  # warm-up both
         yolo.predict(source, verbose=False, device=args.device)
-        searcher.to_json(searcher.search_file(args.image, args.k))
+        searcher.search_file(args.image, k=args.k).to_dict()
     bare, ours, stages = [], [], {}
     for _ in range(args.repeats):
         t0 = time.perf_counter()
         yolo.predict(source, verbose=False, device=args.device)
         bare.append((time.perf_counter() - t0) * 1e3)
         t0 = time.perf_counter()
-        payload = searcher.to_json(searcher.search_file(args.image, args.k))
+        payload = searcher.search_file(args.image, k=args.k).to_dict()
         ours.append((time.perf_counter() - t0) * 1e3)
         for name, ms in payload["timings_ms"].items():
             stages.setdefault(name, []).append(ms)
     med = statistics.median
     print(f"machine: {torch.get_num_threads()} torch threads, device {args.device}; index {index} "
-          f"({len(searcher.index)} objects, {searcher.dims} dims); image {args.image.name}; "
+          f"({len(searcher.catalog.object_id)} objects, {searcher.dims} dims); image {args.image.name}; "
           f"{len(payload['objects'])} objects, k={args.k}; {args.repeats} interleaved repeats, medians")
     for name in ("decode", "detect", "features", "search", "assemble"):
         print(f"  {name:<9} {med(stages[name]):8.2f} ms")
-    print(f"  {'query':<9} {med(ours):8.2f} ms   (wall time of search_file + to_json)")
+    print(f"  {'query':<9} {med(ours):8.2f} ms   (wall time of search_file + to_dict)")
     print(f"  {'predict':<9} {med(bare):8.2f} ms   (bare YOLO.predict on the same file)")
     print(f"ratio query / bare predict: {med(ours) / med(bare):.3f}  (target <= 1.25)")
     searcher.close()

@@ -4,8 +4,10 @@ The numbers are those of ReverseObjectSearchFast (COCO, 376,459 objects from 136
 from the real objects of a real index (default: coco128 analysed with our detector, built on the fly): each synthetic
 object copies a real object's class, box, confidence and thumbnail (real JPEG bytes, so the file size per object is
 realistic) and takes that object's raw feature plus Gaussian noise (``--noise`` times the per-dimension standard
-deviation of the real features). Projections are stored at 16, 32, 64, 128 and 256 dims (random, seed 0).
-Every index it writes says ``synthetic: true`` in its attributes and configuration. Never commit its output.
+deviation of the real features). Projections are stored at 16, 32, 64, 128 and 256 dims (random, seed 0). It is
+written through the catalog writer like any index (format 2, stable ids), in commits of ``--commit`` images, so
+memory stays bounded. Every index it writes says ``synthetic: true`` in its attributes and configuration. Never
+commit its output.
 
 Usage::
 
@@ -33,47 +35,56 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.25)
     parser.add_argument("--dims", default="16,32,64,128,256")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--commit", type=int, default=20_000, help="images per transaction")
     args = parser.parse_args()
 
+    from objsearch.catalog import Catalog, CatalogWriter
     from objsearch.config import parse_dims
     from objsearch.projection import make_projection
-    from objsearch.store import IndexFile, write_index_arrays
+    from objsearch.types import Detections, MediaRecord, MediaRef
 
     t0 = time.perf_counter()
     stack = contextlib.ExitStack()
     source = stack.enter_context(coco128_index(args.index))
-    with IndexFile(source) as real:
-        n_real = len(real)
-        feats = real.features(np.arange(n_real))
-        thumbs = [real.thumbnail(i) for i in range(n_real)]
-        attrs = {k: v for k, v in real.attrs.items() if k not in ("format", "format_version", "created", "skipped")}
+    with Catalog(source) as real:
+        n_real = len(real.object_id)
+        feats = real.features(real.object_id)
+        thumbs = [real.thumbnail(i) for i in real.object_id]
+        attrs = {k: real.attrs[k] for k in ("weights_sha256", "weights_name", "feature_recipe", "config",
+                                             "class_names") if k in real.attrs}
         xyxy, conf, cls = real.xyxy, real.confidence, real.class_id
-        widths, heights = real.image_width[real.image_id], real.image_height[real.image_id]
+        rows = real.media_rows(real.object_media_id)
+        widths, heights = real.media_width[rows], real.media_height[rows]
     rng = np.random.default_rng(args.seed)
     n, n_img = args.objects, args.images
     if n < n_img:
         raise SystemExit("--objects must be >= --images (every image holds at least one object)")
     source_id = rng.integers(0, n_real, n)
-    image_id = np.sort(np.concatenate([np.arange(n_img), rng.integers(0, n_img, n - n_img)]))
+    image_of = np.sort(np.concatenate([np.arange(n_img), rng.integers(0, n_img, n - n_img)]))
     std = feats.std(0, keepdims=True)
-    features = np.empty((n, feats.shape[1]), np.float32)
-    for start in range(0, n, 65536):
-        sl = slice(start, min(n, start + 65536))
-        features[sl] = feats[source_id[sl]] + args.noise * std * rng.standard_normal((sl.stop - sl.start, feats.shape[1]), dtype=np.float32)
-    first = np.searchsorted(image_id, np.arange(n_img))
+    first = np.searchsorted(image_of, np.arange(n_img + 1))
     dims = parse_dims(args.dims)
-    projections = [make_projection("random", d, 0).fit(features[:1]) for d in dims]
+    projections = [make_projection("random", d, 0).fit(feats[:1]) for d in dims]
     config = {**attrs.get("config", {}), "dims": dims, "projection": "random", "seed": 0, "synthetic": True}
-    attrs.update(config=config, synthetic=True, base_dir="/synthetic",
+    attrs.update(config=config, synthetic=True, base_dir="/synthetic", state="ready",
                  description=f"SYNTHETIC: {n} objects over {n_img} images made from the {n_real} real objects of "
                              f"{source.name} (features + {args.noise} std noise); not real images")
-    write_index_arrays(
-        args.output,
-        image_path=[f"synthetic/{i:06d}.jpg" for i in range(n_img)],
-        width=widths[source_id[first]], height=heights[source_id[first]],
-        image_id=image_id, xyxy=xyxy[source_id], confidence=conf[source_id], class_id=cls[source_id],
-        features=features, thumbnails=[thumbs[j] for j in source_id], projections=projections, attrs=attrs,
-    )
+    writer = CatalogWriter.create(args.output, attrs=attrs, n_features=feats.shape[1], projections=projections,
+                                  overwrite=True, fsync=False)
+    try:
+        for i in range(n_img):
+            sl = slice(first[i], first[i + 1])
+            src = source_id[sl]
+            noise = args.noise * std * rng.standard_normal((len(src), feats.shape[1]), dtype=np.float32)
+            j = src[0]
+            dets = Detections(xyxy[src], conf[src], cls[src], feats[src] + noise)
+            media = MediaRef(path=f"synthetic/{i:06d}.jpg", width=int(widths[j]), height=int(heights[j]))
+            writer.add(MediaRecord(media, dets, [thumbs[s] for s in src]))
+            if (i + 1) % args.commit == 0:
+                writer.commit()
+        writer.commit()
+    finally:
+        writer.close()
     size = args.output.stat().st_size
     print(f"SYNTHETIC index {args.output}: {n} objects, {n_img} images, dims {dims}, from {n_real} real objects; "
           f"{size / 1e9:.2f} GB ({size / n / 1e3:.2f} kB per object); {time.perf_counter() - t0:.0f} s")
