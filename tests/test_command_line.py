@@ -288,3 +288,38 @@ def test_real_subprocess_errors_are_one_line(small_index, tmp_path):
 def test_no_arguments_prints_help():
     result = invoke()
     assert "analyze" in result.output and "query" in result.output and "eval" in result.output
+
+
+# ---------------------------------------------------------------------------------------------------- weights
+NETWORK_NOISE = ("GitHub", "NameResolution", "Downloading", "github.com")
+
+
+@pytest.mark.parametrize("offline", ["1", None], ids=["YOLO_OFFLINE=1", "YOLO_OFFLINE-unset"])
+@pytest.mark.parametrize("weights", ["nope.pt", "/tmp/does/not/exist.pt"])
+def test_missing_local_weights_are_one_line_without_network_noise(small_index, weights, offline):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "YOLO_OFFLINE"}
+    if offline:
+        env["YOLO_OFFLINE"] = offline
+    proc = run_cli("query", BUS, "-i", small_index[0], "--weights", weights, env=env, timeout=120)
+    assert proc.returncode == 4, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "does not exist" in lines[0], proc.stderr
+    assert proc.stdout == ""
+    assert not any(noise in proc.stderr for noise in NETWORK_NOISE), proc.stderr
+
+
+def test_release_names_offline_are_our_error_and_are_ultralytics_assets(monkeypatch):
+    from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES
+
+    from objsearch.errors import WeightsNotFoundError
+    from objsearch.weights import RELEASE_NAMES, resolve_weights
+
+    assert "yolov8n.pt" in RELEASE_NAMES and RELEASE_NAMES <= GITHUB_ASSETS_NAMES
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    with pytest.raises(WeightsNotFoundError, match="cannot be downloaded offline"):
+        resolve_weights("yolov8s.pt")
+    with pytest.raises(WeightsNotFoundError, match="not one of ultralytics' release names"):
+        resolve_weights("nope.pt")
+    assert resolve_weights(WEIGHTS) == (str(WEIGHTS), [str(WEIGHTS)])
