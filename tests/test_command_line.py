@@ -323,3 +323,30 @@ def test_release_names_offline_are_our_error_and_are_ultralytics_assets(monkeypa
     with pytest.raises(WeightsNotFoundError, match="not one of ultralytics' release names"):
         resolve_weights("nope.pt")
     assert resolve_weights(WEIGHTS) == (str(WEIGHTS), [str(WEIGHTS)])
+
+
+# ---------------------------------------------------------------------------------------------------- threads
+def thread_counts(*args, **env) -> dict:
+    import os
+
+    base = {k: v for k, v in os.environ.items() if k not in ("OBJSEARCH_THREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    proc = run_cli(*args, "threads", env={**base, **env}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_threads_option_and_environment_set_torch_and_opencv():
+    import os
+
+    default = max(1, (os.cpu_count() or 1) - 1)
+    assert thread_counts() == {"torch": default, "cv2": default, "omp_wait_policy": "PASSIVE"}
+    assert thread_counts("--threads", 1) == {"torch": 1, "cv2": 1, "omp_wait_policy": "PASSIVE"}
+    assert thread_counts("--threads", 3)["torch"] == 3
+    assert thread_counts(OBJSEARCH_THREADS="3")["torch"] == 3
+    assert thread_counts("--threads", 1, OBJSEARCH_THREADS="3")["torch"] == 1  # the flag wins
+    assert thread_counts(OMP_WAIT_POLICY="ACTIVE")["omp_wait_policy"] == "ACTIVE"  # a user's choice is kept
+
+
+def test_threads_option_rejects_zero():
+    proc = run_cli("--threads", 0, "threads", timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "--threads" in proc.stderr
