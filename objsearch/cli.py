@@ -50,9 +50,29 @@ def handle_errors(func):
     return wrapper
 
 
+NO_TORCH_COMMANDS = {"info"}  # these do not pay for importing torch (about 2.5 s) just to set its threads
+
+
 @app.callback()
-def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False) -> None:
+def _setup(
+    ctx: typer.Context,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
+    threads: Annotated[Optional[int], typer.Option(
+        "--threads", min=1, envvar="OBJSEARCH_THREADS", show_default=False,
+        help="CPU threads for the detector, OpenCV and faiss (default: CPU cores - 1, at least 1).")] = None,
+) -> None:
+    from objsearch.threads import set_threads
+
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    set_threads(threads, load=ctx.invoked_subcommand not in NO_TORCH_COMMANDS)  # before any work
+
+
+@app.command("threads", hidden=True)
+def show_threads() -> None:
+    """Print the thread counts in use as JSON (a diagnostic for --threads)."""
+    from objsearch.threads import thread_counts
+
+    typer.echo(json.dumps(thread_counts()))
 
 
 def _progress_bar(total: int, desc: str):

@@ -46,6 +46,8 @@ class LiveResult:
     timings_ms : detect, features, search, assemble, thumbnails (and whatever ``compose`` adds).
     fps : processed frames per second over the last two seconds. dropped : frames the slot dropped so far.
     extra : what ``compose`` returned (the app's rendered rows).
+    generation : the slot's generation the frame was taken under (``FrameSlot.generation``); a consumer drops a
+        result whose generation is no longer the slot's.
     """
 
     frame: Frame
@@ -55,6 +57,7 @@ class LiveResult:
     fps: float = 0.0
     dropped: int = 0
     extra: object = None
+    generation: int = 0
 
 
 class ThumbnailCache:
@@ -152,7 +155,9 @@ class LivePipeline(threading.Thread):
     ----------
     searcher : an ``objsearch.engine.Engine`` (replace it with ``set_searcher``).
     slot : frames to search; stale ones were already dropped by the slot.
-    on_result : called in this thread with each ``LiveResult``.
+    on_result : called in this thread with each ``LiveResult`` whose generation is still the slot's (a result
+        made before a source change, pause, seek or settings change, ``FrameSlot.advance``, is dropped; results
+        already handed on carry their ``generation`` so the receiver can drop them too).
     on_error : called in this thread with a one-line message when a frame fails; the pipeline keeps running.
     settings : read at every frame.
     compose : optional, called in this thread with the ``LiveResult`` before ``on_result``; its return value goes to
@@ -170,6 +175,7 @@ class LivePipeline(threading.Thread):
         self._halt = threading.Event()
         self._times: collections.deque[float] = collections.deque(maxlen=64)
         self.n_frames = 0
+        self.n_stale = 0  # results dropped because the slot's generation moved on while they were made
         self.searcher = None
         self.cache = None
         self.set_searcher(searcher)
@@ -196,9 +202,10 @@ class LivePipeline(threading.Thread):
 
     def run(self) -> None:
         while not self._halt.is_set():
-            frame = self.slot.get(timeout=0.1)
-            if frame is None or self._halt.is_set():
+            item = self.slot.take(timeout=0.1)
+            if item is None or self._halt.is_set():
                 continue
+            frame, generation = item
             with self._lock:
                 searcher, cache = self.searcher, self.cache
                 if searcher is None:
@@ -210,14 +217,19 @@ class LivePipeline(threading.Thread):
                         result.extra = self.compose(result)
                         result.timings_ms["compose"] = (time.perf_counter() - t0) * 1e3
                 except ObjsearchError as exc:
-                    self._report(str(exc))
+                    if generation == self.slot.generation:
+                        self._report(str(exc))
                     continue
                 except Exception as exc:  # a bug must not kill live search; it is logged with its traceback
                     LOGGER.exception("searching %s failed", frame.name)
                     self._report(f"searching {frame.name} failed: {type(exc).__name__}: {exc}")
                     continue
+            if generation != self.slot.generation:  # paused, seeked, another source or settings meanwhile
+                self.n_stale += 1
+                continue
             self._times.append(time.perf_counter())
             self.n_frames += 1
+            result.generation = generation
             result.fps = self.fps()
             result.dropped = self.slot.dropped
             self.on_result(result)

@@ -315,38 +315,65 @@ class ScreenSource(FrameSource):
 # ------------------------------------------------------------------------------------------- live capture
 class FrameSlot:
     """Holds the newest frame only. ``put`` replaces an unconsumed frame (counting it in ``dropped``) unless asked to
-    wait; ``get`` waits for a frame. Thread-safe."""
+    wait; ``get`` waits for a frame. Thread-safe.
+
+    ``generation`` counts the changes after which a frame in flight is stale (another source, pause, seek, other
+    settings): ``advance`` bumps it and empties the slot, ``put(frame, generation=g)`` refuses a frame read under
+    an older generation, ``take`` returns each frame with the generation it was put under, and whoever delivers a
+    result made from it drops that result once ``generation`` moved on.
+    """
 
     def __init__(self):
         self._cond = threading.Condition()
         self._frame: Frame | None = None
+        self._frame_generation = 0
         self._closed = False
         self.dropped = 0
+        self.generation = 0
 
-    def put(self, frame: Frame, wait: bool = False, timeout: float | None = None) -> bool:
+    def put(self, frame: Frame, wait: bool = False, timeout: float | None = None,
+            generation: int | None = None) -> bool:
         """Offer ``frame``; with ``wait``, block until the previous one was taken (no dropping) or ``timeout``
-        seconds passed (then nothing is put and False returned)."""
+        seconds passed (then nothing is put and False returned). ``generation``: the generation the frame was read
+        under (None: the current one); a stale frame is not put and False returned."""
         with self._cond:
             if wait and not self._cond.wait_for(lambda: self._frame is None or self._closed, timeout):
                 return False
+            if generation is not None and generation != self.generation:
+                return False
             if self._frame is not None:
                 self.dropped += 1
-            self._frame = frame
+            self._frame, self._frame_generation = frame, self.generation
             self._cond.notify_all()
             return True
 
-    def get(self, timeout: float | None = None) -> Frame | None:
-        """The newest frame, removed from the slot; None after ``timeout`` seconds or when closed."""
+    def take(self, timeout: float | None = None) -> tuple[Frame, int] | None:
+        """(the newest frame, the generation it was put under), removed from the slot; None after ``timeout``
+        seconds or when closed."""
         with self._cond:
             self._cond.wait_for(lambda: self._frame is not None or self._closed, timeout)
             frame, self._frame = self._frame, None
             self._cond.notify_all()
-            return frame
+            return None if frame is None else (frame, self._frame_generation)
+
+    def get(self, timeout: float | None = None) -> Frame | None:
+        """The newest frame, removed from the slot; None after ``timeout`` seconds or when closed."""
+        item = self.take(timeout)
+        return None if item is None else item[0]
 
     def clear(self) -> None:
         with self._cond:
             self._frame = None
             self._cond.notify_all()
+
+    def advance(self) -> int:
+        """Make every frame and result made so far stale: bump ``generation`` and empty the slot. Returns the new
+        generation."""
+        with self._cond:
+            self.generation += 1
+            self._frame = None
+            self._cond.notify_all()
+            return self.generation
 
     def close(self) -> None:
         with self._cond:
@@ -418,6 +445,7 @@ class CaptureThread(threading.Thread):
                     next_due = time.perf_counter()
 
     def _read_one(self, wait: bool) -> bool:
+        generation = self.slot.generation  # a pause or seek from now on makes this frame stale
         try:
             frame = self.source.read()
         except SourceError as exc:
@@ -430,9 +458,11 @@ class CaptureThread(threading.Thread):
             return False
         self.n_read += 1
         if not wait:
-            self.slot.put(frame)
+            self.slot.put(frame, generation=generation)
             return True
         while not self._halt.is_set():
-            if self.slot.put(frame, wait=True, timeout=0.2):
+            if self.slot.put(frame, wait=True, timeout=0.2, generation=generation):
+                return True
+            if self.slot.generation != generation:  # stale: dropped, go on reading
                 return True
         return False

@@ -11,6 +11,51 @@ from objsearch.errors import WeightsNotFoundError
 DEFAULT_NAME = "yolov8n.pt"
 SHARED_WEIGHTS = PROJECT_ROOT.parent / "shared" / "data" / "weights" / "yolov8n-reconstructed.pt"
 
+# The detection checkpoints among ultralytics' release assets (``ultralytics.utils.downloads.GITHUB_ASSETS_NAMES``,
+# a test checks they are there): only these names are handed to its downloader. Spelled out here because importing
+# that module already resolves hosts on the network, and a local path must not touch the network at all.
+RELEASE_NAMES = frozenset(
+    [f"yolov8{k}.pt" for k in "nsmlx"]
+    + [f"yolo11{k}.pt" for k in "nsmlx"]
+    + [f"yolo12{k}.pt" for k in "nsmlx"]
+    + [f"yolov5{k}{r}u.pt" for k in "nsmlx" for r in ("", "6")]
+    + [f"yolov3{k}u.pt" for k in ("", "-spp", "-tiny")]
+    + [f"yolov9{k}.pt" for k in "tsmce"]
+)
+
+
+def is_offline() -> bool:
+    """True when ``$YOLO_OFFLINE`` is set (as ultralytics reads it) or github.com does not resolve within 2 s."""
+    if os.environ.get("YOLO_OFFLINE", "").strip().lower() not in ("", "0", "false", "no", "off"):
+        return True
+    import socket
+    import threading
+
+    answer: list[bool] = []
+
+    def lookup():
+        try:
+            socket.getaddrinfo("github.com", 443)
+            answer.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=lookup, daemon=True)
+    thread.start()
+    thread.join(2.0)
+    return not answer
+
+
+def _download_name(name: str, looked: list[str]) -> tuple[str, list[str]]:
+    """``name`` for ultralytics to download, when it is one of its release assets and we are online."""
+    if name not in RELEASE_NAMES:
+        raise WeightsNotFoundError(f"weights file {name} does not exist (looked in: {'; '.join(looked)}; it is not "
+                                   f"one of ultralytics' release names such as {DEFAULT_NAME})")
+    if is_offline():
+        raise WeightsNotFoundError(f"weights file {name} does not exist (looked in: {'; '.join(looked)}) and cannot "
+                                   f"be downloaded offline")
+    return name, [*looked, f"{name} (ultralytics download)"]
+
 
 def resolve_weights(explicit: str | Path | None = None) -> tuple[str, list[str]]:
     """Pick the detector checkpoint.
@@ -19,6 +64,10 @@ def resolve_weights(explicit: str | Path | None = None) -> tuple[str, list[str]]
     preferred); ``$OBJSEARCH_WEIGHTS``; ``../shared/data/weights/yolov8n-reconstructed.pt`` next to the project;
     else the name ``yolov8n.pt``, which ultralytics downloads for users with a network.
 
+    Nothing touches the network unless a name that is not an existing file is one of ultralytics' release names
+    (``RELEASE_NAMES``, such as ``yolov8n.pt``) and we are online (``is_offline``): only then is it handed to
+    ultralytics' downloader.
+
     Returns
     -------
     (weights, looked) : the chosen path or name, and the places looked at (for error messages).
@@ -26,15 +75,17 @@ def resolve_weights(explicit: str | Path | None = None) -> tuple[str, list[str]]
     Raises
     ------
     WeightsNotFoundError
-        When an explicit path or ``$OBJSEARCH_WEIGHTS`` names a file that does not exist.
+        When an explicit path or ``$OBJSEARCH_WEIGHTS`` names a file that does not exist (and, for a bare name,
+        is not a release name that can be downloaded now), or when nothing was found offline; the message lists
+        where it looked.
     """
     looked: list[str] = []
     if explicit:
         p = Path(explicit).expanduser()
         if p.is_file():
             return str(p), [str(p)]
-        if p.suffix == ".pt" and p.parent == Path(".") and not p.exists():
-            return str(explicit), [f"{explicit} (ultralytics download name)"]
+        if p.parent == Path(".") and not p.exists():
+            return _download_name(p.name, [str(p.absolute())])
         raise WeightsNotFoundError(f"weights file {p} does not exist")
     folder = PROJECT_ROOT / "weights"
     looked.append(f"{folder}/*.pt")
@@ -50,8 +101,7 @@ def resolve_weights(explicit: str | Path | None = None) -> tuple[str, list[str]]
     looked.append(str(SHARED_WEIGHTS))
     if SHARED_WEIGHTS.is_file():
         return str(SHARED_WEIGHTS), looked
-    looked.append(f"{DEFAULT_NAME} (ultralytics download)")
-    return DEFAULT_NAME, looked
+    return _download_name(DEFAULT_NAME, looked)
 
 
 def trusted_weights(configured: str | Path | None = None) -> list[Path]:

@@ -292,3 +292,65 @@ def test_real_subprocess_errors_are_one_line(small_index, tmp_path):
 def test_no_arguments_prints_help():
     result = invoke()
     assert "analyze" in result.output and "query" in result.output and "eval" in result.output
+
+
+# ---------------------------------------------------------------------------------------------------- weights
+NETWORK_NOISE = ("GitHub", "NameResolution", "Downloading", "github.com")
+
+
+@pytest.mark.parametrize("offline", ["1", None], ids=["YOLO_OFFLINE=1", "YOLO_OFFLINE-unset"])
+@pytest.mark.parametrize("weights", ["nope.pt", "/tmp/does/not/exist.pt"])
+def test_missing_local_weights_are_one_line_without_network_noise(small_index, weights, offline):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "YOLO_OFFLINE"}
+    if offline:
+        env["YOLO_OFFLINE"] = offline
+    proc = run_cli("query", BUS, "-i", small_index[0], "--weights", weights, env=env, timeout=120)
+    assert proc.returncode == 4, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "does not exist" in lines[0], proc.stderr
+    assert proc.stdout == ""
+    assert not any(noise in proc.stderr for noise in NETWORK_NOISE), proc.stderr
+
+
+def test_release_names_offline_are_our_error_and_are_ultralytics_assets(monkeypatch):
+    from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES
+
+    from objsearch.errors import WeightsNotFoundError
+    from objsearch.weights import RELEASE_NAMES, resolve_weights
+
+    assert "yolov8n.pt" in RELEASE_NAMES and RELEASE_NAMES <= GITHUB_ASSETS_NAMES
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    with pytest.raises(WeightsNotFoundError, match="cannot be downloaded offline"):
+        resolve_weights("yolov8s.pt")
+    with pytest.raises(WeightsNotFoundError, match="not one of ultralytics' release names"):
+        resolve_weights("nope.pt")
+    assert resolve_weights(WEIGHTS) == (str(WEIGHTS), [str(WEIGHTS)])
+
+
+# ---------------------------------------------------------------------------------------------------- threads
+def thread_counts(*args, **env) -> dict:
+    import os
+
+    base = {k: v for k, v in os.environ.items() if k not in ("OBJSEARCH_THREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    proc = run_cli(*args, "threads", env={**base, **env}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_threads_option_and_environment_set_torch_and_opencv():
+    import os
+
+    default = max(1, (os.cpu_count() or 1) - 1)
+    assert thread_counts() == {"torch": default, "cv2": default, "omp_wait_policy": "PASSIVE"}
+    assert thread_counts("--threads", 1) == {"torch": 1, "cv2": 1, "omp_wait_policy": "PASSIVE"}
+    assert thread_counts("--threads", 3)["torch"] == 3
+    assert thread_counts(OBJSEARCH_THREADS="3")["torch"] == 3
+    assert thread_counts("--threads", 1, OBJSEARCH_THREADS="3")["torch"] == 1  # the flag wins
+    assert thread_counts(OMP_WAIT_POLICY="ACTIVE")["omp_wait_policy"] == "ACTIVE"  # a user's choice is kept
+
+
+def test_threads_option_rejects_zero():
+    proc = run_cli("--threads", 0, "threads", timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "--threads" in proc.stderr

@@ -8,6 +8,7 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -176,6 +177,63 @@ def test_video_source_searches_real_frames_and_pauses(qtbot, window):
     window.play_button.setChecked(False)
     qtbot.waitUntil(lambda: window.last_result.frame.index >= 900, timeout=WAIT_MS)
     window.stop_source()
+
+
+class HeldSearch:
+    """Holds the pipeline's next search (its compose step) until ``release``, so that a result is in flight when the
+    test pauses or switches the source. Later searches pass straight through."""
+
+    def __init__(self, window):
+        self.window, self.compose = window, window.pipeline.compose
+        self.entered, self.released, self.frames = threading.Event(), threading.Event(), []
+
+    def __enter__(self):
+        def held(result):
+            if not self.entered.is_set():
+                self.frames.append(result.frame)
+                self.entered.set()
+                self.released.wait(WAIT_MS / 1000)
+            return self.compose(result)
+
+        self.window.pipeline.compose = held
+        return self
+
+    def release(self):
+        self.released.set()
+
+    def __exit__(self, *exc):
+        self.released.set()
+        self.window.pipeline.compose = self.compose
+
+
+def test_pause_drops_the_result_in_flight(qtbot, window):
+    n = settle(qtbot, window)
+    assert window.start_video(VIDEO, realtime=False)
+    qtbot.waitUntil(lambda: window.n_results_shown >= n + 2, timeout=WAIT_MS)
+    with HeldSearch(window) as held:
+        assert held.entered.wait(WAIT_MS / 1000)  # a frame is being searched
+        window.play_button.setChecked(True)  # pause
+        paused_at = window.n_results_shown
+        held.release()
+        qtbot.wait(800)
+        assert window.n_results_shown == paused_at
+        assert window.pipeline.n_stale >= 1
+    window.stop_source()
+
+
+def test_a_new_source_drops_the_old_sources_result_in_flight(qtbot, window):
+    n = settle(qtbot, window)
+    assert window.start_video(VIDEO, realtime=False)
+    qtbot.waitUntil(lambda: window.n_results_shown >= n + 1, timeout=WAIT_MS)
+    with HeldSearch(window) as held:
+        assert held.entered.wait(WAIT_MS / 1000)  # a video frame is being searched
+        n = window.n_results_shown
+        assert window.query_image(BUS)
+        held.release()
+        assert wait_result(qtbot, window, n).frame.name == str(BUS)
+        qtbot.wait(500)
+        assert window.n_results_shown == n + 1 and window.last_result.frame.name == str(BUS)
+        assert held.frames[0].name == str(VIDEO)
 
 
 def test_video_that_ends_or_cannot_be_decoded_gives_a_message(qtbot, window, tmp_path):

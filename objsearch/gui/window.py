@@ -366,6 +366,7 @@ class MainWindow(QtWidgets.QMainWindow):
             self.pipeline.start()
         else:
             self.pipeline.set_searcher(searcher)
+        self.slot.advance()  # results of the old index still in flight are dropped
         if old is not None:
             old.close()
         self.settings.dims = searcher.dims
@@ -556,7 +557,7 @@ class MainWindow(QtWidgets.QMainWindow):
         if self.source is not None:
             self.source.close()
             self.source = None
-        self.slot.clear()
+        self.slot.advance()  # a result of the old source still in flight is dropped
 
     def _set_kind(self, kind: str) -> None:
         self.source_kind = kind
@@ -687,13 +688,18 @@ class MainWindow(QtWidgets.QMainWindow):
                     self.source.seek(0 if position >= self.source.n_frames - 1 else position)
             return
         self.capture.pause(paused)
+        if paused:
+            self.slot.advance()  # Pause means no new result: the frame being searched now is dropped
 
     def _seek(self, frame: int) -> None:
         if isinstance(self.source, VideoFileSource):
+            self.slot.advance()
             self.source.seek(frame)
 
     # ------------------------------------------------------------------------------------------------ settings
     def _requery(self) -> None:
+        """After a search setting changed: drop results made with the old one, search a still frame again."""
+        self.slot.advance()
         if self._still is not None and self.capture is None and self.searcher is not None:
             self.slot.put(self._still)
 
@@ -749,6 +755,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.rows.set_picture(picture, tiles, tips)
 
     def _show_result(self, result: LiveResult) -> None:
+        if result.generation != self.slot.generation:  # queued before a source change, pause, seek or new settings
+            return
         t0 = time.perf_counter()
         boxed = result.extra[0]
         self.frame_item.setImage(boxed, autoLevels=False, levels=(0, 255))
