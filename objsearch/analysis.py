@@ -511,13 +511,27 @@ def index_attrs(detector, cfg: dict, folder: Path, pending_projections: list[int
 
 def index_config(catalog) -> dict:
     """The configuration an index was built with, as ``load_config`` resolves it (for add and sync)."""
-    from objsearch.config import load_config
+    from objsearch.config import ConfigError, load_config
 
     stored = catalog.attrs.get("config", {})
     keep = ("imgsz", "iou", "max_det", "conf", "thumb_size", "thumb_quality", "projection", "seed", "batch")
-    cfg = load_config(None, **{k: v for k, v in stored.items() if k in keep})
-    cfg["feature_recipe"] = catalog.attrs["feature_recipe"]["blocks"]
-    cfg["imgsz"] = catalog.attrs["feature_recipe"].get("imgsz", cfg["imgsz"])
+    recipe = catalog.attrs.get("feature_recipe", {})
+    blocks = recipe.get("blocks") if isinstance(recipe, dict) else None
+    if not isinstance(blocks, dict) or not isinstance(recipe.get("imgsz", 640), int) \
+            or not isinstance(recipe.get("n_features", 1), int) or not isinstance(recipe.get("version", 1), int):
+        raise IndexFileError(f"{catalog.path} is damaged: its feature_recipe attribute is not a mapping with "
+                             f"blocks {{name: weight}} and integer imgsz, n_features and version")
+    if not isinstance(stored, dict):
+        raise IndexFileError(f"{catalog.path} is damaged: its config attribute is not a mapping")
+    overrides = {k: v for k, v in stored.items() if k in keep}
+    if "imgsz" in recipe:
+        overrides["imgsz"] = recipe["imgsz"]
+    try:
+        cfg = load_config(None, **overrides, feature_recipe=blocks)
+    except ConfigError as exc:
+        raise IndexFileError(f"{catalog.path} is damaged: its stored config or feature_recipe is invalid ({exc})") \
+            from None
+    cfg["feature_recipe"] = blocks
     return cfg
 
 

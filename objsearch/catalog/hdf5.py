@@ -220,6 +220,17 @@ def _check_ids(ids: np.ndarray, next_id: int, what: str, path: Path) -> None:
         raise _damaged(path, f"{what} ids are not strictly increasing in [0, next_{what}_id={next_id})")
 
 
+def _check_structures(attrs: dict, path: Path) -> None:
+    """The JSON attributes every reader relies on are mappings: ``config`` and ``feature_recipe`` (their contents
+    are checked by whoever uses them: ``objsearch.analysis.index_config``)."""
+    config = attrs.get("config", {})
+    if not isinstance(config, dict):
+        raise _damaged(path, f"root attribute config is not a JSON mapping (got {type(config).__name__})")
+    recipe = attrs.get("feature_recipe", {})
+    if not isinstance(recipe, dict):
+        raise _damaged(path, f"root attribute feature_recipe is not a JSON mapping (got {type(recipe).__name__})")
+
+
 def _check_values(t: _Tables, n_classes: int, path: Path) -> None:
     """The value checks common to both formats."""
     m, o = t.media, t.objects
@@ -304,6 +315,7 @@ def _load_v2(f: h5py.File, path: Path) -> tuple[dict, _Tables]:
         raise _damaged(path, "root attribute uuid is not 32 hex digits")
     if ints["n_features"] < 1:
         raise _damaged(path, "root attribute n_features must be >= 1")
+    _check_structures(attrs, path)
     media = {k: _dataset(f, f"media/{k}", dt, shp, path)[()] for k, (dt, shp, _) in MEDIA_COLUMNS.items()}
     objects = {k: _dataset(f, f"objects/{k}", dt, shp, path)[()] for k, (dt, shp, _) in OBJECT_COLUMNS.items()}
     for group, cols in (("media", media), ("objects", objects)):
@@ -389,6 +401,7 @@ def _load_v1(f: h5py.File, path: Path) -> tuple[dict, _Tables]:
     except (ValueError, TypeError):
         raise _damaged(path, "attribute skipped is not a list of [path, reason]") from None
     attrs.setdefault("n_features", int(feats.shape[1]))
+    _check_structures(attrs, path)
     tables = _Tables(media, b"".join(paths), objects, 0, skipped=skipped)
     _check_values(tables, len(names), path)
     tables.projections = _load_projections(f, int(feats.shape[1]), n, path, checksum=False)
