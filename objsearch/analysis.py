@@ -441,6 +441,8 @@ def analyze(folder: str | Path, output: str | Path, cfg: dict, *, weights: str |
     folder, output = Path(folder), Path(output)
     if not folder.is_dir():
         raise EmptyFolderError(f"{folder} is not a folder")
+    if output.is_dir() or (output.exists() and not output.is_file()):
+        raise ObjsearchError(f"cannot write the index {output}: it is a folder or not a regular file")
     listing = list_media(folder)
     if not listing.images:
         raise EmptyFolderError(f"{folder} holds no image files ({', '.join(sorted({'.jpg', '.png', '.webp', '.bmp', '.tif'}))} ...)")

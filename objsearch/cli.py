@@ -6,6 +6,7 @@ Every error a user can cause ends in one line on stderr and a non-zero exit code
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -46,9 +47,18 @@ def handle_errors(func):
         except KeyboardInterrupt:
             _err("interrupted (an analysis resumes when run again with the same command)")
             raise typer.Exit(130) from None
+        except OSError as exc:
+            if exc.errno not in STORAGE_ERRNOS:
+                raise
+            where = f" ({exc.filename})" if exc.filename else ""
+            _err(f"{exc.strerror}{where}; an analysis resumes where it stopped when run again")
+            raise typer.Exit(1) from None
 
     return wrapper
 
+
+# a full disk, a read-only or forbidden folder, a file too large: one line, not a traceback (what was committed stays)
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
 
 NO_TORCH_COMMANDS = {"info"}  # these do not pay for importing torch (about 2.5 s) just to set its threads
 
@@ -157,6 +167,7 @@ def analyze(
     cfg = load_config(config, dims=dims, projection=projection, conf=conf, imgsz=imgsz, device=device,
                       feature_recipe=recipe, weights=weights, batch=batch)
     _check_not_input(output, [folder])
+    _check_index_output(output)
     progress, close = _job_progress("analyze")
     try:
         summary = run_analyze(folder, output, cfg, overwrite=overwrite, progress=progress)
@@ -165,14 +176,42 @@ def analyze(
     _print_summary("analyzed", summary)
 
 
+INDEX_SIDE_FILES = (".journal", ".undo", ".lock", ".tmp")  # what objsearch keeps next to an index file
+
+
+def _index_files(index: Path | None) -> list[Path]:
+    """An index and the files objsearch keeps beside it (journal, rollback journal, writer lock, hnsw graphs)."""
+    import glob
+
+    if index is None:
+        return []
+    return [index, *(index.with_name(index.name + s) for s in INDEX_SIDE_FILES),
+            *index.parent.glob(glob.escape(index.name) + ".hnsw*")]
+
+
 def _check_not_input(output: Path, inputs) -> None:
-    """Refuse an output path that is one of the inputs (never write over an input)."""
+    """Refuse an output path that is one of the inputs, or an index's journal, undo, lock or graph file (never
+    write over an input); a folder given as an input also covers every file under it."""
     import os
 
     out = os.path.realpath(output)
     for item in inputs:
-        if item is not None and os.path.realpath(item) == out:
+        if item is None:
+            continue
+        real = os.path.realpath(item)
+        if real == out or (os.path.isdir(real) and out.startswith(real.rstrip(os.sep) + os.sep)
+                           and Path(out).suffix.lower() in MEDIA_SUFFIXES):
             raise ObjsearchError(f"{output} is an input of this command; choose another output file")
+
+
+def _check_index_output(output: Path) -> None:
+    """Refuse before any work an index path that is a folder or something other than a file, or a media file."""
+    if output.is_dir():
+        raise ObjsearchError(f"cannot write the index {output}: it is a folder")
+    if output.exists() and not output.is_file():
+        raise ObjsearchError(f"cannot write the index {output}: not a regular file")
+    if output.suffix.lower() in MEDIA_SUFFIXES:
+        raise ObjsearchError(f"cannot write the index {output}: that is an image or video name; use a .h5 name")
 
 
 @app.command()
@@ -254,7 +293,8 @@ def convert(
     """Convert an index of format 1 to format 2 (stable ids; add, remove and sync). Nothing is analyzed again."""
     from objsearch.catalog import convert as run_convert
 
-    _check_not_input(output, [source])
+    _check_not_input(output, _index_files(source))
+    _check_index_output(output)
     t0 = time.perf_counter()
     run_convert(source, output, overwrite=overwrite)
     typer.echo(f"converted {source} -> {output} in {time.perf_counter() - t0:.1f} s")
@@ -282,15 +322,16 @@ def query(
     from objsearch.media import read_image
     from objsearch.types import printable
 
-    read_image(image)  # a bad query image fails before the detector loads
     if out is not None:
-        _check_not_input(out, [image, index])
+        _check_not_input(out, [image, *_index_files(index)])
         _check_picture_path(out)
+    picture = read_image(image)  # decoded once; a bad query image fails before the detector loads
     with Engine(index, weights=weights, base_dir=base_dir, dims=dims, device=device, conf=conf,
                 backend=backend) as engine:
-        result = engine.search_file(image, k=k, same_class=same_class, exclude_self=not include_self, warmup=True)
+        result = engine.search_file(image, k=k, same_class=same_class, exclude_self=not include_self, warmup=True,
+                                    image=picture)
         if out is not None:
-            _write_picture(engine, image, result, out)
+            _write_picture(engine, picture, result, out)
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
         return
@@ -310,6 +351,8 @@ def query(
 
 
 PICTURE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+# objsearch.media's IMAGE_SUFFIXES and VIDEO_SUFFIXES (spelled out: importing media loads OpenCV)
+MEDIA_SUFFIXES = PICTURE_SUFFIXES | {".jfif", ".pbm", ".pgm", ".ppm", ".mp4", ".mov", ".avi", ".mkv", ".webm"}
 
 
 def _check_picture_path(out: Path) -> None:
@@ -326,13 +369,13 @@ def _check_picture_path(out: Path) -> None:
         raise ObjsearchError(f"cannot write picture {out}: {parent} is a file, not a folder")
 
 
-def _write_picture(engine, image_path: Path, result, out: Path) -> None:
+def _write_picture(engine, image, result, out: Path) -> None:
+    """Render ``result`` over the query ``image`` (H, W, 3) uint8 BGR with its neighbours' thumbnails into ``out``."""
     import cv2
 
-    from objsearch.media import read_image
     from objsearch.render import render_result
 
-    picture = render_result(read_image(image_path), result, {i: engine.thumbnail(i) for i in result.object_ids()})
+    picture = render_result(image, result, {i: engine.thumbnail(i) for i in result.object_ids()})
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         ok = cv2.imwrite(str(out), picture)
@@ -453,7 +496,7 @@ def video(
         jsonl = Path("-")
     for target in (out, jsonl if jsonl != Path("-") else None):
         if target is not None:
-            _check_not_input(target, [file, index])
+            _check_not_input(target, [file, *_index_files(index)])
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(VideoFileSource(file))
         engine = stack.enter_context(Engine(index, weights=weights, dims=dims, device=device, conf=conf,

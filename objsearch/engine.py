@@ -172,6 +172,8 @@ class Engine:
                 raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
             self.backend = backend
             self.dims = int(dims) if dims is not None else (32 if 32 in self.catalog.dims else self.catalog.dims[0])
+            if base_dir is not None and not Path(base_dir).is_dir():
+                raise ObjsearchError(f"--base-dir {printable(str(base_dir))} is not a folder")
             self.base_dir = Path(base_dir) if base_dir is not None else Path(self.catalog.base_dir)
             self.max_pixels = int(max_pixels)
             self._lock = threading.RLock()
@@ -386,10 +388,12 @@ class Engine:
         return notes
 
     def search_file(self, path: str | Path, *, k: int = 16, conf: float | None = None, same_class: bool = False,
-                    exclude_self: bool = True, dims: int | None = None, warmup: bool = False) -> SearchResult:
+                    exclude_self: bool = True, dims: int | None = None, warmup: bool = False,
+                    image: np.ndarray | None = None) -> SearchResult:
         """``search`` on an image file; when the file is one of the indexed images and ``exclude_self``, its own
         objects are left out. With ``warmup``, a first pass at this input size runs untimed first (its time is
-        ``timings_ms["warmup"]``, outside the total) so one-off timings are true.
+        ``timings_ms["warmup"]``, outside the total) so one-off timings are true. ``image`` (H, W, 3) uint8 BGR: the
+        file already decoded by the caller (each query image is decoded once).
 
         Raises
         ------
@@ -397,7 +401,8 @@ class Engine:
             When the file cannot be read as an image.
         """
         t0 = time.perf_counter()
-        image = read_image(path, max_pixels=self.max_pixels)
+        if image is None:
+            image = read_image(path, max_pixels=self.max_pixels)
         decode = (time.perf_counter() - t0) * 1e3
         warm = self.detector.warmup(image.shape) if warmup else 0.0
         exclude = self.media_id_of(path) if exclude_self else -1

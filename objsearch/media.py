@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,9 +116,10 @@ def list_images(root: str | Path) -> list[Path]:
     return list_media(root).images
 
 
-def _header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the image header without decoding the pixels (Pillow reads only the header), or None when
-    Pillow does not know the format."""
+def _header_size(data: bytes) -> tuple[int, int] | int | None:
+    """(width, height) from the image header without decoding the pixels (Pillow reads only the header); the pixel
+    count alone (an int) when it exceeds Pillow's own decompression-bomb limit; None when Pillow does not know the
+    format."""
     import io
     import sys
 
@@ -130,7 +132,10 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
     try:
         with image_open(io.BytesIO(data)) as im:
             return int(im.size[0]), int(im.size[1])
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+    except Image.DecompressionBombError as exc:  # more than twice Pillow's own limit: the count it names
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        return int(found.group(1)) if found else 2 * int(Image.MAX_IMAGE_PIXELS or 0) + 1
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         return None
 
 
@@ -149,7 +154,10 @@ def decode_image(data: bytes | np.ndarray, name: str = "image", *, max_pixels: i
     size = _header_size(buf.tobytes()[:1 << 20] if buf.size > (1 << 20) else buf.tobytes())
     if size is None and buf.size > (1 << 20):
         size = _header_size(buf.tobytes())
-    if size is not None and size[0] * size[1] > max_pixels:
+    if isinstance(size, int) and size > max_pixels:
+        raise ImageReadError(f"cannot read image {name}: its header declares {size / 1e6:.0f} MP, more than the "
+                             f"limit of {max_pixels / 1e6:.0f} MP (max_pixels)")
+    if isinstance(size, tuple) and size[0] * size[1] > max_pixels:
         raise ImageReadError(f"cannot read image {name}: {size[0]} x {size[1]} pixels is more than the limit of "
                              f"{max_pixels / 1e6:.0f} MP (max_pixels)")
     try:
@@ -222,7 +230,7 @@ def decode_thumbnail(data: bytes) -> np.ndarray | None:
     if not data or len(data) > MAX_THUMBNAIL_BYTES:
         return None
     size = _header_size(bytes(data))
-    if size is None or max(size) > MAX_THUMBNAIL_SIDE:
+    if not isinstance(size, tuple) or max(size) > MAX_THUMBNAIL_SIDE:
         return None
     try:
         return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)

@@ -11,6 +11,7 @@ so whoever consumes frames never works on a stale one (the dropped count says ho
 from __future__ import annotations
 
 import logging
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -145,8 +146,14 @@ class VideoFileSource(FrameSource):
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.name = str(self.path)
-        if not self.path.is_file():
-            raise SourceError(f"cannot open video {self.path}: no such file")
+        try:
+            st = self.path.stat()
+        except OSError as exc:
+            raise SourceError(f"cannot open video {self.path}: {exc.strerror.lower()}") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise SourceError(f"cannot open video {self.path}: it is a folder")
+        if not stat.S_ISREG(st.st_mode):
+            raise SourceError(f"cannot open video {self.path}: not a regular file (a FIFO, socket or device)")
         self._cap = cv2.VideoCapture(str(self.path))
         ok, first = self._cap.read() if self._cap.isOpened() else (False, None)
         if not ok or first is None:
@@ -182,21 +189,33 @@ class VideoFileSource(FrameSource):
         else:
             ok, image = self._cap.read()
             if not ok or image is None:
-                if self.n_frames and self.position < self.n_frames - 1:
-                    raise SourceError(f"{self.path}: cannot decode frame {self.position} of {self.n_frames}")
+                self._check_end()
                 return None
         frame = Frame(image, self.position, self.position / self.fps, self.name, is_video=True)
         self.position += 1
         return frame
 
+    def _check_end(self) -> None:
+        """Called when OpenCV delivers no more frames: SourceError unless this is the end the file declares."""
+        if self.n_frames and self.position < self.n_frames - 1:
+            raise SourceError(f"{self.path}: the video stops at frame {self.position} of {self.n_frames} (the file "
+                              f"is truncated or damaged; frames 0-{self.position - 1} were read)")
+
     def skip(self) -> bool:
-        """Pass over the next frame without decoding it (``cv2.VideoCapture.grab``); False at the end."""
+        """Pass over the next frame without decoding it (``cv2.VideoCapture.grab``); False at the end.
+
+        Raises
+        ------
+        SourceError
+            When the file ends before the frame count it declares (truncated or damaged).
+        """
         self._apply_seek()
         if self._cap is None:
             return False
         if self._first is not None:
             self._first = None
         elif not self._cap.grab():
+            self._check_end()
             return False
         self.position += 1
         return True

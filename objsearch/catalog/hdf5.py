@@ -958,9 +958,10 @@ class CatalogWriter:
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "generation": 0,
                     "n_features": int(n_features), "next_media_id": 0, "next_object_id": 0}
             tmp = path.with_name(path.name + ".tmp")
-            _new_file(tmp, full, int(n_features), list(projections))
-            _fsync_path(tmp)
-            os.replace(tmp, path)
+            with _removed_on_failure(tmp):
+                _new_file(tmp, full, int(n_features), list(projections))
+                _fsync_path(tmp)
+                os.replace(tmp, path)
             txn._fsync_dir(path.parent)
         except BaseException:
             lock.release()
@@ -1324,16 +1325,17 @@ class CatalogWriter:
         before = len(self._t.objects["id"])
         tmp = self.path.with_name(self.path.name + ".tmp")
         attrs = {**self.attrs, "generation": self.generation + 1}
-        with txn.FileLock(self.path, exclusive=False), _reading(self.path) as src:
-            _copy_live(src, tmp, attrs, self._t, 2)
-        _fsync_path(tmp)
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            with txn.FileLock(self.path, exclusive=True, fd=fd):
-                os.replace(tmp, self.path)
-                txn._fsync_dir(self.path.parent)
-        finally:
-            os.close(fd)
+        with _removed_on_failure(tmp):
+            with txn.FileLock(self.path, exclusive=False), _reading(self.path) as src:
+                _copy_live(src, tmp, attrs, self._t, 2)
+            _fsync_path(tmp)
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                with txn.FileLock(self.path, exclusive=True, fd=fd):
+                    os.replace(tmp, self.path)
+                    txn._fsync_dir(self.path.parent)
+            finally:
+                os.close(fd)
         self._reload()
         return before, len(self._t.objects["id"])
 
@@ -1353,6 +1355,17 @@ def _check_projection(proj: _Projection, n_features: int) -> None:
     if not hasattr(proj, "components_") or getattr(proj, "n_features_in_", None) != n_features:
         raise ValueError(f"projections must be fitted on {n_features} features, got "
                          f"{getattr(proj, 'n_features_in_', 'an unfitted one')}")
+
+
+@contextlib.contextmanager
+def _removed_on_failure(tmp: Path) -> Iterator[None]:
+    """Remove the half-written ``tmp`` when the block fails (a full disk leaves no stray file behind)."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def _fsync_path(path: Path) -> None:
@@ -1442,9 +1455,10 @@ def convert(src: str | Path, dst: str | Path, *, overwrite: bool = False) -> int
         lock = txn.WriterLock(dst, "objsearch convert")
         try:
             tmp = dst.with_name(dst.name + ".tmp")
-            _copy_live(f, tmp, full, t, version)
-            _fsync_path(tmp)
-            os.replace(tmp, dst)
+            with _removed_on_failure(tmp):
+                _copy_live(f, tmp, full, t, version)
+                _fsync_path(tmp)
+                os.replace(tmp, dst)
             txn._fsync_dir(dst.parent)
         finally:
             lock.release()
