@@ -96,7 +96,9 @@ class RandomImageSource(FrameSource):
 
     Parameters
     ----------
-    paths : the indexed images' paths (row = image id), as they are now on disk.
+    paths : the indexed images' paths, as they are now on disk.
+    media_ids : their media ids in the index (default: their positions), so a drawn image leaves its own objects out
+        of its results.
     seed : seeds the choice (stored nowhere; for reproducible demos and tests).
 
     Raises
@@ -106,10 +108,13 @@ class RandomImageSource(FrameSource):
         index's images moved: set its base directory).
     """
 
-    def __init__(self, paths: Sequence[str | Path], seed: int | None = None):
+    def __init__(self, paths: Sequence[str | Path], seed: int | None = None, media_ids: Sequence[int] | None = None):
         if len(paths) == 0:
             raise SourceError("the index holds no images to draw from")
         self.paths = [Path(p) for p in paths]
+        self.media_ids = [int(m) for m in media_ids] if media_ids is not None else list(range(len(self.paths)))
+        if len(self.media_ids) != len(self.paths):
+            raise ValueError(f"one media id per path expected, got {len(self.media_ids)} for {len(self.paths)}")
         self.rng = np.random.default_rng(seed)
         self.name = "random image"
 
@@ -119,13 +124,13 @@ class RandomImageSource(FrameSource):
 
         last = ""
         for _ in range(20):
-            image_id = int(self.rng.integers(len(self.paths)))
+            i = int(self.rng.integers(len(self.paths)))
             try:
-                image = read_image(self.paths[image_id])
+                image = read_image(self.paths[i])
             except ImageReadError as exc:
                 last = str(exc)
                 continue
-            return Frame(image, image_id, time.time(), str(self.paths[image_id]), image_id)
+            return Frame(image, i, time.time(), str(self.paths[i]), self.media_ids[i])
         raise SourceError(f"no readable indexed image in 20 random draws ({last}); "
                           f"if the images moved, set the index's image folder (base directory)")
 
