@@ -212,7 +212,7 @@ def test_writer_accessors_projection_and_skipped(tmp_path):
 
 # --------------------------------------------------------------------------------------------------- format 1
 def write_format1(path: Path, rng) -> list:
-    from objsearch.store import ImageRecord, write_index
+    from format1 import ImageRecord, write_index
 
     recs = []
     for i in range(6):
