@@ -212,6 +212,41 @@ class VideoFileSource(FrameSource):
             self._cap = None
 
 
+def parse_source(spec: str) -> tuple[str, object]:
+    """Parse a query source as the command line and the app name it: ``random``, ``webcam`` / ``webcam:N``,
+    ``screen`` / ``screen:x,y,w,h``, or a path to an image or video file.
+
+    Returns
+    -------
+    (kind, argument) : ``("random", None)``, ``("webcam", N)``, ``("screen", (x, y, w, h) or None)``,
+    ``("file", Path)``.
+
+    Raises
+    ------
+    SourceError
+        For a malformed camera number or screen region.
+    """
+    spec = str(spec).strip()
+    kind, _, arg = spec.partition(":")
+    if spec == "random":
+        return "random", None
+    if kind == "webcam" and (not arg or arg.isdigit()):
+        return "webcam", int(arg or 0)
+    if kind == "webcam":
+        raise SourceError(f"a camera is webcam or webcam:N with N a device number, got {spec!r}")
+    if kind == "screen":
+        if not arg:
+            return "screen", None
+        try:
+            region = tuple(int(v) for v in arg.replace(" ", "").split(","))
+        except ValueError:
+            region = ()
+        if len(region) != 4 or region[2] <= 0 or region[3] <= 0:
+            raise SourceError(f"a screen region is screen:x,y,width,height in pixels, got {spec!r}")
+        return "screen", region
+    return "file", Path(spec)
+
+
 def open_camera(device: int):
     """``cv2.VideoCapture(device)``; a seam tests replace with a stand-in that yields real video frames."""
     return cv2.VideoCapture(int(device))

@@ -27,7 +27,7 @@ from objsearch.types import printable
 from objsearch.live import LivePipeline, LiveResult, QuerySettings
 from objsearch.render import compose_rows, draw_boxes
 from objsearch.sources import (CaptureThread, FrameSlot, ImageFileSource, RandomImageSource, ScreenSource, SourceError,
-                               VideoFileSource, WebcamSource)
+                               VideoFileSource, WebcamSource, parse_source)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -864,18 +864,24 @@ class MainWindow(QtWidgets.QMainWindow):
 def run_app(index=None, *, base_dir=None, weights=None, device=None, source: str | None = None) -> int:
     """Start the Qt application with a ``MainWindow`` and run until it closes; returns the exit status.
 
-    ``source`` starts a query source: ``random``, ``webcam[:N]``, ``screen``, or a path to an image or video file.
+    ``source`` starts a query source (``objsearch.sources.parse_source``): ``random``, ``webcam[:N]``,
+    ``screen[:x,y,w,h]``, or a path to an image or video file.
+
+    Raises
+    ------
+    SourceError
+        For a malformed source (before any window opens).
     """
+    kind, arg = parse_source(source) if source else (None, None)
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["objsearch"])
     window = MainWindow(index, base_dir=base_dir, weights=weights, device=device)
     window.show()
-    if source:
-        if source == "random":
-            window.query_random()
-        elif source.startswith("webcam"):
-            window.start_webcam(int(source.partition(":")[2] or 0))
-        elif source == "screen":
-            window.start_screen()
-        else:
-            window.open_path(source)
+    if kind == "random":
+        window.query_random()
+    elif kind == "webcam":
+        window.start_webcam(arg)
+    elif kind == "screen":
+        window.start_screen(arg)
+    elif kind == "file":
+        window.open_path(arg)
     return app.exec()
