@@ -285,6 +285,16 @@ def compact(index: Annotated[Path, typer.Argument(help="Index file.")]) -> None:
 
 @app.command()
 @handle_errors
+def repair(index: Annotated[Path, typer.Argument(help="Index file.")]) -> None:
+    """Roll back a transaction that a killed writer left unfinished (any command that writes does it too)."""
+    from objsearch.catalog import repair as run_repair
+
+    rolled = run_repair(index)
+    typer.echo(f"{index}: {'rolled back an unfinished transaction' if rolled else 'nothing to repair'}")
+
+
+@app.command()
+@handle_errors
 def convert(
     source: Annotated[Path, typer.Argument(help="Index file of format 1.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="New index file (format 2).")],

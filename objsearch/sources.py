@@ -97,7 +97,9 @@ class RandomImageSource(FrameSource):
 
     Parameters
     ----------
-    paths : the indexed images' paths (row = image id), as they are now on disk.
+    paths : the indexed images' paths, as they are now on disk.
+    media_ids : their media ids in the index (default: their positions), so a drawn image leaves its own objects out
+        of its results.
     seed : seeds the choice (stored nowhere; for reproducible demos and tests).
 
     Raises
@@ -107,10 +109,13 @@ class RandomImageSource(FrameSource):
         index's images moved: set its base directory).
     """
 
-    def __init__(self, paths: Sequence[str | Path], seed: int | None = None):
+    def __init__(self, paths: Sequence[str | Path], seed: int | None = None, media_ids: Sequence[int] | None = None):
         if len(paths) == 0:
             raise SourceError("the index holds no images to draw from")
         self.paths = [Path(p) for p in paths]
+        self.media_ids = [int(m) for m in media_ids] if media_ids is not None else list(range(len(self.paths)))
+        if len(self.media_ids) != len(self.paths):
+            raise ValueError(f"one media id per path expected, got {len(self.media_ids)} for {len(self.paths)}")
         self.rng = np.random.default_rng(seed)
         self.name = "random image"
 
@@ -120,13 +125,13 @@ class RandomImageSource(FrameSource):
 
         last = ""
         for _ in range(20):
-            image_id = int(self.rng.integers(len(self.paths)))
+            i = int(self.rng.integers(len(self.paths)))
             try:
-                image = read_image(self.paths[image_id])
+                image = read_image(self.paths[i])
             except ImageReadError as exc:
                 last = str(exc)
                 continue
-            return Frame(image, image_id, time.time(), str(self.paths[image_id]), image_id)
+            return Frame(image, i, time.time(), str(self.paths[i]), self.media_ids[i])
         raise SourceError(f"no readable indexed image in 20 random draws ({last}); "
                           f"if the images moved, set the index's image folder (base directory)")
 
@@ -224,6 +229,41 @@ class VideoFileSource(FrameSource):
         if self._cap is not None:
             self._cap.release()
             self._cap = None
+
+
+def parse_source(spec: str) -> tuple[str, object]:
+    """Parse a query source as the command line and the app name it: ``random``, ``webcam`` / ``webcam:N``,
+    ``screen`` / ``screen:x,y,w,h``, or a path to an image or video file.
+
+    Returns
+    -------
+    (kind, argument) : ``("random", None)``, ``("webcam", N)``, ``("screen", (x, y, w, h) or None)``,
+    ``("file", Path)``.
+
+    Raises
+    ------
+    SourceError
+        For a malformed camera number or screen region.
+    """
+    spec = str(spec).strip()
+    kind, _, arg = spec.partition(":")
+    if spec == "random":
+        return "random", None
+    if kind == "webcam" and (not arg or arg.isdigit()):
+        return "webcam", int(arg or 0)
+    if kind == "webcam":
+        raise SourceError(f"a camera is webcam or webcam:N with N a device number, got {spec!r}")
+    if kind == "screen":
+        if not arg:
+            return "screen", None
+        try:
+            region = tuple(int(v) for v in arg.replace(" ", "").split(","))
+        except ValueError:
+            region = ()
+        if len(region) != 4 or region[2] <= 0 or region[3] <= 0:
+            raise SourceError(f"a screen region is screen:x,y,width,height in pixels, got {spec!r}")
+        return "screen", region
+    return "file", Path(spec)
 
 
 def open_camera(device: int):

@@ -212,7 +212,7 @@ def test_writer_accessors_projection_and_skipped(tmp_path):
 
 # --------------------------------------------------------------------------------------------------- format 1
 def write_format1(path: Path, rng) -> list:
-    from objsearch.store import ImageRecord, write_index
+    from format1 import ImageRecord, write_index
 
     recs = []
     for i in range(6):
@@ -407,7 +407,7 @@ def test_killed_writer_leaves_a_committed_prefix(tmp_path, monkeypatch):
     _kill_and_resume(tmp_path, monkeypatch, points_per_step=3)
 
 
-@pytest.mark.slow
+@pytest.mark.exhaustive
 def test_killed_writer_at_every_write(tmp_path, monkeypatch):
     _kill_and_resume(tmp_path, monkeypatch, points_per_step=None)
 

@@ -75,7 +75,7 @@ def test_random_query_shows_one_row_per_detection_with_k_thumbnails(qtbot, windo
     n = settle(qtbot, window)
     assert window.query_random()
     result = wait_result(qtbot, window, n)
-    objects = result.payload["objects"]
+    objects = result.result.to_dict()["objects"]
     assert window.source_kind == "random" and result.frame.image_id >= 0
     rows = rows_of(window)
     assert len(rows) == len(objects) > 0
@@ -83,7 +83,7 @@ def test_random_query_shows_one_row_per_detection_with_k_thumbnails(qtbot, windo
         assert [t.column for t in tiles] == list(range(-1, 16))  # the query crop, then 16 neighbours
         assert [t.object_id for t in tiles[1:]] == [nb["object_id"] for nb in objects[r]["neighbors"]]
     # its own objects are left out, every neighbour has a thumbnail, hover text names the image
-    own = window.searcher.index.image_path[result.frame.image_id]
+    own = window.searcher.media(result.frame.image_id).path
     assert all(nb["path"] != own for obj in objects for nb in obj["neighbors"])
     assert set(result.thumbnails) == {nb["object_id"] for obj in objects for nb in obj["neighbors"]}
     nb0 = objects[0]["neighbors"][0]
@@ -132,28 +132,29 @@ def test_clicking_a_neighbour_makes_its_image_the_query(qtbot, window):
     window.query_image(BUS)
     wait_result(qtbot, window, n)
     tile = next(t for t in window.rows.tiles if t.row == 0 and t.column == 2)
-    expected = window.searcher.image_path(window.searcher.index.image_id[tile.object_id])
+    media_id = window.searcher.catalog.object_media_id[window.searcher.catalog.object_rows([tile.object_id])[0]]
+    expected = window.searcher.media_path(media_id)
     n = window.n_results_shown
     qtbot.mouseClick(window.rows, QtCore.Qt.MouseButton.LeftButton,
                      pos=QtCore.QPoint(tile.x + tile.width // 2, tile.y + tile.height // 2))
     result = wait_result(qtbot, window, n)
     assert Path(result.frame.name) == expected
     assert window.source_kind == "image"
-    assert result.frame.image_id == window.searcher.index.image_id[tile.object_id]
+    assert result.frame.image_id == media_id
 
 
 def test_same_class_and_confidence_controls_change_the_search(qtbot, window):
     n = settle(qtbot, window)
     window.query_image(BUS)
-    all_classes = wait_result(qtbot, window, n).payload
+    all_classes = wait_result(qtbot, window, n).result.to_dict()
     window.same_class_box.setChecked(True)
-    same = wait_result(qtbot, window, n + 1).payload
+    same = wait_result(qtbot, window, n + 1).result.to_dict()
     for obj in same["objects"]:
         assert {nb["class_id"] for nb in obj["neighbors"]} == {obj["class_id"]}
     window.same_class_box.setChecked(False)
     wait_result(qtbot, window, n + 2)
     window.conf_slider.setValue(80)
-    strict = wait_result(qtbot, window, n + 3).payload
+    strict = wait_result(qtbot, window, n + 3).result.to_dict()
     assert all(o["confidence"] >= 0.8 for o in strict["objects"])
     assert len(strict["objects"]) < len(all_classes["objects"])
     window.conf_slider.setValue(25)
@@ -166,7 +167,7 @@ def test_video_source_searches_real_frames_and_pauses(qtbot, window):
     qtbot.waitUntil(lambda: window.n_results_shown >= n + 6, timeout=WAIT_MS)
     result = window.last_result
     assert result.frame.image.shape == (432, 768, 3)
-    assert result.frame.index >= 5 and result.payload["frame"] == result.frame.index
+    assert result.frame.index >= 5 and result.result.to_dict()["frame"] == result.frame.index
     assert "fps" in window.stage_label.text()
     window.play_button.setChecked(True)  # pause
     qtbot.wait(400)
@@ -286,7 +287,7 @@ def test_screen_grab_stand_in_and_a_failing_grab(qtbot, window):
         assert window.start_screen((0, 0, bus.shape[1], bus.shape[0]))
         result = wait_result(qtbot, window, n)
         assert result.frame.name.startswith("screen")
-        assert "bus" in {o["label"] for o in result.payload["objects"]}
+        assert "bus" in {o["label"] for o in result.result.to_dict()["objects"]}
 
         def fail():
             raise OSError("cannot open display")
@@ -347,7 +348,7 @@ def test_moved_images_ask_for_a_base_directory(qtbot, coco_index, tmp_path):
 
 
 def test_analyze_worker_reports_progress_can_be_cancelled_and_resumes(qtbot, window, tmp_path):
-    from objsearch.store import IndexFile
+    from objsearch.catalog import Catalog
 
     folder = copy_images(coco_images(24), tmp_path / "imgs")
     out = tmp_path / "mine.h5"
@@ -358,10 +359,10 @@ def test_analyze_worker_reports_progress_can_be_cancelled_and_resumes(qtbot, win
     window.cancel_analysis()
     qtbot.waitUntil(lambda: window._analysis is None, timeout=WAIT_MS)
     assert "cancelled" in window.message
-    assert not out.exists()  # nothing half-written
-    journal = out.with_name(out.name + ".journal")
-    assert journal.exists()
-    done_before = progress[-1][0]
+    with Catalog(out) as partial:  # what was finished is in the index, which says it is unfinished
+        assert partial.state == "analyzing"
+        done_before = progress[-1][0]
+        assert len(partial.media_path) == done_before
     assert 2 <= done_before < 24 and progress[-1][1] == 24
     # again: resumes from the journal, finishes, and the window switches to the new index
     progress.clear()
@@ -369,21 +370,21 @@ def test_analyze_worker_reports_progress_can_be_cancelled_and_resumes(qtbot, win
     qtbot.waitUntil(lambda: window._analysis is None, timeout=60000)
     assert "analyzed 24 images" in window.message
     assert progress[0][0] == done_before + 1  # resumed: the journal kept every image reported before the cancel
-    assert not journal.exists()
-    assert Path(window.searcher.index.path) == out
-    with IndexFile(out) as f:
-        assert len(f.image_path) == 24
+    assert not out.with_name(out.name + ".journal").exists()
+    assert Path(window.searcher.catalog.path) == out
+    with Catalog(out) as f:
+        assert len(f.media_path) == 24 and f.state == "ready"
 
 
 def test_save_index_as_copies_a_complete_file(qtbot, window, tmp_path):
-    from objsearch.store import IndexFile
+    from objsearch.catalog import Catalog
 
     target = tmp_path / "copy.h5"
     window.save_index(target)
     qtbot.waitUntil(lambda: "saved" in window.message or "cannot save" in window.message, timeout=WAIT_MS)
     assert window.message == f"saved {target}"
-    with IndexFile(target) as f:
-        assert len(f.class_id) == len(window.searcher.index.class_id)
+    with Catalog(target) as f:
+        assert len(f.class_id) == len(window.searcher.catalog.class_id)
 
 
 def test_app_command_without_a_display_is_one_line():
@@ -435,4 +436,4 @@ def test_dropping_an_image_file_on_the_window_queries_it(qtbot, window):
     window.dropEvent(event)
     result = wait_result(qtbot, window, n)
     assert result.frame.name.endswith("zidane.jpg") and window.source_kind == "image"
-    assert "person" in {o["label"] for o in result.payload["objects"]}
+    assert "person" in {o["label"] for o in result.result.to_dict()["objects"]}

@@ -505,3 +505,18 @@ def test_a_live_screen_is_grabbed_at_most_fps_times_a_second():
     # unpaced, a stand-in that returns at once would be grabbed thousands of times a second
     assert 5 <= len(grabs) <= 13
     assert slot.get(timeout=0.1) is not None
+
+
+def test_parse_source_names_every_kind():
+    from pathlib import Path
+
+    from objsearch.sources import SourceError, parse_source
+
+    assert parse_source("random") == ("random", None)
+    assert parse_source("webcam") == ("webcam", 0) and parse_source("webcam:2") == ("webcam", 2)
+    assert parse_source("screen") == ("screen", None)
+    assert parse_source("screen:10,20,320,240") == ("screen", (10, 20, 320, 240))
+    assert parse_source("clip.mp4") == ("file", Path("clip.mp4"))
+    for bad in ("webcam:x", "screen:1,2,3", "screen:0,0,0,10"):
+        with pytest.raises(SourceError):
+            parse_source(bad)

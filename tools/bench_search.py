@@ -39,11 +39,11 @@ OPEN_SNIPPET = r"""
 import json, resource, sys, time
 import numpy as np
 t0 = time.perf_counter()
-from objsearch.store import IndexFile
+from objsearch.catalog import Catalog
 from objsearch.vectors import memory_store
-f = IndexFile(sys.argv[1])
-ids = np.arange(len(f), dtype=np.int64)
-store = memory_store(sys.argv[2], ids, f.vectors(32), f.class_id, f.image_id)
+f = Catalog(sys.argv[1])
+cache = sys.argv[1] + ".hnsw32" if sys.argv[2] == "hnsw" else None
+store = memory_store(sys.argv[2], f.object_id, f.vectors(32), f.class_id, f.object_media_id, hnsw_cache=cache)
 q = f.vectors(32)[:1] + 0.01
 hits = store.search(q, 16)
 thumbs = [f.thumbnail(j) for j in hits.ids[0]]
@@ -185,15 +185,14 @@ def main() -> None:
         print(f"SYNTHETIC: {args.synthetic} vectors around 645 centres, dims {dims}; k=16; ms")
         data = {d: synthetic(args.synthetic, d) for d in dims}
     else:
-        from objsearch.store import IndexFile
+        from objsearch.catalog import Catalog
 
-        with IndexFile(args.index) as f:
+        with Catalog(args.index) as f:
             synthetic_file = bool(f.attrs.get("synthetic", False))
             dims = [int(d) for d in args.dims.split(",")] if args.dims else f.dims
-            n = len(f)
+            n = len(f.object_id)
             print(f"index {args.index}: {n} objects{' (SYNTHETIC)' if synthetic_file else ''}, dims {dims}; k=16; ms")
-            ids = np.arange(n, dtype=np.int64)  # the file's objects by row until the catalog has stable ids
-            data = {d: (ids, f.vectors(d), f.class_id, f.image_id) for d in dims}
+            data = {d: (f.object_id, f.vectors(d), f.class_id, f.object_media_id) for d in dims}
     if not args.only_hnsw_cache:
         print(f"{'dims':>5} {'method':>7} | {'1 query':>8} {'10 queries':>10} | {'build s':>7} | exact")
         for d in dims:

@@ -1,6 +1,6 @@
 """The index file, format version 2: a living HDF5 file with stable ids, in-place appends and tombstones.
 
-The only module of objsearch (with ``store.py``'s legacy format 1 writer) that imports h5py.
+The only module of objsearch that imports h5py.
 
 Layout of ``INDEX.h5`` (``format_version`` 2)::
 
@@ -37,8 +37,9 @@ every read); the file is written with ``libver=("v110", "latest")`` so that the 
 indexes carry checksums too; attributes stay in the (checksummed) object header. Nothing is variable-length.
 
 Removing marks rows dead (alive=0) and never moves rows; ``compact`` rewrites the live rows into a new file. Updates
-are transactions made crash-safe by a rollback journal (see ``objsearch.catalog.txn``). Format 1 files
-(``objsearch.store``) are read through the same ``Catalog`` API (ids = rows) and converted with ``convert``.
+are transactions made crash-safe by a rollback journal (see ``objsearch.catalog.txn``). Format 1 files (objsearch
+0.1's write-once layout: /images/path, /objects/image_id = row, variable-length thumbnails) are read through the same
+``Catalog`` API (ids = rows) and converted with ``convert``.
 """
 
 from __future__ import annotations

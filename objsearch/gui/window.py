@@ -19,12 +19,15 @@ import pyqtgraph as pg
 from PyQt6 import QtCore, QtGui, QtWidgets
 
 from objsearch.config import load_config
-from objsearch.engine import IMAGE_SUFFIXES, Searcher, analyze
-from objsearch.errors import ObjsearchError, WeightsMismatchError
+from objsearch.analysis import JobCancelled, analyze
+from objsearch.engine import Engine
+from objsearch.errors import ObjsearchError
+from objsearch.media import IMAGE_SUFFIXES
+from objsearch.types import printable
 from objsearch.live import LivePipeline, LiveResult, QuerySettings
 from objsearch.render import compose_rows, draw_boxes
 from objsearch.sources import (CaptureThread, FrameSlot, ImageFileSource, RandomImageSource, ScreenSource, SourceError,
-                               VideoFileSource, WebcamSource)
+                               VideoFileSource, WebcamSource, parse_source)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -32,10 +35,6 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 SOURCES = ("random", "image", "webcam", "video", "screen")
 SOURCE_LABELS = {"random": "Random image", "image": "Image file", "webcam": "Webcam", "video": "Video file",
                  "screen": "Screen grab"}
-
-
-class AnalysisCancelled(Exception):
-    """Raised from the progress callback to stop an analysis; the journal keeps what was done."""
 
 
 class Bridge(QtCore.QObject):
@@ -142,7 +141,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.setAcceptDrops(True)
         self.weights, self.device = weights, device
         self.camera_opener, self.screen_grabber = camera_opener, screen_grabber
-        self.searcher: Searcher | None = None
+        self.searcher: Engine | None = None
         self.settings = QuerySettings()
         self.thumb_height = 96
         self.slot = FrameSlot()
@@ -342,17 +341,9 @@ class MainWindow(QtWidgets.QMainWindow):
         QtWidgets.QApplication.setOverrideCursor(QtCore.Qt.CursorShape.WaitCursor)
         try:
             old = self.searcher
-            detector = None
-            if old is not None and self.weights is None:
-                detector = old.detector  # same checkpoint is the common case; Searcher checks the sha256
-            try:
-                searcher = Searcher(path, weights=self.weights, base_dir=base_dir, device=self.device,
-                                    detector=detector)
-                searcher.detector.conf = float(searcher.cfg["conf"])
-            except WeightsMismatchError:
-                if detector is None:
-                    raise
-                searcher = Searcher(path, weights=self.weights, base_dir=base_dir, device=self.device)
+            # the detector of the index open before is reused when its weights match (the engine checks the sha256)
+            detector = old.detector if old is not None and self.weights is None else None
+            searcher = Engine(path, weights=self.weights, base_dir=base_dir, device=self.device, detector=detector)
         except ObjsearchError as exc:
             self.show_message(f"cannot open {path.name}: {exc}", error=True)
             return False
@@ -372,17 +363,17 @@ class MainWindow(QtWidgets.QMainWindow):
         self.settings.dims = searcher.dims
         self.dims_combo.blockSignals(True)
         self.dims_combo.clear()
-        self.dims_combo.addItems([str(d) for d in searcher.index.dims])
+        self.dims_combo.addItems([str(d) for d in searcher.catalog.dims])
         self.dims_combo.setCurrentText(str(searcher.dims))
-        self.dims_combo.setEnabled(len(searcher.index.dims) > 1)
+        self.dims_combo.setEnabled(len(searcher.catalog.dims) > 1)
         self.dims_combo.blockSignals(False)
         self.conf_slider.blockSignals(True)
-        self.conf_slider.setValue(int(round(searcher.detector.conf * 100)))
-        self.conf_label.setText(f"{searcher.detector.conf:.2f}")
+        self.conf_slider.setValue(int(round(searcher.conf * 100)))
+        self.conf_label.setText(f"{searcher.conf:.2f}")
         self.conf_slider.blockSignals(False)
         self.settings.conf = None
         self._update_index_label()
-        self.show_message(f"opened {path} ({len(searcher.index.class_id):,} objects, search: {searcher.neighbors(searcher.dims).method})")
+        self.show_message(f"opened {path} ({len(searcher.catalog.object_id):,} objects, search: {searcher.method})")
         if self._check_images() and self.source_kind == "random" and self.capture is None:
             self.query_random()
         return True
@@ -392,15 +383,16 @@ class MainWindow(QtWidgets.QMainWindow):
         if s is None:
             self.index_label.setText("no index")
             return
-        self.index_label.setText(f"{s.index.path.name}: {len(s.index.class_id):,} objects in {len(s.index.image_path):,} "
-                                 f"images\nimages under {s.base_dir}")
-        self.index_label.setToolTip(str(s.index.path))
+        self.index_label.setText(f"{s.catalog.path.name}: {len(s.catalog.object_id):,} objects in "
+                                 f"{len(s.catalog.media_id):,} images\nimages under {s.base_dir}")
+        self.index_label.setToolTip(str(s.catalog.path))
 
     def _check_images(self) -> bool:
         s = self.searcher
-        if s is None or not s.index.image_path:
+        if s is None or not len(s.catalog.media_id):
             return True
-        if s.image_path(0).is_file():
+        first = s.media_path(s.catalog.media_id[0])
+        if first is not None and first.is_file():
             return True
         self.show_message(f"the index's images are not under {s.base_dir}: choose Index ▸ Image folder… to point at "
                           f"them (search and thumbnails work without them; random and clicked images need them)",
@@ -415,14 +407,14 @@ class MainWindow(QtWidgets.QMainWindow):
         self._random = None
         self._update_index_label()
         if self._check_images():
-            self.show_message(f"images of {self.searcher.index.path.name} read from {folder}")
+            self.show_message(f"images of {self.searcher.catalog.path.name} read from {folder}")
 
     def save_index(self, path: str | Path) -> None:
         """Copy the open index to ``path`` in the background (the copy appears complete or not at all)."""
         if self.searcher is None:
             self.show_message("no index is open", error=True)
             return
-        src, dst = Path(self.searcher.index.path), Path(path)
+        src, dst = Path(self.searcher.catalog.path), Path(path)
         if dst.resolve() == src.resolve():
             self.show_message(f"{dst} is the open index already")
             return
@@ -448,14 +440,14 @@ class MainWindow(QtWidgets.QMainWindow):
 
     # ---------------------------------------------------------------------------------------------- analysis
     def analyze_folder(self, folder: str | Path, output: str | Path) -> bool:
-        """Analyze ``folder`` into ``output`` in a background thread (progress bar, Cancel), then open it. An
-        interrupted or cancelled analysis leaves its journal, and analyzing the same folder into the same file
-        again resumes; ``output`` is only ever written whole."""
+        """Analyze ``folder`` into ``output`` in a background thread (progress bar, Cancel), then open it. A
+        cancelled analysis keeps what it finished (the index says it is unfinished), and analyzing the same folder
+        into the same file again resumes."""
         if self._analysis is not None:
             self.show_message("an analysis is already running", error=True)
             return False
         folder, output = Path(folder), Path(output)
-        if self.searcher is not None and output.resolve() == Path(self.searcher.index.path).resolve():
+        if self.searcher is not None and output.resolve() == Path(self.searcher.catalog.path).resolve():
             self.show_message(f"{output.name} is the open index: choose another file", error=True)
             return False
         weights = self.weights or (str(self.searcher.detector.weights_path) if self.searcher else None)
@@ -466,15 +458,10 @@ class MainWindow(QtWidgets.QMainWindow):
             return False
         cancel = threading.Event()
 
-        def progress(done, total, n_objects):
-            self.bridge.analyze_progress.emit(done, total, n_objects)
-            if cancel.is_set():
-                raise AnalysisCancelled
-
         def run():
             try:
-                summary = analyze(folder, output, cfg, overwrite=True, progress=progress)
-            except AnalysisCancelled:
+                summary = analyze(folder, output, cfg, progress=self.bridge.analyze_progress.emit, cancel=cancel)
+            except JobCancelled:
                 self.bridge.analyze_done.emit(None, "cancelled")
             except ObjsearchError as exc:
                 self.bridge.analyze_done.emit(None, str(exc))
@@ -512,8 +499,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.cancel_button.setEnabled(True)
         self.analyze_button.setEnabled(True)
         if error == "cancelled":
-            self.show_message(f"analysis cancelled; {output} was not written. Analyzing {folder.name} into the same "
-                              f"file again resumes where it stopped.")
+            self.show_message(f"analysis cancelled; {output} holds what was finished. Analyzing {folder.name} into "
+                              f"the same file again resumes where it stopped.")
         elif error:
             self.show_message(f"analysis failed: {error}", error=True)
         else:
@@ -586,7 +573,9 @@ class MainWindow(QtWidgets.QMainWindow):
             return False
         if self._random is None:  # one list of paths per index and image folder, not per click
             try:
-                self._random = RandomImageSource([self.searcher.base_dir / p for p in self.searcher.index.image_path])
+                paths = [self.searcher.media_path(m) for m in self.searcher.catalog.media_id]
+                ids = [int(m) for m, p in zip(self.searcher.catalog.media_id, paths) if p is not None]
+                self._random = RandomImageSource([p for p in paths if p is not None], media_ids=ids)
             except SourceError as exc:
                 self.show_message(str(exc), error=True)
                 return False
@@ -597,15 +586,23 @@ class MainWindow(QtWidgets.QMainWindow):
         self.stop_source()
         self._set_kind("image")
         if image_id is None:
-            image_id = self.searcher.image_id_of(path) if self.searcher is not None else -1
+            image_id = self.searcher.media_id_of(path) if self.searcher is not None else -1
         return self._submit_still(ImageFileSource(path, image_id))
 
     def query_object(self, object_id: int) -> bool:
         """Make the image holding an indexed object the new query (a click on a neighbour)."""
         if self.searcher is None:
             return False
-        image_id = int(self.searcher.index.image_id[object_id])
-        return self.query_image(self.searcher.image_path(image_id), image_id)
+        row = int(self.searcher.catalog.object_rows([object_id])[0])
+        if row < 0:
+            return False
+        media_id = int(self.searcher.catalog.object_media_id[row])
+        path = self.searcher.media_path(media_id)
+        if path is None:
+            self.show_message(f"the indexed path {printable(self.searcher.media(media_id).path)} leaves the image "
+                              f"folder; not opened", error=True)
+            return False
+        return self.query_image(path, media_id)
 
     def _start_continuous(self, kind: str, make_source, realtime: bool = True) -> bool:
         self.stop_source()
@@ -736,18 +733,20 @@ class MainWindow(QtWidgets.QMainWindow):
     def _compose(self, result: LiveResult):
         """Runs in the pipeline thread: the boxed frame (RGB) and the rows picture with its tiles and tooltips."""
         image = result.frame.image
-        objects = result.payload["objects"]
+        found = result.result
+        dets = found.detections
         shrink = max(1.0, image.shape[0] / max(self._header_height, 1))  # labels stay readable once scaled down
-        boxed = draw_boxes(image.copy(), objects, 1.0, max(2, int(round(1.5 * shrink))), 0.45 * shrink)[..., ::-1]
-        picture, tiles = compose_rows(image, objects, result.thumbnails, thumb_height=self.thumb_height)
+        boxed = draw_boxes(image.copy(), found, 1.0, max(2, int(round(1.5 * shrink))), 0.45 * shrink)[..., ::-1]
+        picture, tiles = compose_rows(image, found, result.thumbnails, thumb_height=self.thumb_height)
         tips = {}
-        for r, obj in enumerate(objects):
-            x1, y1, x2, y2 = obj["box"]
-            tips[(r, -1)] = (f"query object: {obj['label']} {obj['confidence']:.2f}, box "
-                             f"{x1:.0f},{y1:.0f},{x2:.0f},{y2:.0f} in {result.frame.name}")
-            for c, nb in enumerate(obj["neighbors"]):
-                tips[(r, c)] = (f"{nb['path']}\n{nb['label']} {nb['confidence']:.2f}, distance {nb['distance']:.3f} "
-                                f"(object {nb['object_id']})\nclick: search this image")
+        for r in range(len(dets)):
+            x1, y1, x2, y2 = (float(v) for v in dets.xyxy[r])
+            note = f"\n{found.notes[r]}" if r < len(found.notes) and found.notes[r] else ""
+            tips[(r, -1)] = (f"query object: {found.label(dets.class_id[r])} {dets.confidence[r]:.2f}, box "
+                             f"{x1:.0f},{y1:.0f},{x2:.0f},{y2:.0f} in {printable(result.frame.name)}{note}")
+            for c, nb in enumerate(found.neighbors[r]):
+                tips[(r, c)] = (f"{nb.media.display_name()}\n{found.label(nb.class_id)} {nb.confidence:.2f}, "
+                                f"distance {nb.distance:.3f} (object {nb.object_id})\nclick: search this image")
         return np.ascontiguousarray(boxed), picture, tiles, tips
 
     def _paint_rows(self, result: LiveResult) -> None:
@@ -773,7 +772,7 @@ class MainWindow(QtWidgets.QMainWindow):
         t = result.timings_ms
         display = t.get("thumbnails", 0) + t.get("compose", 0) + paint
         result.timings_ms["display"] = display
-        n = len(result.payload["objects"])
+        n = len(result.result.detections)
         live = self.capture is not None
         rate = f"{result.fps:.1f} fps · " if live else ""
         dropped = f" · dropped {result.dropped}" if live else ""
@@ -865,18 +864,24 @@ class MainWindow(QtWidgets.QMainWindow):
 def run_app(index=None, *, base_dir=None, weights=None, device=None, source: str | None = None) -> int:
     """Start the Qt application with a ``MainWindow`` and run until it closes; returns the exit status.
 
-    ``source`` starts a query source: ``random``, ``webcam[:N]``, ``screen``, or a path to an image or video file.
+    ``source`` starts a query source (``objsearch.sources.parse_source``): ``random``, ``webcam[:N]``,
+    ``screen[:x,y,w,h]``, or a path to an image or video file.
+
+    Raises
+    ------
+    SourceError
+        For a malformed source (before any window opens).
     """
+    kind, arg = parse_source(source) if source else (None, None)
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["objsearch"])
     window = MainWindow(index, base_dir=base_dir, weights=weights, device=device)
     window.show()
-    if source:
-        if source == "random":
-            window.query_random()
-        elif source.startswith("webcam"):
-            window.start_webcam(int(source.partition(":")[2] or 0))
-        elif source == "screen":
-            window.start_screen()
-        else:
-            window.open_path(source)
+    if kind == "random":
+        window.query_random()
+    elif kind == "webcam":
+        window.start_webcam(arg)
+    elif kind == "screen":
+        window.start_screen(arg)
+    elif kind == "file":
+        window.open_path(arg)
     return app.exec()
