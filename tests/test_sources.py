@@ -152,7 +152,7 @@ def test_text_file_named_mp4_is_a_source_error(tmp_path):
 def test_webcam_with_a_stand_in_camera_yields_real_frames():
     reference = video_frames(3)
     with WebcamSource(3, opener=real_video_opener) as source:
-        assert source.name == "webcam 3" and source.continuous
+        assert source.name == "webcam 3"
         frames = [source.read() for _ in range(3)]
     assert [f.index for f in frames] == [0, 1, 2]
     assert all(f.name == "webcam 3" for f in frames)
@@ -399,7 +399,6 @@ def test_capture_in_realtime_drops_what_a_slow_consumer_misses(clip):
 class RealFrames(FrameSource):
     """A continuous stand-in live source: real video frames, then (optionally) an error."""
 
-    continuous = True
 
     def __init__(self, fail_after: int | None = None, period: float = 0.005):
         self.images = video_frames(4)
