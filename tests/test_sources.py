@@ -399,7 +399,6 @@ def test_capture_in_realtime_drops_what_a_slow_consumer_misses(clip):
 class RealFrames(FrameSource):
     """A continuous stand-in live source: real video frames, then (optionally) an error."""
 
-
     def __init__(self, fail_after: int | None = None, period: float = 0.005):
         self.images = video_frames(4)
         self.fail_after, self.period = fail_after, period
