@@ -48,3 +48,8 @@ class EmptyFolderError(ObjsearchError):
 
 class IndexLockedError(IndexFileError):
     """Another process is writing the index (it holds ``INDEX.h5.lock``); the message names its pid."""
+
+
+class FetchError(ImageReadError):
+    """An image URL that cannot be fetched: not http(s), a private or reserved address, too large, too slow, or an
+    HTTP error."""
