@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from objsearch.config import PROJECT_ROOT, load_config, parse_dims
+from objsearch.config import PROJECT_ROOT, find_demo_index, load_config, parse_dims
 from objsearch.errors import ObjsearchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -27,7 +27,7 @@ SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 
 WeightsOpt = Annotated[Optional[str], typer.Option("--weights", "-w", help="Detector checkpoint (.pt).")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML config (default: cfg/default.yaml).")]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:0, mps.")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, 0 (a GPU index: cuda:0), cuda, cuda:1, mps.")]
 
 
 def _err(message: str) -> None:
@@ -45,7 +45,7 @@ def handle_errors(func):
             _err(str(exc))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            _err("interrupted (an analysis resumes when run again with the same command)")
+            _err(INTERRUPTED.get(func.__name__, "interrupted"))
             raise typer.Exit(130) from None
         except OSError as exc:
             if exc.errno not in STORAGE_ERRNOS:
@@ -57,15 +57,29 @@ def handle_errors(func):
     return wrapper
 
 
+# what Ctrl-C prints, by command function: only the commands that run an analysis job resume it
+INTERRUPTED = dict.fromkeys(
+    ["analyze", "add", "sync", "demo"], "interrupted (an analysis resumes when run again with the same command)")
+
 # a full disk, a read-only or forbidden folder, a file too large: one line, not a traceback (what was committed stays)
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
 
 NO_TORCH_COMMANDS = {"info"}  # these do not pay for importing torch (about 2.5 s) just to set its threads
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from objsearch import __version__
+
+        typer.echo(f"objsearch {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _setup(
     ctx: typer.Context,
+    _version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                           help="Print the version and exit.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
     threads: Annotated[Optional[int], typer.Option(
         "--threads", min=1, envvar="OBJSEARCH_THREADS", show_default=False,
@@ -310,44 +324,129 @@ def convert(
     typer.echo(f"converted {source} -> {output} in {time.perf_counter() - t0:.1f} s")
 
 
+URL_MAX_BYTES = 20 << 20  # a query image fetched from a URL: at most 20 MB ...
+URL_TIMEOUT_S = 15.0  # ... within 15 s
+
+
+def _is_url(text: str) -> bool:
+    return text.lower().startswith(("http://", "https://"))
+
+
+def expand_query_inputs(inputs: list[str]) -> list[str | Path]:
+    """The query images named by ``inputs``, in order: http(s) URLs as they are, a folder's images (recursively,
+    sorted), a glob pattern's image files (sorted; ``**`` recurses) and plain paths.
+
+    Raises
+    ------
+    EmptyFolderError
+        When a folder or a pattern names no image.
+    """
+    import glob
+
+    from objsearch.errors import EmptyFolderError
+
+    out: list[str | Path] = []
+    for text in inputs:
+        path = Path(text)
+        if _is_url(text):
+            out.append(text)
+        elif path.is_dir():
+            from objsearch.media import list_images
+
+            found = list_images(path)
+            if not found:
+                raise EmptyFolderError(f"{text} holds no images")
+            out += found
+        elif not path.exists() and glob.has_magic(text):
+            found = sorted(Path(p) for p in glob.glob(text, recursive=True)
+                           if Path(p).suffix.lower() in MEDIA_SUFFIXES - VIDEO_ONLY_SUFFIXES and Path(p).is_file())
+            if not found:
+                raise EmptyFolderError(f"no image matches {text}")
+            out += found
+        else:
+            out.append(path)
+    return out
+
+
+def _read_query(item: str | Path):
+    """(H, W, 3) uint8 BGR of a query path or URL (fetched with a size and time limit)."""
+    from objsearch.media import decode_image, fetch_image, read_image
+
+    if isinstance(item, str):
+        return decode_image(fetch_image(item, max_bytes=URL_MAX_BYTES, timeout_s=URL_TIMEOUT_S), item)
+    return read_image(item)
+
+
 @app.command()
 @handle_errors
 def query(
-    image: Annotated[Path, typer.Argument(help="Query image.")],
+    images: Annotated[list[str], typer.Argument(help="Query images: files, folders, glob patterns ('*.jpg') or "
+                                                     "http(s) URLs.")],
     index: Annotated[Path, typer.Option("--index", "-i", help="Index file.")],
-    k: Annotated[int, typer.Option("-k", min=1, help="Neighbours per object.")] = 16,
+    k: Annotated[int, typer.Option("-k", "--k", "--top-k", min=1, help="Neighbours per object.")] = 16,
     same_class: Annotated[bool, typer.Option(help="Only neighbours of the object's detected class.")] = False,
     include_self: Annotated[bool, typer.Option(help="Keep objects of the query image itself when it is indexed.")] = False,
     dims: Annotated[Optional[int], typer.Option(help="Projection dimension to search (stored in the index).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Write a result picture (JPEG/PNG).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per query image (JSON Lines).")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write a result picture (JPEG/PNG; one query image).")] = None,
     weights: WeightsOpt = None,
     base_dir: Annotated[Optional[Path], typer.Option(help="Where the indexed images live now.")] = None,
     device: DeviceOpt = None,
     conf: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Minimum detection confidence.")] = None,
     backend: BackendOpt = "auto",
 ) -> None:
-    """Find the nearest indexed objects of every object in IMAGE."""
+    """Find the nearest indexed objects of every object in each query image. With several images, one that cannot
+    be read prints an error line and the others go on (exit code 2 at the end)."""
     from objsearch.engine import Engine
-    from objsearch.media import read_image
-    from objsearch.types import printable
+    from objsearch.errors import ImageReadError
 
+    items = expand_query_inputs(list(images))
     if out is not None:
-        _check_not_input(out, [image, *_index_files(index)])
+        if len(items) != 1:
+            raise ObjsearchError(f"--out writes one picture, but {len(items)} query images were given")
+        _check_not_input(out, [*(i for i in items if isinstance(i, Path)), *_index_files(index)])
         _check_picture_path(out)
-    picture = read_image(image)  # decoded once; a bad query image fails before the detector loads
+    try:
+        first = _read_query(items[0])  # decoded once; a bad only image fails before the detector loads
+    except ImageReadError as exc:
+        if len(items) == 1:
+            raise
+        first = exc
+    n_failed = 0
     with Engine(index, weights=weights, base_dir=base_dir, dims=dims, device=device, conf=conf,
                 backend=backend) as engine:
-        result = engine.search_file(image, k=k, same_class=same_class, exclude_self=not include_self, warmup=True,
-                                    image=picture)
-        if out is not None:
-            _write_picture(engine, picture, result, out)
-    if as_json:
-        typer.echo(json.dumps(result.to_dict()))
-        return
+        for n, item in enumerate(items):
+            try:
+                picture = first if n == 0 else _read_query(item)
+                if isinstance(picture, ImageReadError):
+                    raise picture
+            except ImageReadError as exc:
+                if len(items) == 1:
+                    raise
+                _err(str(exc))
+                n_failed += 1
+                continue
+            result = engine.search_file(item, k=k, same_class=same_class,
+                                        exclude_self=not include_self and isinstance(item, Path),
+                                        warmup=n == 0, image=picture)
+            if out is not None:
+                _write_picture(engine, picture, result, out)
+            if as_json:
+                typer.echo(json.dumps(result.to_dict()))
+            else:
+                _print_result(item, result)
+    if out is not None and not as_json:
+        typer.echo(f"wrote {out}")
+    if n_failed:
+        raise typer.Exit(2)
+
+
+def _print_result(item, result) -> None:
+    from objsearch.types import printable
+
     t = result.to_dict()["timings_ms"]
     warm = f"; a first pass at this input size took {t['warmup']:.0f} ms before timing" if "warmup" in t else ""
-    typer.echo(f"{printable(str(image))}: {len(result.detections)} objects, {t['total']:.0f} ms "
+    typer.echo(f"{printable(str(item))}: {len(result.detections)} objects, {t['total']:.0f} ms "
                f"(detect {t['detect']:.0f}, features {t['features']:.1f}, search {t['search']:.1f}){warm}")
     for i in range(len(result.detections)):
         nbs = ", ".join(f"{result.label(n.class_id)} d={n.distance:.2f} ({n.media.display_name()})"
@@ -356,13 +455,12 @@ def query(
         note = f"  [{result.notes[i]}]" if result.notes[i] else ""
         typer.echo(f"  {result.label(result.detections.class_id[i])} {result.detections.confidence[i]:.2f} "
                    f"{box}: {nbs}{note}")
-    if out is not None:
-        typer.echo(f"wrote {out}")
 
 
 PICTURE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 # objsearch.media's IMAGE_SUFFIXES and VIDEO_SUFFIXES (spelled out: importing media loads OpenCV)
-MEDIA_SUFFIXES = PICTURE_SUFFIXES | {".jfif", ".pbm", ".pgm", ".ppm", ".mp4", ".mov", ".avi", ".mkv", ".webm"}
+VIDEO_ONLY_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm"}
+MEDIA_SUFFIXES = PICTURE_SUFFIXES | {".jfif", ".pbm", ".pgm", ".ppm"} | VIDEO_ONLY_SUFFIXES
 
 
 def _check_picture_path(out: Path) -> None:
@@ -442,6 +540,8 @@ def evaluate(
     images = ev.list_labeled_images(data_dir) if data_dir.is_dir() else []
     if not images:
         raise EmptyFolderError(f"{data_dir} holds no images (expected images/ and labels/ as ultralytics lays them out)")
+    if not any(ev.label_path_for(p).is_file() for p in images):
+        raise EmptyFolderError(f"{data_dir} has no YOLO labels (expected labels/ next to images/, one .txt per image)")
     detector = load_detector(cfg)
     bar, update = _progress_bar(len(images), "eval")
     state = {"done": 0, "objects": 0}
@@ -486,7 +586,7 @@ def video(
     out: Annotated[Optional[Path], typer.Option("--out", help="Write an annotated video (.mp4).")] = None,
     jsonl: Annotated[Optional[Path], typer.Option("--jsonl", help="Write one JSON line per analyzed frame ('-': stdout).")] = None,
     stride: Annotated[int, typer.Option("--stride", min=1, help="Analyze every N-th frame.")] = 1,
-    k: Annotated[int, typer.Option("-k", min=1, help="Neighbours per object.")] = 8,
+    k: Annotated[int, typer.Option("-k", "--k", "--top-k", min=1, help="Neighbours per object.")] = 8,
     same_class: Annotated[bool, typer.Option(help="Only neighbours of the object's detected class.")] = False,
     dims: Annotated[Optional[int], typer.Option(help="Projection dimension to search (stored in the index).")] = None,
     max_frames: Annotated[Optional[int], typer.Option(min=1, help="Stop after this many analyzed frames.")] = None,
@@ -566,7 +666,7 @@ def _video_writer(path: Path, fps: float, shape: tuple[int, ...]):
 @handle_errors
 def desktop_app(
     index: Annotated[Optional[Path], typer.Option("--index", "-i", help="Index file (default: runs/demo/coco128.h5 "
-                                                  "when the demo made one).")] = None,
+                                                  "in this folder or the project's, when the demo made one).")] = None,
     source: Annotated[Optional[str], typer.Option(help="Start with: random, webcam[:N], screen, or an image or "
                                                   "video file.")] = None,
     base_dir: Annotated[Optional[Path], typer.Option(help="Where the indexed images live now.")] = None,
@@ -585,8 +685,7 @@ def desktop_app(
         from objsearch.errors import IndexFileError
 
         raise IndexFileError(f"index file {index} does not exist")
-    if index is None and Path("runs/demo/coco128.h5").is_file():
-        index = Path("runs/demo/coco128.h5")
+    index = index or find_demo_index()
     try:
         from objsearch.gui.window import run_app
     except ImportError as exc:
@@ -616,6 +715,7 @@ def demo(
     folder: Annotated[Optional[Path], typer.Argument(help="Image folder (default: coco128).")] = None,
     out_dir: Annotated[Path, typer.Option(help="Where the index and picture go.")] = Path("runs/demo"),
     weights: WeightsOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="Analyze again even when the index exists.")] = False,
 ) -> None:
     """Analyze a sample folder, query bus.jpg (or its first image) and write the result picture."""
     from objsearch.analysis import analyze as run_analyze
@@ -625,23 +725,23 @@ def demo(
     folder = folder or default_demo_folder()
     index = out_dir / f"{folder.name}.h5"
     finished = False
-    if index.exists():
+    if index.exists() and not overwrite:
         with contextlib.suppress(ObjsearchError), Catalog(index) as existing:
             finished = existing.state == "ready"
     if finished:
-        typer.echo(f"using the existing index {index} (delete it to analyze again)")
+        typer.echo(f"using the existing index {index} (--overwrite analyzes again)")
     else:
         cfg = load_config(None, weights=weights)
         progress, close = _job_progress("analyze")
         try:
-            summary = run_analyze(folder, index, cfg, progress=progress)
+            summary = run_analyze(folder, index, cfg, overwrite=overwrite, progress=progress)
         finally:
             close()
         typer.echo(f"analyzed {summary.n_images} images, {summary.n_objects} objects in {summary.seconds:.1f} s -> {index}")
     bus = SHARED_DATA / "samples" / "bus.jpg"
     query_image = bus if bus.is_file() else list_images(folder)[0]
     picture = out_dir / f"query_{query_image.stem}.jpg"
-    query(query_image, index, k=8, same_class=False, include_self=False, dims=None, as_json=False, out=picture,
+    query([str(query_image)], index, k=8, same_class=False, include_self=False, dims=None, as_json=False, out=picture,
           weights=weights, base_dir=None, device=None, conf=None, backend="auto")
     typer.echo(f"result picture: {picture.resolve()}")
 

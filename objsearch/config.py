@@ -111,3 +111,15 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> dict[str, A
     if cfg["batch"] < 1:
         raise ConfigError(f"batch must be >= 1 image, got {cfg['batch']}")
     return cfg
+
+
+DEMO_INDEX = Path("runs") / "demo" / "coco128.h5"  # what ``objsearch demo`` writes by default
+
+
+def find_demo_index(cwd: str | Path | None = None) -> Path | None:
+    """The index ``objsearch demo`` made: ``runs/demo/coco128.h5`` under ``cwd`` (default: the current folder),
+    else under the project root; None when neither exists."""
+    for root in (Path.cwd() if cwd is None else Path(cwd), PROJECT_ROOT):
+        if (root / DEMO_INDEX).is_file():
+            return root / DEMO_INDEX
+    return None

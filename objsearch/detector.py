@@ -87,12 +87,21 @@ def parse_recipe(recipe: str | dict[str, float]) -> dict[str, float]:
     return out
 
 
+def device_name(device) -> str:
+    """The torch device name of ``device`` as ultralytics spells devices: a bare GPU index (``0``, ``"1"``) means
+    ``cuda:N``; anything else is returned as a stripped string (``cpu``, ``cuda``, ``cuda:0``, ``mps``)."""
+    name = str(device).strip().lower()
+    return f"cuda:{int(name)}" if name.isdigit() else name
+
+
 def _torch_device(torch, device: str):
-    """``torch.device(device)``, checked to exist on this machine."""
+    """``torch.device(device)``, checked to exist on this machine (``device`` may be a bare GPU index, see
+    ``device_name``)."""
+    device = device_name(device)
     try:
-        dev = torch.device(str(device))
+        dev = torch.device(device)
     except RuntimeError:
-        raise DeviceError(f"unknown device {device!r}; expected cpu, cuda, cuda:N or mps") from None
+        raise DeviceError(f"unknown device {device!r}; expected cpu, N (a GPU index), cuda, cuda:N or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device {device!r} asked for, but torch sees no CUDA GPU on this machine")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
