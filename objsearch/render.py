@@ -20,17 +20,65 @@ def _color(class_id: int) -> tuple[int, int, int]:
     return tuple(int(c) for c in rng.integers(60, 255, 3))
 
 
-def _label(img: np.ndarray, text: str, x: int, y: int, color, scale: float = 0.45) -> None:
+def _label_size(text: str, scale: float) -> tuple[int, int, int]:
+    """(width, height, baseline) in pixels of a label box for ``text`` at font ``scale``."""
     weight = max(1, int(round(scale * 2)))
     (tw, th), base = cv2.getTextSize(text, _FONT, scale, weight)
-    y = max(y, th + base)
-    cv2.rectangle(img, (x, y - th - base - 2), (x + tw + 4, y), color, -1)
-    cv2.putText(img, text, (x + 2, y - base), _FONT, scale, (0, 0, 0), weight, cv2.LINE_AA)
+    return tw + 4, th + base + 2, base
 
 
-def _fit(img: np.ndarray, height: int) -> np.ndarray:
-    scale = height / img.shape[0]
-    return cv2.resize(img, (max(1, round(img.shape[1] * scale)), height), interpolation=cv2.INTER_AREA)
+def _draw_label(img: np.ndarray, text: str, rect: tuple[int, int, int, int], color, scale: float) -> None:
+    x, y, w, h = rect
+    weight = max(1, int(round(scale * 2)))
+    base = _label_size(text, scale)[2]
+    cv2.rectangle(img, (x, y), (x + w - 1, y + h - 1), color, -1)
+    cv2.putText(img, text, (x + 2, y + h - base - 1), _FONT, scale, (0, 0, 0), weight, cv2.LINE_AA)
+
+
+def place_labels(boxes: np.ndarray, sizes: list[tuple[int, int]], width: int,
+                 height: int) -> list[tuple[int, int, int, int] | None]:
+    """Where each box's label goes so that no two labels overlap and every label stays inside the picture.
+
+    A label is tried above its box's top-left corner, then inside it below the top edge, then shifted down and to the
+    right inside the box, then below the box, then anywhere free in the picture (nearest first); a label that fits
+    nowhere is None (the caller lists it elsewhere).
+
+    Parameters
+    ----------
+    boxes : (N, 4) float, pixels [x1, y1, x2, y2] in the picture.
+    sizes : N (width, height) label sizes in pixels.
+    width, height : the picture's size in pixels.
+
+    Returns
+    -------
+    list of N ``(x, y, w, h)`` rectangles in pixels, or None.
+    """
+    placed = np.zeros((0, 4), np.int64)  # x1, y1, x2, y2 (exclusive) of the labels placed so far
+    out: list[tuple[int, int, int, int] | None] = []
+    for (bx1, by1, bx2, by2), (w, h) in zip(np.asarray(boxes, np.float64).reshape(-1, 4), sizes):
+        if w > width or h > height:
+            out.append(None)
+            continue
+        bx1, by1, bx2, by2 = int(round(bx1)), int(round(by1)), int(round(bx2)), int(round(by2))
+        xs = [bx1 + dx for dx in range(0, max(1, bx2 - bx1 - w + 1), max(8, w // 2))][:8]
+        ys = [by1 - h, by1, *range(by1 + h, max(by1 + h, by2 - h + 1), h)][:12] + [by2]
+        candidates = [(x, y) for y in ys for x in xs]
+        # anywhere in the picture, nearest to the box's top-left corner first
+        gx, gy = np.meshgrid(np.arange(0, width - w + 1, max(4, w // 4)), np.arange(0, height - h + 1, max(4, h)))
+        order = np.argsort(np.abs(gx - bx1).ravel() + np.abs(gy - by1).ravel(), kind="stable")
+        candidates += list(zip(gx.ravel()[order].tolist(), gy.ravel()[order].tolist()))
+        spot = None
+        for x, y in candidates:
+            x, y = min(max(0, x), width - w), min(max(0, y), height - h)
+            if not len(placed) or not np.any((placed[:, 0] < x + w) & (x < placed[:, 2])
+                                             & (placed[:, 1] < y + h) & (y < placed[:, 3])):
+                spot = (x, y, w, h)
+                break
+        out.append(spot)
+        if spot is not None:
+            placed = np.vstack([placed, [[spot[0], spot[1], spot[0] + w, spot[1] + h]]])
+    return out
+
 
 
 def _cell(img: np.ndarray | None, size: int, text: str, color, strip: int = 16) -> np.ndarray:
@@ -46,11 +94,28 @@ def _cell(img: np.ndarray | None, size: int, text: str, color, strip: int = 16) 
     if not strip:
         return tile
     tile[size:] = color
-    scale = 0.38
-    while cv2.getTextSize(text, _FONT, scale, 1)[0][0] > size - 4 and scale > 0.25:
-        scale -= 0.03
+    text, scale = fit_text(text, size - 4)
     cv2.putText(tile, text, (2, size + strip - 4), _FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
     return tile
+
+
+MIN_TEXT_SCALE = 0.33  # smaller Hershey text is not readable
+
+
+def fit_text(text: str, width: int, scale: float = 0.38) -> tuple[str, float]:
+    """``text`` and a font scale at which it fits ``width`` pixels: the scale shrinks down to ``MIN_TEXT_SCALE``, then
+    the text is shortened from the end of its first word (the class name: ``motorc. d=0.52``) so that what follows
+    (the distance) stays whole and readable."""
+    def fits(t, sc):
+        return cv2.getTextSize(t, _FONT, sc, 1)[0][0] <= width
+
+    while not fits(text, scale) and scale > MIN_TEXT_SCALE:
+        scale = max(MIN_TEXT_SCALE, scale - 0.02)
+    head, sep, tail = text.rpartition(" ")
+    while not fits(text, scale) and len(head) > 1:
+        head = head[:-2] + "." if not head.endswith(".") else head[:-3] + "."
+        text = head + sep + tail
+    return text, scale
 
 
 @dataclass
@@ -76,16 +141,32 @@ def _decode(data) -> np.ndarray | None:
     return decode_thumbnail(data)
 
 
+def label_rects(result: SearchResult, width: int, height: int, scale: float = 1.0,
+                font_scale: float = 0.45) -> list[tuple[int, int, int, int] | None]:
+    """The label rectangles ``draw_boxes`` uses on a (height, width) picture: ``place_labels`` of ``result``'s
+    boxes mapped by ``scale``."""
+    dets = result.detections
+    sizes = [_label_size(_box_text(result, i), font_scale)[:2] for i in range(len(dets))]
+    return place_labels(dets.xyxy.astype(np.float64) * scale, sizes, width, height)
+
+
+def _box_text(result: SearchResult, i: int) -> str:
+    return f"{result.label(result.detections.class_id[i])} {result.detections.confidence[i]:.2f}"
+
+
 def draw_boxes(image: np.ndarray, result: SearchResult, scale: float = 1.0, thickness: int = 2,
                font_scale: float = 0.45) -> np.ndarray:
-    """``image`` (H, W, 3) uint8 BGR with a labeled box (class and confidence) per query object of ``result``,
-    drawn in place; ``scale`` maps the boxes (query pixels) onto ``image``."""
+    """``image`` (H, W, 3) uint8 BGR with a box and a label (class and confidence) per query object of ``result``,
+    drawn in place; ``scale`` maps the boxes (query pixels) onto ``image``. Labels never overlap each other nor leave
+    the picture (``place_labels``); one that fits nowhere is left out (its box stays)."""
     dets = result.detections
+    rects = label_rects(result, image.shape[1], image.shape[0], scale, font_scale)
     for i in range(len(dets)):
         x1, y1, x2, y2 = (int(round(float(v) * scale)) for v in dets.xyxy[i])
-        color = _color(dets.class_id[i])
-        cv2.rectangle(image, (x1, y1), (x2, y2), color, thickness)
-        _label(image, f"{result.label(dets.class_id[i])} {dets.confidence[i]:.2f}", x1, y1, color, font_scale)
+        cv2.rectangle(image, (x1, y1), (x2, y2), _color(dets.class_id[i]), thickness)
+    for i, rect in enumerate(rects):  # labels over every box
+        if rect is not None:
+            _draw_label(image, _box_text(result, i), rect, _color(dets.class_id[i]), font_scale)
     return image
 
 
@@ -145,21 +226,31 @@ def render_result(image: np.ndarray, result: dict, thumbnails: dict, *, header_h
     image : ndarray of shape (H, W, 3), uint8 BGR, the query image.
     result : the ``query --json`` object (``Searcher.to_json``).
     thumbnails : JPEG bytes (or decoded arrays) by object id, for every neighbour in ``result``.
-    header_height, thumb_height : pixels (the original app's "header height" and "thumb height" sliders).
+    header_height, thumb_height : pixels (the original app's "header height" and "thumb height" sliders). The query
+        is scaled to ``header_height``; when that leaves it narrower than the rows below, it grows (up to twice
+        ``header_height``) to fill the picture's width, centred.
 
     Returns
     -------
     ndarray of shape (H2, W2, 3), uint8 BGR.
     """
-    scale = header_height / image.shape[0]
-    header = draw_boxes(_fit(image, header_height), result, scale)
     rows, _ = compose_rows(image, result, thumbnails, thumb_height=thumb_height)
-    width = max(header.shape[1], rows.shape[1])
+    h, w = image.shape[:2]
+    scale = header_height / h
+    if rows.size and w * scale < rows.shape[1]:  # a narrow query: grow it (up to twice the height) to fill the width
+        scale = min(rows.shape[1] / w, 2 * header_height / h)
+    fitted = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    font = 0.45 * max(1.0, fitted.shape[0] / 480)
+    header = draw_boxes(fitted, result, scale, max(2, round(2 * font / 0.45)), font)
+    width = max(header.shape[1], rows.shape[1] if rows.size else 0)
+    left = (width - header.shape[1]) // 2
+    top = np.full((header.shape[0], width, 3), 24, np.uint8)
+    top[:, left:left + header.shape[1]] = header
 
     def pad_to(img):
         return np.hstack([img, np.full((img.shape[0], width - img.shape[1], 3), 24, np.uint8)])
 
-    parts = [pad_to(header)]
+    parts = [top]
     if rows.size:
         parts += [np.full((4, width, 3), 24, np.uint8), pad_to(rows)]
     return np.vstack(parts)
