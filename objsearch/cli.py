@@ -583,7 +583,7 @@ def evaluate(
 def video(
     file: Annotated[Path, typer.Argument(help="Video file.")],
     index: Annotated[Path, typer.Option("--index", "-i", help="Index file.")],
-    out: Annotated[Optional[Path], typer.Option("--out", help="Write an annotated video (.mp4).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write an annotated H.264 video (.mp4).")] = None,
     jsonl: Annotated[Optional[Path], typer.Option("--jsonl", help="Write one JSON line per analyzed frame ('-': stdout).")] = None,
     stride: Annotated[int, typer.Option("--stride", min=1, help="Analyze every N-th frame.")] = 1,
     k: Annotated[int, typer.Option("-k", "--k", "--top-k", min=1, help="Neighbours per object.")] = 8,
@@ -604,6 +604,8 @@ def video(
 
     if out is None and jsonl is None:
         jsonl = Path("-")
+    if out is not None and out.suffix.lower() != ".mp4":
+        raise ObjsearchError(f"cannot write video {out}: use a name ending in .mp4 (H.264)")
     for target in (out, jsonl if jsonl != Path("-") else None):
         if target is not None:
             _check_not_input(target, [file, *_index_files(index)])
@@ -629,7 +631,7 @@ def video(
                 lines.write(json.dumps(live.result.to_dict()) + "\n")
             if out is not None:
                 if writer is None:
-                    writer = stack.enter_context(_video_writer(out, source.fps / stride, live.frame.image.shape))
+                    writer = stack.enter_context(_video_writer(out, source.fps / stride))
                 writer.write(annotate_frame(live.frame.image, live.result, live.thumbnails))
             update(n_analyzed, total, n_objects)
         seconds = time.perf_counter() - t0
@@ -649,17 +651,16 @@ def _open_for_writing(path: Path):
 
 
 @contextlib.contextmanager
-def _video_writer(path: Path, fps: float, shape: tuple[int, ...]):
-    import cv2
+def _video_writer(path: Path, fps: float):
+    """An H.264 MP4 writer (``objsearch.media.VideoWriter``) with its folder made."""
+    from objsearch.media import VideoWriter
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), max(fps, 1.0), (shape[1], shape[0]))
-    if not writer.isOpened():
-        raise ObjsearchError(f"cannot write video {path} (use an .mp4 name in a writable folder)")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ObjsearchError(f"cannot write video {path}: {exc.strerror}") from None
+    with VideoWriter(path, fps) as writer:
         yield writer
-    finally:
-        writer.release()
 
 
 @app.command("app")

@@ -35,6 +35,18 @@ def _draw_label(img: np.ndarray, text: str, rect: tuple[int, int, int, int], col
     cv2.putText(img, text, (x + 2, y + h - base - 1), _FONT, scale, (0, 0, 0), weight, cv2.LINE_AA)
 
 
+def _first_free(candidates, placed: np.ndarray, w: int, h: int, width: int,
+                height: int) -> tuple[int, int, int, int] | None:
+    """The first candidate top-left corner (clamped into the picture) where a (w, h) rectangle overlaps none of
+    ``placed`` ((M, 4) int [x1, y1, x2, y2), exclusive ends), as (x, y, w, h); None when there is none."""
+    for x, y in candidates:
+        x, y = min(max(0, x), width - w), min(max(0, y), height - h)
+        if not len(placed) or not np.any((placed[:, 0] < x + w) & (x < placed[:, 2])
+                                         & (placed[:, 1] < y + h) & (y < placed[:, 3])):
+            return x, y, w, h
+    return None
+
+
 def place_labels(boxes: np.ndarray, sizes: list[tuple[int, int]], width: int,
                  height: int) -> list[tuple[int, int, int, int] | None]:
     """Where each box's label goes so that no two labels overlap and every label stays inside the picture.
@@ -67,18 +79,11 @@ def place_labels(boxes: np.ndarray, sizes: list[tuple[int, int]], width: int,
         gx, gy = np.meshgrid(np.arange(0, width - w + 1, max(4, w // 4)), np.arange(0, height - h + 1, max(4, h)))
         order = np.argsort(np.abs(gx - bx1).ravel() + np.abs(gy - by1).ravel(), kind="stable")
         candidates += list(zip(gx.ravel()[order].tolist(), gy.ravel()[order].tolist()))
-        spot = None
-        for x, y in candidates:
-            x, y = min(max(0, x), width - w), min(max(0, y), height - h)
-            if not len(placed) or not np.any((placed[:, 0] < x + w) & (x < placed[:, 2])
-                                             & (placed[:, 1] < y + h) & (y < placed[:, 3])):
-                spot = (x, y, w, h)
-                break
+        spot = _first_free(candidates, placed, w, h, width, height)
         out.append(spot)
         if spot is not None:
             placed = np.vstack([placed, [[spot[0], spot[1], spot[0] + w, spot[1] + h]]])
     return out
-
 
 
 def _cell(img: np.ndarray | None, size: int, text: str, color, strip: int = 16) -> np.ndarray:
@@ -256,21 +261,84 @@ def render_result(image: np.ndarray, result: dict, thumbnails: dict, *, header_h
     return np.vstack(parts)
 
 
+def place_insets(boxes: np.ndarray, size: tuple[int, int], width: int, height: int, *,
+                 obstacles: np.ndarray | None = None, reach: float = 3.0) -> list[tuple[int, int, int, int] | None]:
+    """Where each box's strip of neighbour thumbnails goes: outside every box and obstacle, not over another strip,
+    inside the picture, and near its own box (above it, below it, to its right or left, else the nearest free spot
+    within ``reach`` strip heights); None where no such spot exists.
+
+    Parameters
+    ----------
+    boxes : (N, 4) float, pixels [x1, y1, x2, y2] in the picture.
+    size : (width, height) of a strip in pixels.
+    width, height : the picture's size in pixels.
+    obstacles : (M, 4) float, more rectangles [x1, y1, x2, y2] to keep clear (the boxes' labels).
+
+    Returns
+    -------
+    list of N ``(x, y, w, h)`` rectangles in pixels, or None.
+    """
+    w, h = size
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    blocked = [np.round(boxes).astype(np.int64)]
+    if obstacles is not None and len(obstacles):
+        blocked.append(np.round(np.asarray(obstacles, np.float64).reshape(-1, 4)).astype(np.int64))
+    placed = np.vstack(blocked)
+    placed[:, 2:] += 1  # boxes are drawn on their last pixel too
+    out: list[tuple[int, int, int, int] | None] = []
+    if w > width or h > height:
+        return [None] * len(boxes)
+    step = max(4, h // 3)
+    for bx1, by1, bx2, by2 in np.round(boxes).astype(int).tolist():
+        near = [(bx1, by1 - h - 1), (bx1, by2 + 2), (bx2 + 2, by1), (bx1 - w - 1, by1), (bx2 - w, by1 - h - 1),
+                (bx2 - w, by2 + 2)]
+        r = int(reach * h)
+        gx, gy = np.meshgrid(np.arange(bx1 - r, bx2 + r + 1, step), np.arange(by1 - r, by2 + r + 1, step))
+        gx, gy = gx.ravel(), gy.ravel()
+        inside = (gx >= 0) & (gy >= 0) & (gx <= width - w) & (gy <= height - h)
+        gx, gy = gx[inside], gy[inside]
+        order = np.argsort(np.abs(gx - bx1) + np.abs(gy - by1), kind="stable")
+        near = [(x, y) for x, y in near if 0 <= x <= width - w and 0 <= y <= height - h]
+        spot = _first_free(near + list(zip(gx[order].tolist(), gy[order].tolist())), placed, w, h, width, height)
+        out.append(spot)
+        if spot is not None:
+            placed = np.vstack([placed, [[spot[0], spot[1], spot[0] + w, spot[1] + h]]])
+    return out
+
+
 def annotate_frame(image: np.ndarray, result: SearchResult, thumbnails: dict, *, n_neighbors: int = 3,
                    thumb_size: int = 48) -> np.ndarray:
-    """A copy of a video frame (H, W, 3) uint8 BGR with a labeled box per object and, inside each box's top-left
-    corner, its first ``n_neighbors`` neighbours' thumbnails (``thumbnails`` by object id, JPEG bytes or arrays),
-    as far as they fit in the frame. Used by ``objsearch video --out``."""
+    """A copy of a video frame (H, W, 3) uint8 BGR with a labeled box per object and, next to each box, a strip of
+    its first ``n_neighbors`` neighbours' thumbnails (``thumbnails`` by object id, JPEG bytes or arrays). Strips go
+    outside every box and label (``place_insets``), so they do not hide the objects in a crowd; an object with no free
+    spot near it gets one thumbnail, or none. Used by ``objsearch video --out``."""
     out = draw_boxes(image.copy(), result, 1.0, max(2, image.shape[1] // 400))
     h, w = out.shape[:2]
-    for r in range(len(result.detections)):
-        x1, y1 = (int(round(float(v))) for v in result.detections.xyxy[r][:2])
-        x, y = max(0, x1 + 2), max(0, y1 + 2)
-        for nb in result.neighbors[r][:n_neighbors]:
+    dets = result.detections
+    labels = [(x, y, x + lw, y + lh) for x, y, lw, lh in filter(None, label_rects(result, w, h))]
+    counts = [min(n_neighbors, len(result.neighbors[r])) for r in range(len(dets))]
+    n = max(counts, default=0)
+    spots: list = [None] * len(dets)
+    taken = np.asarray(labels, np.float64).reshape(-1, 4)
+    for size in range(n, 0, -1):  # the full strip where it fits, a shorter one where it does not
+        todo = [r for r in range(len(dets)) if spots[r] is None and counts[r] >= size]
+        if not todo:
+            continue
+        width = size * (thumb_size + 2) - 2
+        others = np.vstack([taken, dets.xyxy.astype(np.float64)])
+        found = place_insets(dets.xyxy[todo], (width, thumb_size), w, h, obstacles=others)
+        for r, spot in zip(todo, found):
+            if spot is not None:
+                spots[r] = (spot, size)
+                taken = np.vstack([taken, [[spot[0], spot[1], spot[0] + spot[2], spot[1] + spot[3]]]])
+    for r, placed in enumerate(spots):
+        if placed is None:
+            continue
+        (x, y, _, _), size = placed
+        for nb in result.neighbors[r][:size]:
             thumb = _decode(thumbnails.get(nb.object_id))
-            if thumb is None or x + thumb_size > w or y + thumb_size > h:
-                break
-            out[y:y + thumb_size, x:x + thumb_size] = _cell(thumb, thumb_size, "", None, strip=0)
-            cv2.rectangle(out, (x, y), (x + thumb_size - 1, y + thumb_size - 1), _color(nb.class_id), 1)
+            if thumb is not None:
+                out[y:y + thumb_size, x:x + thumb_size] = _cell(thumb, thumb_size, "", None, strip=0)
+                cv2.rectangle(out, (x, y), (x + thumb_size - 1, y + thumb_size - 1), _color(nb.class_id), 1)
             x += thumb_size + 2
     return out

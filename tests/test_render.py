@@ -82,3 +82,68 @@ def test_neighbour_distance_stays_readable(label, size):
     text, scale = fit_text(f"{label} d=0.52", size - 4)
     assert text.endswith(" d=0.52") and scale >= MIN_TEXT_SCALE
     assert cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] <= size - 4
+
+
+# ----------------------------------------------------------------------------------------------- video (item 8)
+def covered_fraction(picture_changed: np.ndarray, boxes: np.ndarray, skip: int) -> float:
+    """Mean fraction of each box's area (all but box ``skip``) where ``picture_changed`` is set."""
+    fractions = []
+    for i, (x1, y1, x2, y2) in enumerate(np.round(boxes).astype(int)):
+        if i != skip:
+            fractions.append(picture_changed[max(0, y1):y2, max(0, x1):x2].mean())
+    return float(np.mean(fractions))
+
+
+def test_video_insets_stay_off_the_other_objects(results, engine):
+    from objsearch.render import annotate_frame, draw_boxes
+
+    image, result = results["walking"]
+    thumbs = {i: engine.thumbnail(i) for i in result.object_ids()}
+    boxed = draw_boxes(image.copy(), result, 1.0, max(2, image.shape[1] // 400))
+    annotated = annotate_frame(image, result, thumbs)
+    changed = (annotated != boxed).any(axis=2)  # where the insets went
+    assert changed.mean() > 0.01  # insets were drawn
+    boxes = result.detections.xyxy
+    inside = np.zeros_like(changed)
+    for x1, y1, x2, y2 in np.round(boxes).astype(int):
+        inside[max(0, y1):y2, max(0, x1):x2] = True
+    # of the inset pixels, hardly any fall on a detected object (the old code put every inset inside its own box)
+    assert (changed & inside).sum() <= 0.02 * changed.sum(), (changed & inside).sum() / changed.sum()
+
+
+def test_video_writer_writes_small_h264(tmp_path, results, engine):
+    import av
+
+    from objsearch.media import VideoWriter
+    from objsearch.render import annotate_frame
+
+    cap = cv2.VideoCapture(str(WALKING))
+    frames = []
+    for _ in range(30):
+        ok, frame = cap.read()
+        assert ok
+        frames.append(frame)
+    cap.release()
+    ours, mp4v = tmp_path / "h264.mp4", tmp_path / "mp4v.mp4"
+    with VideoWriter(ours, 25.0) as writer:
+        for frame in frames:
+            writer.write(frame)
+    old = cv2.VideoWriter(str(mp4v), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, frames[0].shape[1::-1])
+    for frame in frames:
+        old.write(frame)
+    old.release()
+    with av.open(str(ours)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264"
+        assert (stream.codec_context.width, stream.codec_context.height) == (frames[0].shape[1] // 2 * 2,
+                                                                              frames[0].shape[0] // 2 * 2)
+        assert sum(1 for _ in container.decode(stream)) == len(frames)
+    assert ours.stat().st_size < mp4v.stat().st_size / 3, (ours.stat().st_size, mp4v.stat().st_size)
+    # sized like the source's own encode: at most 1.5 times its bytes per frame
+    source_per_frame = WALKING.stat().st_size / 341
+    assert ours.stat().st_size / len(frames) < 1.5 * source_per_frame
+    # odd sizes are cropped to even ones, not refused
+    with VideoWriter(tmp_path / "odd.mp4", 10.0) as writer:
+        writer.write(np.zeros((101, 77, 3), np.uint8))
+    with av.open(str(tmp_path / "odd.mp4")) as container:
+        assert container.streams.video[0].codec_context.width == 76

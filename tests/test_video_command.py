@@ -222,8 +222,12 @@ def test_video_command_writes_json_lines(video_run, small_index):
 
 
 def test_video_command_writes_an_annotated_video(video_run):
+    import av
+
     result, jsonl, mp4 = video_run
     assert result.returncode == 0, result.stderr
+    with av.open(str(mp4)) as container:  # browsers play H.264, not OpenCV's default mp4v
+        assert container.streams.video[0].codec_context.name == "h264"
     cap = cv2.VideoCapture(str(mp4))
     try:
         assert cap.isOpened()
