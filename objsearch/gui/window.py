@@ -111,6 +111,11 @@ class ResultsView(QtWidgets.QWidget):
             self.neighbor_clicked.emit(tile.object_id)
 
 
+TOOLTIP_BACKGROUND, TOOLTIP_TEXT = "#202020", "#f0f0f0"
+TOOLTIP_STYLE = (f"QToolTip {{ color: {TOOLTIP_TEXT}; background-color: {TOOLTIP_BACKGROUND}; "
+                 "border: 1px solid #808080; padding: 3px; }")
+
+
 def _slider(lo: int, hi: int, value: int) -> QtWidgets.QSlider:
     s = QtWidgets.QSlider(QtCore.Qt.Orientation.Horizontal)
     s.setRange(lo, hi)
@@ -138,6 +143,12 @@ class MainWindow(QtWidgets.QMainWindow):
         super().__init__()
         self.setWindowTitle("objsearch")
         self.resize(1400, 900)
+        # tooltips: light text on a dark panel whatever the desktop theme (some themes pair dark text with dark)
+        self.setStyleSheet(TOOLTIP_STYLE)
+        palette = QtWidgets.QToolTip.palette()
+        palette.setColor(QtGui.QPalette.ColorRole.ToolTipBase, QtGui.QColor(TOOLTIP_BACKGROUND))
+        palette.setColor(QtGui.QPalette.ColorRole.ToolTipText, QtGui.QColor(TOOLTIP_TEXT))
+        QtWidgets.QToolTip.setPalette(palette)
         self.setAcceptDrops(True)
         self.weights, self.device = weights, device
         self.camera_opener, self.screen_grabber = camera_opener, screen_grabber
@@ -265,10 +276,14 @@ class MainWindow(QtWidgets.QMainWindow):
         f = QtWidgets.QFormLayout(box)
         self.header_slider = _slider(120, 1080, 360)
         self.header_slider.valueChanged.connect(self._set_header_height)
-        f.addRow("Header height", self.header_slider)
+        self.header_label = QtWidgets.QLabel(f"{self.header_slider.value()} px")
+        self.header_slider.valueChanged.connect(lambda v: self.header_label.setText(f"{v} px"))
+        f.addRow("Header height", self._with_label(self.header_slider, self.header_label))
         self.thumb_slider = _slider(32, 256, self.thumb_height)
         self.thumb_slider.valueChanged.connect(self._set_thumb_height)
-        f.addRow("Thumb height", self.thumb_slider)
+        self.thumb_label = QtWidgets.QLabel(f"{self.thumb_height} px")
+        self.thumb_slider.valueChanged.connect(lambda v: self.thumb_label.setText(f"{v} px"))
+        f.addRow("Thumb height", self._with_label(self.thumb_slider, self.thumb_label))
         form.addWidget(box)
 
         # index
@@ -373,6 +388,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.conf_slider.blockSignals(False)
         self.settings.conf = None
         self._update_index_label()
+        self.setWindowTitle(f"objsearch - {path.name}")
         self.show_message(f"opened {path} ({len(searcher.catalog.object_id):,} objects, search: {searcher.method})")
         if self._check_images() and self.source_kind == "random" and self.capture is None:
             self.query_random()
