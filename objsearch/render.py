@@ -4,6 +4,7 @@ and "thumb height" settings)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -20,6 +21,7 @@ def _color(class_id: int) -> tuple[int, int, int]:
     return tuple(int(c) for c in rng.integers(60, 255, 3))
 
 
+@functools.lru_cache(maxsize=4096)
 def _label_size(text: str, scale: float) -> tuple[int, int, int]:
     """(width, height, baseline) in pixels of a label box for ``text`` at font ``scale``."""
     weight = max(1, int(round(scale * 2)))
@@ -39,11 +41,18 @@ def _first_free(candidates, placed: np.ndarray, w: int, h: int, width: int,
                 height: int) -> tuple[int, int, int, int] | None:
     """The first candidate top-left corner (clamped into the picture) where a (w, h) rectangle overlaps none of
     ``placed`` ((M, 4) int [x1, y1, x2, y2), exclusive ends), as (x, y, w, h); None when there is none."""
-    for x, y in candidates:
-        x, y = min(max(0, x), width - w), min(max(0, y), height - h)
-        if not len(placed) or not np.any((placed[:, 0] < x + w) & (x < placed[:, 2])
-                                         & (placed[:, 1] < y + h) & (y < placed[:, 3])):
-            return x, y, w, h
+    xy = candidates if isinstance(candidates, np.ndarray) else np.asarray(list(candidates), np.int64)
+    xy = xy.reshape(-1, 2)
+    if not len(xy):
+        return None
+    x = np.clip(xy[:, 0], 0, width - w)[:, None]
+    y = np.clip(xy[:, 1], 0, height - h)[:, None]
+    for start in range(0, len(x), 512):  # in blocks: the first free candidate is usually among the first few
+        bx, by = x[start:start + 512], y[start:start + 512]
+        hit = ((placed[:, 0] < bx + w) & (bx < placed[:, 2]) & (placed[:, 1] < by + h) & (by < placed[:, 3])).any(axis=1)
+        free = np.flatnonzero(~hit)
+        if free.size:
+            return int(bx[free[0], 0]), int(by[free[0], 0]), w, h
     return None
 
 
@@ -74,12 +83,12 @@ def place_labels(boxes: np.ndarray, sizes: list[tuple[int, int]], width: int,
         bx1, by1, bx2, by2 = int(round(bx1)), int(round(by1)), int(round(bx2)), int(round(by2))
         xs = [bx1 + dx for dx in range(0, max(1, bx2 - bx1 - w + 1), max(8, w // 2))][:8]
         ys = [by1 - h, by1, *range(by1 + h, max(by1 + h, by2 - h + 1), h)][:12] + [by2]
-        candidates = [(x, y) for y in ys for x in xs]
-        # anywhere in the picture, nearest to the box's top-left corner first
-        gx, gy = np.meshgrid(np.arange(0, width - w + 1, max(4, w // 4)), np.arange(0, height - h + 1, max(4, h)))
-        order = np.argsort(np.abs(gx - bx1).ravel() + np.abs(gy - by1).ravel(), kind="stable")
-        candidates += list(zip(gx.ravel()[order].tolist(), gy.ravel()[order].tolist()))
-        spot = _first_free(candidates, placed, w, h, width, height)
+        near = np.array([(x, y) for y in ys for x in xs], np.int64).reshape(-1, 2)
+        spot = _first_free(near, placed, w, h, width, height)
+        if spot is None:  # anywhere in the picture, nearest to the box's top-left corner first
+            gx, gy = np.meshgrid(np.arange(0, width - w + 1, max(4, w // 4)), np.arange(0, height - h + 1, max(4, h)))
+            order = np.argsort(np.abs(gx - bx1).ravel() + np.abs(gy - by1).ravel(), kind="stable")
+            spot = _first_free(np.stack([gx.ravel()[order], gy.ravel()[order]], 1), placed, w, h, width, height)
         out.append(spot)
         if spot is not None:
             placed = np.vstack([placed, [[spot[0], spot[1], spot[0] + w, spot[1] + h]]])
@@ -160,12 +169,14 @@ def _box_text(result: SearchResult, i: int) -> str:
 
 
 def draw_boxes(image: np.ndarray, result: SearchResult, scale: float = 1.0, thickness: int = 2,
-               font_scale: float = 0.45) -> np.ndarray:
+               font_scale: float = 0.45, rects: list | None = None) -> np.ndarray:
     """``image`` (H, W, 3) uint8 BGR with a box and a label (class and confidence) per query object of ``result``,
     drawn in place; ``scale`` maps the boxes (query pixels) onto ``image``. Labels never overlap each other nor leave
-    the picture (``place_labels``); one that fits nowhere is left out (its box stays)."""
+    the picture (``place_labels``); one that fits nowhere is left out (its box stays). ``rects``: the labels'
+    places when the caller already has them (``label_rects`` with the same arguments)."""
     dets = result.detections
-    rects = label_rects(result, image.shape[1], image.shape[0], scale, font_scale)
+    if rects is None:
+        rects = label_rects(result, image.shape[1], image.shape[0], scale, font_scale)
     for i in range(len(dets)):
         x1, y1, x2, y2 = (int(round(float(v) * scale)) for v in dets.xyxy[i])
         cv2.rectangle(image, (x1, y1), (x2, y2), _color(dets.class_id[i]), thickness)
@@ -298,8 +309,9 @@ def place_insets(boxes: np.ndarray, size: tuple[int, int], width: int, height: i
         inside = (gx >= 0) & (gy >= 0) & (gx <= width - w) & (gy <= height - h)
         gx, gy = gx[inside], gy[inside]
         order = np.argsort(np.abs(gx - bx1) + np.abs(gy - by1), kind="stable")
-        near = [(x, y) for x, y in near if 0 <= x <= width - w and 0 <= y <= height - h]
-        spot = _first_free(near + list(zip(gx[order].tolist(), gy[order].tolist())), placed, w, h, width, height)
+        near = np.array([(x, y) for x, y in near if 0 <= x <= width - w and 0 <= y <= height - h], np.int64)
+        spot = _first_free(np.vstack([near.reshape(-1, 2), np.stack([gx[order], gy[order]], 1)]), placed, w, h,
+                           width, height)
         out.append(spot)
         if spot is not None:
             placed = np.vstack([placed, [[spot[0], spot[1], spot[0] + w, spot[1] + h]]])
@@ -312,10 +324,11 @@ def annotate_frame(image: np.ndarray, result: SearchResult, thumbnails: dict, *,
     its first ``n_neighbors`` neighbours' thumbnails (``thumbnails`` by object id, JPEG bytes or arrays). Strips go
     outside every box and label (``place_insets``), so they do not hide the objects in a crowd; an object with no free
     spot near it gets one thumbnail, or none. Used by ``objsearch video --out``."""
-    out = draw_boxes(image.copy(), result, 1.0, max(2, image.shape[1] // 400))
-    h, w = out.shape[:2]
+    h, w = image.shape[:2]
+    rects = label_rects(result, w, h)
+    out = draw_boxes(image.copy(), result, 1.0, max(2, image.shape[1] // 400), rects=rects)
     dets = result.detections
-    labels = [(x, y, x + lw, y + lh) for x, y, lw, lh in filter(None, label_rects(result, w, h))]
+    labels = [(x, y, x + lw, y + lh) for x, y, lw, lh in filter(None, rects)]
     counts = [min(n_neighbors, len(result.neighbors[r])) for r in range(len(dets))]
     n = max(counts, default=0)
     spots: list = [None] * len(dets)
