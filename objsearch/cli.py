@@ -338,12 +338,12 @@ def expand_query_inputs(inputs: list[str]) -> list[str | Path]:
 
     Raises
     ------
-    EmptyFolderError
-        When a folder or a pattern names no image.
+    ImageReadError
+        When a folder or a pattern names no image (a query image that cannot be read, exit 2).
     """
     import glob
 
-    from objsearch.errors import EmptyFolderError
+    from objsearch.errors import ImageReadError
 
     out: list[str | Path] = []
     for text in inputs:
@@ -355,13 +355,13 @@ def expand_query_inputs(inputs: list[str]) -> list[str | Path]:
 
             found = list_images(path)
             if not found:
-                raise EmptyFolderError(f"{text} holds no images")
+                raise ImageReadError(f"cannot read image {text}: it is a folder with no images in it")
             out += found
         elif not path.exists() and glob.has_magic(text):
             found = sorted(Path(p) for p in glob.glob(text, recursive=True)
                            if Path(p).suffix.lower() in MEDIA_SUFFIXES - VIDEO_ONLY_SUFFIXES and Path(p).is_file())
             if not found:
-                raise EmptyFolderError(f"no image matches {text}")
+                raise ImageReadError(f"cannot read image {text}: no image file matches the pattern")
             out += found
         else:
             out.append(path)
