@@ -588,9 +588,12 @@ def desktop_app(
     if index is None and Path("runs/demo/coco128.h5").is_file():
         index = Path("runs/demo/coco128.h5")
     try:
+        from objsearch.gui.display import drop_opencv_plugin_path, probe_display
         from objsearch.gui.window import run_app
     except ImportError as exc:
         raise ObjsearchError(f"the desktop app needs PyQt6 and pyqtgraph: {exc}") from None
+    drop_opencv_plugin_path()  # importing cv2 pointed Qt at OpenCV's own Qt 5 plugins
+    probe_display()  # Qt aborts the process when it cannot open a display: ask a child first
     raise typer.Exit(run_app(index, base_dir=base_dir, weights=weights, device=device, source=source))
 
 

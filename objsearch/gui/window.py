@@ -873,6 +873,9 @@ def run_app(index=None, *, base_dir=None, weights=None, device=None, source: str
         For a malformed source (before any window opens).
     """
     kind, arg = parse_source(source) if source else (None, None)
+    from objsearch.gui.display import drop_opencv_plugin_path
+
+    drop_opencv_plugin_path()  # cv2, imported by now, points Qt at its own Qt 5 plugins
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["objsearch"])
     window = MainWindow(index, base_dir=base_dir, weights=weights, device=device)
     window.show()
