@@ -157,10 +157,24 @@ def analyze(
     config: ConfigOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing index file.")] = False,
     batch: Annotated[Optional[int], typer.Option(help="Images per detector forward pass (same input shape only).")] = None,
+    engine: Annotated[str, typer.Option("--engine", help="local (this process), or ray (Ray Data: reading, "
+                                        "decoding and detection as stages, one detector actor per GPU; pip install "
+                                        "'objsearch[ray]').")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to run on (host:6379 or "
+                                                       "auto); default: a local Ray for this run.")] = None,
 ) -> None:
     """Analyze every image under FOLDER into a new index file. An interrupted run resumes when run again; a
     finished index is brought up to date with `objsearch sync`."""
-    from objsearch.analysis import analyze as run_analyze
+    if engine not in ("local", "ray"):
+        raise ObjsearchError(f"--engine must be local or ray, got {engine!r}")
+    if ray_address is not None and engine != "ray":
+        raise ObjsearchError("--ray-address goes with --engine ray")
+    if engine == "ray":
+        from objsearch.distributed import analyze as ray_analyze
+
+        run_analyze = functools.partial(ray_analyze, ray_address=ray_address)
+    else:
+        from objsearch.analysis import analyze as run_analyze
 
     cfg = load_config(config, dims=dims, projection=projection, conf=conf, imgsz=imgsz, device=device,
                       feature_recipe=recipe, weights=weights, batch=batch)
