@@ -65,6 +65,9 @@ def _init_ray(address: str | None):
         logging.getLogger("ray.data").setLevel(logging.WARNING)
     if not ray.is_initialized():
         kwargs = {"address": address} if address else {"include_dashboard": False}
+        # the workers import this objsearch (a cluster's nodes need not have it installed)
+        package = str(Path(__file__).resolve().parent)
+        kwargs["runtime_env"] = {"py_modules": [package], "excludes": ["__pycache__", "*.pyc"]}
         try:
             ray.init(**kwargs, log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:

@@ -53,7 +53,8 @@ INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8")
 CONSISTENCY_LEVELS = ("Strong", "Session", "Bounded", "Eventually")
 MAX_TOPK = 16384  # Milvus' limit on k per search
 INSERT_ROWS = 8192  # rows per insert call (well under gRPC's 64 MB message limit at 256 dims)
-IN_LIST = 4096  # ids per ``object_id in [...]`` expression
+IN_LIST = 4096
+SEARCH_THREADS = 8  # concurrent search calls when queries carry different filters  # ids per ``object_id in [...]`` expression
 _PROPS = ("objsearch.index_uuid", "objsearch.generation", "objsearch.dims")
 
 
@@ -397,13 +398,23 @@ class MilvusVectorStore:
         params = {"metric_type": "L2", "params": dict(self.search_params)}
         if self.index_type == "HNSW":
             params["params"]["ef"] = max(int(self.search_params.get("ef", 64)), limit)
-        for g, (cid, excluded) in enumerate(groups):
+        def one_group(g: int):
+            cid, excluded = groups[g]
             rows = np.flatnonzero(group_of == g)
             terms = ([f"class_id == {int(cid)}"] if class_id is not None else []) + \
                     ([f"image_id != {int(excluded)}"] if exclude is not None and excluded >= 0 else [])
-            result = self._call("search", self._client.search, self.collection, data=queries[rows], limit=limit,
-                                filter=" and ".join(terms), output_fields=["object_id"], search_params=params,
-                                consistency_level=self.consistency, anns_field="vector")
+            return rows, self._call("search", self._client.search, self.collection, data=queries[rows],
+                                    limit=limit, filter=" and ".join(terms), output_fields=["object_id"],
+                                    search_params=params, consistency_level=self.consistency, anns_field="vector")
+
+        if len(groups) > 1:  # one call per filter: issued together, so their waits (consistency) overlap
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(len(groups), SEARCH_THREADS)) as pool:
+                answers = list(pool.map(one_group, range(len(groups))))
+        else:
+            answers = [one_group(0)]
+        for rows, result in answers:
             for row, found in zip(rows, result):
                 n = len(found)
                 if not n:
