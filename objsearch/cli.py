@@ -99,8 +99,36 @@ def _progress_bar(total: int, desc: str):
 
 
 BackendOpt = Annotated[str, typer.Option("--backend", "--search", help="Vector search: auto (the fastest exact "
-                                          "method for this index), kdtree, faiss, numpy (exact), or hnsw "
-                                          "(approximate, hnswlib; its graph is kept beside the index).")]
+                                          "method for this index), kdtree, faiss, numpy (exact), hnsw "
+                                          "(approximate, hnswlib; its graph is kept beside the index), or milvus "
+                                          "(a Milvus collection: see --milvus-uri; pip install 'objsearch[milvus]').")]
+MilvusUriOpt = Annotated[Optional[str], typer.Option("--milvus-uri", help="Milvus Lite database (a path ending in "
+                                                     ".db) or server URI (http://host:19530); default with --backend "
+                                                     "milvus: INDEX.h5.milvus.db.")]
+MilvusCollectionOpt = Annotated[Optional[str], typer.Option("--milvus-collection", help="Milvus collection (default: "
+                                                            "objsearch_<index uuid>_d<dims>).")]
+MilvusIndexOpt = Annotated[str, typer.Option("--milvus-index", help="Milvus index of a new collection: FLAT (exact), "
+                                             "HNSW, IVF_FLAT or IVF_SQ8 (approximate).")]
+
+
+def _milvus_follow(index: Path, uri: str | None, collection: str | None, previous) -> None:
+    """After a job: bring the index's Milvus collections (every stored dims) in step on ``uri``, when given."""
+    if uri is None:
+        return
+    from objsearch.vectors import follow_index
+
+    for dims, added, removed in follow_index(index, uri, collection=collection, previous=previous):
+        typer.echo(f"milvus {uri}: {dims} dims: {added} objects added, {removed} removed")
+
+
+def _catalog_state(index: Path, uri: str | None):
+    """(uuid, generation, object ids) of an index before a job, for ``_milvus_follow``; None without --milvus-uri."""
+    if uri is None:
+        return None
+    from objsearch.catalog import Catalog
+
+    with Catalog(index) as catalog:
+        return catalog.uuid, catalog.generation, catalog.object_id.copy()
 
 
 def _print_summary(verb: str, summary, output=None) -> None:
@@ -159,10 +187,24 @@ def analyze(
     config: ConfigOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing index file.")] = False,
     batch: Annotated[Optional[int], typer.Option(help="Images per detector forward pass (same input shape only).")] = None,
+    engine: Annotated[str, typer.Option("--engine", help="local (this process), or ray (Ray Data: reading, "
+                                        "decoding and detection as stages, one detector actor per GPU; pip install "
+                                        "'objsearch[ray]').")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to run on (host:6379 or "
+                                                       "auto); default: a local Ray for this run.")] = None,
 ) -> None:
     """Analyze every image under FOLDER into a new index file. An interrupted run resumes when run again; a
     finished index is brought up to date with `objsearch sync`."""
-    from objsearch.analysis import analyze as run_analyze
+    if engine not in ("local", "ray"):
+        raise ObjsearchError(f"--engine must be local or ray, got {engine!r}")
+    if ray_address is not None and engine != "ray":
+        raise ObjsearchError("--ray-address goes with --engine ray")
+    if engine == "ray":
+        from objsearch.distributed import analyze as ray_analyze
+
+        run_analyze = functools.partial(ray_analyze, ray_address=ray_address)
+    else:
+        from objsearch.analysis import analyze as run_analyze
 
     cfg = load_config(config, dims=dims, projection=projection, conf=conf, imgsz=imgsz, device=device,
                       feature_recipe=recipe, weights=weights, batch=batch)
@@ -221,17 +263,22 @@ def add(
     index: Annotated[Path, typer.Option("--index", "-i", help="Index file.")],
     weights: WeightsOpt = None,
     device: DeviceOpt = None,
+    milvus_uri: MilvusUriOpt = None,
+    milvus_collection: MilvusCollectionOpt = None,
 ) -> None:
     """Analyze images and add them to an index, with the index's own weights, recipe and projection. Only the new
-    images are analyzed; the file is extended, not rewritten."""
+    images are analyzed; the file is extended, not rewritten. With --milvus-uri the index's Milvus collections are
+    updated too (otherwise the next search with --backend milvus updates them)."""
     from objsearch.analysis import add as run_add
 
+    previous = _catalog_state(index, milvus_uri)
     progress, close = _job_progress("add")
     try:
         summary = run_add(index, paths, weights=weights, device=device, progress=progress)
     finally:
         close()
     _print_summary("added", summary)
+    _milvus_follow(index, milvus_uri, milvus_collection, previous)
 
 
 @app.command()
@@ -240,6 +287,8 @@ def remove(
     paths: Annotated[Optional[list[Path]], typer.Argument(help="Indexed images or folders to remove.")] = None,
     index: Annotated[Path, typer.Option("--index", "-i", help="Index file.")] = Path("index.h5"),
     missing: Annotated[bool, typer.Option(help="Also remove every indexed image whose file is gone.")] = False,
+    milvus_uri: MilvusUriOpt = None,
+    milvus_collection: MilvusCollectionOpt = None,
 ) -> None:
     """Remove images (and their objects) from an index; their ids are never reused. `objsearch compact` reclaims
     the space."""
@@ -247,9 +296,11 @@ def remove(
 
     if not paths and not missing:
         raise ObjsearchError("name images or folders to remove, or pass --missing")
+    previous = _catalog_state(index, milvus_uri)
     summary = run_remove(index, paths or [], missing=missing)
     typer.echo(f"removed {summary.n_removed} images ({summary.n_removed_objects} objects) from {index} "
                f"({summary.n_images} images, {summary.n_objects} objects left) in {summary.seconds:.1f} s")
+    _milvus_follow(index, milvus_uri, milvus_collection, previous)
 
 
 @app.command()
@@ -260,16 +311,20 @@ def sync(
     index: Annotated[Path, typer.Option("--index", "-i", help="Index file.")] = Path("index.h5"),
     weights: WeightsOpt = None,
     device: DeviceOpt = None,
+    milvus_uri: MilvusUriOpt = None,
+    milvus_collection: MilvusCollectionOpt = None,
 ) -> None:
     """Bring an index in step with its folder: add new images, analyze changed ones again, remove deleted ones."""
     from objsearch.analysis import sync as run_sync
 
+    previous = _catalog_state(index, milvus_uri)
     progress, close = _job_progress("sync")
     try:
         summary = run_sync(index, folder, weights=weights, device=device, progress=progress)
     finally:
         close()
     _print_summary("synced: added", summary)
+    _milvus_follow(index, milvus_uri, milvus_collection, previous)
 
 
 @app.command()
@@ -326,6 +381,9 @@ def query(
     device: DeviceOpt = None,
     conf: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Minimum detection confidence.")] = None,
     backend: BackendOpt = "auto",
+    milvus_uri: MilvusUriOpt = None,
+    milvus_collection: MilvusCollectionOpt = None,
+    milvus_index: MilvusIndexOpt = "FLAT",
 ) -> None:
     """Find the nearest indexed objects of every object in IMAGE."""
     from objsearch.engine import Engine
@@ -337,7 +395,8 @@ def query(
         _check_picture_path(out)
     picture = read_image(image)  # decoded once; a bad query image fails before the detector loads
     with Engine(index, weights=weights, base_dir=base_dir, dims=dims, device=device, conf=conf,
-                backend=backend) as engine:
+                backend=_backend(backend, milvus_uri), milvus_uri=milvus_uri, milvus_collection=milvus_collection,
+                milvus_index=milvus_index) as engine:
         result = engine.search_file(image, k=k, same_class=same_class, exclude_self=not include_self, warmup=True,
                                     image=picture)
         if out is not None:
@@ -494,6 +553,9 @@ def video(
     device: DeviceOpt = None,
     conf: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Minimum detection confidence.")] = None,
     backend: BackendOpt = "auto",
+    milvus_uri: MilvusUriOpt = None,
+    milvus_collection: MilvusCollectionOpt = None,
+    milvus_index: MilvusIndexOpt = "FLAT",
 ) -> None:
     """Search the objects of a video's frames without a display. Each analyzed frame is one JSON line: the
     ``query --json`` object plus ``frame`` (number in the file) and ``timestamp_s``."""
@@ -510,7 +572,8 @@ def video(
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(VideoFileSource(file))
         engine = stack.enter_context(Engine(index, weights=weights, dims=dims, device=device, conf=conf,
-                                            backend=backend))
+                                            backend=_backend(backend, milvus_uri), milvus_uri=milvus_uri,
+                                            milvus_collection=milvus_collection, milvus_index=milvus_index))
         cache = ThumbnailCache(engine) if out is not None else None
         lines = sys.stdout if jsonl == Path("-") else (stack.enter_context(_open_for_writing(jsonl)) if jsonl else None)
         writer = None
@@ -572,6 +635,10 @@ def desktop_app(
     base_dir: Annotated[Optional[Path], typer.Option(help="Where the indexed images live now.")] = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = None,
+    backend: BackendOpt = "auto",
+    milvus_uri: MilvusUriOpt = None,
+    milvus_collection: MilvusCollectionOpt = None,
+    milvus_index: MilvusIndexOpt = "FLAT",
 ) -> None:
     """Open the desktop app: live object search from a random image, an image file, a webcam, a video or the
     screen."""
@@ -592,9 +659,20 @@ def desktop_app(
         from objsearch.gui.window import run_app
     except ImportError as exc:
         raise ObjsearchError(f"the desktop app needs PyQt6 and pyqtgraph: {exc}") from None
+    store = {"backend": _backend(backend, milvus_uri), "milvus_uri": milvus_uri,
+             "milvus_collection": milvus_collection, "milvus_index": milvus_index}
     drop_opencv_plugin_path()  # importing cv2 pointed Qt at OpenCV's own Qt 5 plugins
     probe_display()  # Qt aborts the process when it cannot open a display: ask a child first
-    raise typer.Exit(run_app(index, base_dir=base_dir, weights=weights, device=device, source=source))
+    raise typer.Exit(run_app(index, base_dir=base_dir, weights=weights, device=device, source=source, **store))
+
+
+def _backend(backend: str, milvus_uri: str | None) -> str:
+    """``--milvus-uri`` alone means ``--backend milvus``; with another explicit backend it is refused."""
+    if milvus_uri is None or backend == "milvus":
+        return backend
+    if backend == "auto":
+        return "milvus"
+    raise ObjsearchError(f"--milvus-uri goes with --backend milvus, not --backend {backend}")
 
 
 def default_demo_folder() -> Path:

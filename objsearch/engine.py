@@ -131,7 +131,11 @@ class Engine:
     dims : projection dimension to search; None: 32 when stored, else the smallest stored.
     device, conf : override the index's recorded settings.
     backend : vector store: ``auto`` (the fastest exact in-memory method, timed on open), ``kdtree``, ``faiss``,
-        ``numpy`` (exact), ``hnsw`` (approximate; its graph is kept beside the index).
+        ``numpy`` (exact), ``hnsw`` (approximate; its graph is kept beside the index), ``milvus`` (a Milvus
+        collection, brought in step with the index when opened and on ``refresh``; see ``objsearch.vectors.milvus``).
+    milvus_uri : the ``milvus`` backend's Milvus Lite path (``*.db``) or server URI; None: ``INDEX.h5.milvus.db``.
+    milvus_collection : its collection; None: ``objsearch_<index uuid[:12]>_d<dims>``.
+    milvus_index : ``FLAT`` (exact), ``HNSW``, ``IVF_FLAT`` or ``IVF_SQ8`` (approximate).
     detector : an already loaded ``Detector`` (reused when its weights match the index's).
 
     Raises
@@ -144,10 +148,13 @@ class Engine:
         When no checkpoint can be found.
     ConfigError
         For an unknown backend.
+    VectorStoreError
+        When the ``milvus`` backend cannot be used (not installed, unreachable, a collection of another index).
     """
 
     def __init__(self, index_path, *, weights=None, base_dir=None, dims=None, device=None, conf=None,
-                 backend: str = "auto", detector=None, max_pixels: int = DEFAULT_MAX_PIXELS):
+                 backend: str = "auto", detector=None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 milvus_uri: str | None = None, milvus_collection: str | None = None, milvus_index: str = "FLAT"):
         from objsearch.catalog import Catalog
 
         self.catalog = Catalog(index_path)
@@ -171,6 +178,8 @@ class Engine:
             if backend not in BACKENDS:
                 raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
             self.backend = backend
+            self._milvus = {"milvus_uri": milvus_uri, "milvus_collection": milvus_collection,
+                            "milvus_index": milvus_index}
             self.dims = int(dims) if dims is not None else (32 if 32 in self.catalog.dims else self.catalog.dims[0])
             if base_dir is not None and not Path(base_dir).is_dir():
                 raise ObjsearchError(f"--base-dir {printable(str(base_dir))} is not a folder")
@@ -209,14 +218,13 @@ class Engine:
                 if dims not in self.catalog.dims:
                     raise IndexFileError(f"{self.catalog.path} holds projections to {self.catalog.dims} dims, not "
                                          f"{dims}")
-                from objsearch.vectors import memory_store
+                from objsearch.vectors import open_store
 
                 c = self.catalog
                 self._projections[dims] = c.projection(dims)
                 cache = Path(f"{c.path}.hnsw{dims}") if self.backend == "hnsw" else None
                 try:
-                    self._stores[dims] = memory_store(self.backend, c.object_id, c.vectors(dims), c.class_id,
-                                                      c.object_media_id, hnsw_cache=cache)
+                    self._stores[dims] = open_store(self.backend, c, dims, hnsw_cache=cache, **self._milvus)
                 except ValueError as exc:
                     raise ConfigError(str(exc)) from None
             return self._stores[dims]
@@ -248,6 +256,9 @@ class Engine:
             gone = np.setdiff1d(old.object_id, new.object_id)
             fresh = np.isin(new.object_id, old.object_id, invert=True)
             for dims, store in self._stores.items():
+                if hasattr(store, "follow"):  # a persistent store (Milvus): by its own mark, not our difference
+                    store.follow(new, previous=(old.uuid, old.generation, old.object_id))
+                    continue
                 if len(gone):
                     store.remove(gone)
                 if fresh.any():

@@ -48,3 +48,10 @@ class EmptyFolderError(ObjsearchError):
 
 class IndexLockedError(IndexFileError):
     """Another process is writing the index (it holds ``INDEX.h5.lock``); the message names its pid."""
+
+
+class VectorStoreError(ObjsearchError):
+    """An external vector store (Milvus) cannot be used: not installed, unreachable, locked by another process, or
+    its collection belongs to another index or dimension."""
+
+    exit_code = 3
