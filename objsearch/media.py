@@ -117,8 +117,11 @@ def list_images(root: str | Path) -> list[Path]:
 
 def _header_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from the image header without decoding the pixels (Pillow reads only the header), or None when
-    Pillow does not know the format."""
+    Pillow does not know the format. When Pillow itself refuses the header as a decompression bomb (more than twice
+    its ``MAX_IMAGE_PIXELS``) it tells only the pixel count: then ``(pixels, 1)``, so that the caller's pixel limit
+    still refuses it (OpenCV's own limit, 2^30 pixels, would let a 20000 x 20000 PNG allocate 1.2 GB)."""
     import io
+    import re
     import sys
 
     from PIL import Image, UnidentifiedImageError
@@ -130,7 +133,10 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
     try:
         with image_open(io.BytesIO(data)) as im:
             return int(im.size[0]), int(im.size[1])
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+    except Image.DecompressionBombError as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        return (int(found.group(1)) if found else 1 << 62), 1
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         return None
 
 
@@ -150,7 +156,8 @@ def decode_image(data: bytes | np.ndarray, name: str = "image", *, max_pixels: i
     if size is None and buf.size > (1 << 20):
         size = _header_size(buf.tobytes())
     if size is not None and size[0] * size[1] > max_pixels:
-        raise ImageReadError(f"cannot read image {name}: {size[0]} x {size[1]} pixels is more than the limit of "
+        shown = f"{size[0]} x {size[1]} pixels" if size[1] > 1 else f"{size[0] / 1e6:.0f} MP"
+        raise ImageReadError(f"cannot read image {name}: {shown} is more than the limit of "
                              f"{max_pixels / 1e6:.0f} MP (max_pixels)")
     try:
         image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
