@@ -116,7 +116,9 @@ function draw() {
   canvas.height = img.naturalHeight;
   const ctx = canvas.getContext("2d");
   ctx.drawImage(img, 0, 0);
-  const scale = Math.max(1, img.naturalWidth / 640);
+  // line widths and labels in screen pixels: the canvas is shown scaled to its box
+  const shown = canvas.getBoundingClientRect().width;
+  const scale = Math.max(0.5, img.naturalWidth / (shown > 1 ? shown : img.naturalWidth));
   const objects = state.result ? state.result.objects : [];
   objects.forEach((obj, i) => {
     const [x1, y1, x2, y2] = obj.box;
@@ -129,10 +131,11 @@ function draw() {
     const w = ctx.measureText(label).width + 8 * scale;
     const h = 18 * scale;
     const y = y1 >= h ? y1 - h : y1;
+    const x = Math.max(0, Math.min(x1, canvas.width - w));
     ctx.fillStyle = c;
-    ctx.fillRect(x1, y, w, h);
+    ctx.fillRect(x, y, w, h);
     ctx.fillStyle = "#fff";
-    ctx.fillText(label, x1 + 4 * scale, y + 14 * scale);
+    ctx.fillText(label, x + 4 * scale, y + 14 * scale);
   });
   if (state.region) {
     const [x1, y1, x2, y2] = state.region;
