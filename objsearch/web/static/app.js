@@ -257,8 +257,14 @@ function updateCropButtons() {
 function setupCrop() {
   const canvas = $("query");
   let start = null;
+  // a finger scrolls the page unless "Crop by touch" is on; a mouse or pen always draws a region
+  $("crop-touch").addEventListener("click", () => {
+    const on = $("crop-touch").getAttribute("aria-pressed") !== "true";
+    $("crop-touch").setAttribute("aria-pressed", String(on));
+    canvas.classList.toggle("cropping", on);
+  });
   canvas.addEventListener("pointerdown", (e) => {
-    if (!state.image) return;
+    if (!state.image || (e.pointerType === "touch" && !canvas.classList.contains("cropping"))) return;
     start = imagePoint(e);
     canvas.setPointerCapture(e.pointerId);
   });
