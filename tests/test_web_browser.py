@@ -235,3 +235,17 @@ def test_a_pasted_url_on_a_phone_width_screen(browser, server, image_url):
         assert pg.is_visible(".phone-only")
     finally:
         context.close()
+
+
+def test_drop_an_image_file_on_the_page(page):
+    import base64
+
+    page.evaluate("""(b64) => {
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], "dropped.jpg", { type: "image/jpeg" }));
+        document.getElementById("results").dispatchEvent(
+            new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
+    }""", base64.b64encode(BUS.read_bytes()).decode())
+    _wait_for_query(page, "dropped.jpg")
+    assert any(r["label"] == "bus" for r in _rows(page))

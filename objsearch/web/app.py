@@ -327,13 +327,15 @@ def create_app(engine, settings: WebSettings | None = None) -> FastAPI:
     async def fetch_url(request: Request):
         data = await read_json(request)
 
+        # waiting on the network in the default pool; decoding and encoding with the searches' CPU limit
+        body, final = await anyio.to_thread.run_sync(lambda: fetch(data.get("url")))
+
         def work():
-            body, final = fetch(data.get("url"))
             image = decode_image(body, printable(final)[:200], max_pixels=settings.max_pixels)
             h, w = image.shape[:2]
             return make_thumbnail(image, np.array([0, 0, w, h], np.float32), size=max(h, w), quality=92)
 
-        return Response(await anyio.to_thread.run_sync(work), media_type="image/jpeg")
+        return Response(await cpu(work), media_type="image/jpeg")
 
     @app.post("/api/search")
     async def search(request: Request, k: int = Query(16, ge=1, le=MAX_K), conf: float | None = Query(None, ge=0, le=1),
