@@ -675,6 +675,40 @@ def _backend(backend: str, milvus_uri: str | None) -> str:
     raise ObjsearchError(f"--milvus-uri goes with --backend milvus, not --backend {backend}")
 
 
+@app.command()
+@handle_errors
+def serve(
+    index: Annotated[Path, typer.Option("--index", "-i", help="Index file.")],
+    host: Annotated[str, typer.Option(help="Address to listen on (other machines reach it only when this is not "
+                                           "127.0.0.1).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 7860,
+    backend: BackendOpt = "auto",
+    base_dir: Annotated[Optional[Path], typer.Option(help="Where the indexed images live now.")] = None,
+    dims: Annotated[Optional[int], typer.Option(help="Projection dimension searched by default.")] = None,
+    allow_private_urls: Annotated[bool, typer.Option(help="Let URL queries reach loopback, private and link-local "
+                                                          "addresses (refused by default).")] = False,
+    max_upload_mb: Annotated[float, typer.Option(min=0.1, help="Largest upload or request body, MB.")] = 20.0,
+    max_pixels: Annotated[int, typer.Option(min=1, help="Largest query image, pixels (header checked before "
+                                                      "decoding).")] = 100_000_000,
+    workers: Annotated[int, typer.Option(min=1, help="Searches that run at once (more wait).")] = 2,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Serve a web page and a JSON API (POST /api/search, GET /api/thumbnail/ID, GET /api/info) over an index."""
+    if not index.is_file():
+        from objsearch.errors import IndexFileError
+
+        raise IndexFileError(f"index file {index} does not exist")
+    try:
+        from objsearch.web import WebSettings, serve as run_server
+    except ImportError as exc:
+        raise ObjsearchError(f"the web server needs fastapi and uvicorn (pip install 'objsearch[web]'): {exc}") from None
+    settings = WebSettings(max_upload_bytes=int(max_upload_mb * (1 << 20)), max_pixels=max_pixels,
+                           allow_private_urls=allow_private_urls, workers=workers)
+    run_server(index, host=host, port=port, backend=backend, base_dir=base_dir, weights=weights, device=device,
+               dims=dims, settings=settings, echo=lambda line: typer.echo(line, err=True))
+
+
 def default_demo_folder() -> Path:
     """``../shared/data/coco128`` next to the project, else ultralytics' coco128 (downloaded with a network)."""
     local = SHARED_DATA / "coco128"

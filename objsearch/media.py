@@ -121,6 +121,7 @@ def _header_size(data: bytes) -> tuple[int, int] | int | None:
     count alone (an int) when it exceeds Pillow's own decompression-bomb limit; None when Pillow does not know the
     format."""
     import io
+    import re
     import sys
 
     from PIL import Image, UnidentifiedImageError
