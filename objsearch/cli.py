@@ -28,6 +28,9 @@ SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 WeightsOpt = Annotated[Optional[str], typer.Option("--weights", "-w", help="Detector checkpoint (.pt).")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML config (default: cfg/default.yaml).")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:0, mps.")]
+RuntimeOpt = Annotated[Optional[str], typer.Option(
+    "--runtime", help="What runs the detector: torch, onnx or openvino (CPU; same boxes and features; "
+                      "pip install objsearch[fast]). Default: the config's runtime key.")]
 
 
 def _err(message: str) -> None:
@@ -159,13 +162,14 @@ def analyze(
     config: ConfigOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing index file.")] = False,
     batch: Annotated[Optional[int], typer.Option(help="Images per detector forward pass (same input shape only).")] = None,
+    runtime: RuntimeOpt = None,
 ) -> None:
     """Analyze every image under FOLDER into a new index file. An interrupted run resumes when run again; a
     finished index is brought up to date with `objsearch sync`."""
     from objsearch.analysis import analyze as run_analyze
 
     cfg = load_config(config, dims=dims, projection=projection, conf=conf, imgsz=imgsz, device=device,
-                      feature_recipe=recipe, weights=weights, batch=batch)
+                      feature_recipe=recipe, weights=weights, batch=batch, runtime=runtime)
     _check_not_input(output, [folder])
     _check_index_output(output)
     progress, close = _job_progress("analyze")
@@ -326,6 +330,7 @@ def query(
     device: DeviceOpt = None,
     conf: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Minimum detection confidence.")] = None,
     backend: BackendOpt = "auto",
+    runtime: RuntimeOpt = None,
 ) -> None:
     """Find the nearest indexed objects of every object in IMAGE."""
     from objsearch.engine import Engine
@@ -337,7 +342,7 @@ def query(
         _check_picture_path(out)
     picture = read_image(image)  # decoded once; a bad query image fails before the detector loads
     with Engine(index, weights=weights, base_dir=base_dir, dims=dims, device=device, conf=conf,
-                backend=backend) as engine:
+                backend=backend, runtime=runtime) as engine:
         result = engine.search_file(image, k=k, same_class=same_class, exclude_self=not include_self, warmup=True,
                                     image=picture)
         if out is not None:
@@ -431,13 +436,15 @@ def evaluate(
     device: DeviceOpt = None,
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    runtime: RuntimeOpt = None,
 ) -> None:
     """Retrieval quality on labeled images: class precision@1/5/16 and instance recall@1 per dimension."""
     from objsearch import evaluate as ev
     from objsearch.engine import load_detector
     from objsearch.errors import EmptyFolderError
 
-    cfg = load_config(config, projection=projection, device=device, feature_recipe=recipe, weights=weights)
+    cfg = load_config(config, projection=projection, device=device, feature_recipe=recipe, weights=weights,
+                      runtime=runtime)
     dim_list = parse_dims(dims)
     images = ev.list_labeled_images(data_dir) if data_dir.is_dir() else []
     if not images:
@@ -494,6 +501,7 @@ def video(
     device: DeviceOpt = None,
     conf: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Minimum detection confidence.")] = None,
     backend: BackendOpt = "auto",
+    runtime: RuntimeOpt = None,
 ) -> None:
     """Search the objects of a video's frames without a display. Each analyzed frame is one JSON line: the
     ``query --json`` object plus ``frame`` (number in the file) and ``timestamp_s``."""
@@ -510,7 +518,7 @@ def video(
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(VideoFileSource(file))
         engine = stack.enter_context(Engine(index, weights=weights, dims=dims, device=device, conf=conf,
-                                            backend=backend))
+                                            backend=backend, runtime=runtime))
         cache = ThumbnailCache(engine) if out is not None else None
         lines = sys.stdout if jsonl == Path("-") else (stack.enter_context(_open_for_writing(jsonl)) if jsonl else None)
         writer = None
