@@ -151,7 +151,8 @@ def export_onnx(detector, maps: bool) -> Path:
     try:
         import onnx  # noqa: F401  torch's exporter needs it
     except ImportError:
-        raise RuntimeUnavailableError("exporting the detector needs the onnx package: pip install 'objsearch[fast]'") from None
+        raise RuntimeUnavailableError(
+            "exporting the detector needs the onnx package: pip install 'objsearch[fast]'") from None
     import torch
 
     wrapper, nl = _ExportWrapper.build(detector, maps)
@@ -243,7 +244,8 @@ class OpenVinoBackend:
                 raise RuntimeUnavailableError(f"could not convert the detector to OpenVINO: {exc}") from exc
         self.path = xml
         core = ov.Core()
-        config = {"INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        config = {"INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_PRECISION_HINT": "f32"}
         self.compiled = core.compile_model(core.read_model(str(xml)), "CPU", config)
         self.nl = detector.head.nl
         self.maps = maps
@@ -275,7 +277,8 @@ def make_backend(detector, runtime: str, threads: int | None = None):
     if detector.device.type != "cpu":
         from objsearch.errors import DeviceError
 
-        raise DeviceError(f"runtime {runtime!r} runs on the CPU only; use --runtime torch with device {detector.device}")
+        raise DeviceError(
+            f"runtime {runtime!r} runs on the CPU only; use --runtime torch with device {detector.device}")
     import torch
 
     threads = torch.get_num_threads() if threads is None else int(threads)
