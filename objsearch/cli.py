@@ -28,6 +28,9 @@ SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 WeightsOpt = Annotated[Optional[str], typer.Option("--weights", "-w", help="Detector checkpoint (.pt).")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML config (default: cfg/default.yaml).")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:0, mps.")]
+RuntimeOpt = Annotated[Optional[str], typer.Option(
+    "--runtime", help="What runs the detector: torch, onnx or openvino (CPU; same boxes and features; "
+                      "pip install objsearch[fast]). Default: the config's runtime key.")]
 
 
 def _err(message: str) -> None:
@@ -192,6 +195,7 @@ def analyze(
                                         "'objsearch[ray]').")] = "local",
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to run on (host:6379 or "
                                                        "auto); default: a local Ray for this run.")] = None,
+    runtime: RuntimeOpt = None,
 ) -> None:
     """Analyze every image under FOLDER into a new index file. An interrupted run resumes when run again; a
     finished index is brought up to date with `objsearch sync`."""
@@ -207,7 +211,7 @@ def analyze(
         from objsearch.analysis import analyze as run_analyze
 
     cfg = load_config(config, dims=dims, projection=projection, conf=conf, imgsz=imgsz, device=device,
-                      feature_recipe=recipe, weights=weights, batch=batch)
+                      feature_recipe=recipe, weights=weights, batch=batch, runtime=runtime)
     _check_not_input(output, [folder])
     _check_index_output(output)
     progress, close = _job_progress("analyze")
@@ -384,6 +388,7 @@ def query(
     milvus_uri: MilvusUriOpt = None,
     milvus_collection: MilvusCollectionOpt = None,
     milvus_index: MilvusIndexOpt = "FLAT",
+    runtime: RuntimeOpt = None,
 ) -> None:
     """Find the nearest indexed objects of every object in IMAGE."""
     from objsearch.engine import Engine
@@ -396,7 +401,7 @@ def query(
     picture = read_image(image)  # decoded once; a bad query image fails before the detector loads
     with Engine(index, weights=weights, base_dir=base_dir, dims=dims, device=device, conf=conf,
                 backend=_backend(backend, milvus_uri), milvus_uri=milvus_uri, milvus_collection=milvus_collection,
-                milvus_index=milvus_index) as engine:
+                milvus_index=milvus_index, runtime=runtime) as engine:
         result = engine.search_file(image, k=k, same_class=same_class, exclude_self=not include_self, warmup=True,
                                     image=picture)
         if out is not None:
@@ -490,13 +495,15 @@ def evaluate(
     device: DeviceOpt = None,
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    runtime: RuntimeOpt = None,
 ) -> None:
     """Retrieval quality on labeled images: class precision@1/5/16 and instance recall@1 per dimension."""
     from objsearch import evaluate as ev
     from objsearch.engine import load_detector
     from objsearch.errors import EmptyFolderError
 
-    cfg = load_config(config, projection=projection, device=device, feature_recipe=recipe, weights=weights)
+    cfg = load_config(config, projection=projection, device=device, feature_recipe=recipe, weights=weights,
+                      runtime=runtime)
     dim_list = parse_dims(dims)
     images = ev.list_labeled_images(data_dir) if data_dir.is_dir() else []
     if not images:
@@ -556,6 +563,7 @@ def video(
     milvus_uri: MilvusUriOpt = None,
     milvus_collection: MilvusCollectionOpt = None,
     milvus_index: MilvusIndexOpt = "FLAT",
+    runtime: RuntimeOpt = None,
 ) -> None:
     """Search the objects of a video's frames without a display. Each analyzed frame is one JSON line: the
     ``query --json`` object plus ``frame`` (number in the file) and ``timestamp_s``."""
@@ -573,7 +581,8 @@ def video(
         source = stack.enter_context(VideoFileSource(file))
         engine = stack.enter_context(Engine(index, weights=weights, dims=dims, device=device, conf=conf,
                                             backend=_backend(backend, milvus_uri), milvus_uri=milvus_uri,
-                                            milvus_collection=milvus_collection, milvus_index=milvus_index))
+                                            milvus_collection=milvus_collection, milvus_index=milvus_index,
+                                            runtime=runtime))
         cache = ThumbnailCache(engine) if out is not None else None
         lines = sys.stdout if jsonl == Path("-") else (stack.enter_context(_open_for_writing(jsonl)) if jsonl else None)
         writer = None

@@ -38,7 +38,7 @@ def load_detector(cfg: dict, weights: str | None = None):
     chosen, looked = resolve_weights(weights or cfg.get("weights"))
     try:
         return Detector(chosen, imgsz=cfg["imgsz"], conf=cfg["conf"], iou=cfg["iou"], max_det=cfg["max_det"],
-                        device=cfg["device"], recipe=cfg["feature_recipe"])
+                        device=cfg["device"], recipe=cfg["feature_recipe"], runtime=cfg.get("runtime", "torch"))
     except WeightsNotFoundError as exc:
         raise WeightsNotFoundError(f"{exc} (looked in: {'; '.join(looked)})") from None
 
@@ -91,7 +91,8 @@ def detector_for_index(catalog, cfg: dict, *, weights: str | None = None, detect
     IndexFileError
         When the index's features were made by another recipe version.
     """
-    if weights is not None or detector is None or detector.weights_sha256 != catalog.weights_sha256:
+    if weights is not None or detector is None or detector.weights_sha256 != catalog.weights_sha256 \
+            or getattr(detector, "runtime", "torch") != cfg.get("runtime", getattr(detector, "runtime", "torch")):
         detector = load_detector(cfg, weights_for_index(catalog, cfg, weights=weights))
     made, stored = detector.feature_recipe(), catalog.attrs["feature_recipe"]
     if (made["n_features"], made["version"]) != (stored.get("n_features"), stored.get("version")):
@@ -130,6 +131,8 @@ class Engine:
     base_dir : where the indexed images live now (when the folder moved); None: the recorded one.
     dims : projection dimension to search; None: 32 when stored, else the smallest stored.
     device, conf : override the index's recorded settings.
+    runtime : what runs the detector network (``torch``, ``onnx``, ``openvino``); None: the configuration's, or the
+        given ``detector``'s. The index does not record it: every runtime gives the same features.
     backend : vector store: ``auto`` (the fastest exact in-memory method, timed on open), ``kdtree``, ``faiss``,
         ``numpy`` (exact), ``hnsw`` (approximate; its graph is kept beside the index), ``milvus`` (a Milvus
         collection, brought in step with the index when opened and on ``refresh``; see ``objsearch.vectors.milvus``).
@@ -154,7 +157,8 @@ class Engine:
 
     def __init__(self, index_path, *, weights=None, base_dir=None, dims=None, device=None, conf=None,
                  backend: str = "auto", detector=None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 milvus_uri: str | None = None, milvus_collection: str | None = None, milvus_index: str = "FLAT"):
+                 milvus_uri: str | None = None, milvus_collection: str | None = None, milvus_index: str = "FLAT",
+                 runtime=None):
         from objsearch.catalog import Catalog
 
         self.catalog = Catalog(index_path)
@@ -169,8 +173,11 @@ class Engine:
                 cfg["device"] = device
             if conf is not None:
                 cfg["conf"] = conf
+            if runtime is None and detector is not None:
+                runtime = getattr(detector, "runtime", None)
             cfg = load_config(None, **{k: cfg[k] for k in ("conf", "device", "imgsz")},
-                              feature_recipe=cfg["feature_recipe"], iou=cfg["iou"], max_det=cfg["max_det"])
+                              feature_recipe=cfg["feature_recipe"], iou=cfg["iou"], max_det=cfg["max_det"],
+                              runtime=runtime)
             self.cfg = cfg
             self.detector = detector_for_index(self.catalog, cfg, weights=weights, detector=detector)
             from objsearch.vectors import BACKENDS
