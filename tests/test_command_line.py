@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import BUS, N_SMALL, WEIGHTS, WEIGHTS_11, coco_images, copy_images, run_cli
+from testdata import BUS, N_SMALL, WEIGHTS, WEIGHTS_11, coco_images, copy_images, run_cli
 from objsearch.cli import app
 
 runner = CliRunner()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import coco_images, copy_images
+from testdata import coco_images, copy_images
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'objsearch[ray]')")
 pytest.importorskip("ray.data", reason="ray[data] is not installed (pip install 'objsearch[ray]')")

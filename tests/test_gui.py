@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from conftest import BUS, COCO128_IMAGES, DATA, WEIGHTS, WEIGHTS_11, coco_images, copy_images, run_cli
+from testdata import BUS, COCO128_IMAGES, DATA, WEIGHTS, WEIGHTS_11, coco_images, copy_images, run_cli
 
 pytestmark = pytest.mark.gui
 

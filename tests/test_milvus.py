@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import BUS, ROOT, coco_images, copy_images, run_cli
+from testdata import BUS, ROOT, coco_images, copy_images, run_cli
 
 pytest.importorskip("pymilvus", reason="pymilvus is not installed (pip install 'objsearch[milvus]')")
 pytest.importorskip("milvus_lite", reason="milvus-lite is not installed (pip install 'objsearch[milvus]')")

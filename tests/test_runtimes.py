@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import BUS, WEIGHTS, coco_images, run_cli
+from testdata import BUS, WEIGHTS, coco_images, run_cli
 
 from objsearch.media import read_image
 

@@ -19,7 +19,7 @@ pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from conftest import BUS, run_cli  # noqa: E402
+from testdata import BUS, run_cli  # noqa: E402
 from test_media import png_bomb  # noqa: E402
 
 

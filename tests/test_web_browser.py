@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BUS, ROOT
+from testdata import BUS, ROOT
 
 CHROMIUM = Path(os.environ.get("OBJSEARCH_CHROMIUM", "/usr/bin/chromium"))
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")

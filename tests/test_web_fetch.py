@@ -10,7 +10,7 @@ import time
 import pytest
 
 from objsearch.web.fetch import UrlFetchError, address_allowed, fetch_image_url
-from conftest import BUS
+from testdata import BUS
 
 
 @pytest.mark.parametrize("address", [
