@@ -458,7 +458,17 @@ def analyze(folder: str | Path, output: str | Path, cfg: dict, *, weights: str |
                     else f"it indexes {existing.base_dir}")
             raise IndexFileError(f"{output} already exists ({hint}); pass --overwrite to analyze everything again")
         writer = CatalogWriter.open(output)
-    detector = _load_detector(cfg, weights, detector)
+    try:
+        detector = _load_detector(cfg, weights, detector)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        raise
+    if writer is not None and (writer.weights_sha256 != detector.weights_sha256
+                               or writer.attrs.get("feature_recipe") != detector.feature_recipe()):
+        writer.close()
+        raise IndexFileError(f"{output} is an unfinished analysis made with other weights or another feature recipe; "
+                             f"run it with the same settings to finish it, or pass --overwrite to start over")
     if writer is None:
         output.parent.mkdir(parents=True, exist_ok=True)
         if overwrite:

@@ -28,6 +28,9 @@ SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 WeightsOpt = Annotated[Optional[str], typer.Option("--weights", "-w", help="Detector checkpoint (.pt).")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML config (default: cfg/default.yaml).")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, 0 (a GPU index: cuda:0), cuda, cuda:1, mps.")]
+RuntimeOpt = Annotated[Optional[str], typer.Option(
+    "--runtime", help="What runs the detector: torch, onnx or openvino (CPU; same boxes and features; "
+                      "pip install objsearch[fast]). Default: the config's runtime key.")]
 
 
 def _err(message: str) -> None:
@@ -113,8 +116,36 @@ def _progress_bar(total: int, desc: str):
 
 
 BackendOpt = Annotated[str, typer.Option("--backend", "--search", help="Vector search: auto (the fastest exact "
-                                          "method for this index), kdtree, faiss, numpy (exact), or hnsw "
-                                          "(approximate, hnswlib; its graph is kept beside the index).")]
+                                          "method for this index), kdtree, faiss, numpy (exact), hnsw "
+                                          "(approximate, hnswlib; its graph is kept beside the index), or milvus "
+                                          "(a Milvus collection: see --milvus-uri; pip install 'objsearch[milvus]').")]
+MilvusUriOpt = Annotated[Optional[str], typer.Option("--milvus-uri", help="Milvus Lite database (a path ending in "
+                                                     ".db) or server URI (http://host:19530); default with --backend "
+                                                     "milvus: INDEX.h5.milvus.db.")]
+MilvusCollectionOpt = Annotated[Optional[str], typer.Option("--milvus-collection", help="Milvus collection (default: "
+                                                            "objsearch_<index uuid>_d<dims>).")]
+MilvusIndexOpt = Annotated[str, typer.Option("--milvus-index", help="Milvus index of a new collection: FLAT (exact), "
+                                             "HNSW, IVF_FLAT or IVF_SQ8 (approximate).")]
+
+
+def _milvus_follow(index: Path, uri: str | None, collection: str | None, previous) -> None:
+    """After a job: bring the index's Milvus collections (every stored dims) in step on ``uri``, when given."""
+    if uri is None:
+        return
+    from objsearch.vectors import follow_index
+
+    for dims, added, removed in follow_index(index, uri, collection=collection, previous=previous):
+        typer.echo(f"milvus {uri}: {dims} dims: {added} objects added, {removed} removed")
+
+
+def _catalog_state(index: Path, uri: str | None):
+    """(uuid, generation, object ids) of an index before a job, for ``_milvus_follow``; None without --milvus-uri."""
+    if uri is None:
+        return None
+    from objsearch.catalog import Catalog
+
+    with Catalog(index) as catalog:
+        return catalog.uuid, catalog.generation, catalog.object_id.copy()
 
 
 def _print_summary(verb: str, summary, output=None) -> None:
@@ -173,13 +204,28 @@ def analyze(
     config: ConfigOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing index file.")] = False,
     batch: Annotated[Optional[int], typer.Option(help="Images per detector forward pass (same input shape only).")] = None,
+    engine: Annotated[str, typer.Option("--engine", help="local (this process), or ray (Ray Data: reading, "
+                                        "decoding and detection as stages, one detector actor per GPU; pip install "
+                                        "'objsearch[ray]').")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to run on (host:6379 or "
+                                                       "auto); default: a local Ray for this run.")] = None,
+    runtime: RuntimeOpt = None,
 ) -> None:
     """Analyze every image under FOLDER into a new index file. An interrupted run resumes when run again; a
     finished index is brought up to date with `objsearch sync`."""
-    from objsearch.analysis import analyze as run_analyze
+    if engine not in ("local", "ray"):
+        raise ObjsearchError(f"--engine must be local or ray, got {engine!r}")
+    if ray_address is not None and engine != "ray":
+        raise ObjsearchError("--ray-address goes with --engine ray")
+    if engine == "ray":
+        from objsearch.distributed import analyze as ray_analyze
+
+        run_analyze = functools.partial(ray_analyze, ray_address=ray_address)
+    else:
+        from objsearch.analysis import analyze as run_analyze
 
     cfg = load_config(config, dims=dims, projection=projection, conf=conf, imgsz=imgsz, device=device,
-                      feature_recipe=recipe, weights=weights, batch=batch)
+                      feature_recipe=recipe, weights=weights, batch=batch, runtime=runtime)
     _check_not_input(output, [folder])
     _check_index_output(output)
     progress, close = _job_progress("analyze")
@@ -235,17 +281,22 @@ def add(
     index: Annotated[Path, typer.Option("--index", "-i", help="Index file.")],
     weights: WeightsOpt = None,
     device: DeviceOpt = None,
+    milvus_uri: MilvusUriOpt = None,
+    milvus_collection: MilvusCollectionOpt = None,
 ) -> None:
     """Analyze images and add them to an index, with the index's own weights, recipe and projection. Only the new
-    images are analyzed; the file is extended, not rewritten."""
+    images are analyzed; the file is extended, not rewritten. With --milvus-uri the index's Milvus collections are
+    updated too (otherwise the next search with --backend milvus updates them)."""
     from objsearch.analysis import add as run_add
 
+    previous = _catalog_state(index, milvus_uri)
     progress, close = _job_progress("add")
     try:
         summary = run_add(index, paths, weights=weights, device=device, progress=progress)
     finally:
         close()
     _print_summary("added", summary)
+    _milvus_follow(index, milvus_uri, milvus_collection, previous)
 
 
 @app.command()
@@ -254,6 +305,8 @@ def remove(
     paths: Annotated[Optional[list[Path]], typer.Argument(help="Indexed images or folders to remove.")] = None,
     index: Annotated[Path, typer.Option("--index", "-i", help="Index file.")] = Path("index.h5"),
     missing: Annotated[bool, typer.Option(help="Also remove every indexed image whose file is gone.")] = False,
+    milvus_uri: MilvusUriOpt = None,
+    milvus_collection: MilvusCollectionOpt = None,
 ) -> None:
     """Remove images (and their objects) from an index; their ids are never reused. `objsearch compact` reclaims
     the space."""
@@ -261,9 +314,11 @@ def remove(
 
     if not paths and not missing:
         raise ObjsearchError("name images or folders to remove, or pass --missing")
+    previous = _catalog_state(index, milvus_uri)
     summary = run_remove(index, paths or [], missing=missing)
     typer.echo(f"removed {summary.n_removed} images ({summary.n_removed_objects} objects) from {index} "
                f"({summary.n_images} images, {summary.n_objects} objects left) in {summary.seconds:.1f} s")
+    _milvus_follow(index, milvus_uri, milvus_collection, previous)
 
 
 @app.command()
@@ -274,16 +329,20 @@ def sync(
     index: Annotated[Path, typer.Option("--index", "-i", help="Index file.")] = Path("index.h5"),
     weights: WeightsOpt = None,
     device: DeviceOpt = None,
+    milvus_uri: MilvusUriOpt = None,
+    milvus_collection: MilvusCollectionOpt = None,
 ) -> None:
     """Bring an index in step with its folder: add new images, analyze changed ones again, remove deleted ones."""
     from objsearch.analysis import sync as run_sync
 
+    previous = _catalog_state(index, milvus_uri)
     progress, close = _job_progress("sync")
     try:
         summary = run_sync(index, folder, weights=weights, device=device, progress=progress)
     finally:
         close()
     _print_summary("synced: added", summary)
+    _milvus_follow(index, milvus_uri, milvus_collection, previous)
 
 
 @app.command()
@@ -370,10 +429,17 @@ def expand_query_inputs(inputs: list[str]) -> list[str | Path]:
 
 def _read_query(item: str | Path):
     """(H, W, 3) uint8 BGR of a query path or URL (fetched with a size and time limit)."""
+    from objsearch.errors import ImageReadError
     from objsearch.media import decode_image, fetch_image, read_image
+    from objsearch.types import printable
 
     if isinstance(item, str):
-        return decode_image(fetch_image(item, max_bytes=URL_MAX_BYTES, timeout_s=URL_TIMEOUT_S), item)
+        try:
+            data = fetch_image(item, max_bytes=URL_MAX_BYTES, timeout_s=URL_TIMEOUT_S)
+        except ObjsearchError as exc:  # the URL named, as a query image that cannot be read (exit 2)
+            shown = printable(item if len(item) <= 200 else item[:200] + "...")
+            raise ImageReadError(f"cannot read image {shown}: {exc}") from None
+        return decode_image(data, item)
     return read_image(item)
 
 
@@ -394,6 +460,10 @@ def query(
     device: DeviceOpt = None,
     conf: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Minimum detection confidence.")] = None,
     backend: BackendOpt = "auto",
+    milvus_uri: MilvusUriOpt = None,
+    milvus_collection: MilvusCollectionOpt = None,
+    milvus_index: MilvusIndexOpt = "FLAT",
+    runtime: RuntimeOpt = None,
 ) -> None:
     """Find the nearest indexed objects of every object in each query image. With several images, one that cannot
     be read prints an error line and the others go on (exit code 2 at the end)."""
@@ -414,7 +484,8 @@ def query(
         first = exc
     n_failed = 0
     with Engine(index, weights=weights, base_dir=base_dir, dims=dims, device=device, conf=conf,
-                backend=backend) as engine:
+                backend=_backend(backend, milvus_uri), milvus_uri=milvus_uri, milvus_collection=milvus_collection,
+                milvus_index=milvus_index, runtime=runtime) as engine:
         for n, item in enumerate(items):
             try:
                 picture = first if n == 0 else _read_query(item)
@@ -529,13 +600,15 @@ def evaluate(
     device: DeviceOpt = None,
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    runtime: RuntimeOpt = None,
 ) -> None:
     """Retrieval quality on labeled images: class precision@1/5/16 and instance recall@1 per dimension."""
     from objsearch import evaluate as ev
     from objsearch.engine import load_detector
     from objsearch.errors import EmptyFolderError
 
-    cfg = load_config(config, projection=projection, device=device, feature_recipe=recipe, weights=weights)
+    cfg = load_config(config, projection=projection, device=device, feature_recipe=recipe, weights=weights,
+                      runtime=runtime)
     dim_list = parse_dims(dims)
     images = ev.list_labeled_images(data_dir) if data_dir.is_dir() else []
     if not images:
@@ -594,6 +667,10 @@ def video(
     device: DeviceOpt = None,
     conf: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Minimum detection confidence.")] = None,
     backend: BackendOpt = "auto",
+    milvus_uri: MilvusUriOpt = None,
+    milvus_collection: MilvusCollectionOpt = None,
+    milvus_index: MilvusIndexOpt = "FLAT",
+    runtime: RuntimeOpt = None,
 ) -> None:
     """Search the objects of a video's frames without a display. Each analyzed frame is one JSON line: the
     ``query --json`` object plus ``frame`` (number in the file) and ``timestamp_s``."""
@@ -612,7 +689,9 @@ def video(
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(VideoFileSource(file))
         engine = stack.enter_context(Engine(index, weights=weights, dims=dims, device=device, conf=conf,
-                                            backend=backend))
+                                            backend=_backend(backend, milvus_uri), milvus_uri=milvus_uri,
+                                            milvus_collection=milvus_collection, milvus_index=milvus_index,
+                                            runtime=runtime))
         cache = ThumbnailCache(engine) if out is not None else None
         lines = sys.stdout if jsonl == Path("-") else (stack.enter_context(_open_for_writing(jsonl)) if jsonl else None)
         writer = None
@@ -673,6 +752,10 @@ def desktop_app(
     base_dir: Annotated[Optional[Path], typer.Option(help="Where the indexed images live now.")] = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = None,
+    backend: BackendOpt = "auto",
+    milvus_uri: MilvusUriOpt = None,
+    milvus_collection: MilvusCollectionOpt = None,
+    milvus_index: MilvusIndexOpt = "FLAT",
 ) -> None:
     """Open the desktop app: live object search from a random image, an image file, a webcam, a video or the
     screen."""
@@ -688,10 +771,58 @@ def desktop_app(
         raise IndexFileError(f"index file {index} does not exist")
     index = index or find_demo_index()
     try:
+        from objsearch.gui.display import drop_opencv_plugin_path, probe_display
         from objsearch.gui.window import run_app
     except ImportError as exc:
         raise ObjsearchError(f"the desktop app needs PyQt6 and pyqtgraph: {exc}") from None
-    raise typer.Exit(run_app(index, base_dir=base_dir, weights=weights, device=device, source=source))
+    store = {"backend": _backend(backend, milvus_uri), "milvus_uri": milvus_uri,
+             "milvus_collection": milvus_collection, "milvus_index": milvus_index}
+    drop_opencv_plugin_path()  # importing cv2 pointed Qt at OpenCV's own Qt 5 plugins
+    probe_display()  # Qt aborts the process when it cannot open a display: ask a child first
+    raise typer.Exit(run_app(index, base_dir=base_dir, weights=weights, device=device, source=source, **store))
+
+
+def _backend(backend: str, milvus_uri: str | None) -> str:
+    """``--milvus-uri`` alone means ``--backend milvus``; with another explicit backend it is refused."""
+    if milvus_uri is None or backend == "milvus":
+        return backend
+    if backend == "auto":
+        return "milvus"
+    raise ObjsearchError(f"--milvus-uri goes with --backend milvus, not --backend {backend}")
+
+
+@app.command()
+@handle_errors
+def serve(
+    index: Annotated[Path, typer.Option("--index", "-i", help="Index file.")],
+    host: Annotated[str, typer.Option(help="Address to listen on (other machines reach it only when this is not "
+                                           "127.0.0.1).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 7860,
+    backend: BackendOpt = "auto",
+    base_dir: Annotated[Optional[Path], typer.Option(help="Where the indexed images live now.")] = None,
+    dims: Annotated[Optional[int], typer.Option(help="Projection dimension searched by default.")] = None,
+    allow_private_urls: Annotated[bool, typer.Option(help="Let URL queries reach loopback, private and link-local "
+                                                          "addresses (refused by default).")] = False,
+    max_upload_mb: Annotated[float, typer.Option(min=0.1, help="Largest upload or request body, MB.")] = 20.0,
+    max_pixels: Annotated[int, typer.Option(min=1, help="Largest query image, pixels (header checked before "
+                                                      "decoding).")] = 100_000_000,
+    workers: Annotated[int, typer.Option(min=1, help="Searches that run at once (more wait).")] = 2,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Serve a web page and a JSON API (POST /api/search, GET /api/thumbnail/ID, GET /api/info) over an index."""
+    if not index.is_file():
+        from objsearch.errors import IndexFileError
+
+        raise IndexFileError(f"index file {index} does not exist")
+    try:
+        from objsearch.web import WebSettings, serve as run_server
+    except ImportError as exc:
+        raise ObjsearchError(f"the web server needs fastapi and uvicorn (pip install 'objsearch[web]'): {exc}") from None
+    settings = WebSettings(max_upload_bytes=int(max_upload_mb * (1 << 20)), max_pixels=max_pixels,
+                           allow_private_urls=allow_private_urls, workers=workers)
+    run_server(index, host=host, port=port, backend=backend, base_dir=base_dir, weights=weights, device=device,
+               dims=dims, settings=settings, echo=lambda line: typer.echo(line, err=True))
 
 
 def default_demo_folder() -> Path:

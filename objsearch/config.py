@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "thumb_quality": 85,
     "k": 16,
     "batch": 1,
+    "runtime": "torch",
 }
 
 
@@ -102,6 +103,12 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> dict[str, A
         parse_recipe(cfg["feature_recipe"])
     except ValueError as exc:
         raise ConfigError(f"feature_recipe: {exc}") from None
+    from objsearch.runtimes import check_runtime
+
+    try:
+        cfg["runtime"] = check_runtime(cfg["runtime"])
+    except ValueError as exc:
+        raise ConfigError(f"runtime: {exc}") from None
     if cfg["projection"] not in PROJECTION_METHODS:
         raise ConfigError(f"projection must be one of {PROJECTION_METHODS}, got {cfg['projection']!r}")
     if not 0.0 <= float(cfg["conf"]) <= 1.0:

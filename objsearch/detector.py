@@ -131,6 +131,12 @@ class Detector:
         ``"cpu"``, ``"cuda"``, ``"cuda:0"``, ``"mps"``...
     recipe : str or dict
         Feature blocks and weights, see the module docstring.
+    runtime : str
+        ``"torch"``, ``"onnx"`` (onnxruntime) or ``"openvino"``: what runs the network (see ``objsearch.runtimes``).
+        onnx/openvino run a graph exported once from this checkpoint (cached beside it) and give the same boxes and
+        features; NMS and pooling are the same code whatever the runtime. CPU only.
+    threads : int or None
+        Intra-op threads of an onnx/openvino runtime; None: torch's thread count when the detector is made.
 
     Raises
     ------
@@ -139,7 +145,9 @@ class Detector:
     DeviceError
         When ``device`` is not a torch device name or is not available here (e.g. ``cuda`` without a GPU).
     ValueError
-        For an invalid ``recipe`` (see ``parse_recipe``).
+        For an invalid ``recipe`` (see ``parse_recipe``) or ``runtime``.
+    RuntimeUnavailableError
+        When the runtime's package is not installed or the export fails.
 
     Notes
     -----
@@ -158,6 +166,8 @@ class Detector:
         max_det: int = 300,
         device: str = "cpu",
         recipe: str | dict[str, float] = DEFAULT_RECIPE,
+        runtime: str = "torch",
+        threads: int | None = None,
     ) -> None:
         import torch
         from ultralytics import YOLO
@@ -201,6 +211,10 @@ class Detector:
             self.head.cv3[level][-2].register_forward_hook(self._hook("cls", level))
             self.head.cv2[level][-2].register_forward_hook(self._hook("box", level))
         self._torch = torch
+        from objsearch.runtimes import make_backend
+
+        self.backend = make_backend(self, runtime, threads)
+        self.runtime = self.backend.name
         self._warmup()
 
     def _warmup(self) -> None:
@@ -210,7 +224,7 @@ class Detector:
 
         torch = self._torch
         with torch.inference_mode():
-            self.model(torch.zeros((1, 3, 64, 64), device=self.device))
+            self.backend.forward(torch.zeros((1, 3, 64, 64), device=self.device))
             roi_align(torch.zeros((1, 1, 4, 4), device=self.device), [torch.tensor([[0.0, 0.0, 2.0, 2.0]],
                       device=self.device)], 1, 1.0, 2, aligned=True)
 
@@ -227,7 +241,7 @@ class Detector:
         x = torch.zeros((1, 3, *shape), device=self.device)
         with torch.inference_mode(), self._forward_lock:
             for _ in range(passes):
-                self.model(x)
+                self.backend.forward(x)
         self._warm_shapes.add(shape)
         return (time.perf_counter() - t0) * 1e3
 
@@ -327,14 +341,9 @@ class Detector:
         batch = np.ascontiguousarray(np.stack(boxed)[..., ::-1].transpose(0, 3, 1, 2))
         x = torch.from_numpy(batch).to(self.device).float().div_(255.0)
         t1 = time.perf_counter()
-        captured = {"cls": [None] * self.head.nl, "box": [None] * self.head.nl}
         with torch.inference_mode():
-            self._local.captured = captured
-            try:
-                with self._forward_lock:
-                    y, preds = self.model(x)
-            finally:
-                self._local.captured = None
+            with self._forward_lock:
+                y, preds, captured = self.backend.forward(x)
             t2 = time.perf_counter()
             kept, kept_idx = non_max_suppression(
                 y, conf, self.iou, max_det=self.max_det, nc=len(self.names), return_idxs=True

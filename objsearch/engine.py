@@ -38,7 +38,7 @@ def load_detector(cfg: dict, weights: str | None = None):
     chosen, looked = resolve_weights(weights or cfg.get("weights"))
     try:
         return Detector(chosen, imgsz=cfg["imgsz"], conf=cfg["conf"], iou=cfg["iou"], max_det=cfg["max_det"],
-                        device=cfg["device"], recipe=cfg["feature_recipe"])
+                        device=cfg["device"], recipe=cfg["feature_recipe"], runtime=cfg.get("runtime", "torch"))
     except WeightsNotFoundError as exc:
         raise WeightsNotFoundError(f"{exc} (looked in: {'; '.join(looked)})") from None
 
@@ -91,7 +91,8 @@ def detector_for_index(catalog, cfg: dict, *, weights: str | None = None, detect
     IndexFileError
         When the index's features were made by another recipe version.
     """
-    if weights is not None or detector is None or detector.weights_sha256 != catalog.weights_sha256:
+    if weights is not None or detector is None or detector.weights_sha256 != catalog.weights_sha256 \
+            or getattr(detector, "runtime", "torch") != cfg.get("runtime", getattr(detector, "runtime", "torch")):
         detector = load_detector(cfg, weights_for_index(catalog, cfg, weights=weights))
     made, stored = detector.feature_recipe(), catalog.attrs["feature_recipe"]
     if (made["n_features"], made["version"]) != (stored.get("n_features"), stored.get("version")):
@@ -130,8 +131,14 @@ class Engine:
     base_dir : where the indexed images live now (when the folder moved); None: the recorded one.
     dims : projection dimension to search; None: 32 when stored, else the smallest stored.
     device, conf : override the index's recorded settings.
+    runtime : what runs the detector network (``torch``, ``onnx``, ``openvino``); None: the configuration's, or the
+        given ``detector``'s. The index does not record it: every runtime gives the same features.
     backend : vector store: ``auto`` (the fastest exact in-memory method, timed on open), ``kdtree``, ``faiss``,
-        ``numpy`` (exact), ``hnsw`` (approximate; its graph is kept beside the index).
+        ``numpy`` (exact), ``hnsw`` (approximate; its graph is kept beside the index), ``milvus`` (a Milvus
+        collection, brought in step with the index when opened and on ``refresh``; see ``objsearch.vectors.milvus``).
+    milvus_uri : the ``milvus`` backend's Milvus Lite path (``*.db``) or server URI; None: ``INDEX.h5.milvus.db``.
+    milvus_collection : its collection; None: ``objsearch_<index uuid[:12]>_d<dims>``.
+    milvus_index : ``FLAT`` (exact), ``HNSW``, ``IVF_FLAT`` or ``IVF_SQ8`` (approximate).
     detector : an already loaded ``Detector`` (reused when its weights match the index's).
 
     Raises
@@ -144,10 +151,14 @@ class Engine:
         When no checkpoint can be found.
     ConfigError
         For an unknown backend.
+    VectorStoreError
+        When the ``milvus`` backend cannot be used (not installed, unreachable, a collection of another index).
     """
 
     def __init__(self, index_path, *, weights=None, base_dir=None, dims=None, device=None, conf=None,
-                 backend: str = "auto", detector=None, max_pixels: int = DEFAULT_MAX_PIXELS):
+                 backend: str = "auto", detector=None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 milvus_uri: str | None = None, milvus_collection: str | None = None, milvus_index: str = "FLAT",
+                 runtime=None):
         from objsearch.catalog import Catalog
 
         self.catalog = Catalog(index_path)
@@ -162,8 +173,11 @@ class Engine:
                 cfg["device"] = device
             if conf is not None:
                 cfg["conf"] = conf
+            if runtime is None and detector is not None:
+                runtime = getattr(detector, "runtime", None)
             cfg = load_config(None, **{k: cfg[k] for k in ("conf", "device", "imgsz")},
-                              feature_recipe=cfg["feature_recipe"], iou=cfg["iou"], max_det=cfg["max_det"])
+                              feature_recipe=cfg["feature_recipe"], iou=cfg["iou"], max_det=cfg["max_det"],
+                              runtime=runtime)
             self.cfg = cfg
             self.detector = detector_for_index(self.catalog, cfg, weights=weights, detector=detector)
             from objsearch.vectors import BACKENDS
@@ -171,6 +185,8 @@ class Engine:
             if backend not in BACKENDS:
                 raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
             self.backend = backend
+            self._milvus = {"milvus_uri": milvus_uri, "milvus_collection": milvus_collection,
+                            "milvus_index": milvus_index}
             self.dims = int(dims) if dims is not None else (32 if 32 in self.catalog.dims else self.catalog.dims[0])
             if base_dir is not None and not Path(base_dir).is_dir():
                 raise ObjsearchError(f"--base-dir {printable(str(base_dir))} is not a folder")
@@ -209,14 +225,13 @@ class Engine:
                 if dims not in self.catalog.dims:
                     raise IndexFileError(f"{self.catalog.path} holds projections to {self.catalog.dims} dims, not "
                                          f"{dims}")
-                from objsearch.vectors import memory_store
+                from objsearch.vectors import open_store
 
                 c = self.catalog
                 self._projections[dims] = c.projection(dims)
                 cache = Path(f"{c.path}.hnsw{dims}") if self.backend == "hnsw" else None
                 try:
-                    self._stores[dims] = memory_store(self.backend, c.object_id, c.vectors(dims), c.class_id,
-                                                      c.object_media_id, hnsw_cache=cache)
+                    self._stores[dims] = open_store(self.backend, c, dims, hnsw_cache=cache, **self._milvus)
                 except ValueError as exc:
                     raise ConfigError(str(exc)) from None
             return self._stores[dims]
@@ -248,6 +263,9 @@ class Engine:
             gone = np.setdiff1d(old.object_id, new.object_id)
             fresh = np.isin(new.object_id, old.object_id, invert=True)
             for dims, store in self._stores.items():
+                if hasattr(store, "follow"):  # a persistent store (Milvus): by its own mark, not our difference
+                    store.follow(new, previous=(old.uuid, old.generation, old.object_id))
+                    continue
                 if len(gone):
                     store.remove(gone)
                 if fresh.any():

@@ -50,6 +50,8 @@ class IndexLockedError(IndexFileError):
     """Another process is writing the index (it holds ``INDEX.h5.lock``); the message names its pid."""
 
 
-class FetchError(ImageReadError):
-    """An image URL that cannot be fetched: not http(s), a private or reserved address, too large, too slow, or an
-    HTTP error."""
+class VectorStoreError(ObjsearchError):
+    """An external vector store (Milvus) cannot be used: not installed, unreachable, locked by another process, or
+    its collection belongs to another index or dimension."""
+
+    exit_code = 3

@@ -8,7 +8,6 @@ every decoder error becomes an ``ImageReadError`` with a one-line reason.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -122,6 +121,7 @@ def _header_size(data: bytes) -> tuple[int, int] | int | None:
     count alone (an int) when it exceeds Pillow's own decompression-bomb limit; None when Pillow does not know the
     format."""
     import io
+    import re
     import sys
 
     from PIL import Image, UnidentifiedImageError
@@ -240,130 +240,20 @@ def decode_thumbnail(data: bytes) -> np.ndarray | None:
 
 
 # ----------------------------------------------------------------------------------------------- image URLs
-MAX_REDIRECTS = 5
-
-
-def _address_allowed(ip, allow_private: bool) -> bool:
-    """Whether a resolved address may be contacted: a global unicast address, or any address with
-    ``allow_private`` (loopback, link-local, private, shared, reserved, multicast and unspecified are refused)."""
-    if allow_private:
-        return True
-    mapped = getattr(ip, "ipv4_mapped", None)
-    if mapped is not None:
-        ip = mapped
-    return ip.is_global and not ip.is_multicast
-
-
 def fetch_image(url: str, *, max_bytes: int, timeout_s: float, allow_private: bool = False) -> bytes:
-    """The body of an http(s) ``url`` (an image to decode with ``decode_image``), fetched safely from a server.
-
-    The host is resolved once and every address it resolves to is checked; the connection goes to a checked address
-    (a DNS answer cannot change between the check and the connection). Redirects (at most ``MAX_REDIRECTS``) are
-    checked the same way. The body is read in chunks and refused as soon as it passes ``max_bytes``; the whole fetch,
-    redirects included, must finish within ``timeout_s`` seconds.
-
-    Parameters
-    ----------
-    url : str, ``http://`` or ``https://`` only.
-    max_bytes : int, the largest body accepted.
-    timeout_s : float, seconds for the whole fetch.
-    allow_private : bool, also contact loopback, link-local, private and reserved addresses (tests, a LAN).
-
-    Returns
-    -------
-    bytes : the response body.
+    """The body of an http(s) image ``url`` (to decode with ``decode_image``), fetched safely: the one fetcher of
+    ``objsearch serve``, ``objsearch.web.fetch.fetch_image_url`` (every resolved address checked and the checked one
+    connected to, loopback/private/link-local/reserved refused unless ``allow_private``, redirects checked again,
+    ``max_bytes`` enforced while streaming, ``timeout_s`` for the whole fetch, an ``image/*`` answer only).
 
     Raises
     ------
-    FetchError
-        Another scheme, a refused address, a host that does not resolve, an HTTP status other than 200 after
-        redirects, a body over ``max_bytes``, a timeout or a connection error.
+    UrlFetchError
+        (exit 2) With a one-line reason for every refusal and failure.
     """
-    import http.client
-    import ipaddress
-    import socket
-    import ssl
-    import time
-    import urllib.parse
+    from objsearch.web.fetch import fetch_image_url
 
-    from objsearch.errors import FetchError
-
-    deadline = time.monotonic() + float(timeout_s)
-    shown = url if len(url) <= 200 else url[:200] + "..."
-
-    def remaining() -> float:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise FetchError(f"cannot fetch {shown}: no answer within {timeout_s:g} s")
-        return left
-
-    for _ in range(MAX_REDIRECTS + 1):
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise FetchError(f"cannot fetch {shown}: only http:// and https:// URLs with a host are fetched")
-        try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError:
-            raise FetchError(f"cannot fetch {shown}: bad port") from None
-        host = parts.hostname
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (socket.gaierror, UnicodeError) as exc:
-            raise FetchError(f"cannot fetch {shown}: host {host!r} does not resolve ({exc})") from None
-        addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
-        refused = [str(a) for a in addresses if not _address_allowed(a, allow_private)]
-        if not addresses or refused:
-            raise FetchError(f"cannot fetch {shown}: {host} resolves to a private, loopback or reserved address "
-                             f"({', '.join(refused) or 'none'})")
-        target = infos[0]
-        sock = None
-        try:
-            sock = socket.socket(target[0], socket.SOCK_STREAM)
-            sock.settimeout(remaining())
-            sock.connect(target[4])
-            if parts.scheme == "https":
-                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
-            conn = http.client.HTTPConnection(host, port, timeout=remaining())
-            conn.sock = sock  # connected to the checked address; Host header and TLS name stay the host's
-            path = parts.path or "/"
-            if parts.query:
-                path += "?" + parts.query
-            conn.request("GET", path, headers={"User-Agent": "objsearch", "Accept": "image/*"})
-            response = conn.getresponse()
-            with contextlib.closing(conn):
-                if response.status in (301, 302, 303, 307, 308):
-                    location = response.getheader("Location")
-                    if not location:
-                        raise FetchError(f"cannot fetch {shown}: HTTP {response.status} without a Location")
-                    url = urllib.parse.urljoin(url, location)
-                    shown = url if len(url) <= 200 else url[:200] + "..."
-                    continue
-                if response.status != 200:
-                    raise FetchError(f"cannot fetch {shown}: HTTP {response.status} {response.reason}")
-                length = response.getheader("Content-Length")
-                if length and length.strip().isdigit() and int(length) > max_bytes:
-                    raise FetchError(f"cannot fetch {shown}: {int(length)} bytes, more than {max_bytes}")
-                chunks, size = [], 0
-                while True:
-                    sock.settimeout(remaining())
-                    chunk = response.read1(65536) if hasattr(response, "read1") else response.read(65536)
-                    if not chunk:
-                        break
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise FetchError(f"cannot fetch {shown}: more than {max_bytes} bytes")
-                    chunks.append(chunk)
-                return b"".join(chunks)
-        except FetchError:
-            raise
-        except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
-            if time.monotonic() >= deadline or isinstance(exc, TimeoutError):
-                raise FetchError(f"cannot fetch {shown}: no answer within {timeout_s:g} s") from None
-            raise FetchError(f"cannot fetch {shown}: {exc}") from None
-        finally:
-            if sock is not None:
-                sock.close()
-    raise FetchError(f"cannot fetch {shown}: more than {MAX_REDIRECTS} redirects")
+    return fetch_image_url(url, allow_private=allow_private, timeout_s=timeout_s, max_bytes=max_bytes)[0]
 
 
 # ----------------------------------------------------------------------------------------------- video files

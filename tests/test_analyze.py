@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import BUS, DIMS, N_SMALL, coco_images, copy_images
+from testdata import BUS, DIMS, N_SMALL, coco_images, copy_images
 from objsearch.analysis import analyze
 from objsearch.catalog import Catalog
 from objsearch.errors import EmptyFolderError, ImageReadError, IndexFileError

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import BUS, WEIGHTS
+from testdata import BUS, WEIGHTS
 from objsearch.detections import Detections
 
 
@@ -118,7 +118,7 @@ def test_letterbox_shape_is_the_shape_the_network_sees(detector):
 
 def test_a_batch_of_one_letterbox_shape_gives_each_image_its_own_features(detector):
     """detect_batch on coco128 images sharing a letterbox shape equals one detector call per image."""
-    from conftest import coco_images
+    from testdata import coco_images
 
     images = [cv2.imread(str(p)) for p in coco_images(40)]
     same = [im for im in images if detector.letterbox_shape(im.shape) == (448, 640)][:5]

@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from conftest import BUS, coco_images, copy_images
+from testdata import BUS, coco_images, copy_images
 from objsearch.analysis import analyze
 from objsearch.engine import Engine
 from objsearch.errors import ImageReadError, IndexFileError
@@ -107,7 +107,7 @@ def test_dims_not_in_the_index_are_refused(small_index, detector):
 def test_a_detector_with_other_weights_is_refused(small_index, detector, monkeypatch):
     from objsearch.errors import WeightsMismatchError
 
-    from conftest import WEIGHTS_11
+    from testdata import WEIGHTS_11
 
     with pytest.raises(WeightsMismatchError, match="pass the matching --weights"):
         Engine(small_index[0], weights=str(WEIGHTS_11))

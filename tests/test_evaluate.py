@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import COCO128, COCO128_IMAGES, WEIGHTS
+from testdata import COCO128, COCO128_IMAGES, WEIGHTS
 from objsearch import evaluate as ev
 from objsearch.cli import app
 from objsearch.detections import Detections

@@ -1,5 +1,7 @@
-"""objsearch.media.fetch_image against a local http.server on 127.0.0.1: bytes arrive with allow_private, and
-private addresses, other schemes, bodies over the limit, slow servers and redirects to refused places are refused."""
+"""objsearch.media.fetch_image (the query command's URL fetcher, which is objsearch serve's
+``objsearch.web.fetch.fetch_image_url``) against a local http.server on 127.0.0.1: the bytes arrive with
+allow_private; private addresses, other schemes, bodies over the limit, slow servers and redirects to other schemes
+are refused. The fetcher's own suite (pinned addresses, every redirect re-checked) is tests/test_web_fetch.py."""
 
 from __future__ import annotations
 
@@ -9,9 +11,8 @@ import time
 
 import pytest
 
-from conftest import BUS
-from objsearch import media
-from objsearch.errors import FetchError, ImageReadError
+from testdata import BUS
+from objsearch.errors import ObjsearchError
 from objsearch.media import decode_image, fetch_image
 
 BUS_BYTES = BUS.read_bytes()
@@ -24,17 +25,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/bus.jpg":
             self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
             self.send_header("Content-Length", str(len(BUS_BYTES)))
             self.end_headers()
             self.wfile.write(BUS_BYTES)
         elif self.path == "/stream":  # no Content-Length: the limit must hold while reading
             self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
             self.send_header("Connection", "close")
             self.end_headers()
             for _ in range(64):
                 self.wfile.write(b"x" * 65536)
         elif self.path == "/slow":
             self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
             self.send_header("Content-Length", "1000")
             self.end_headers()
             self.wfile.write(b"x" * 10)
@@ -58,6 +62,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 def server():
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
+    httpd.handle_error = lambda request, address: None  # a client that stops reading early is what we test
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -72,51 +77,44 @@ def test_fetches_the_bytes_from_an_allowed_address(server):
 
 
 def test_refuses_loopback_without_allow_private(server):
-    with pytest.raises(FetchError, match="127.0.0.1"):
+    with pytest.raises(ObjsearchError, match="127.0.0.1"):
         fetch_image(f"{server}/bus.jpg", max_bytes=10 << 20, timeout_s=5)
     for url in ("http://localhost/", "http://10.1.2.3/", "http://169.254.169.254/latest/meta-data/",
                 "http://[::1]/", "http://[::ffff:127.0.0.1]/", "http://0.0.0.0/", "http://100.64.0.1/"):
-        with pytest.raises(FetchError, match="private, loopback or reserved"):
+        with pytest.raises(ObjsearchError, match="loopback, private, link-local or reserved"):
             fetch_image(url, max_bytes=100, timeout_s=5)
 
 
-@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.com/a.jpg", "gopher://x/", "/tmp/a.jpg",
-                                 "http:///nohost"])
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.com/a.jpg", "gopher://x/", "/tmp/a.jpg"])
 def test_refuses_other_schemes(url):
-    with pytest.raises(FetchError, match="only http"):
+    with pytest.raises(ObjsearchError) as info:
         fetch_image(url, max_bytes=100, timeout_s=5, allow_private=True)
+    assert info.value.exit_code == 2 and "http" in str(info.value)
 
 
 def test_size_limit_with_and_without_content_length(server):
-    with pytest.raises(FetchError, match="more than 1000"):
+    with pytest.raises(ObjsearchError, match="more than the limit"):
         fetch_image(f"{server}/bus.jpg", max_bytes=1000, timeout_s=5, allow_private=True)
-    with pytest.raises(FetchError, match="more than 100000 bytes"):
+    with pytest.raises(ObjsearchError, match="more than the limit"):
         fetch_image(f"{server}/stream", max_bytes=100_000, timeout_s=5, allow_private=True)
 
 
 def test_time_limit_holds_for_a_slow_server(server):
     t0 = time.monotonic()
-    with pytest.raises(FetchError, match="within 0.5 s"):
+    with pytest.raises(ObjsearchError, match="longer than 0.5 s"):
         fetch_image(f"{server}/slow", max_bytes=10_000, timeout_s=0.5, allow_private=True)
     assert time.monotonic() - t0 < 2
 
 
-def test_redirects_are_followed_and_rechecked(server, monkeypatch):
+def test_redirects_are_followed_and_checked(server):
     assert fetch_image(f"{server}/redirect?/bus.jpg", max_bytes=10 << 20, timeout_s=5,
                        allow_private=True) == BUS_BYTES
-    with pytest.raises(FetchError, match="only http"):
+    with pytest.raises(ObjsearchError, match="http"):
         fetch_image(f"{server}/redirect?file:///etc/passwd", max_bytes=100, timeout_s=5, allow_private=True)
-    with pytest.raises(FetchError, match="redirects"):
+    with pytest.raises(ObjsearchError, match="redirects"):
         fetch_image(f"{server}/loop", max_bytes=100, timeout_s=5, allow_private=True)
-    # pretend the test server's address is public: a redirect to a metadata address is still refused
-    monkeypatch.setattr(media, "_address_allowed", lambda ip, allow_private: str(ip) == "127.0.0.1")
-    assert fetch_image(f"{server}/bus.jpg", max_bytes=10 << 20, timeout_s=5) == BUS_BYTES
-    with pytest.raises(FetchError, match="169.254.169.254"):
-        fetch_image(f"{server}/redirect?http://169.254.169.254/latest/", max_bytes=100, timeout_s=5)
 
 
-def test_http_errors_and_unknown_hosts_are_one_line_errors(server):
-    with pytest.raises(FetchError, match="HTTP 404"):
+def test_http_errors_are_one_line_errors(server):
+    with pytest.raises(ObjsearchError, match="HTTP 404"):
         fetch_image(f"{server}/missing.jpg", max_bytes=100, timeout_s=5, allow_private=True)
-    with pytest.raises(ImageReadError, match="does not resolve"):
-        fetch_image("http://no-such-host.invalid/a.jpg", max_bytes=100, timeout_s=5)

@@ -12,7 +12,7 @@ import threading
 import pytest
 from typer.testing import CliRunner
 
-from conftest import BUS, DATA, coco_images, copy_images
+from testdata import BUS, DATA, coco_images, copy_images
 from objsearch import config, media
 from objsearch.cli import app
 
@@ -89,6 +89,7 @@ class _Bus(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         data = BUS.read_bytes()
         self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -101,8 +102,9 @@ def test_query_an_url(small_index, monkeypatch):
     try:
         url = f"http://127.0.0.1:{httpd.server_address[1]}/bus.jpg"
         refused = invoke("query", url, "-i", small_index[0])
-        assert refused.exit_code == 2 and "loopback" in refused.stderr, refused.output
-        monkeypatch.setattr(media, "_address_allowed", lambda ip, allow_private: str(ip) == "127.0.0.1")
+        assert refused.exit_code == 2 and "loopback" in refused.stderr and url in refused.stderr, refused.output
+        fetch = media.fetch_image  # the test server is on 127.0.0.1: allow it here only
+        monkeypatch.setattr(media, "fetch_image", lambda url, **kw: fetch(url, **{**kw, "allow_private": True}))
         result = invoke("query", url, "-i", small_index[0], "-k", 1, "--json")
         local = invoke("query", BUS, "-i", small_index[0], "-k", 1, "--json")
     finally:
@@ -156,7 +158,7 @@ def test_ctrl_c_in_eval_does_not_promise_a_resume(monkeypatch):
 
 @pytest.mark.slow
 def test_demo_overwrite_analyzes_again(tmp_path):
-    from conftest import WEIGHTS
+    from testdata import WEIGHTS
 
     folder = copy_images(coco_images(2), tmp_path / "two")
     args = ["demo", folder, "--out-dir", tmp_path / "out", "-w", WEIGHTS]

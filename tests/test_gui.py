@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from conftest import BUS, COCO128_IMAGES, DATA, WEIGHTS, WEIGHTS_11, coco_images, copy_images, run_cli
+from testdata import BUS, COCO128_IMAGES, DATA, WEIGHTS, WEIGHTS_11, coco_images, copy_images, run_cli
 
 pytestmark = pytest.mark.gui
 
@@ -415,6 +415,120 @@ def test_screen_source_grabs_a_real_virtual_display(tmp_path):
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
         assert proc.returncode == 1 and "SourceError: screen grab failed" in proc.stderr
     finally:
+        xvfb.terminate()
+        xvfb.wait(10)
+
+
+def free_display() -> str:
+    """A display number no X server holds (no lock file, no socket)."""
+    for n in range(90, 200):
+        if not Path(f"/tmp/.X{n}-lock").exists() and not Path(f"/tmp/.X11-unix/X{n}").exists():
+            return f":{n}"
+    pytest.skip("no free X display number")
+
+
+def opencv_plugin_path() -> str:
+    import importlib.util
+
+    return str(Path(importlib.util.find_spec("cv2").origin).parent / "qt" / "plugins")
+
+
+def test_app_command_with_no_x_server_is_one_line_not_an_abort():
+    env = {k: v for k, v in os.environ.items() if k not in ("WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    env.update(DISPLAY=free_display(), QT_QPA_PLATFORM_PLUGIN_PATH=opencv_plugin_path())
+    proc = run_cli("app", env=env, timeout=120)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)  # an exit status, not a signal (Qt's abort: -6)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0] == (f"error: cannot open the display {env['DISPLAY']}: no X server answers there (start the app "
+                        f"in a desktop session, or under xvfb-run)")
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_app_command_with_an_unknown_platform_is_one_line():
+    env = {**os.environ, "QT_QPA_PLATFORM": "nosuchplatform"}
+    proc = run_cli("app", env=env, timeout=120)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: no Qt platform plugin "nosuchplatform"'), proc.stderr
+    assert "offscreen" in lines[0]
+
+
+def test_opencv_plugin_path_is_dropped_and_others_are_kept():
+    from objsearch.gui.display import drop_opencv_plugin_path
+
+    env = {"QT_QPA_PLATFORM_PLUGIN_PATH": opencv_plugin_path(), "QT_QPA_FONTDIR": opencv_plugin_path() + "/../fonts"}
+    assert drop_opencv_plugin_path(env) and env == {}
+    env = {"QT_QPA_PLATFORM_PLUGIN_PATH": "/opt/qt/plugins/platforms"}
+    assert not drop_opencv_plugin_path(env) and env == {"QT_QPA_PLATFORM_PLUGIN_PATH": "/opt/qt/plugins/platforms"}
+
+
+def test_a_platform_plugin_missing_a_library_is_named_with_its_package(tmp_path):
+    """PyQt6's xcb plugin with its libQt6XcbQpa patched to need libxcb-icccX.so.4 (ldd reports it missing), and
+    the lines Qt printed on a machine without libxcb-icccm4."""
+    import importlib.util
+
+    from objsearch.gui.display import debian_package, explain_qt_failure, missing_libraries
+
+    qt = Path(importlib.util.find_spec("PyQt6").origin).parent / "Qt6"
+    (tmp_path / "plugins" / "platforms").mkdir(parents=True)
+    (tmp_path / "lib").mkdir()
+    for lib in (qt / "lib").iterdir():
+        if lib.name != "libQt6XcbQpa.so.6":
+            (tmp_path / "lib" / lib.name).symlink_to(lib)
+    qpa = (qt / "lib" / "libQt6XcbQpa.so.6").read_bytes()
+    assert b"libxcb-icccm.so.4" in qpa
+    (tmp_path / "lib" / "libQt6XcbQpa.so.6").write_bytes(qpa.replace(b"libxcb-icccm.so.4", b"libxcb-icccX.so.4"))
+    plugin = tmp_path / "plugins" / "platforms" / "libqxcb.so"
+    shutil.copy(qt / "plugins" / "platforms" / "libqxcb.so", plugin)
+    if shutil.which("ldd") is None:
+        pytest.skip("needs ldd")
+    assert missing_libraries(plugin) == ["libxcb-icccX.so.4"]
+    qt_output = ('qt.qpa.plugin: From 6.5.0, xcb-cursor0 or libxcb-cursor0 is needed to load the Qt xcb platform '
+                 'plugin.\nqt.qpa.plugin: Could not load the Qt platform plugin "xcb" in "" even though it was found.\n'
+                 'This application failed to start because no Qt platform plugin could be initialized.\n')
+    line = explain_qt_failure(qt_output, {"QT_QPA_PLATFORM_PLUGIN_PATH": str(plugin.parent)})
+    assert line == ("the Qt xcb platform plugin cannot load: missing libxcb-icccX.so.4 (on Debian/Ubuntu: sudo "
+                    "apt-get install libxcb-icccx4)")
+    assert [debian_package(n) for n in ("libxcb-icccm.so.4", "libxkbcommon-x11.so.0", "libEGL.so.1",
+                                        "libdbus-1.so.3", "libxcb-render-util.so.0")] == [
+        "libxcb-icccm4", "libxkbcommon-x11-0", "libegl1", "libdbus-1-3", "libxcb-render-util0"]
+
+
+@pytest.mark.skipif(shutil.which("Xvfb") is None, reason="needs Xvfb (Debian package xvfb) for a virtual display")
+def test_app_command_starts_on_a_real_virtual_display(tmp_path):
+    import subprocess
+    import sys
+
+    display = free_display()
+    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    app = None
+    try:
+        deadline = time.monotonic() + 20
+        while not Path(f"/tmp/.X11-unix/X{display[1:]}").exists():
+            assert xvfb.poll() is None and time.monotonic() < deadline, "Xvfb did not start"
+            time.sleep(0.1)
+        env = {k: v for k, v in os.environ.items() if k not in ("WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+        env.update(DISPLAY=display, QT_QPA_PLATFORM_PLUGIN_PATH=opencv_plugin_path())  # as cv2 leaves it
+        log = tmp_path / "stderr.txt"
+        with open(log, "w") as err:
+            app = subprocess.Popen([sys.executable, "-m", "objsearch", "-v", "app"], cwd=tmp_path, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + 120
+        while "Open an index" not in log.read_text():  # the window was built (logged with -v)
+            assert app.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        time.sleep(3.0)
+        assert app.poll() is None, log.read_text()  # still up
+        app.terminate()  # by PID
+        app.wait(30)
+        assert "error:" not in log.read_text() and "Traceback" not in log.read_text()
+    finally:
+        if app is not None and app.poll() is None:
+            app.kill()
+            app.wait(10)
         xvfb.terminate()
         xvfb.wait(10)
 

@@ -10,7 +10,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 import numpy as np
 import pytest
 
-from conftest import WEIGHTS
+from testdata import WEIGHTS
 
 pytestmark = pytest.mark.gui
 

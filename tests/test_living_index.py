@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import WEIGHTS, coco_images, copy_images
+from testdata import WEIGHTS, coco_images, copy_images
 from objsearch.analysis import analyze
 from objsearch.catalog import Catalog
 from objsearch.cli import app

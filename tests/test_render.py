@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import BUS, DATA
+from testdata import BUS, DATA
 from objsearch.engine import Engine
 from objsearch.media import read_image
 from objsearch.render import MIN_TEXT_SCALE, fit_text, label_rects, render_result

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, WEIGHTS, coco_images, copy_images, run_cli
+from testdata import ROOT, WEIGHTS, coco_images, copy_images, run_cli
 from objsearch.analysis import Journal, analyze
 from objsearch.catalog import Catalog
 from objsearch.config import load_config

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import BUS, DATA, coco_images
+from testdata import BUS, DATA, coco_images
 from objsearch.errors import ImageReadError
 from objsearch.sources import (CaptureThread, Frame, FrameSlot, FrameSource, ImageFileSource, RandomImageSource,
                                ScreenSource, SourceError, VideoFileSource, WebcamSource)

@@ -36,6 +36,24 @@ def _memory(method, **kwargs):
     return factory
 
 
+def _milvus_lite(**kwargs):
+    """A fresh collection in a per-test Milvus Lite database (Lite holds a LOCK per .db: one per test)."""
+    def factory(tmp_path):
+        pytest.importorskip("pymilvus", reason="pymilvus is not installed (pip install 'objsearch[milvus]')")
+        pytest.importorskip("milvus_lite", reason="milvus-lite is not installed (pip install 'objsearch[milvus]')")
+        from objsearch.vectors.milvus import milvus_store
+
+        counter = iter(range(10**6))
+
+        def make_store(ids, vectors, class_id, image_id):
+            return milvus_store(str(tmp_path / "milvus.db"), f"contract_{next(counter)}", ids, vectors, class_id,
+                                image_id, **kwargs)
+
+        return make_store
+
+    return factory
+
+
 # One factory per backend: ``factory(tmp_path) -> make_store``. A new backend adds itself here.
 FACTORIES = {
     "kdtree": _memory("kdtree"),
@@ -44,6 +62,7 @@ FACTORIES = {
     "hnsw": _memory("hnsw"),
     "hnsw-cached": _memory("hnsw", cached=True),  # every store of a check shares one graph file: reconciled on open
     "auto": _memory("auto"),
+    "milvus": _milvus_lite(),  # FLAT: exact
 }
 
 

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import DATA, WEIGHTS, run_cli
+from testdata import DATA, WEIGHTS, run_cli
 from objsearch.errors import ObjsearchError
 from objsearch.live import LivePipeline, LiveResult, QuerySettings, ThumbnailCache, search_frame
 from objsearch.sources import FrameSlot, VideoFileSource

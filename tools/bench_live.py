@@ -131,7 +131,7 @@ def main() -> None:
     med = statistics.median
     print(f"machine: {os.cpu_count()} cores, device {args.device}, {threads} torch thread(s) for both sides; index "
           f"{index} ({len(window.searcher.catalog.object_id)} objects, {window.searcher.dims} dims, "
-          f"{window.searcher.neighbors(window.searcher.dims).method}); video {args.video.name} frames "
+          f"{window.searcher.method}); video {args.video.name} frames "
           f"{args.start}-{args.start + args.frames - 1} ({frames[0].shape[1]}x{frames[0].shape[0]}); "
           f"k={window.settings.k}; {args.rounds} alternating rounds, medians")
     def rounds(values):

@@ -3,16 +3,23 @@
 Usage::
 
     python tools/bench_query.py [-i INDEX.h5] [--image ../shared/data/samples/bus.jpg] [--repeats 30]
+        [--runtime torch,onnx,openvino] [--threads 1,2]
 
 Without ``-i`` it analyses ``../shared/data/coco128`` into a temporary index first. Both pipelines run interleaved
 in the same process, on the same file (decoding included on both sides), and medians are compared, because these
-machines are noisy. Target (issue 2): whole query <= 1.25x the bare predict.
+machines are noisy. Target (issue 2): whole query <= 1.25x the bare predict; issue 11 with a fast runtime: <= 0.8x
+(coco128 index), <= 0.9x (SYNTHETIC 376k index).
+
+``--runtime`` and ``--threads`` list detector runtimes and thread counts: every combination is timed in the same
+rounds (one Engine, its detector swapped per combination), against the bare predict at ultralytics' own thread
+setting (cpu_count - 1). ``OMP_WAIT_POLICY`` defaults to PASSIVE here (torch at 2 threads spin-waits otherwise).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import time
 from pathlib import Path
@@ -27,7 +34,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("-k", type=int, default=16)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--runtime", default="torch", help="comma-separated runtimes: torch, onnx, openvino")
+    parser.add_argument("--threads", default=None, help="comma-separated thread counts (default: ultralytics')")
     args = parser.parse_args()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     import torch
     from ultralytics import YOLO
@@ -39,28 +49,56 @@ def main() -> None:
     searcher = Engine(index, device=args.device)
     yolo = YOLO(searcher.detector.weights_path)
     source = str(args.image)
-    for _ in range(3):  # warm-up both
+    yolo.predict(source, verbose=False, device=args.device)  # ultralytics sets torch's threads here
+    bare_threads = torch.get_num_threads()
+    from objsearch.detector import Detector
+
+    base = searcher.detector
+    variants = {}
+    for runtime in args.runtime.split(","):
+        for n in (args.threads.split(",") if args.threads else [str(bare_threads)]):
+            det = base if runtime == base.runtime else Detector(
+                base.weights_path, imgsz=base.imgsz, conf=base.conf, iou=base.iou, max_det=base.max_det,
+                device=args.device, recipe=base.recipe, runtime=runtime, threads=int(n))
+            variants[f"{runtime}/{n}"] = (det, int(n))
+
+    def run(det, n):
+        torch.set_num_threads(n)  # the torch runtime's threads (the others were fixed when made)
+        searcher.detector = det
+        return searcher.search_file(args.image, k=args.k).to_dict()
+
+    def bare_predict():
+        torch.set_num_threads(bare_threads)
         yolo.predict(source, verbose=False, device=args.device)
-        searcher.search_file(args.image, k=args.k).to_dict()
-    bare, ours, stages = [], [], {}
+
+    for _ in range(3):  # warm-up all
+        bare_predict()
+        for det, n in variants.values():
+            run(det, n)
+    bare, ours, stages = [], {v: [] for v in variants}, {v: {} for v in variants}
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        yolo.predict(source, verbose=False, device=args.device)
+        bare_predict()
         bare.append((time.perf_counter() - t0) * 1e3)
-        t0 = time.perf_counter()
-        payload = searcher.search_file(args.image, k=args.k).to_dict()
-        ours.append((time.perf_counter() - t0) * 1e3)
-        for name, ms in payload["timings_ms"].items():
-            stages.setdefault(name, []).append(ms)
+        for name, (det, n) in variants.items():
+            t0 = time.perf_counter()
+            payload = run(det, n)
+            ours[name].append((time.perf_counter() - t0) * 1e3)
+            for stage, ms in payload["timings_ms"].items():
+                stages[name].setdefault(stage, []).append(ms)
     med = statistics.median
-    print(f"machine: {torch.get_num_threads()} torch threads, device {args.device}; index {index} "
-          f"({len(searcher.catalog.object_id)} objects, {searcher.dims} dims); image {args.image.name}; "
-          f"{len(payload['objects'])} objects, k={args.k}; {args.repeats} interleaved repeats, medians")
-    for name in ("decode", "detect", "features", "search", "assemble"):
-        print(f"  {name:<9} {med(stages[name]):8.2f} ms")
-    print(f"  {'query':<9} {med(ours):8.2f} ms   (wall time of search_file + to_dict)")
-    print(f"  {'predict':<9} {med(bare):8.2f} ms   (bare YOLO.predict on the same file)")
-    print(f"ratio query / bare predict: {med(ours) / med(bare):.3f}  (target <= 1.25)")
+    print(f"machine: {os.cpu_count()} cores, bare predict at {bare_threads} torch thread(s), device {args.device}, "
+          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; index {index} ({len(searcher.catalog.object_id)} "
+          f"objects, {searcher.dims} dims); image {args.image.name}; {len(payload['objects'])} objects, k={args.k}; "
+          f"{args.repeats} interleaved repeats, medians")
+    print(f"  {'runtime/threads':<16}" + "".join(f"{s:>9}" for s in ("decode", "detect", "features", "search",
+                                                                     "assemble", "query", "ratio")))
+    for name in variants:
+        row = [med(stages[name][s]) for s in ("decode", "detect", "features", "search", "assemble")]
+        print(f"  {name:<16}" + "".join(f"{v:9.2f}" for v in row) + f"{med(ours[name]):9.2f}"
+              f"{med(ours[name]) / med(bare):9.3f}")
+    print(f"  {'bare predict':<16}{'':45}{med(bare):9.2f}    1.000   (bare YOLO.predict on the same file)")
+    searcher.detector = base
     searcher.close()
     stack.close()
 

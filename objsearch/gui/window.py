@@ -139,8 +139,12 @@ class MainWindow(QtWidgets.QMainWindow):
     """
 
     def __init__(self, index: str | Path | None = None, *, base_dir: str | Path | None = None,
-                 weights: str | None = None, device: str | None = None, camera_opener=None, screen_grabber=None):
+                 weights: str | None = None, device: str | None = None, camera_opener=None, screen_grabber=None,
+                 backend: str = "auto", milvus_uri: str | None = None, milvus_collection: str | None = None,
+                 milvus_index: str = "FLAT"):
         super().__init__()
+        self.store_options = {"backend": backend, "milvus_uri": milvus_uri, "milvus_collection": milvus_collection,
+                              "milvus_index": milvus_index}
         self.setWindowTitle("objsearch")
         self.resize(1400, 900)
         # tooltips: light text on a dark panel whatever the desktop theme (some themes pair dark text with dark)
@@ -358,7 +362,8 @@ class MainWindow(QtWidgets.QMainWindow):
             old = self.searcher
             # the detector of the index open before is reused when its weights match (the engine checks the sha256)
             detector = old.detector if old is not None and self.weights is None else None
-            searcher = Engine(path, weights=self.weights, base_dir=base_dir, device=self.device, detector=detector)
+            searcher = Engine(path, weights=self.weights, base_dir=base_dir, device=self.device, detector=detector,
+                              **self.store_options)
         except ObjsearchError as exc:
             self.show_message(f"cannot open {path.name}: {exc}", error=True)
             return False
@@ -877,11 +882,13 @@ class MainWindow(QtWidgets.QMainWindow):
             self.searcher = None
 
 
-def run_app(index=None, *, base_dir=None, weights=None, device=None, source: str | None = None) -> int:
+def run_app(index=None, *, base_dir=None, weights=None, device=None, source: str | None = None,
+            **store_options) -> int:
     """Start the Qt application with a ``MainWindow`` and run until it closes; returns the exit status.
 
     ``source`` starts a query source (``objsearch.sources.parse_source``): ``random``, ``webcam[:N]``,
-    ``screen[:x,y,w,h]``, or a path to an image or video file.
+    ``screen[:x,y,w,h]``, or a path to an image or video file. ``store_options`` (``backend``, ``milvus_uri``,
+    ``milvus_collection``, ``milvus_index``) choose the vector store, as for ``Engine``.
 
     Raises
     ------
@@ -889,8 +896,11 @@ def run_app(index=None, *, base_dir=None, weights=None, device=None, source: str
         For a malformed source (before any window opens).
     """
     kind, arg = parse_source(source) if source else (None, None)
+    from objsearch.gui.display import drop_opencv_plugin_path
+
+    drop_opencv_plugin_path()  # cv2, imported by now, points Qt at its own Qt 5 plugins
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["objsearch"])
-    window = MainWindow(index, base_dir=base_dir, weights=weights, device=device)
+    window = MainWindow(index, base_dir=base_dir, weights=weights, device=device, **store_options)
     window.show()
     if kind == "random":
         window.query_random()

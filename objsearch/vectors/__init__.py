@@ -1,8 +1,10 @@
 """Vector stores: k-nearest-neighbour search over projected vectors keyed by stable int64 object ids.
 
 Every backend implements ``VectorStore``; the engine sees nothing else. ``memory_store`` makes the in-memory one
-(``objsearch.vectors.memory``: KD-tree, faiss, numpy, hnsw, ``auto``). A backend proves itself by passing the
-contract suite in ``tests/vector_store_contract.py``.
+(``objsearch.vectors.memory``: KD-tree, faiss, numpy, hnsw, ``auto``); ``objsearch.vectors.milvus`` (the only pymilvus
+module, imported only when the ``milvus`` backend is chosen) keeps the vectors in a Milvus collection. ``open_store``
+makes either for a catalog. A backend proves itself by passing the contract suite in
+``tests/vector_store_contract.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from objsearch.types import Hits
 if TYPE_CHECKING:
     from objsearch.vectors.memory import HnswParams, MemoryVectorStore
 
-BACKENDS = ("auto", "kdtree", "faiss", "numpy", "hnsw")
+MEMORY_BACKENDS = ("auto", "kdtree", "faiss", "numpy", "hnsw")
+BACKENDS = MEMORY_BACKENDS + ("milvus",)
 
 
 @runtime_checkable
@@ -27,7 +30,7 @@ class VectorStore(Protocol):
     Attributes
     ----------
     backend : str
-        ``kdtree``, ``faiss``, ``numpy``, ``hnsw`` (later ``milvus``); ``auto`` already resolved.
+        ``kdtree``, ``faiss``, ``numpy``, ``hnsw``, ``milvus``; ``auto`` already resolved.
     dims : int
         Dimension of the vectors.
     exact : bool
@@ -114,4 +117,98 @@ def memory_store(method: str, ids: np.ndarray, vectors: np.ndarray, class_id: np
     return MemoryVectorStore(ids, vectors, class_id, image_id, method, hnsw=hnsw, hnsw_cache=hnsw_cache)
 
 
-__all__ = ["BACKENDS", "VectorStore", "memory_store"]
+def open_store(backend: str, catalog, dims: int, *, milvus_uri: str | os.PathLike | None = None,
+               milvus_collection: str | None = None, milvus_index: str = "FLAT", milvus_consistency: str = "Strong",
+               hnsw_cache: str | os.PathLike | None = None) -> VectorStore:
+    """The vector store of ``catalog``'s vectors at ``dims`` for a backend.
+
+    Parameters
+    ----------
+    backend : str
+        One of ``BACKENDS``. The in-memory ones load the vectors from the catalog; ``milvus`` opens the catalog's
+        collection on ``milvus_uri`` and brings it in step with the catalog (created and filled on first use,
+        updated by id difference when the catalog changed since; see ``MilvusVectorStore.follow``).
+    catalog : objsearch.catalog.Catalog
+    dims : int
+        A stored projection dimension.
+    milvus_uri : path or str, optional
+        A Milvus Lite database (``*.db``) or a server URI; None: ``INDEX.h5.milvus.db`` beside the index.
+    milvus_collection : str, optional
+        None: ``objsearch_<index uuid[:12]>_d<dims>``.
+    milvus_index, milvus_consistency : str
+        Milvus index type (``FLAT`` exact, ``HNSW``, ``IVF_FLAT``, ``IVF_SQ8``) and consistency level.
+    hnsw_cache : path, optional
+        Where the in-memory ``hnsw`` graph is kept.
+
+    Raises
+    ------
+    ValueError
+        For an unknown backend or bad parameters.
+    objsearch.errors.VectorStoreError
+        When Milvus is not installed, unreachable, or its collection belongs to another index or dims.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "milvus":
+        from objsearch.vectors.milvus import open_for_catalog  # pymilvus is imported only there
+
+        uri = milvus_uri if milvus_uri is not None else f"{catalog.path}.milvus.db"
+        return open_for_catalog(catalog, dims, uri, collection=milvus_collection, index_type=milvus_index,
+                                consistency=milvus_consistency)
+    return memory_store(backend, catalog.object_id, catalog.vectors(dims), catalog.class_id, catalog.object_media_id,
+                        hnsw_cache=hnsw_cache if backend == "hnsw" else None)
+
+
+def follow_index(index: str | os.PathLike, milvus_uri: str | os.PathLike, *, collection: str | None = None,
+                 previous: tuple | None = None) -> list[tuple[int, int, int]]:
+    """Bring the Milvus collections of ``index`` on ``milvus_uri`` in step with it (after add, remove or sync).
+
+    Only collections that exist are updated (one is created when a search first uses it): ``collection`` when
+    given, else the default name of each stored dims.
+
+    Parameters
+    ----------
+    index : path of the index file.
+    milvus_uri : Milvus Lite path or server URI.
+    collection : str, optional
+    previous : (index_uuid, generation, object_ids), optional
+        The catalog state before the job; see ``MilvusVectorStore.follow``.
+
+    Returns
+    -------
+    list of (dims, added, removed)
+
+    Raises
+    ------
+    objsearch.errors.VectorStoreError
+        See ``MilvusVectorStore.follow``.
+    """
+    from objsearch.catalog import Catalog
+    from objsearch.vectors.milvus import MilvusVectorStore, collection_dims, connect, default_collection
+
+    done = []
+    with Catalog(index) as catalog:
+        client = connect(milvus_uri)
+        try:
+            names = [collection] if collection else [default_collection(catalog.uuid, d) for d in catalog.dims]
+            for name in names:
+                if not client.has_collection(name):
+                    continue
+                dims = collection_dims(client, name)
+                if dims not in catalog.dims:
+                    from objsearch.errors import VectorStoreError
+
+                    raise VectorStoreError(f"Milvus collection {name} holds {dims}-d vectors; {catalog.path} holds "
+                                           f"{catalog.dims}")
+                store = MilvusVectorStore(milvus_uri, name, dims, client=client)
+                try:
+                    added, removed = store.follow(catalog, previous=previous)
+                finally:
+                    store.close()
+                done.append((dims, added, removed))
+        finally:
+            client.close()
+    return done
+
+
+__all__ = ["BACKENDS", "MEMORY_BACKENDS", "VectorStore", "follow_index", "memory_store", "open_store"]

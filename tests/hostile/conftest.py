@@ -41,10 +41,11 @@ def tiny_index(tiny_folder, cfg, detector, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def shared_detector(detector):
     """Commands run in-process reuse the session's detector instead of loading the checkpoint for every call (the
-    weights checks still run: ``weights_for_index`` is not replaced)."""
+    weights checks still run: ``weights_for_index`` is not replaced). Module-scoped, so the patch is undone before
+    the tests outside this folder run (they load detectors for real: ``--device gpu`` must fail there)."""
     import objsearch.engine as engine
 
     original = engine.load_detector

@@ -1,0 +1,287 @@
+"""Detector runtimes: the same ``DetectionModel`` graph run by torch, onnxruntime or OpenVINO.
+
+A backend has one method, ``forward(x) -> (y, preds, captured)``, with ``x`` the letterboxed (B, 3, H, W) float32
+torch tensor, ``y`` the Detect head's decoded output (B, 4 + nc, A), ``preds`` a dict with ``feats`` (the P3-P5 maps
+that feed the head) and ``scores`` (class logits, (B, nc, A)), and ``captured`` a dict ``{"cls": [...], "box":
+[...]}`` of the class/box branches' penultimate maps per level (only filled when the feature recipe needs them). The
+detector runs NMS and pools features on these tensors the same way whatever the runtime.
+
+The onnx and openvino backends run a graph exported once from the torch model with these extra outputs, with dynamic
+height and width so rectangular letterboxes work (the anchors are computed in the graph). The export is cached beside
+the weights (``<weights>.objsearch-<sha12>-<key>.onnx`` and ``.xml``/``.bin``), or under ``~/.cache/objsearch/``
+when that folder is not writable, keyed by the weights' sha256 and the export recipe; written to a temporary name and
+renamed, so a crash never leaves a half-written model behind. Nothing is downloaded.
+
+onnxruntime and openvino are imported here only, and only when chosen (``pip install objsearch[fast]``).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from objsearch.errors import ObjsearchError
+
+LOGGER = logging.getLogger(__name__)
+
+RUNTIMES = ("torch", "onnx", "openvino")
+EXPORT_VERSION = 1  # bump when the exported graph changes: the cache key changes with it
+OPSET = 17
+
+
+class RuntimeUnavailableError(ObjsearchError):
+    """The chosen runtime's package is not installed, or its export failed."""
+
+    exit_code = 2
+
+
+def check_runtime(name: str) -> str:
+    """``name`` lower-cased, checked to be one of ``RUNTIMES``.
+
+    Raises
+    ------
+    ValueError
+        For another name.
+    """
+    name = str(name).strip().lower()
+    if name not in RUNTIMES:
+        raise ValueError(f"unknown runtime {name!r}; expected one of {', '.join(RUNTIMES)}")
+    return name
+
+
+class TorchBackend:
+    """The torch model as it is; the detector's forward hooks fill ``captured``."""
+
+    name = "torch"
+
+    def __init__(self, detector) -> None:
+        self.detector = detector
+
+    def forward(self, x):
+        det = self.detector
+        captured = {"cls": [None] * det.head.nl, "box": [None] * det.head.nl}
+        det._local.captured = captured
+        try:
+            y, preds = det.model(x)
+        finally:
+            det._local.captured = None
+        return y, preds, captured
+
+
+def _output_names(nl: int, maps: bool) -> list[str]:
+    names = ["y"] + [f"feat{i}" for i in range(nl)] + ["scores"]
+    if maps:
+        names += [f"cls{i}" for i in range(nl)] + [f"box{i}" for i in range(nl)]
+    return names
+
+
+def _export_key(detector, maps: bool) -> str:
+    import torch
+
+    recipe = {"version": EXPORT_VERSION, "opset": OPSET, "maps": maps, "torch": torch.__version__.split("+")[0]}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def cache_path(detector, maps: bool, suffix: str) -> Path:
+    """Where the exported graph of ``detector`` goes: beside the weights when that folder is writable, else under
+    ``$XDG_CACHE_HOME/objsearch`` (``~/.cache/objsearch``)."""
+    weights = Path(detector.weights_path)
+    sha = detector.weights_sha256 or hashlib.sha256(str(weights.resolve()).encode()).hexdigest()
+    name = f"{weights.name}.objsearch-{sha[:12]}-{_export_key(detector, maps)}{suffix}"
+    folder = weights.resolve().parent
+    if not (folder.is_dir() and os.access(folder, os.W_OK)):
+        folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "objsearch"
+    return folder / name
+
+
+class _ExportWrapper:
+    """Builds a ``torch.nn.Module`` returning the tuple of ``_output_names`` (made lazily: torch is imported here
+    only when exporting)."""
+
+    @staticmethod
+    def build(detector, maps: bool):
+        import torch
+
+        model = copy.deepcopy(detector.model).float().to("cpu").to(memory_format=torch.contiguous_format)
+        head = model.model[-1]
+        head.dynamic = True  # anchors computed in the graph, for any letterbox shape
+        head.shape = None
+        head.export = False  # keep (y, preds) so P3-P5 and the logits come out too
+        nl = head.nl
+        captured: dict = {}
+        if maps:
+            for module in model.modules():
+                module._forward_hooks.clear()  # the copied detector hooks write to the detector's thread-local
+            for level in range(nl):
+                head.cv3[level][-2].register_forward_hook(lambda m, i, o, lv=level: captured.__setitem__(f"cls{lv}", o))
+                head.cv2[level][-2].register_forward_hook(lambda m, i, o, lv=level: captured.__setitem__(f"box{lv}", o))
+
+        class Wrapper(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, x):
+                captured.clear()
+                y, preds = self.model(x)
+                out = [y, *preds["feats"], preds["scores"]]
+                if maps:
+                    out += [captured[f"cls{i}"] for i in range(nl)] + [captured[f"box{i}"] for i in range(nl)]
+                return tuple(out)
+
+        return Wrapper().eval(), nl
+
+
+def export_onnx(detector, maps: bool) -> Path:
+    """The cached ONNX graph of ``detector`` (exported now when missing).
+
+    Raises
+    ------
+    RuntimeUnavailableError
+        When the ``onnx`` package is missing or the export fails.
+    """
+    path = cache_path(detector, maps, ".onnx")
+    if path.is_file():
+        return path
+    try:
+        import onnx  # noqa: F401  torch's exporter needs it
+    except ImportError:
+        raise RuntimeUnavailableError(
+            "exporting the detector needs the onnx package: pip install 'objsearch[fast]'") from None
+    import torch
+
+    wrapper, nl = _ExportWrapper.build(detector, maps)
+    names = _output_names(nl, maps)
+    dynamic = {"images": {0: "batch", 2: "height", 3: "width"}}
+    dynamic.update({n: {0: "batch"} for n in names})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    LOGGER.info("exporting %s to %s", detector.weights_path, path)
+    try:
+        with torch.inference_mode(False), torch.no_grad():
+            torch.onnx.export(wrapper, (torch.zeros((1, 3, 640, 480)),), tmp, input_names=["images"],
+                              output_names=names, dynamic_axes=dynamic, opset_version=OPSET, dynamo=False,
+                              do_constant_folding=True)
+        os.replace(tmp, path)
+    except Exception as exc:
+        raise RuntimeUnavailableError(f"could not export the detector to ONNX: {exc}") from exc
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _wrap_outputs(torch, arrays: list, nl: int, maps: bool):
+    t = [torch.from_numpy(a) for a in arrays]
+    y, feats, scores = t[0], t[1 : 1 + nl], t[1 + nl]
+    captured = {"cls": [None] * nl, "box": [None] * nl}
+    if maps:
+        captured = {"cls": t[2 + nl : 2 + 2 * nl], "box": t[2 + 2 * nl : 2 + 3 * nl]}
+    return y, {"feats": feats, "scores": scores}, captured
+
+
+class OnnxBackend:
+    """The exported graph in onnxruntime (CPU), intra-op spinning off (with spinning, 2 threads on a busy 2-core
+    machine ran slower than 1)."""
+
+    name = "onnx"
+
+    def __init__(self, detector, maps: bool, threads: int) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise RuntimeUnavailableError("runtime 'onnx' needs onnxruntime: pip install 'objsearch[fast]'") from None
+        import torch
+
+        self._torch = torch
+        self.path = export_onnx(detector, maps)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        self.nl = detector.head.nl
+        self.maps = maps
+        self.threads = int(threads)
+
+    def forward(self, x):
+        arrays = self.session.run(None, {"images": x.detach().cpu().contiguous().numpy()})
+        return _wrap_outputs(self._torch, arrays, self.nl, self.maps)
+
+
+class OpenVinoBackend:
+    """The exported graph converted to OpenVINO IR (FP32 weights kept), on its CPU plugin with a latency hint."""
+
+    name = "openvino"
+
+    def __init__(self, detector, maps: bool, threads: int) -> None:
+        try:
+            import openvino as ov
+        except ImportError:
+            raise RuntimeUnavailableError("runtime 'openvino' needs openvino: pip install 'objsearch[fast]'") from None
+        import torch
+
+        self._torch = torch
+        xml = cache_path(detector, maps, ".xml")
+        if not xml.is_file():
+            onnx_path = export_onnx(detector, maps)
+            try:
+                model = ov.convert_model(str(onnx_path))
+                stem = tempfile.mktemp(prefix=xml.stem + ".", dir=xml.parent)
+                ov.save_model(model, stem + ".xml", compress_to_fp16=False)  # FP16 weights would change the features
+                os.replace(stem + ".bin", xml.with_suffix(".bin"))
+                os.replace(stem + ".xml", xml)  # last: an .xml on disk always has its .bin
+            except Exception as exc:
+                raise RuntimeUnavailableError(f"could not convert the detector to OpenVINO: {exc}") from exc
+        self.path = xml
+        core = ov.Core()
+        config = {"INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_PRECISION_HINT": "f32"}
+        self.compiled = core.compile_model(core.read_model(str(xml)), "CPU", config)
+        self.nl = detector.head.nl
+        self.maps = maps
+        self.threads = int(threads)
+        self.n_out = len(self.compiled.outputs)
+
+    def forward(self, x):
+        request = self.compiled.create_infer_request()
+        result = request.infer({0: x.detach().cpu().contiguous().numpy()})
+        arrays = [result[self.compiled.output(i)] for i in range(self.n_out)]
+        return _wrap_outputs(self._torch, arrays, self.nl, self.maps)
+
+
+def make_backend(detector, runtime: str, threads: int | None = None):
+    """The backend ``runtime`` for ``detector``; ``threads`` None: torch's current intra-op thread count.
+
+    Raises
+    ------
+    ValueError
+        For an unknown runtime name.
+    RuntimeUnavailableError
+        When its package is missing or the export fails.
+    DeviceError
+        For onnx/openvino on a device other than the CPU.
+    """
+    runtime = check_runtime(runtime)
+    if runtime == "torch":
+        return TorchBackend(detector)
+    if detector.device.type != "cpu":
+        from objsearch.errors import DeviceError
+
+        raise DeviceError(
+            f"runtime {runtime!r} runs on the CPU only; use --runtime torch with device {detector.device}")
+    import torch
+
+    threads = torch.get_num_threads() if threads is None else int(threads)
+    maps = any(name in detector.recipe for name in ("cls_cell", "cls_roi", "box_cell"))
+    cls = OnnxBackend if runtime == "onnx" else OpenVinoBackend
+    return cls(detector, maps, threads)

@@ -1,0 +1,431 @@
+"""The web server: a FastAPI app over one shared ``Engine``, its page and its JSON API.
+
+Routes
+------
+``GET /``                        the page (``static/index.html``; its script and style from ``/static/``)
+``POST /api/search``             search an image: a multipart upload (field ``image``), a raw ``image/*`` body, JSON
+                                 ``{"url": ...}``, or ``?media_id=`` (an indexed image, its own objects left out);
+                                 query parameters ``k``, ``conf``, ``same_class``, ``dims``, ``mode``,
+                                 ``include_self``; answers the ``objsearch query --json`` object
+``GET /api/thumbnail/{id}``      an indexed object's stored JPEG thumbnail
+``GET /api/media/{id}``          an indexed image, decoded and encoded again as JPEG (``max_side`` shrinks it); only
+                                 files under the base directory (``Engine.media_path``)
+``POST /api/fetch``              JSON ``{"url": ...}`` -> the image at a URL, checked and encoded again as JPEG (the
+                                 page shows and crops it, then searches it as an upload)
+``GET /api/examples``, ``GET /api/random``   indexed images to start from
+``GET /api/info``                what ``objsearch info`` prints, as JSON
+
+Safety: bodies over ``max_upload_bytes`` get 413 (from ``Content-Length`` before reading, and while reading); images
+over ``max_pixels`` are refused from their header; URLs go through ``objsearch.web.fetch``; no request names a file:
+the page's files are a fixed set and indexed images are reached only by id through ``Engine.media_path``, which
+refuses paths leaving the base directory. Every error is a 4xx (5xx for a bug) with a JSON body ``{"error": line}``;
+tracebacks go to the server's log only. CPU work (decoding, detection) runs in a bounded thread pool so the event
+loop keeps answering.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+
+from objsearch.errors import ImageReadError, IndexFileError, ObjsearchError
+from objsearch.media import DEFAULT_MAX_PIXELS, decode_image, make_thumbnail, read_image
+from objsearch.types import MediaRef, printable
+from objsearch.web.fetch import DEFAULT_TIMEOUT_S, UrlFetchError, fetch_image_url
+
+LOGGER = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
+                "style.css": "text/css; charset=utf-8"}
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob: mediastream:; "
+                               "style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'",
+}
+MODES = ("objects",)  # whole-image mode joins here when the engine has it
+MAX_K = 256
+
+
+@dataclass
+class WebSettings:
+    """What the server allows.
+
+    max_upload_bytes : largest request body (uploads, JSON), bytes.
+    max_pixels : largest image, pixels (checked from the header before decoding).
+    allow_private_urls : URL queries may reach loopback, private and link-local addresses.
+    url_timeout_s : deadline of one URL fetch, seconds.
+    workers : searches (and decodes) that run at once; more wait their turn.
+    """
+
+    max_upload_bytes: int = 20 << 20
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    allow_private_urls: bool = False
+    url_timeout_s: float = DEFAULT_TIMEOUT_S
+    workers: int = 2
+
+
+class _ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": _one_line(message)}, status_code=status, headers=SECURITY_HEADERS)
+
+
+def index_info(catalog, path: Path) -> dict:
+    """The fields ``objsearch info`` prints, as a JSON-ready dict."""
+    counts = np.bincount(catalog.class_id, minlength=len(catalog.class_names))
+    cfg = catalog.attrs.get("config", {})
+    try:
+        size = int(Path(path).stat().st_size)
+    except OSError:
+        size = None
+    return {
+        "index": printable(str(path)),
+        "format": catalog.attrs.get("format"),
+        "format_version": int(catalog.format_version),
+        "created": catalog.attrs.get("created"),
+        "generation": int(catalog.generation),
+        "state": catalog.state,
+        "images": int(len(catalog.media_id)),
+        "skipped": int(len(catalog.skipped)),
+        "base_dir": printable(str(catalog.base_dir)),
+        "objects": int(len(catalog.object_id)),
+        "classes": {catalog.class_names[c]: int(counts[c]) for c in np.argsort(-counts, kind="stable") if counts[c]},
+        "feature_recipe": catalog.attrs.get("feature_recipe"),
+        "projection": cfg.get("projection"),
+        "seed": cfg.get("seed"),
+        "dims": [int(d) for d in catalog.dims],
+        "model": catalog.attrs.get("weights_name"),
+        "weights_sha256": catalog.weights_sha256,
+        "size_bytes": size,
+    }
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 past ``limit`` bytes (announced or received)."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.strip().isdigit():
+            raise _ApiError(400, "bad Content-Length")
+        if int(length) > limit:
+            raise _ApiError(413, f"the request is {int(length) / 1e6:.1f} MB, more than the limit of "
+                                 f"{limit / 1e6:.0f} MB")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _ApiError(413, f"the request is more than the limit of {limit / 1e6:.0f} MB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _parse_multipart(request: Request, body: bytes, limit: int) -> tuple[bytes, str]:
+    """(image bytes, file name) of the ``image`` field (or the first file) of a multipart body already read."""
+
+    async def replay():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    form = await Request(request.scope, replay).form(max_files=2, max_fields=20, max_part_size=limit)
+    try:
+        upload = form.get("image")
+        if upload is None or isinstance(upload, str):
+            upload = next((v for _, v in form.multi_items() if not isinstance(v, str)), None)
+        if upload is None:
+            raise _ApiError(400, "no image in the upload (send it as the form field 'image')")
+        data = await upload.read()
+        return data, upload.filename or "upload"
+    finally:
+        await form.close()
+
+
+def create_app(engine, settings: WebSettings | None = None) -> FastAPI:
+    """The FastAPI app serving ``engine`` (an ``objsearch.engine.Engine``, shared by every request).
+
+    Parameters
+    ----------
+    engine : Engine, re-entrant; searches run at most ``settings.workers`` at once.
+    settings : limits and permissions (defaults: ``WebSettings()``).
+    """
+    settings = settings or WebSettings()
+    app = FastAPI(title="objsearch", docs_url=None, redoc_url=None, openapi_url=None)
+    limiter = anyio.CapacityLimiter(max(1, int(settings.workers)))
+    catalog_lock = threading.Lock()
+    cache: dict = {}
+
+    async def cpu(fn, *args):
+        return await anyio.to_thread.run_sync(lambda: fn(*args), limiter=limiter)
+
+    def image_media_ids() -> np.ndarray:
+        with catalog_lock:
+            if "image_ids" not in cache:
+                c = engine.catalog
+                cache["image_ids"] = np.asarray(c.media_id)[np.asarray(c.media_frame_index) < 0]
+                ids, first = np.unique(np.asarray(c.object_media_id), return_index=True)
+                cache["first_object"] = dict(zip(ids.tolist(), np.asarray(c.object_id)[first].tolist()))
+            return cache["image_ids"]
+
+    def describe(media_id: int) -> dict:
+        ref = engine.media(media_id)
+        image_media_ids()
+        return {"media_id": int(media_id), "path": printable(ref.path), "width": int(ref.width),
+                "height": int(ref.height), "object_id": cache["first_object"].get(int(media_id))}
+
+    def indexed_image(media_id: int) -> tuple[np.ndarray, MediaRef]:
+        try:
+            ref = engine.media(media_id)
+        except KeyError:
+            raise _ApiError(404, f"no indexed image has id {media_id}") from None
+        if ref.frame_index >= 0:
+            raise _ApiError(400, f"media {media_id} is a video frame; search its video with `objsearch video`")
+        path = engine.media_path(media_id)
+        if path is None:
+            raise _ApiError(403, f"the indexed path of media {media_id} leaves the base directory; refused")
+        try:
+            return read_image(path, max_pixels=settings.max_pixels), ref
+        except ImageReadError:
+            raise _ApiError(404, f"the file of media {media_id} cannot be read under the base directory") from None
+
+    # ------------------------------------------------------------------------------------------ errors
+    @app.exception_handler(_ApiError)
+    async def _api_error(request, exc: _ApiError):
+        return _error(exc.status, str(exc))
+
+    @app.exception_handler(UrlFetchError)
+    async def _url_error(request, exc):
+        return _error(400, str(exc))
+
+    @app.exception_handler(ImageReadError)
+    async def _image_error(request, exc):
+        return _error(422, str(exc))
+
+    @app.exception_handler(ObjsearchError)
+    async def _objsearch_error(request, exc):
+        return _error(400, str(exc))
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request, exc: HTTPException):
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request, exc: RequestValidationError):
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
+        return _error(400, f"{where}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(Exception)
+    async def _bug(request, exc):
+        LOGGER.exception("internal error on %s %s", request.method, request.url.path)
+        return _error(500, f"internal error ({type(exc).__name__}); see the server's log")
+
+    @app.middleware("http")
+    async def _headers(request: Request, call_next):
+        response = await call_next(request)
+        for key, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(key, value)
+        return response
+
+    # ------------------------------------------------------------------------------------------ the page
+    def static(name: str) -> Response:
+        data = (STATIC_DIR / name).read_bytes()
+        return Response(data, media_type=STATIC_FILES[name], headers={"Cache-Control": "no-cache"})
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return static("index.html")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static_file(name: str):
+        if name not in STATIC_FILES:  # a fixed set: no name reaches the file system
+            raise _ApiError(404, "not found")
+        return static(name)
+
+    # ------------------------------------------------------------------------------------------ the API
+    @app.get("/api/info")
+    async def info():
+        data = index_info(engine.catalog, engine.catalog.path)
+        data.update(backend=engine.method, search_dims=int(engine.dims), conf=engine.conf, modes=list(MODES),
+                    max_upload_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels,
+                    allow_private_urls=settings.allow_private_urls)
+        return data
+
+    @app.get("/api/thumbnail/{object_id}")
+    async def thumbnail(object_id: int):
+        try:
+            data = await cpu(engine.thumbnail, object_id)
+        except KeyError:
+            raise _ApiError(404, f"no indexed object has id {object_id}") from None
+        except IndexFileError as exc:
+            raise _ApiError(404, str(exc)) from None
+        # ids are never reused, so an object's thumbnail never changes
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400"})
+
+    @app.get("/api/media/{media_id}")
+    async def media(media_id: int, max_side: int = Query(0, ge=0, le=8192)):
+        def work():
+            image, _ = indexed_image(media_id)
+            h, w = image.shape[:2]
+            side = max(h, w) if not max_side else min(max_side, max(h, w))
+            return make_thumbnail(image, np.array([0, 0, w, h], np.float32), size=side, quality=90)
+
+        return Response(await cpu(work), media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/api/examples")
+    async def examples(n: int = Query(12, ge=1, le=64), seed: int = Query(0)):
+        ids = image_media_ids()
+        if len(ids) > n:
+            ids = np.sort(np.random.default_rng(seed).choice(ids, n, replace=False))
+        return {"images": [describe(int(i)) for i in ids]}
+
+    @app.get("/api/random")
+    async def random_image():
+        ids = image_media_ids()
+        if not len(ids):
+            raise _ApiError(404, "the index holds no images")
+        return describe(int(ids[random.randrange(len(ids))]))
+
+    async def read_json(request: Request) -> dict:
+        body = await _read_body(request, settings.max_upload_bytes)
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise _ApiError(400, "the body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise _ApiError(400, 'expected a JSON object such as {"url": "https://..."}')
+        return data
+
+    def fetch(url) -> tuple[bytes, str]:
+        if not isinstance(url, str):
+            raise _ApiError(400, 'expected {"url": "https://..."} with a string')
+        return fetch_image_url(url, allow_private=settings.allow_private_urls, timeout_s=settings.url_timeout_s,
+                               max_bytes=settings.max_upload_bytes)
+
+    @app.post("/api/fetch")
+    async def fetch_url(request: Request):
+        data = await read_json(request)
+
+        # waiting on the network in the default pool; decoding and encoding with the searches' CPU limit
+        body, final = await anyio.to_thread.run_sync(lambda: fetch(data.get("url")))
+
+        def work():
+            image = decode_image(body, printable(final)[:200], max_pixels=settings.max_pixels)
+            h, w = image.shape[:2]
+            return make_thumbnail(image, np.array([0, 0, w, h], np.float32), size=max(h, w), quality=92)
+
+        return Response(await cpu(work), media_type="image/jpeg")
+
+    @app.post("/api/search")
+    async def search(request: Request, k: int = Query(16, ge=1, le=MAX_K), conf: float | None = Query(None, ge=0, le=1),
+                     same_class: bool = False, dims: int | None = None, mode: str = "objects",
+                     media_id: int | None = None, include_self: bool = False):
+        if mode not in MODES:
+            raise _ApiError(400, f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if dims is not None and dims not in engine.catalog.dims:
+            raise _ApiError(400, f"dims must be one of {engine.catalog.dims} (stored in the index), got {dims}")
+        kwargs = dict(k=k, conf=conf, same_class=same_class, dims=dims)
+        if media_id is not None:
+            def work():
+                t0 = time.perf_counter()
+                image, ref = indexed_image(media_id)
+                decode = (time.perf_counter() - t0) * 1e3
+                exclude = -1 if include_self else int(media_id)
+                return engine.search(image, exclude_media_id=exclude, query=MediaRef(path=ref.path, media_id=exclude),
+                                     timings={"decode": decode}, **kwargs).to_dict()
+
+            return await cpu(work)
+        ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        url = None
+        if ctype == "application/json":
+            data = await read_json(request)
+            url = data.get("url")
+            if url is None:
+                raise _ApiError(400, 'expected {"url": "https://..."}, or an image upload')
+            body, name = await anyio.to_thread.run_sync(lambda: fetch(url))
+        elif ctype == "multipart/form-data":
+            raw = await _read_body(request, settings.max_upload_bytes)
+            body, name = await _parse_multipart(request, raw, settings.max_upload_bytes)
+        elif ctype.startswith("image/") or ctype == "application/octet-stream":
+            body, name = await _read_body(request, settings.max_upload_bytes), "upload"
+        else:
+            raise _ApiError(415, "send an image as multipart/form-data (field 'image'), as an image/* body, or JSON "
+                                 '{"url": ...}')
+        name = printable(name)[:300]
+
+        def work():
+            t0 = time.perf_counter()
+            image = decode_image(body, name, max_pixels=settings.max_pixels)
+            decode = (time.perf_counter() - t0) * 1e3
+            return engine.search(image, query=MediaRef(path=name), timings={"decode": decode}, **kwargs).to_dict()
+
+        return await cpu(work)
+
+    app.state.engine = engine
+    app.state.settings = settings
+    return app
+
+
+def serve(index, *, host: str = "127.0.0.1", port: int = 7860, backend: str = "auto", base_dir=None, weights=None,
+          device=None, dims=None, settings: WebSettings | None = None, echo=print) -> None:
+    """Open ``index`` and serve the page and the API until interrupted.
+
+    Raises
+    ------
+    IndexFileError, WeightsMismatchError, WeightsNotFoundError, ConfigError
+        From opening the index (see ``objsearch.engine.Engine``).
+    ObjsearchError
+        When the address cannot be bound.
+    """
+    import socket
+
+    import uvicorn
+
+    from objsearch.engine import Engine
+
+    settings = settings or WebSettings()
+    # fail on a taken port before the detector loads (seconds)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        raise ObjsearchError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    engine = Engine(index, weights=weights, base_dir=base_dir, dims=dims, device=device, backend=backend,
+                    max_pixels=settings.max_pixels)
+    try:
+        engine.detector.warmup((480, 640, 3))
+        app = create_app(engine, settings)
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                timeout_keep_alive=5, limit_concurrency=256, server_header=False)
+        server = uvicorn.Server(config)
+        shown = f"[{host}]" if ":" in host else host
+        echo(f"serving {index} ({len(engine.catalog.media_id)} images, {len(engine.catalog.object_id)} objects, "
+             f"{engine.method}) at http://{shown}:{port}/ (Ctrl-C stops)")
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            echo(f"note: listening on {host}: other machines can reach this page")
+        server.run()
+    finally:
+        engine.close()
