@@ -499,7 +499,7 @@ def query(
                 continue
             result = engine.search_file(item, k=k, same_class=same_class,
                                         exclude_self=not include_self and isinstance(item, Path),
-                                        warmup=n == 0, image=picture)
+                                        warmup=True, image=picture)  # once per input shape
             if out is not None:
                 _write_picture(engine, picture, result, out)
             if as_json:
