@@ -132,7 +132,8 @@ class Detector:
     recipe : str or dict
         Feature blocks and weights, see the module docstring.
     runtime : str
-        ``"torch"``, ``"onnx"`` (onnxruntime) or ``"openvino"``: what runs the network (see ``objsearch.runtimes``).
+        ``"torch"``, ``"onnx"`` (onnxruntime), ``"openvino"`` or ``"auto"`` (the measured fastest installed one):
+        what runs the network (see ``objsearch.runtimes``); ``self.runtime`` says which one runs.
         onnx/openvino run a graph exported once from this checkpoint (cached beside it) and give the same boxes and
         features; NMS and pooling are the same code whatever the runtime. CPU only.
     threads : int or None
@@ -214,7 +215,8 @@ class Detector:
         from objsearch.runtimes import make_backend
 
         self.backend = make_backend(self, runtime, threads)
-        self.runtime = self.backend.name
+        self.runtime = self.backend.name  # the one that runs (``auto`` resolved)
+        self.runtime_requested = str(runtime).strip().lower()
         self._warmup()
 
     def _warmup(self) -> None:

@@ -92,7 +92,7 @@ def detector_for_index(catalog, cfg: dict, *, weights: str | None = None, detect
         When the index's features were made by another recipe version.
     """
     if weights is not None or detector is None or detector.weights_sha256 != catalog.weights_sha256 \
-            or getattr(detector, "runtime", "torch") != cfg.get("runtime", getattr(detector, "runtime", "torch")):
+            or cfg.get("runtime", detector.runtime) not in (detector.runtime, detector.runtime_requested):
         detector = load_detector(cfg, weights_for_index(catalog, cfg, weights=weights))
     made, stored = detector.feature_recipe(), catalog.attrs["feature_recipe"]
     if (made["n_features"], made["version"]) != (stored.get("n_features"), stored.get("version")):
@@ -131,8 +131,9 @@ class Engine:
     base_dir : where the indexed images live now (when the folder moved); None: the recorded one.
     dims : projection dimension to search; None: 32 when stored, else the smallest stored.
     device, conf : override the index's recorded settings.
-    runtime : what runs the detector network (``torch``, ``onnx``, ``openvino``); None: the configuration's, or the
-        given ``detector``'s. The index does not record it: every runtime gives the same features.
+    runtime : what runs the detector network (``torch``, ``onnx``, ``openvino``, ``auto``); None: the
+        configuration's, or the given ``detector``'s. The index does not record it: every runtime gives the same
+        features.
     backend : vector store: ``auto`` (the fastest exact in-memory method, timed on open), ``kdtree``, ``faiss``,
         ``numpy`` (exact), ``hnsw`` (approximate; its graph is kept beside the index), ``milvus`` (a Milvus
         collection, brought in step with the index when opened and on ``refresh``; see ``objsearch.vectors.milvus``).

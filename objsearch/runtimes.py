@@ -30,6 +30,11 @@ from objsearch.errors import ObjsearchError
 LOGGER = logging.getLogger(__name__)
 
 RUNTIMES = ("torch", "onnx", "openvino")
+CHOICES = (*RUNTIMES, "auto")
+# ``auto``: the fastest runtime measured for a whole query on a 2-core x86 CPU (tools/bench_query.py, bus.jpg, ratio
+# to a bare YOLO.predict, busy machine): onnx 0.69-0.70x, openvino 0.75-0.79x, torch 0.97-1.03x. Every runtime
+# gives the same features, so the choice only changes speed.
+AUTO_ORDER = ("onnx", "openvino")
 EXPORT_VERSION = 1  # bump when the exported graph changes: the cache key changes with it
 OPSET = 17
 
@@ -41,7 +46,7 @@ class RuntimeUnavailableError(ObjsearchError):
 
 
 def check_runtime(name: str) -> str:
-    """``name`` lower-cased, checked to be one of ``RUNTIMES``.
+    """``name`` lower-cased, checked to be one of ``CHOICES`` (the runtimes and ``auto``).
 
     Raises
     ------
@@ -49,9 +54,23 @@ def check_runtime(name: str) -> str:
         For another name.
     """
     name = str(name).strip().lower()
-    if name not in RUNTIMES:
-        raise ValueError(f"unknown runtime {name!r}; expected one of {', '.join(RUNTIMES)}")
+    if name not in CHOICES:
+        raise ValueError(f"unknown runtime {name!r}; expected one of {', '.join(CHOICES)}")
     return name
+
+
+def auto_runtime(device_type: str) -> str:
+    """What ``auto`` picks: on the CPU the first of ``AUTO_ORDER`` whose packages are installed (the measured
+    fastest), else torch."""
+    import importlib.util
+
+    if device_type != "cpu":
+        return "torch"
+    needs = {"onnx": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino")}
+    for name in AUTO_ORDER:
+        if all(importlib.util.find_spec(mod) is not None for mod in needs[name]):
+            return name
+    return "torch"
 
 
 class TorchBackend:
@@ -260,7 +279,9 @@ class OpenVinoBackend:
 
 
 def make_backend(detector, runtime: str, threads: int | None = None):
-    """The backend ``runtime`` for ``detector``; ``threads`` None: torch's current intra-op thread count.
+    """The backend ``runtime`` for ``detector``; ``threads`` None: torch's current intra-op thread count (what the
+    CLI's ``--threads`` set), so every runtime follows the same thread setting. ``auto``: see ``auto_runtime``; it
+    falls back to torch when the export fails.
 
     Raises
     ------
@@ -272,6 +293,14 @@ def make_backend(detector, runtime: str, threads: int | None = None):
         For onnx/openvino on a device other than the CPU.
     """
     runtime = check_runtime(runtime)
+    if runtime == "auto":
+        chosen = auto_runtime(detector.device.type)
+        if chosen != "torch":
+            try:
+                return make_backend(detector, chosen, threads)
+            except RuntimeUnavailableError as exc:
+                LOGGER.warning("runtime auto: %s; using torch", exc)
+        return TorchBackend(detector)
     if runtime == "torch":
         return TorchBackend(detector)
     if detector.device.type != "cpu":

@@ -85,11 +85,24 @@ def test_export_is_cached(weights_copy):
     assert not list(first.parent.glob("*.tmp"))
 
 
+def test_auto_picks_an_installed_fast_runtime(weights_copy, detector):
+    pytest.importorskip("onnxruntime")
+    from objsearch.detector import Detector
+    from objsearch.runtimes import auto_runtime
+
+    assert auto_runtime("cpu") == "onnx" and auto_runtime("cuda") == "torch"
+    auto = Detector(weights_copy, runtime="auto")
+    assert (auto.runtime, auto.runtime_requested) == ("onnx", "auto")
+    image = read_image(BUS)
+    assert np.abs(auto(image).features - detector(image).features).max() <= FEATURE_TOL
+
+
 def test_runtime_config_is_checked():
     from objsearch.config import ConfigError, load_config
 
     assert load_config(None)["runtime"] == "torch"
     assert load_config(None, runtime="ONNX")["runtime"] == "onnx"
+    assert load_config(None, runtime="auto")["runtime"] == "auto"
     with pytest.raises(ConfigError, match="runtime"):
         load_config(None, runtime="tensorrt")
 
