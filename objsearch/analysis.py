@@ -567,7 +567,7 @@ def _open_for_job(index: Path, cfg_overrides: dict, weights, detector):
 
 
 def add(index: str | Path, paths: Iterable[str | Path], *, weights: str | None = None, device: str | None = None,
-        progress: ProgressFn | None = None, cancel: threading.Event | None = None, detector=None) -> JobSummary:
+        runtime: str | None = None, progress: ProgressFn | None = None, cancel: threading.Event | None = None, detector=None) -> JobSummary:
     """Analyze image files (or the images under folders) and add them to ``index`` with its own weights, recipe and
     projection. Files already indexed are left as they are (``n_already``; ``sync`` re-analyzes changed ones).
 
@@ -580,7 +580,7 @@ def add(index: str | Path, paths: Iterable[str | Path], *, weights: str | None =
     """
     t0 = time.perf_counter()
     index = Path(index)
-    writer, detector, cfg = _open_for_job(index, {"device": device}, weights, detector)
+    writer, detector, cfg = _open_for_job(index, {"device": device, "runtime": runtime}, weights, detector)
     summary = JobSummary(index=index)
     with contextlib.ExitStack() as stack:
         stack.callback(writer.close)
@@ -642,8 +642,8 @@ def remove(index: str | Path, paths: Iterable[str | Path] = (), *, missing: bool
 
 
 def sync(index: str | Path, folder: str | Path | None = None, *, weights: str | None = None,
-         device: str | None = None, progress: ProgressFn | None = None, cancel: threading.Event | None = None,
-         detector=None) -> JobSummary:
+         device: str | None = None, runtime: str | None = None, progress: ProgressFn | None = None,
+         cancel: threading.Event | None = None, detector=None) -> JobSummary:
     """Bring ``index`` in step with its folder (default: its base directory): remove indexed images whose file is
     gone, re-analyze changed ones (size or modification time differ), add new ones.
 
@@ -656,7 +656,7 @@ def sync(index: str | Path, folder: str | Path | None = None, *, weights: str | 
     """
     t0 = time.perf_counter()
     index = Path(index)
-    writer, detector, cfg = _open_for_job(index, {"device": device}, weights, detector)
+    writer, detector, cfg = _open_for_job(index, {"device": device, "runtime": runtime}, weights, detector)
     summary = JobSummary(index=index)
     with contextlib.ExitStack() as stack:
         stack.callback(writer.close)

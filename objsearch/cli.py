@@ -29,8 +29,8 @@ WeightsOpt = Annotated[Optional[str], typer.Option("--weights", "-w", help="Dete
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML config (default: cfg/default.yaml).")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, 0 (a GPU index: cuda:0), cuda, cuda:1, mps.")]
 RuntimeOpt = Annotated[Optional[str], typer.Option(
-    "--runtime", help="What runs the detector: torch, onnx or openvino (CPU; same boxes and features; "
-                      "pip install objsearch[fast]). Default: the config's runtime key.")]
+    "--runtime", help="What runs the detector: torch, onnx, openvino (CPU; same boxes and features; pip "
+                      "install objsearch[fast]) or auto (the fastest installed). Default: the config's runtime key.")]
 
 
 def _err(message: str) -> None:
@@ -283,6 +283,7 @@ def add(
     device: DeviceOpt = None,
     milvus_uri: MilvusUriOpt = None,
     milvus_collection: MilvusCollectionOpt = None,
+    runtime: RuntimeOpt = None,
 ) -> None:
     """Analyze images and add them to an index, with the index's own weights, recipe and projection. Only the new
     images are analyzed; the file is extended, not rewritten. With --milvus-uri the index's Milvus collections are
@@ -292,7 +293,7 @@ def add(
     previous = _catalog_state(index, milvus_uri)
     progress, close = _job_progress("add")
     try:
-        summary = run_add(index, paths, weights=weights, device=device, progress=progress)
+        summary = run_add(index, paths, weights=weights, device=device, runtime=runtime, progress=progress)
     finally:
         close()
     _print_summary("added", summary)
@@ -331,6 +332,7 @@ def sync(
     device: DeviceOpt = None,
     milvus_uri: MilvusUriOpt = None,
     milvus_collection: MilvusCollectionOpt = None,
+    runtime: RuntimeOpt = None,
 ) -> None:
     """Bring an index in step with its folder: add new images, analyze changed ones again, remove deleted ones."""
     from objsearch.analysis import sync as run_sync
@@ -338,7 +340,7 @@ def sync(
     previous = _catalog_state(index, milvus_uri)
     progress, close = _job_progress("sync")
     try:
-        summary = run_sync(index, folder, weights=weights, device=device, progress=progress)
+        summary = run_sync(index, folder, weights=weights, device=device, runtime=runtime, progress=progress)
     finally:
         close()
     _print_summary("synced: added", summary)
@@ -756,6 +758,7 @@ def desktop_app(
     milvus_uri: MilvusUriOpt = None,
     milvus_collection: MilvusCollectionOpt = None,
     milvus_index: MilvusIndexOpt = "FLAT",
+    runtime: RuntimeOpt = None,
 ) -> None:
     """Open the desktop app: live object search from a random image, an image file, a webcam, a video or the
     screen."""
@@ -776,7 +779,7 @@ def desktop_app(
     except ImportError as exc:
         raise ObjsearchError(f"the desktop app needs PyQt6 and pyqtgraph: {exc}") from None
     store = {"backend": _backend(backend, milvus_uri), "milvus_uri": milvus_uri,
-             "milvus_collection": milvus_collection, "milvus_index": milvus_index}
+             "milvus_collection": milvus_collection, "milvus_index": milvus_index, "runtime": runtime}
     drop_opencv_plugin_path()  # importing cv2 pointed Qt at OpenCV's own Qt 5 plugins
     probe_display()  # Qt aborts the process when it cannot open a display: ask a child first
     raise typer.Exit(run_app(index, base_dir=base_dir, weights=weights, device=device, source=source, **store))

@@ -121,3 +121,37 @@ def test_query_runtime_flag(small_index, weights_copy):
     assert ids[0] == ids[1] and len(ids[0]) > 0
     bad = run_cli("query", BUS, "-i", index, "--runtime", "tensorrt")
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error:") and "Traceback" not in bad.stderr
+
+
+def test_add_with_runtime_matches_torch(tmp_path, cfg, detector):
+    """``add --runtime onnx`` runs onnx (its export appears beside the weights) and adds the objects ``add`` with
+    torch adds: same boxes, classes and (within the tolerance) features."""
+    pytest.importorskip("onnxruntime")
+    weights_copy = tmp_path / "weights" / WEIGHTS.name
+    weights_copy.parent.mkdir()
+    shutil.copy(WEIGHTS, weights_copy)
+    from objsearch.analysis import add, analyze
+    from objsearch.catalog import Catalog
+
+    folder = tmp_path / "images"
+    first, extra = coco_images(5)[:3], coco_images(5)[3:]
+    for p in first:
+        (folder / "old").mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, folder / "old" / p.name)
+    analyze(folder, tmp_path / "base.h5", cfg, detector=detector)
+    for p in extra:
+        (folder / "new").mkdir(exist_ok=True)
+        shutil.copy(p, folder / "new" / p.name)
+    results = {}
+    for runtime in ("torch", "onnx"):
+        index = tmp_path / f"{runtime}.h5"
+        shutil.copy(tmp_path / "base.h5", index)
+        summary = add(index, [folder / "new"], weights=str(weights_copy), runtime=runtime)
+        assert summary.n_added == len(extra)
+        assert bool(list(weights_copy.parent.glob("*.onnx"))) == (runtime == "onnx")
+        with Catalog(index) as catalog:
+            ids = catalog.object_id
+            results[runtime] = (ids, catalog.xyxy.copy(), catalog.class_id.copy(), catalog.features(ids))
+    (ids_t, box_t, cls_t, feat_t), (ids_o, box_o, cls_o, feat_o) = results["torch"], results["onnx"]
+    assert np.array_equal(ids_t, ids_o) and np.array_equal(cls_t, cls_o) and len(ids_t) > 10
+    assert np.abs(box_t - box_o).max() <= BOX_TOL_PX and np.abs(feat_t - feat_o).max() <= FEATURE_TOL

@@ -130,7 +130,7 @@ class MainWindow(QtWidgets.QMainWindow):
     ----------
     index : an index file to open at start (None: none; open one or analyze a folder from the window).
     base_dir : where the index's images live now, when they moved.
-    weights, device : detector overrides, as for ``objsearch query``.
+    weights, device, runtime : detector overrides, as for ``objsearch query``.
     camera_opener, screen_grabber : stand-ins for ``cv2.VideoCapture(device)`` and the mss screen grab (tests).
 
     Everything a user can get wrong (no camera, an undecodable video, an unreadable image, an index built with
@@ -141,10 +141,11 @@ class MainWindow(QtWidgets.QMainWindow):
     def __init__(self, index: str | Path | None = None, *, base_dir: str | Path | None = None,
                  weights: str | None = None, device: str | None = None, camera_opener=None, screen_grabber=None,
                  backend: str = "auto", milvus_uri: str | None = None, milvus_collection: str | None = None,
-                 milvus_index: str = "FLAT"):
+                 milvus_index: str = "FLAT", runtime: str | None = None):
         super().__init__()
+        self.runtime = runtime
         self.store_options = {"backend": backend, "milvus_uri": milvus_uri, "milvus_collection": milvus_collection,
-                              "milvus_index": milvus_index}
+                              "milvus_index": milvus_index, "runtime": runtime}
         self.setWindowTitle("objsearch")
         self.resize(1400, 900)
         # tooltips: light text on a dark panel whatever the desktop theme (some themes pair dark text with dark)
@@ -473,7 +474,8 @@ class MainWindow(QtWidgets.QMainWindow):
             return False
         weights = self.weights or (str(self.searcher.detector.weights_path) if self.searcher else None)
         try:
-            cfg = load_config(None, weights=weights, **({"device": self.device} if self.device else {}))
+            cfg = load_config(None, weights=weights, **({"device": self.device} if self.device else {}),
+                              **({"runtime": self.runtime} if self.runtime else {}))
         except ObjsearchError as exc:
             self.show_message(str(exc), error=True)
             return False
@@ -888,7 +890,8 @@ def run_app(index=None, *, base_dir=None, weights=None, device=None, source: str
 
     ``source`` starts a query source (``objsearch.sources.parse_source``): ``random``, ``webcam[:N]``,
     ``screen[:x,y,w,h]``, or a path to an image or video file. ``store_options`` (``backend``, ``milvus_uri``,
-    ``milvus_collection``, ``milvus_index``) choose the vector store, as for ``Engine``.
+    ``milvus_collection``, ``milvus_index``, ``runtime``) choose the vector store and the detector runtime, as for
+    ``Engine``.
 
     Raises
     ------
