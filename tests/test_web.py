@@ -279,3 +279,26 @@ def test_serve_command_refuses_a_missing_index_and_a_taken_port(small_index):
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: cannot listen on 127.0.0.1:{port}")
+
+
+def test_the_server_follows_other_writers(small_index, small_folder, detector, tmp_path):
+    """What ``objsearch remove`` (another writer) commits is searched by the running server: the removed images'
+    objects stop coming back and the counts follow."""
+    from objsearch.analysis import remove
+    from objsearch.engine import Engine
+
+    index = tmp_path / "copy.h5"
+    shutil.copy(small_index[0], index)
+    with Engine(index, base_dir=small_folder, detector=detector) as engine:
+        client = _client(engine, refresh_s=0)
+        before = client.get("/api/info").json()
+        hits = client.post("/api/search?k=8", content=BUS.read_bytes(), headers={"content-type": "image/jpeg"})
+        returned = {n["image_id"] for o in hits.json()["objects"] for n in o["neighbors"]}
+        gone = sorted(returned)[:2]
+        paths = [small_folder / engine.media(i).path for i in gone]
+        remove(index, paths)
+        after = client.get("/api/info").json()
+        assert after["images"] == before["images"] - 2 and after["objects"] < before["objects"]
+        hits = client.post("/api/search?k=8", content=BUS.read_bytes(), headers={"content-type": "image/jpeg"})
+        returned = {n["image_id"] for o in hits.json()["objects"] for n in o["neighbors"]}
+        assert returned and not returned & set(gone)

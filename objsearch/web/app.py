@@ -70,6 +70,8 @@ class WebSettings:
     allow_private_urls : URL queries may reach loopback, private and link-local addresses.
     url_timeout_s : deadline of one URL fetch, seconds.
     workers : searches (and decodes) that run at once; more wait their turn.
+    refresh_s : how often, at most, a request checks whether another process (``objsearch add``, ``remove``,
+        ``sync``) committed to the index, seconds; what it committed is then searched (``Engine.refresh``).
     """
 
     max_upload_bytes: int = 20 << 20
@@ -77,6 +79,7 @@ class WebSettings:
     allow_private_urls: bool = False
     url_timeout_s: float = DEFAULT_TIMEOUT_S
     workers: int = 2
+    refresh_s: float = 1.0
 
 
 class _ApiError(Exception):
@@ -175,8 +178,24 @@ def create_app(engine, settings: WebSettings | None = None) -> FastAPI:
     catalog_lock = threading.Lock()
     cache: dict = {}
 
+    checked = [time.monotonic()]
+
     async def cpu(fn, *args):
         return await anyio.to_thread.run_sync(lambda: fn(*args), limiter=limiter)
+
+    def follow_index() -> None:
+        """Pick up other writers' commits, at most every ``settings.refresh_s``."""
+        now = time.monotonic()
+        if now - checked[0] < settings.refresh_s:
+            return
+        checked[0] = now
+        try:
+            changed = engine.refresh()
+        except ObjsearchError as exc:
+            raise _ApiError(503, str(exc)) from None
+        if changed:
+            with catalog_lock:
+                cache.clear()
 
     def image_media_ids() -> np.ndarray:
         with catalog_lock:
@@ -266,6 +285,7 @@ def create_app(engine, settings: WebSettings | None = None) -> FastAPI:
     # ------------------------------------------------------------------------------------------ the API
     @app.get("/api/info")
     async def info():
+        await cpu(follow_index)
         data = index_info(engine.catalog, engine.catalog.path)
         data.update(backend=engine.method, search_dims=int(engine.dims), conf=engine.conf, modes=list(MODES),
                     max_upload_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels,
@@ -295,6 +315,7 @@ def create_app(engine, settings: WebSettings | None = None) -> FastAPI:
 
     @app.get("/api/examples")
     async def examples(n: int = Query(12, ge=1, le=64), seed: int = Query(0)):
+        await cpu(follow_index)
         ids = image_media_ids()
         if len(ids) > n:
             ids = np.sort(np.random.default_rng(seed).choice(ids, n, replace=False))
@@ -302,6 +323,7 @@ def create_app(engine, settings: WebSettings | None = None) -> FastAPI:
 
     @app.get("/api/random")
     async def random_image():
+        await cpu(follow_index)
         ids = image_media_ids()
         if not len(ids):
             raise _ApiError(404, "the index holds no images")
@@ -348,6 +370,7 @@ def create_app(engine, settings: WebSettings | None = None) -> FastAPI:
         kwargs = dict(k=k, conf=conf, same_class=same_class, dims=dims)
         if media_id is not None:
             def work():
+                follow_index()
                 t0 = time.perf_counter()
                 image, ref = indexed_image(media_id)
                 decode = (time.perf_counter() - t0) * 1e3
@@ -375,6 +398,7 @@ def create_app(engine, settings: WebSettings | None = None) -> FastAPI:
         name = printable(name)[:300]
 
         def work():
+            follow_index()
             t0 = time.perf_counter()
             image = decode_image(body, name, max_pixels=settings.max_pixels)
             decode = (time.perf_counter() - t0) * 1e3
