@@ -452,6 +452,38 @@ class _HnswSubset:
 
 
 # ----------------------------------------------------------------------------------------------------- store
+def check_new(ids, vectors, class_id, image_id, dims: int):
+    """What every store's ``add`` checks: (ids int64 (n,), vectors float32 C-contiguous (n, dims), class_id int64
+    (n,), image_id int64 (n,)), ``vectors`` copied only when it is not float32 C-contiguous already.
+
+    Raises
+    ------
+    ValueError
+        For a wrong shape or dtype, a non-finite vector, a negative id or a repeated id (the message names them).
+    """
+    ids = _int_array("ids", ids)
+    n = len(ids)
+    vectors = np.asarray(vectors)
+    if vectors.size == 0 and n == 0:
+        vectors = vectors.reshape(0, dims)
+    if vectors.ndim != 2 or vectors.shape != (n, dims):
+        raise ValueError(f"vectors must have shape ({n}, {dims}), got {vectors.shape}")
+    if vectors.dtype.kind not in "fiu":
+        raise ValueError(f"vectors must be numbers, got dtype {vectors.dtype}")
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if not np.isfinite(vectors).all():
+        bad = ids[~np.isfinite(vectors).all(1)]
+        raise ValueError(f"vectors must be finite, got NaN or infinity for ids {_some(bad)}")
+    class_id = _int_array("class_id", class_id, n)
+    image_id = _int_array("image_id", image_id, n)
+    if n and ids.min() < 0:
+        raise ValueError(f"ids must be >= 0 (-1 pads search results), got {_some(ids[ids < 0])}")
+    unique, counts = np.unique(ids, return_counts=True)
+    if len(unique) < n:
+        raise ValueError(f"ids must be distinct, got repeated ids {_some(unique[counts > 1])}")
+    return ids, vectors, class_id, image_id
+
+
 def _int_array(name: str, values, n: int | None = None) -> np.ndarray:
     arr = np.asarray(values)
     if arr.size == 0:
@@ -711,26 +743,7 @@ class MemoryVectorStore:
             raise RuntimeError("this vector store is closed")
 
     def _check_new(self, ids, vectors, class_id, image_id):
-        ids = _int_array("ids", ids)
-        n = len(ids)
-        vectors = np.asarray(vectors)
-        if vectors.size == 0 and n == 0:
-            vectors = vectors.reshape(0, self.dims)
-        if vectors.ndim != 2 or vectors.shape != (n, self.dims):
-            raise ValueError(f"vectors must have shape ({n}, {self.dims}), got {vectors.shape}")
-        if vectors.dtype.kind not in "fiu":
-            raise ValueError(f"vectors must be numbers, got dtype {vectors.dtype}")
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # a copy unless the caller's is float32 already
-        if not np.isfinite(vectors).all():
-            bad = ids[~np.isfinite(vectors).all(1)]
-            raise ValueError(f"vectors must be finite, got NaN or infinity for ids {_some(bad)}")
-        class_id = _int_array("class_id", class_id, n)
-        image_id = _int_array("image_id", image_id, n)
-        if n and ids.min() < 0:
-            raise ValueError(f"ids must be >= 0 (-1 pads search results), got {_some(ids[ids < 0])}")
-        unique, counts = np.unique(ids, return_counts=True)
-        if len(unique) < n:
-            raise ValueError(f"ids must be distinct, got repeated ids {_some(unique[counts > 1])}")
+        ids, vectors, class_id, image_id = check_new(ids, vectors, class_id, image_id, self.dims)
         present = ids[np.isin(ids, self._ids)]
         if len(present):
             raise ValueError(f"ids must not be in the store already, got {len(present)} present: {_some(present)}")

@@ -45,7 +45,7 @@ import numpy as np
 
 from objsearch.errors import ObjsearchError, VectorStoreError
 from objsearch.types import Hits
-from objsearch.vectors.memory import _int_array, _per_query, _some
+from objsearch.vectors.memory import _int_array, _per_query, _some, check_new
 
 LOGGER = logging.getLogger(__name__)
 
@@ -522,27 +522,7 @@ class MilvusVectorStore:
             raise RuntimeError("this vector store is closed")
 
     def _check_new(self, ids, vectors, class_id, image_id):
-        ids = _int_array("ids", ids)
-        n = len(ids)
-        vectors = np.asarray(vectors)
-        if vectors.size == 0 and n == 0:
-            vectors = vectors.reshape(0, self.dims)
-        if vectors.ndim != 2 or vectors.shape != (n, self.dims):
-            raise ValueError(f"vectors must have shape ({n}, {self.dims}), got {vectors.shape}")
-        if vectors.dtype.kind not in "fiu":
-            raise ValueError(f"vectors must be numbers, got dtype {vectors.dtype}")
-        vectors = np.array(vectors, dtype=np.float32)
-        if not np.isfinite(vectors).all():
-            bad = ids[~np.isfinite(vectors).all(1)]
-            raise ValueError(f"vectors must be finite, got NaN or infinity for ids {_some(bad)}")
-        class_id = _int_array("class_id", class_id, n)
-        image_id = _int_array("image_id", image_id, n)
-        if n and ids.min() < 0:
-            raise ValueError(f"ids must be >= 0 (-1 pads search results), got {_some(ids[ids < 0])}")
-        unique, counts = np.unique(ids, return_counts=True)
-        if len(unique) < n:
-            raise ValueError(f"ids must be distinct, got repeated ids {_some(unique[counts > 1])}")
-        return ids, vectors, class_id, image_id
+        return check_new(ids, vectors, class_id, image_id, self.dims)
 
 
 def milvus_store(uri, collection: str, ids, vectors, class_id, image_id, *, confidence=None,
