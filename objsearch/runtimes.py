@@ -278,10 +278,45 @@ class OpenVinoBackend:
         return _wrap_outputs(self._torch, arrays, self.nl, self.maps)
 
 
+VERIFY_TOL = 1e-4  # measured: the exports differ from torch by ~1e-6 of each output's range (max 2.3e-5 features)
+
+
+def verified_difference(detector, backend) -> float:
+    """The largest difference between ``backend``'s outputs and torch's on a fixed check image (seeded uniform noise,
+    480 x 640), each output's difference relative to its largest torch value; what ``auto`` requires to be at most
+    ``VERIFY_TOL`` before it uses an exported graph ("the same features, only faster"). Computed once per exported
+    graph and kept beside it (``<graph>.verified.json``)."""
+    import torch
+
+    record = Path(str(backend.path) + ".verified.json")
+    try:
+        return float(json.loads(record.read_text())["max_relative_difference"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    x = torch.rand((1, 3, 480, 640), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref_y, ref_preds, ref_maps = TorchBackend(detector).forward(x.to(detector.device))
+        y, preds, maps = backend.forward(x)
+    pairs = [(ref_y, y), *zip(ref_preds["feats"], preds["feats"]), (ref_preds["scores"], preds["scores"])]
+    for kind in ("cls", "box"):
+        pairs += [(a, b) for a, b in zip(ref_maps[kind], maps[kind]) if a is not None and b is not None]
+    diff = 0.0
+    for a, b in pairs:
+        a, b = a.detach().float().cpu(), b.detach().float().cpu()
+        if a.shape != b.shape:
+            return float("inf")
+        diff = max(diff, float((a - b).abs().max() / a.abs().max().clamp_min(1e-6)))
+    try:
+        record.write_text(json.dumps({"max_relative_difference": diff, "tolerance": VERIFY_TOL}))
+    except OSError:
+        pass
+    return diff
+
+
 def make_backend(detector, runtime: str, threads: int | None = None):
     """The backend ``runtime`` for ``detector``; ``threads`` None: torch's current intra-op thread count (what the
     CLI's ``--threads`` set), so every runtime follows the same thread setting. ``auto``: see ``auto_runtime``; it
-    falls back to torch when the export fails.
+    falls back to torch when the export fails or its outputs differ from torch's (``verified_difference``).
 
     Raises
     ------
@@ -297,9 +332,15 @@ def make_backend(detector, runtime: str, threads: int | None = None):
         chosen = auto_runtime(detector.device.type)
         if chosen != "torch":
             try:
-                return make_backend(detector, chosen, threads)
+                backend = make_backend(detector, chosen, threads)
             except RuntimeUnavailableError as exc:
                 LOGGER.warning("runtime auto: %s; using torch", exc)
+            else:
+                diff = verified_difference(detector, backend)
+                if diff <= VERIFY_TOL:
+                    return backend
+                LOGGER.warning("runtime auto: %s differs from torch by %.2g (relative) on the check image; using "
+                               "torch", chosen, diff)
         return TorchBackend(detector)
     if runtime == "torch":
         return TorchBackend(detector)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,8 +94,31 @@ def test_auto_picks_an_installed_fast_runtime(weights_copy, detector):
     assert auto_runtime("cpu") == "onnx" and auto_runtime("cuda") == "torch"
     auto = Detector(weights_copy, runtime="auto")
     assert (auto.runtime, auto.runtime_requested) == ("onnx", "auto")
+    record = json.loads(Path(str(auto.backend.path) + ".verified.json").read_text())
+    assert record["max_relative_difference"] <= record["tolerance"]  # checked against torch before it is used
     image = read_image(BUS)
     assert np.abs(auto(image).features - detector(image).features).max() <= FEATURE_TOL
+
+
+def test_auto_keeps_torch_when_the_export_differs(tmp_path, monkeypatch):
+    """An exported graph whose outputs are not torch's (here made 1% off) is not used by ``auto``."""
+    pytest.importorskip("onnxruntime")
+    from objsearch import runtimes
+    from objsearch.detector import Detector
+
+    weights = tmp_path / WEIGHTS.name
+    shutil.copy(WEIGHTS, weights)
+    forward = runtimes.OnnxBackend.forward
+
+    def off_by_one_percent(self, x):
+        y, preds, maps = forward(self, x)
+        return y * 1.01, preds, maps
+
+    monkeypatch.setattr(runtimes.OnnxBackend, "forward", off_by_one_percent)
+    auto = Detector(weights, runtime="auto")
+    assert auto.runtime == "torch"
+    record = json.loads(next(tmp_path.glob("*.verified.json")).read_text())
+    assert record["max_relative_difference"] == pytest.approx(0.01, rel=0.05)
 
 
 def test_runtime_config_is_checked():
