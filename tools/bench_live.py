@@ -3,7 +3,7 @@ every frame, against a bare ``YOLO.predict`` on the same frames, in the same run
 
 Usage::
 
-    QT_QPA_PLATFORM=offscreen python tools/bench_live.py [-i INDEX.h5] \
+    QT_QPA_PLATFORM=offscreen python tools/bench_live.py [-i INDEX.h5] [--runtime torch|onnx|openvino] \
         [--video ../shared/data/video/one-by-one-person-detection.mp4] [--start 600] [--frames 200] [--rounds 2]
 
 Without ``-i`` it analyses ``../shared/data/coco128`` into a temporary index first. The live side is the whole app
@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch threads for both sides (default: what YOLO.predict sets, "
                                                     "cpu_count - 1)")
+    parser.add_argument("--runtime", default="torch", help="what runs the app's detector: torch, onnx, openvino, auto "
+                                                           "(the bare side is always ultralytics' PyTorch predict)")
     args = parser.parse_args()
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -75,7 +77,7 @@ def main() -> None:
     threads = torch.get_num_threads()
 
     app = QtWidgets.QApplication(["bench_live"])
-    window = MainWindow(index, device=args.device)
+    window = MainWindow(index, device=args.device, runtime=args.runtime)
     window.resize(1400, 900)
     window.show()
 
@@ -129,7 +131,8 @@ def main() -> None:
         bare_fps.append(bare())
         live_fps.append(live())
     med = statistics.median
-    print(f"machine: {os.cpu_count()} cores, device {args.device}, {threads} torch thread(s) for both sides; index "
+    print(f"machine: {os.cpu_count()} cores, device {args.device}, {threads} thread(s) for both sides, app runtime "
+          f"{window.searcher.detector.runtime}; index "
           f"{index} ({len(window.searcher.catalog.object_id)} objects, {window.searcher.dims} dims, "
           f"{window.searcher.method}); video {args.video.name} frames "
           f"{args.start}-{args.start + args.frames - 1} ({frames[0].shape[1]}x{frames[0].shape[0]}); "
