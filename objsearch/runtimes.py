@@ -106,14 +106,24 @@ def _export_key(detector, maps: bool) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
 
 
+def _writable(folder: Path) -> bool:
+    """Whether ``folder`` is meant to be written: ``os.access`` says yes, and its permission bits allow someone to
+    write (root passes ``os.access`` on a read-only folder; a folder marked read-only, like a shared data set, is
+    left alone)."""
+    try:
+        return folder.is_dir() and os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
+    except OSError:
+        return False
+
+
 def cache_path(detector, maps: bool, suffix: str) -> Path:
-    """Where the exported graph of ``detector`` goes: beside the weights when that folder is writable, else under
-    ``$XDG_CACHE_HOME/objsearch`` (``~/.cache/objsearch``)."""
+    """Where the exported graph of ``detector`` goes: beside the weights when that folder is writable (``_writable``),
+    else under ``$XDG_CACHE_HOME/objsearch`` (``~/.cache/objsearch``)."""
     weights = Path(detector.weights_path)
     sha = detector.weights_sha256 or hashlib.sha256(str(weights.resolve()).encode()).hexdigest()
     name = f"{weights.name}.objsearch-{sha[:12]}-{_export_key(detector, maps)}{suffix}"
     folder = weights.resolve().parent
-    if not (folder.is_dir() and os.access(folder, os.W_OK)):
+    if not _writable(folder):
         folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "objsearch"
     return folder / name
 

@@ -179,3 +179,24 @@ def test_add_with_runtime_matches_torch(tmp_path, cfg, detector):
     (ids_t, box_t, cls_t, feat_t), (ids_o, box_o, cls_o, feat_o) = results["torch"], results["onnx"]
     assert np.array_equal(ids_t, ids_o) and np.array_equal(cls_t, cls_o) and len(ids_t) > 10
     assert np.abs(box_t - box_o).max() <= BOX_TOL_PX and np.abs(feat_t - feat_o).max() <= FEATURE_TOL
+
+
+def test_exports_never_go_into_a_read_only_folder(tmp_path, monkeypatch):
+    """Weights in a folder marked read-only (like the shared data set; root could write there anyway) have their
+    exported graphs cached under $XDG_CACHE_HOME/objsearch instead."""
+    from types import SimpleNamespace
+
+    from objsearch.runtimes import cache_path
+
+    shared, writable = tmp_path / "shared", tmp_path / "mine"
+    for folder in (shared, writable):
+        folder.mkdir()
+        shutil.copy(WEIGHTS, folder / WEIGHTS.name)
+    shared.chmod(0o555)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    try:
+        for folder, where in ((shared, tmp_path / "cache" / "objsearch"), (writable, writable)):
+            det = SimpleNamespace(weights_path=folder / WEIGHTS.name, weights_sha256="ab" * 32)
+            assert cache_path(det, False, ".onnx").parent == where
+    finally:
+        shared.chmod(0o755)
