@@ -149,7 +149,10 @@ def _catalog_state(index: Path, uri: str | None):
 
 
 def _print_summary(verb: str, summary, output=None) -> None:
-    parts = [f"{verb} {summary.n_added} images ({summary.n_added_objects} objects)"]
+    frames = getattr(summary, "n_added_frames", 0)
+    what = (f"{summary.n_added - frames} images and {frames} frames of {summary.n_videos} videos" if frames
+            else f"{summary.n_added} images")
+    parts = [f"{verb} {what} ({summary.n_added_objects} objects)"]
     if summary.n_resumed:
         parts.append(f"{summary.n_resumed} resumed from an interrupted run")
     if summary.n_changed:
@@ -210,8 +213,13 @@ def analyze(
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to run on (host:6379 or "
                                                        "auto); default: a local Ray for this run.")] = None,
     runtime: RuntimeOpt = None,
+    video_fps: Annotated[Optional[float], typer.Option("--video-fps", help="Frames per second sampled from each "
+                                                       "video (default 1); the index keeps it for add and sync.")] = None,
+    video_stride: Annotated[Optional[int], typer.Option("--video-stride", min=1, help="Sample every N-th frame of "
+                                                        "each video instead of --video-fps.")] = None,
 ) -> None:
-    """Analyze every image under FOLDER into a new index file. An interrupted run resumes when run again; a
+    """Analyze every image and video (.mp4 .mov .avi .mkv .webm) under FOLDER into a new index file; each sampled
+    video frame is one media item. An interrupted run resumes when run again (in the middle of a video too); a
     finished index is brought up to date with `objsearch sync`."""
     if engine not in ("local", "ray"):
         raise ObjsearchError(f"--engine must be local or ray, got {engine!r}")
@@ -224,8 +232,11 @@ def analyze(
     else:
         from objsearch.analysis import analyze as run_analyze
 
+    if video_fps is not None and video_stride is not None:
+        raise ObjsearchError("--video-fps and --video-stride are two ways to sample videos; give one")
     cfg = load_config(config, dims=dims, projection=projection, conf=conf, imgsz=imgsz, device=device,
-                      feature_recipe=recipe, weights=weights, batch=batch, runtime=runtime)
+                      feature_recipe=recipe, weights=weights, batch=batch, runtime=runtime, video_fps=video_fps,
+                      video_stride=video_stride)
     _check_not_input(output, [folder])
     _check_index_output(output)
     progress, close = _job_progress("analyze")
@@ -277,7 +288,7 @@ def _check_index_output(output: Path) -> None:
 @app.command()
 @handle_errors
 def add(
-    paths: Annotated[list[Path], typer.Argument(help="Image files or folders (under the index's base directory).")],
+    paths: Annotated[list[Path], typer.Argument(help="Image and video files or folders (under the index's base directory).")],
     index: Annotated[Path, typer.Option("--index", "-i", help="Index file.")],
     weights: WeightsOpt = None,
     device: DeviceOpt = None,
