@@ -115,6 +115,9 @@ def _progress_bar(total: int, desc: str):
     return bar, update
 
 
+GroupWindowOpt = Annotated[float, typer.Option("--group-window", min=0.0, help="Seconds: hits from one video, of one "
+                                              "class, this close in time are one moment, shown by its best frame.")]
+NoGroupOpt = Annotated[bool, typer.Option("--no-group", help="Show every video frame on its own (no moments).")]
 BackendOpt = Annotated[str, typer.Option("--backend", "--search", help="Vector search: auto (the fastest exact "
                                           "method for this index), kdtree, faiss, numpy (exact), hnsw "
                                           "(approximate, hnswlib; its graph is kept beside the index), or milvus "
@@ -475,6 +478,8 @@ def query(
     milvus_collection: MilvusCollectionOpt = None,
     milvus_index: MilvusIndexOpt = "FLAT",
     runtime: RuntimeOpt = None,
+    group_window: GroupWindowOpt = 2.0,
+    no_group: NoGroupOpt = False,
 ) -> None:
     """Find the nearest indexed objects of every object in each query image. With several images, one that cannot
     be read prints an error line and the others go on (exit code 2 at the end)."""
@@ -510,7 +515,8 @@ def query(
                 continue
             result = engine.search_file(item, k=k, same_class=same_class,
                                         exclude_self=not include_self and isinstance(item, Path),
-                                        warmup=True, image=picture)  # once per input shape
+                                        warmup=True, image=picture,  # once per input shape
+                                        group_s=None if no_group else group_window)
             if out is not None:
                 _write_picture(engine, picture, result, out)
             if as_json:
@@ -531,12 +537,23 @@ def _print_result(item, result) -> None:
     typer.echo(f"{printable(str(item))}: {len(result.detections)} objects, {t['total']:.0f} ms "
                f"(detect {t['detect']:.0f}, features {t['features']:.1f}, search {t['search']:.1f}){warm}")
     for i in range(len(result.detections)):
-        nbs = ", ".join(f"{result.label(n.class_id)} d={n.distance:.2f} ({n.media.display_name()})"
+        nbs = ", ".join(f"{result.label(n.class_id)} d={n.distance:.2f} ({_neighbor_place(n)})"
                         for n in result.neighbors[i][:5])
         box = [round(float(v)) for v in result.detections.xyxy[i]]
         note = f"  [{result.notes[i]}]" if result.notes[i] else ""
         typer.echo(f"  {result.label(result.detections.class_id[i])} {result.detections.confidence[i]:.2f} "
                    f"{box}: {nbs}{note}")
+
+
+def _neighbor_place(nb) -> str:
+    """``clip.mp4 @ 00:01:23.4`` (with the moment it stands for: ``, 00:01:22.0-00:01:25.0, 4 frames``)."""
+    from objsearch.types import format_timestamp
+
+    text = nb.media.display_name()
+    if nb.moment is not None and nb.moment.frames > 1:
+        text += (f", moment {format_timestamp(nb.moment.start_s)}-{format_timestamp(nb.moment.end_s)} of "
+                 f"{nb.moment.frames} frames")
+    return text
 
 
 PICTURE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -682,15 +699,24 @@ def video(
     milvus_collection: MilvusCollectionOpt = None,
     milvus_index: MilvusIndexOpt = "FLAT",
     runtime: RuntimeOpt = None,
+    group_window: GroupWindowOpt = 2.0,
+    no_group: NoGroupOpt = False,
+    summary: Annotated[bool, typer.Option("--summary", help="Reverse video search: aggregate over the frames and "
+                                          "print, per indexed video, the moments the query video's objects found "
+                                          "(how many objects, best distance), ranked.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --summary: print the summary as one JSON object.")] = False,
 ) -> None:
     """Search the objects of a video's frames without a display. Each analyzed frame is one JSON line: the
-    ``query --json`` object plus ``frame`` (number in the file) and ``timestamp_s``."""
+    ``query --json`` object plus ``frame`` (number in the file) and ``timestamp_s``. With --summary, the indexed
+    videos the query video matches, ranked, with their moments (reverse video search)."""
     from objsearch.engine import Engine
     from objsearch.live import QuerySettings, ThumbnailCache, search_video
     from objsearch.render import annotate_frame
     from objsearch.sources import VideoFileSource
 
-    if out is None and jsonl is None:
+    if as_json and not summary:
+        raise ObjsearchError("--json goes with --summary (the frames' JSON lines are --jsonl)")
+    if out is None and jsonl is None and not summary:
         jsonl = Path("-")
     if out is not None and out.suffix.lower() != ".mp4":
         raise ObjsearchError(f"cannot write video {out}: use a name ending in .mp4 (H.264)")
@@ -713,8 +739,11 @@ def video(
         stack.callback(bar.close)
         n_analyzed = n_objects = 0
         t0 = time.perf_counter()
-        settings = QuerySettings(k=k, same_class=same_class)
+        settings = QuerySettings(k=k, same_class=same_class, group_s=None if no_group else group_window)
+        results = []
         for live in search_video(engine, source, settings, stride=stride, max_frames=max_frames, cache=cache):
+            if summary:
+                results.append(live.result)
             n_analyzed += 1
             n_objects += len(live.result.detections)
             if lines is not None:
@@ -727,6 +756,36 @@ def video(
         seconds = time.perf_counter() - t0
     typer.echo(f"analyzed {n_analyzed} frames of {file} (stride {stride}), {n_objects} objects, "
                f"{n_analyzed / max(seconds, 1e-9):.1f} frames/s" + (f" -> {out}" if out else ""), err=True)
+    if summary:
+        _print_video_summary(file, results, group_window, as_json, n_analyzed, n_objects)
+
+
+def _print_video_summary(file: Path, results, window_s: float, as_json: bool, n_frames: int, n_objects: int) -> None:
+    """The reverse video search's ranked videos and moments (``objsearch.moments.summarize_video_matches``)."""
+    from objsearch.moments import summarize_video_matches
+    from objsearch.types import format_timestamp, printable
+
+    matches = summarize_video_matches(results, window_s)
+    if as_json:
+        typer.echo(json.dumps({"query": str(file), "n_frames": n_frames, "n_objects": n_objects,
+                               "window_s": window_s, "videos": [m.to_dict() for m in matches]}))
+        return
+    if not matches:
+        typer.echo(f"no indexed video matches the {n_objects} objects of {printable(str(file))}")
+        return
+    typer.echo(f"indexed videos matching the {n_objects} objects in {n_frames} frames of {printable(str(file))} "
+               f"(score: each query object's 1/rank of its best neighbour in the video, summed):")
+    for rank, m in enumerate(matches, 1):
+        typer.echo(f"{rank:>3}. {printable(m.path)}: score {m.score:.1f}, {m.n_query_objects} query objects, "
+                   f"best d={m.best_distance:.2f}")
+        for moment in m.moments[:5]:
+            labels = ", ".join(f"{n} {label}" for label, n in sorted(moment.labels.items(), key=lambda kv: -kv[1]))
+            typer.echo(f"       {format_timestamp(moment.start_s)}-{format_timestamp(moment.end_s)}: score "
+                       f"{moment.score:.1f}, {moment.n_query_objects} query objects ({labels}), best "
+                       f"d={moment.best_distance:.2f} at {format_timestamp(moment.best.media.timestamp_s)} "
+                       f"(query {format_timestamp(moment.query_start_s)}-{format_timestamp(moment.query_end_s)})")
+        if len(m.moments) > 5:
+            typer.echo(f"       ... {len(m.moments) - 5} more moments (--json lists them all)")
 
 
 @contextlib.contextmanager
