@@ -125,15 +125,49 @@ class VideoMatch:
                 "moments": [m.to_dict() for m in self.moments]}
 
 
+def _peaks(items: list, length_s: float) -> list[list]:
+    """Split votes (vote, neighbour, query time, label) into clusters: repeatedly the ``length_s``-second stretch of
+    the video holding the largest sum of votes (two pointers over the votes sorted by time)."""
+    left = sorted(items, key=lambda v: v[1].media.timestamp_s)
+    clusters = []
+    while left:
+        times = [v[1].media.timestamp_s for v in left]
+        best, best_range, j, total = -1.0, (0, 1), 0, 0.0
+        for i in range(len(left)):
+            while j < len(left) and times[j] <= times[i] + length_s:
+                total += left[j][0]
+                j += 1
+            if total > best + 1e-12:
+                best, best_range = total, (i, j)
+            total -= left[i][0]
+        i, j = best_range
+        clusters.append(left[i:j])
+        left = left[:i] + left[j:]
+    return clusters
+
+
+def _moment(cluster: list) -> VideoMoment:
+    best = min(cluster, key=lambda v: v[1].distance)[1]
+    labels: dict[str, int] = {}
+    for _, _, _, label in cluster:
+        labels[label] = labels.get(label, 0) + 1
+    return VideoMoment(
+        start_s=min(v[1].media.timestamp_s for v in cluster), end_s=max(v[1].media.timestamp_s for v in cluster),
+        query_start_s=min(v[2] for v in cluster), query_end_s=max(v[2] for v in cluster),
+        n_query_objects=len(cluster), best_distance=best.distance, score=sum(v[0] for v in cluster),
+        best=best, labels=labels)
+
+
 def summarize_video_matches(results: Iterable[SearchResult], window_s: float = DEFAULT_GROUP_S) -> list[VideoMatch]:
     """Aggregate the searches of a query video's frames into the indexed videos they found, ranked.
 
     Each query object (an object detected in one query frame) votes once per indexed video, with its best
     neighbour from that video: ``1 / rank`` of that neighbour in its row (1 when it is the nearest of all). A video's
-    score is the sum of its votes; its moments are its voted frames grouped in time (frames within ``window_s`` of
-    each other, any class), each with its own votes. Videos and moments are ranked by score, then best distance.
-    Images in the index take part in the ranks (a query object whose nearest neighbour is an image gives every video
-    at most 1/2) but are not listed.
+    score is the sum of its votes. Its moments are found greedily: the stretch of the video as long as the query
+    (plus ``window_s``) that holds the most votes, then the best of the votes left, and so on; a moment spans the
+    frames that got its votes (a person in every frame of a clip does not make the whole clip one moment). Videos
+    and moments are ranked by score, then best distance. Images in the index take part in the ranks (a query object
+    whose nearest neighbour is an image gives every video at most 1/2) but are not listed.
 
     Parameters
     ----------
@@ -146,8 +180,10 @@ def summarize_video_matches(results: Iterable[SearchResult], window_s: float = D
     list of VideoMatch, best first.
     """
     votes: dict[str, list[tuple[float, Neighbor, float, str]]] = {}  # path -> (vote, neighbour, query time, label)
+    query_times = []
     for result in results:
         t_query = max(0.0, float(result.query.timestamp_s))
+        query_times.append(t_query)
         for i, row in enumerate(result.neighbors):
             seen: set[str] = set()
             for rank, nb in enumerate(row, 1):
@@ -156,26 +192,10 @@ def summarize_video_matches(results: Iterable[SearchResult], window_s: float = D
                 seen.add(nb.media.path)
                 label = result.label(int(result.detections.class_id[i])) if i < len(result.detections) else ""
                 votes.setdefault(nb.media.path, []).append((1.0 / rank, nb, t_query, label))
+    span = (max(query_times) - min(query_times)) if query_times else 0.0
     matches = []
     for path, items in votes.items():
-        items.sort(key=lambda v: v[1].media.timestamp_s)
-        clusters: list[list[tuple[float, Neighbor, float, str]]] = []
-        for item in items:
-            if clusters and item[1].media.timestamp_s - clusters[-1][-1][1].media.timestamp_s <= window_s:
-                clusters[-1].append(item)
-            else:
-                clusters.append([item])
-        moments = []
-        for cluster in clusters:
-            best = min(cluster, key=lambda v: v[1].distance)[1]
-            labels: dict[str, int] = {}
-            for _, _, _, label in cluster:
-                labels[label] = labels.get(label, 0) + 1
-            moments.append(VideoMoment(
-                start_s=cluster[0][1].media.timestamp_s, end_s=cluster[-1][1].media.timestamp_s,
-                query_start_s=min(v[2] for v in cluster), query_end_s=max(v[2] for v in cluster),
-                n_query_objects=len(cluster), best_distance=best.distance, score=sum(v[0] for v in cluster),
-                best=best, labels=labels))
+        moments = [_moment(cluster) for cluster in _peaks(items, span + window_s)]
         moments.sort(key=lambda m: (-m.score, m.best_distance))
         matches.append(VideoMatch(path=path, n_query_objects=len(items),
                                   best_distance=min(v[1].distance for v in items),

@@ -142,6 +142,7 @@ def test_reverse_video_search_ranks_the_right_video_and_moment_first(clips_index
     assert videos[0]["path"] == clip, [(v["path"], v["score"]) for v in videos]
     top = videos[0]["moments"][0]
     assert top["start_s"] <= start_s + 3.0 + 1.0 and top["end_s"] >= start_s - 1.0, top
+    assert top["end_s"] - top["start_s"] <= 3.0 + 2.0, top  # a moment as long as the query, not the whole clip
     text = run_cli("video", query, "-i", clips_index, "--summary", "--stride", stride, "-k", "8")
     assert text.returncode == 0 and text.stdout.splitlines()[1].startswith(f"  1. {clip}: score"), text.stdout
 
@@ -182,3 +183,26 @@ def test_engine_grouping_equals_grouping_the_whole_ranking(clips_index):
             assert [g.moment for g in grouped.neighbors[q]] == [w.moment for w in want]
             np.testing.assert_array_equal(grouped.hits.ids[q, :len(want)], [w.object_id for w in want])
         assert grouped.hits.ids.shape == (len(grouped.detections), 10)
+
+
+def test_web_api_searches_an_indexed_frame_and_serves_its_picture(clips_index):
+    pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
+    from fastapi.testclient import TestClient
+
+    from objsearch.engine import Engine
+    from objsearch.web import WebSettings, create_app
+
+    with Engine(clips_index, weights=str(WEIGHTS)) as engine:
+        c = engine.catalog
+        frame_id = int(c.media_id[list(c.media_path).index("walking.mp4") + 5])
+        client = TestClient(create_app(engine, WebSettings()), raise_server_exceptions=False)
+        found = client.post(f"/api/search?media_id={frame_id}&k=5")
+        assert found.status_code == 200, found.text
+        body = found.json()
+        assert body["frame"] == int(engine.media(frame_id).frame_index) and body["timestamp_s"] == 5.0
+        nbs = [n for o in body["objects"] for n in o["neighbors"]]
+        assert any(n.get("moment") for n in nbs) and all(n["image_id"] != frame_id for n in nbs)
+        flat = client.post(f"/api/search?media_id={frame_id}&k=5&group=false").json()
+        assert not any("moment" in n for o in flat["objects"] for n in o["neighbors"])
+        picture = client.get(f"/api/media/{frame_id}")
+        assert picture.status_code == 200 and picture.content[:2] == b"\xff\xd8"
