@@ -76,7 +76,8 @@ def list_media(paths, *, videos: bool = False) -> Listing:
             if wanted:
                 kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if (
                     stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)) else "not a regular file"
-                out.skipped.append(SkippedFile(str(p), f"{kind}, not an image file"))
+                what = "a video file" if suffix in VIDEO_SUFFIXES else "an image file"
+                out.skipped.append(SkippedFile(str(p), f"{kind}, not {what}"))
             else:
                 out.n_other += 1
             return

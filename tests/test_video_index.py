@@ -250,3 +250,18 @@ def test_cli_analyze_samples_videos_with_a_stride(tmp_path):
         assert c.attrs["config"]["video_stride"] == 100
     both = run_cli("analyze", base, "-o", tmp_path / "x.h5", "--video-stride", "5", "--video-fps", "2")
     assert both.returncode == 1 and both.stderr.startswith("error:") and "Traceback" not in both.stderr
+
+
+def test_a_fifo_an_empty_file_and_a_folder_named_like_videos_are_reported_not_waited_on(video_cfg, detector,
+                                                                                        tmp_path):
+    base = tmp_path / "media"
+    base.mkdir()
+    shutil.copy(coco_images(1)[0], base)
+    os.mkfifo(base / "pipe.mp4")
+    (base / "empty.mov").write_bytes(b"")
+    (base / "folder.mkv").mkdir()
+    summary = analyze(base, tmp_path / "x.h5", video_cfg, detector=detector)
+    reasons = {os.path.basename(s.path): s.reason for s in summary.skipped}
+    assert reasons["pipe.mp4"] == "a FIFO, not a video file"
+    assert "the file is empty" in reasons["empty.mov"]
+    assert summary.n_added == 1 and summary.n_added_frames == 0
