@@ -609,7 +609,11 @@ def info(index: Annotated[Path, typer.Argument(help="Index file.")]) -> None:
         typer.echo(f"index      {printable(str(index))}")
         typer.echo(f"format     {f.attrs.get('format')} v{f.format_version}, created {f.attrs.get('created', '?')}, "
                    f"generation {f.generation}, state {f.state}")
-        typer.echo(f"images     {len(f.media_id)} (skipped {len(f.skipped)}), base dir {printable(str(f.base_dir))}")
+        frames = f.media_frame_index >= 0
+        videos = len({p for p, is_frame in zip(f.media_path, frames) if is_frame})
+        in_videos = f", {int(frames.sum())} of them frames of {videos} videos" if videos else ""
+        typer.echo(f"images     {len(f.media_id)}{in_videos} (skipped {len(f.skipped)}), base dir "
+                   f"{printable(str(f.base_dir))}")
         typer.echo(f"objects    {len(f.object_id)} in {int((counts > 0).sum())} classes: {top}")
         typer.echo(f"features   {f.attrs.get('feature_recipe')}")
         typer.echo(f"projection {cfg.get('projection', '?')} to dims {f.dims} (seed {cfg.get('seed', '?')})")
