@@ -166,7 +166,7 @@ def test_query_json_and_text_carry_frame_time_and_moment(clips_index):
     text = run_cli("query", person, "-i", clips_index, "-k", "6")
     assert " @ 00:00:" in text.stdout, text.stdout
     info = run_cli("info", clips_index)
-    assert "images     47, 31 of them frames of 2 videos" in info.stdout, info.stdout
+    assert "images     61, 45 of them frames of 2 videos" in info.stdout, info.stdout
 
 
 def test_engine_grouping_equals_grouping_the_whole_ranking(clips_index):
