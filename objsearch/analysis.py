@@ -36,8 +36,8 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from objsearch.errors import EmptyFolderError, ImageReadError, IndexFileError, ObjsearchError
-from objsearch.media import list_media, make_thumbnail, read_image
+from objsearch.errors import EmptyFolderError, ImageReadError, IndexFileError, ObjsearchError, VideoReadError
+from objsearch.media import VIDEO_SUFFIXES, list_media, make_thumbnail, read_image, read_video_frames, video_info
 from objsearch.projection import PCAProjection, make_projection
 from objsearch.types import Detections, MediaRecord, MediaRef, SkippedFile
 
@@ -55,11 +55,24 @@ class JobCancelled(ObjsearchError):
     exit_code = 130
 
 
+@dataclass(frozen=True)
+class VideoEnd:
+    """The end of one video's frames in a job: ``path`` (relative to the base directory), ``n_frames`` sampled
+    frames analysed, and ``reason`` when the video was broken or truncated (its frames read before are kept)."""
+
+    path: str
+    n_frames: int
+    reason: str = ""
+
+
 # ----------------------------------------------------------------------------------------------------- journal
-def _record_to_bytes(seq: int, record: MediaRecord | SkippedFile) -> bytes:
+def _record_to_bytes(seq: int, record: MediaRecord | SkippedFile | VideoEnd) -> bytes:
     buf = io.BytesIO()
-    if isinstance(record, SkippedFile):
-        meta = {"seq": seq, "kind": "skipped", "path": record.path, "reason": record.reason}
+    if isinstance(record, (SkippedFile, VideoEnd)):
+        meta = ({"seq": seq, "kind": "skipped", "path": record.path, "reason": record.reason}
+                if isinstance(record, SkippedFile) else
+                {"seq": seq, "kind": "video_end", "path": record.path, "n_frames": record.n_frames,
+                 "reason": record.reason})
         np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
         return buf.getvalue()
     m, d = record.media, record.detections
@@ -78,6 +91,8 @@ def _record_from_bytes(payload: bytes) -> tuple[int, MediaRecord | SkippedFile]:
         meta = json.loads(z["meta"].tobytes().decode())
         if meta["kind"] == "skipped":
             return meta["seq"], SkippedFile(meta["path"], meta["reason"])
+        if meta["kind"] == "video_end":
+            return meta["seq"], VideoEnd(meta["path"], int(meta["n_frames"]), meta["reason"])
         thumbs, offsets = z["thumbs"].tobytes(), z["offsets"]
         media = MediaRef(path=meta["path"], width=meta["width"], height=meta["height"],
                          frame_index=meta["frame_index"], timestamp_s=meta["timestamp_s"],
@@ -200,14 +215,20 @@ class JobSummary:
     seconds: float = 0.0
     n_images: int = 0
     n_objects: int = 0
+    n_added_frames: int = 0
+    n_videos: int = 0
 
 
 ProgressFn = Callable[[int, int, int], None]
 
 
-def _prefetch(paths: list[Path], depth: int, stop: threading.Event, max_pixels: int) -> Iterator:
-    """Decode images in a background thread, yielding (path, image or ImageReadError) in order. Any failure of the
-    thread itself is re-raised here; stopping (the consumer returning early) never leaves it blocked."""
+def _prefetch(tasks: list[tuple[Path, int]], depth: int, stop: threading.Event, max_pixels: int,
+              sampling: dict) -> Iterator:
+    """Decode media in a background thread, in order, yielding ``(path, item, where)``: for an image, item is the
+    image (H, W, 3) uint8 BGR or its ImageReadError and where None; for a video (``tasks`` holds ``(path,
+    start_frame)``), one ``(path, frame image, (frame_index, timestamp_s))`` per sampled frame from ``start_frame``
+    on, then ``(path, VideoEnd, None)`` (with the reason when it was broken or cut short). Any failure of the thread
+    itself is re-raised here; stopping (the consumer returning early) never leaves it blocked."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
 
@@ -220,16 +241,31 @@ def _prefetch(paths: list[Path], depth: int, stop: threading.Event, max_pixels: 
                 continue
         return False
 
+    def video(p: Path, start: int) -> bool:
+        n, reason = 0, ""
+        try:
+            for frame in read_video_frames(p, start_frame=start, max_pixels=max_pixels, **sampling):
+                if stop.is_set() or not put((p, frame.image, (frame.index, frame.timestamp_s))):
+                    return False
+                n += 1
+        except VideoReadError as exc:
+            reason = str(exc)
+        return put((p, VideoEnd(str(p), n, reason), None))
+
     def work():
         try:
-            for p in paths:
+            for p, start in tasks:
                 if stop.is_set():
                     return
+                if p.suffix.lower() in VIDEO_SUFFIXES:
+                    if not video(p, start):
+                        return
+                    continue
                 try:
                     item = read_image(p, max_pixels=max_pixels)
                 except ImageReadError as exc:
                     item = exc
-                if not put((p, item)):
+                if not put((p, item, None)):
                     return
             put(done)
         except BaseException as exc:  # a bug in decoding: hand it to the consumer instead of dying silently
@@ -248,6 +284,15 @@ def _prefetch(paths: list[Path], depth: int, stop: threading.Event, max_pixels: 
     finally:
         stop.set()
         thread.join(5.0)
+
+
+def video_sampling(cfg: dict) -> dict:
+    """``read_video_frames``' sampling arguments from a configuration: ``video_stride`` (every N-th frame) when
+    set, else ``video_fps`` frames per second."""
+    stride = cfg.get("video_stride")
+    if stride:
+        return {"sample_fps": None, "stride": int(stride)}
+    return {"sample_fps": float(cfg.get("video_fps", 1.0)), "stride": None}
 
 
 def _file_identity(path: Path) -> tuple[int, int]:
@@ -277,6 +322,7 @@ def job_settings(detector, cfg: dict) -> dict:
         "feature_recipe": detector.feature_recipe(),
         "iou": detector.iou, "max_det": detector.max_det, "conf": float(cfg["conf"]),
         "thumb_size": int(cfg["thumb_size"]), "thumb_quality": int(cfg["thumb_quality"]),
+        "video_sampling": video_sampling(cfg),
     }
 
 
@@ -291,6 +337,7 @@ class _Run:
         self.journal = Journal(Path(str(writer.path) + ".journal"), settings)
         self.skipped = list(writer.skipped)
         self.n_done = self.n_total = self.n_objects = 0
+        self._video: str | None = None  # the video whose frames are being added (its end not applied yet)
         self._last_commit = time.perf_counter()
         self._uncommitted = 0
 
@@ -301,7 +348,7 @@ class _Run:
         paths = set()
         records = self.journal.pending
         for seq, record in records:
-            paths.add(record.path if isinstance(record, SkippedFile) else record.media.path)
+            paths.add(record.media.path if isinstance(record, MediaRecord) else record.path)
             if last_id == self.journal.journal_id and seq <= int(last_seq or 0):
                 continue
             self._apply(record)
@@ -310,13 +357,45 @@ class _Run:
             self._commit(self.journal.next_seq - 1)
         return paths
 
+    def video_in_progress(self) -> tuple[str, int] | None:
+        """(path, next frame number) of the video an interrupted job was in the middle of, or None. The index keeps
+        the media id of that video's first committed frame in the attribute ``video_in_progress`` (set with its
+        frames, cleared with its end, in the same transactions), so a resumed job goes on after its last frame."""
+        media_id = int(self.writer.attrs.get("video_in_progress", -1))
+        if media_id < 0:
+            return None
+        ids = self.writer.media_id
+        row = np.flatnonzero(ids == media_id)
+        if not len(row):
+            return None
+        path = self.writer.media_path[int(row[0])]
+        frames = self.writer.media_frame_index[[i for i, p in enumerate(self.writer.media_path) if p == path]]
+        return path, int(frames.max()) + 1
+
     def _apply(self, record) -> None:
         if isinstance(record, SkippedFile):
             self.skipped = [s for s in self.skipped if s.path != record.path] + [record]
             self.writer.set_skipped(self.skipped)
             self.summary.skipped.append(record)
             return
-        self.writer.add(record)
+        if isinstance(record, VideoEnd):
+            self.writer.set_attrs(video_in_progress=-1)
+            self._video = None
+            self.summary.n_videos += 1
+            kept = [s for s in self.skipped if s.path != record.path]
+            if record.reason:
+                kept.append(SkippedFile(record.path, record.reason))
+                self.summary.skipped.append(kept[-1])
+            if kept != self.skipped:
+                self.skipped = kept
+                self.writer.set_skipped(self.skipped)
+            return
+        media_id, _ = self.writer.add(record)
+        if record.media.is_video_frame:
+            self.summary.n_added_frames += 1
+            if self._video != record.media.path:
+                self.writer.set_attrs(video_in_progress=int(media_id))
+                self._video = record.media.path
         n = len(record.detections)
         self.summary.n_added += 1
         self.summary.n_added_objects += n
@@ -332,57 +411,82 @@ class _Run:
         seq = self.journal.append(record)
         self._apply(record)
         self._uncommitted += 1
-        self.n_done += 1
+        if not (isinstance(record, VideoEnd) and record.n_frames):
+            self.n_done += 1
         if isinstance(record, MediaRecord):
             self.n_objects += len(record.detections)
         if (self._uncommitted >= COMMIT_EVERY_IMAGES
                 or time.perf_counter() - self._last_commit >= COMMIT_EVERY_SECONDS):
             self._commit(seq)
         if self.progress:
-            self.progress(self.n_done, self.n_total, self.n_objects)
+            self.progress(self.n_done, max(self.n_total, self.n_done), self.n_objects)
         if self.cancel.is_set():
             self._commit(seq)
             raise JobCancelled("cancelled; what was finished is in the index, and running the same command again "
                                "does the rest")
 
-    def run(self, files: list[Path]) -> None:
-        """Analyze ``files`` (images, sorted) in order."""
-        self.n_total = self.n_done + len(files)
+    def _estimate(self, path: Path, start: int) -> int:
+        """Sampled frames a video will give from ``start`` on (from its declared frame count; 1 when unknown)."""
+        from objsearch.media import frame_sampled
+
+        try:
+            info = video_info(path, max_pixels=int(self.cfg.get("max_pixels", 100_000_000)))
+        except VideoReadError:
+            return 1
+        sampling = video_sampling(self.cfg)
+        return max(1, sum(frame_sampled(i, info.fps, **sampling) for i in range(start, info.n_frames)))
+
+    def run(self, files: list[Path], start_frames: dict[Path, int] | None = None) -> None:
+        """Analyze ``files`` (images and videos, sorted) in order; a video in ``start_frames`` starts at that frame
+        (the frames before are in the index already)."""
+        start_frames = start_frames or {}
+        tasks = [(p, int(start_frames.get(p, 0))) for p in files]
+        self.n_total = self.n_done + sum(self._estimate(p, start) if p.suffix.lower() in VIDEO_SUFFIXES else 1
+                                         for p, start in tasks)
         batch = max(1, int(self.cfg.get("batch", 1)))
-        pending: list[tuple[Path, np.ndarray]] = []
+        pending: list[tuple[Path, np.ndarray, tuple | None]] = []
         pending_shape = None
         stop = threading.Event()
 
         def detect_pending() -> None:
             if not pending:
                 return
-            images = [image for _, image in pending]
+            images = [image for _, image, _ in pending]
             found = (self.detector.detect_batch(images, auto=True, conf=self.cfg["conf"]) if len(images) > 1
                      else [self.detector(images[0], conf=self.cfg["conf"])])
             todo = list(pending)
             pending.clear()
-            for (path, image), dets in zip(todo, found):
-                self._finish_one(self._record(path, image, dets))
+            for (path, image, where), dets in zip(todo, found):
+                self._finish_one(self._record(path, image, dets, where))
 
-        for path, image in _prefetch(files, max(4, 2 * batch), stop, int(self.cfg.get("max_pixels", 100_000_000))):
-            if isinstance(image, ImageReadError):
+        max_pixels = int(self.cfg.get("max_pixels", 100_000_000))
+        for path, image, where in _prefetch(tasks, max(4, 2 * batch), stop, max_pixels, video_sampling(self.cfg)):
+            if isinstance(image, (ImageReadError, VideoEnd)):
                 detect_pending()  # keep the journal in path order
+                if isinstance(image, VideoEnd):
+                    if image.reason:
+                        LOGGER.warning("%s", image.reason)
+                    self._finish_one(VideoEnd(_relative(path, self.base_dir), image.n_frames, image.reason))
+                    continue
                 LOGGER.warning("skipping %s", image)
                 self._finish_one(SkippedFile(_relative(path, self.base_dir), str(image)))
                 continue
             shape = self.detector.letterbox_shape(image.shape) if batch > 1 else None
             if pending and shape != pending_shape:
                 detect_pending()
-            pending.append((path, image))
+            pending.append((path, image, where))
             pending_shape = shape
             if len(pending) >= batch:
                 detect_pending()
         detect_pending()
 
-    def _record(self, path: Path, image: np.ndarray, dets: Detections) -> MediaRecord:
+    def _record(self, path: Path, image: np.ndarray, dets: Detections, where: tuple | None = None) -> MediaRecord:
+        """A MediaRecord of an analysed image, or of one video frame (``where``: (frame_index, timestamp_s))."""
         size, mtime = _file_identity(path)
         thumbs = [make_thumbnail(image, b, self.cfg["thumb_size"], self.cfg["thumb_quality"]) for b in dets.xyxy]
+        frame_index, timestamp_s = where if where is not None else (-1, -1.0)
         media = MediaRef(path=_relative(path, self.base_dir), width=image.shape[1], height=image.shape[0],
+                         frame_index=int(frame_index), timestamp_s=float(timestamp_s),
                          file_size=size, file_mtime_ns=mtime)
         return MediaRecord(media, dets, thumbs)
 
@@ -395,6 +499,27 @@ class _Run:
         """Close the journal (kept: the next job on this index applies it)."""
         if not self.journal._handle.closed:
             self.journal.close()
+
+
+def _media_files(listing) -> list[Path]:
+    """A listing's images and videos in one sorted list (the order in which a job analyses them and hands out
+    ids)."""
+    return sorted(listing.images + listing.videos)
+
+
+def _todo(files: list[Path], base: Path, done: set[str], resume: tuple[str, int] | None) \
+        -> tuple[list[Path], dict[Path, int]]:
+    """The files of ``files`` still to analyse (their path relative to ``base`` not in ``done``), and the frame to
+    start at of the video an interrupted job left half done (``resume``: (relative path, next frame))."""
+    todo, starts = [], {}
+    for p in files:
+        rel = _relative(p, base)
+        if resume is not None and rel == resume[0]:
+            starts[p] = resume[1]
+            todo.append(p)
+        elif rel not in done:
+            todo.append(p)
+    return todo, starts
 
 
 def _load_detector(cfg: dict, weights: str | None, detector):
@@ -443,9 +568,10 @@ def analyze(folder: str | Path, output: str | Path, cfg: dict, *, weights: str |
         raise EmptyFolderError(f"{folder} is not a folder")
     if output.is_dir() or (output.exists() and not output.is_file()):
         raise ObjsearchError(f"cannot write the index {output}: it is a folder or not a regular file")
-    listing = list_media(folder)
-    if not listing.images:
-        raise EmptyFolderError(f"{folder} holds no image files ({', '.join(sorted({'.jpg', '.png', '.webp', '.bmp', '.tif'}))} ...)")
+    listing = list_media(folder, videos=True)
+    if not listing.images and not listing.videos:
+        raise EmptyFolderError(f"{folder} holds no image files ({', '.join(sorted({'.jpg', '.png', '.webp', '.bmp', '.tif'}))} "
+                               f"...) and no video files (.mp4, .mov, .avi, .mkv, .webm)")
     writer = None
     if output.exists() and not overwrite:
         from objsearch.catalog import Catalog
@@ -488,10 +614,10 @@ def analyze(folder: str | Path, output: str | Path, cfg: dict, *, weights: str |
     try:
         run = _Run(writer, detector, cfg, folder, summary, progress=progress, cancel=cancel)
         covered = run.replay() | set(writer.media_path) | {s.path for s in writer.skipped}
-        todo = [p for p in listing.images if _relative(p, folder) not in covered]
-        summary.n_resumed = len(listing.images) - len(todo)
+        todo, starts = _todo(_media_files(listing), folder, covered, run.video_in_progress())
+        summary.n_resumed = len(writer.media_id) + len(writer.skipped)
         run.n_done = summary.n_resumed
-        run.run(todo)
+        run.run(todo, starts)
         _fit_pending_projections(writer, detector.n_features)
         writer.set_attrs(state="ready")
         run.finish()
@@ -526,7 +652,8 @@ def index_config(catalog) -> dict:
     from objsearch.config import ConfigError, load_config
 
     stored = catalog.attrs.get("config", {})
-    keep = ("imgsz", "iou", "max_det", "conf", "thumb_size", "thumb_quality", "projection", "seed", "batch")
+    keep = ("imgsz", "iou", "max_det", "conf", "thumb_size", "thumb_quality", "projection", "seed", "batch",
+            "video_fps", "video_stride")
     recipe = catalog.attrs.get("feature_recipe", {})
     blocks = recipe.get("blocks") if isinstance(recipe, dict) else None
     if not isinstance(blocks, dict) or not isinstance(recipe.get("imgsz", 640), int) \
@@ -585,21 +712,19 @@ def add(index: str | Path, paths: Iterable[str | Path], *, weights: str | None =
     with contextlib.ExitStack() as stack:
         stack.callback(writer.close)
         base = Path(writer.base_dir)
-        listing = list_media(list(paths))
+        listing = list_media(list(paths), videos=True)
         summary.skipped += listing.skipped
         summary.n_other_files = listing.n_other
         run = _Run(writer, detector, cfg, base, summary, progress=progress, cancel=cancel)
         stack.callback(run.abandon)
         covered = run.replay()
         indexed = set(writer.media_path)
-        todo = []
-        for p in listing.images:
-            rel = _relative(p, base)
-            if rel in indexed or rel in covered:
-                summary.n_already += rel in indexed and rel not in covered
-                continue
-            todo.append(p)
-        run.run(todo)
+        resume = run.video_in_progress()
+        files = _media_files(listing)
+        summary.n_already = sum(1 for p in files if (rel := _relative(p, base)) in indexed and rel not in covered
+                                and not (resume and rel == resume[0]))
+        todo, starts = _todo(files, base, indexed | covered, resume)
+        run.run(todo, starts)
         run.finish()
         summary.n_images, summary.n_objects = len(writer.media_id), len(writer.object_id)
     summary.seconds = time.perf_counter() - t0
@@ -664,13 +789,13 @@ def sync(index: str | Path, folder: str | Path | None = None, *, weights: str | 
         folder = Path(folder) if folder is not None else base
         prefix = _relative(folder, base)
         prefix = "" if prefix in ("", ".") else prefix.rstrip("/") + "/"
-        listing = list_media(folder)
+        listing = list_media(folder, videos=True)
         summary.skipped += listing.skipped
         summary.n_other_files = listing.n_other
         run = _Run(writer, detector, cfg, base, summary, progress=progress, cancel=cancel)
         stack.callback(run.abandon)
         covered = run.replay()
-        on_disk = {_relative(p, base): p for p in listing.images}
+        on_disk = {_relative(p, base): p for p in _media_files(listing)}
         stale = []
         for i, rel in enumerate(writer.media_path):
             if not rel.startswith(prefix):
@@ -687,9 +812,10 @@ def sync(index: str | Path, folder: str | Path | None = None, *, weights: str | 
             summary.n_removed_objects = writer.remove_media(writer.media_id[np.asarray(stale)])
             writer.commit()
         indexed = set(writer.media_path)
-        todo = [p for rel, p in sorted(on_disk.items()) if rel not in indexed and rel not in covered]
-        summary.n_unchanged = sum(1 for rel in on_disk if rel in indexed)
-        run.run(todo)
+        resume = run.video_in_progress()
+        todo, starts = _todo([p for _, p in sorted(on_disk.items())], base, indexed | covered, resume)
+        summary.n_unchanged = sum(1 for rel in on_disk if rel in indexed and not (resume and rel == resume[0]))
+        run.run(todo, starts)
         run.finish()
         summary.n_added -= summary.n_changed
         summary.n_images, summary.n_objects = len(writer.media_id), len(writer.object_id)

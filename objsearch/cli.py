@@ -115,6 +115,9 @@ def _progress_bar(total: int, desc: str):
     return bar, update
 
 
+GroupWindowOpt = Annotated[float, typer.Option("--group-window", min=0.0, help="Seconds: hits from one video, of one "
+                                              "class, this close in time are one moment, shown by its best frame.")]
+NoGroupOpt = Annotated[bool, typer.Option("--no-group", help="Show every video frame on its own (no moments).")]
 BackendOpt = Annotated[str, typer.Option("--backend", "--search", help="Vector search: auto (the fastest exact "
                                           "method for this index), kdtree, faiss, numpy (exact), hnsw "
                                           "(approximate, hnswlib; its graph is kept beside the index), or milvus "
@@ -149,7 +152,10 @@ def _catalog_state(index: Path, uri: str | None):
 
 
 def _print_summary(verb: str, summary, output=None) -> None:
-    parts = [f"{verb} {summary.n_added} images ({summary.n_added_objects} objects)"]
+    frames = getattr(summary, "n_added_frames", 0)
+    what = (f"{summary.n_added - frames} images and {frames} frames of {summary.n_videos} videos" if frames
+            else f"{summary.n_added} images")
+    parts = [f"{verb} {what} ({summary.n_added_objects} objects)"]
     if summary.n_resumed:
         parts.append(f"{summary.n_resumed} resumed from an interrupted run")
     if summary.n_changed:
@@ -210,8 +216,13 @@ def analyze(
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to run on (host:6379 or "
                                                        "auto); default: a local Ray for this run.")] = None,
     runtime: RuntimeOpt = None,
+    video_fps: Annotated[Optional[float], typer.Option("--video-fps", help="Frames per second sampled from each "
+                                                       "video (default 1); the index keeps it for add and sync.")] = None,
+    video_stride: Annotated[Optional[int], typer.Option("--video-stride", min=1, help="Sample every N-th frame of "
+                                                        "each video instead of --video-fps.")] = None,
 ) -> None:
-    """Analyze every image under FOLDER into a new index file. An interrupted run resumes when run again; a
+    """Analyze every image and video (.mp4 .mov .avi .mkv .webm) under FOLDER into a new index file; each sampled
+    video frame is one media item. An interrupted run resumes when run again (in the middle of a video too); a
     finished index is brought up to date with `objsearch sync`."""
     if engine not in ("local", "ray"):
         raise ObjsearchError(f"--engine must be local or ray, got {engine!r}")
@@ -224,8 +235,11 @@ def analyze(
     else:
         from objsearch.analysis import analyze as run_analyze
 
+    if video_fps is not None and video_stride is not None:
+        raise ObjsearchError("--video-fps and --video-stride are two ways to sample videos; give one")
     cfg = load_config(config, dims=dims, projection=projection, conf=conf, imgsz=imgsz, device=device,
-                      feature_recipe=recipe, weights=weights, batch=batch, runtime=runtime)
+                      feature_recipe=recipe, weights=weights, batch=batch, runtime=runtime, video_fps=video_fps,
+                      video_stride=video_stride)
     _check_not_input(output, [folder])
     _check_index_output(output)
     progress, close = _job_progress("analyze")
@@ -277,7 +291,7 @@ def _check_index_output(output: Path) -> None:
 @app.command()
 @handle_errors
 def add(
-    paths: Annotated[list[Path], typer.Argument(help="Image files or folders (under the index's base directory).")],
+    paths: Annotated[list[Path], typer.Argument(help="Image and video files or folders (under the index's base directory).")],
     index: Annotated[Path, typer.Option("--index", "-i", help="Index file.")],
     weights: WeightsOpt = None,
     device: DeviceOpt = None,
@@ -466,6 +480,8 @@ def query(
     milvus_collection: MilvusCollectionOpt = None,
     milvus_index: MilvusIndexOpt = "FLAT",
     runtime: RuntimeOpt = None,
+    group_window: GroupWindowOpt = 2.0,
+    no_group: NoGroupOpt = False,
 ) -> None:
     """Find the nearest indexed objects of every object in each query image. With several images, one that cannot
     be read prints an error line and the others go on (exit code 2 at the end)."""
@@ -501,7 +517,8 @@ def query(
                 continue
             result = engine.search_file(item, k=k, same_class=same_class,
                                         exclude_self=not include_self and isinstance(item, Path),
-                                        warmup=True, image=picture)  # once per input shape
+                                        warmup=True, image=picture,  # once per input shape
+                                        group_s=None if no_group else group_window)
             if out is not None:
                 _write_picture(engine, picture, result, out)
             if as_json:
@@ -522,12 +539,23 @@ def _print_result(item, result) -> None:
     typer.echo(f"{printable(str(item))}: {len(result.detections)} objects, {t['total']:.0f} ms "
                f"(detect {t['detect']:.0f}, features {t['features']:.1f}, search {t['search']:.1f}){warm}")
     for i in range(len(result.detections)):
-        nbs = ", ".join(f"{result.label(n.class_id)} d={n.distance:.2f} ({n.media.display_name()})"
+        nbs = ", ".join(f"{result.label(n.class_id)} d={n.distance:.2f} ({_neighbor_place(n)})"
                         for n in result.neighbors[i][:5])
         box = [round(float(v)) for v in result.detections.xyxy[i]]
         note = f"  [{result.notes[i]}]" if result.notes[i] else ""
         typer.echo(f"  {result.label(result.detections.class_id[i])} {result.detections.confidence[i]:.2f} "
                    f"{box}: {nbs}{note}")
+
+
+def _neighbor_place(nb) -> str:
+    """``clip.mp4 @ 00:01:23.4`` (with the moment it stands for: ``, 00:01:22.0-00:01:25.0, 4 frames``)."""
+    from objsearch.types import format_timestamp
+
+    text = nb.media.display_name()
+    if nb.moment is not None and nb.moment.frames > 1:
+        text += (f", moment {format_timestamp(nb.moment.start_s)}-{format_timestamp(nb.moment.end_s)} of "
+                 f"{nb.moment.frames} frames")
+    return text
 
 
 PICTURE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -583,7 +611,11 @@ def info(index: Annotated[Path, typer.Argument(help="Index file.")]) -> None:
         typer.echo(f"index      {printable(str(index))}")
         typer.echo(f"format     {f.attrs.get('format')} v{f.format_version}, created {f.attrs.get('created', '?')}, "
                    f"generation {f.generation}, state {f.state}")
-        typer.echo(f"images     {len(f.media_id)} (skipped {len(f.skipped)}), base dir {printable(str(f.base_dir))}")
+        frames = f.media_frame_index >= 0
+        videos = len({p for p, is_frame in zip(f.media_path, frames) if is_frame})
+        in_videos = f", {int(frames.sum())} of them frames of {videos} videos" if videos else ""
+        typer.echo(f"images     {len(f.media_id)}{in_videos} (skipped {len(f.skipped)}), base dir "
+                   f"{printable(str(f.base_dir))}")
         typer.echo(f"objects    {len(f.object_id)} in {int((counts > 0).sum())} classes: {top}")
         typer.echo(f"features   {f.attrs.get('feature_recipe')}")
         typer.echo(f"projection {cfg.get('projection', '?')} to dims {f.dims} (seed {cfg.get('seed', '?')})")
@@ -673,15 +705,24 @@ def video(
     milvus_collection: MilvusCollectionOpt = None,
     milvus_index: MilvusIndexOpt = "FLAT",
     runtime: RuntimeOpt = None,
+    group_window: GroupWindowOpt = 2.0,
+    no_group: NoGroupOpt = False,
+    summary: Annotated[bool, typer.Option("--summary", help="Reverse video search: aggregate over the frames and "
+                                          "print, per indexed video, the moments the query video's objects found "
+                                          "(how many objects, best distance), ranked.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --summary: print the summary as one JSON object.")] = False,
 ) -> None:
     """Search the objects of a video's frames without a display. Each analyzed frame is one JSON line: the
-    ``query --json`` object plus ``frame`` (number in the file) and ``timestamp_s``."""
+    ``query --json`` object plus ``frame`` (number in the file) and ``timestamp_s``. With --summary, the indexed
+    videos the query video matches, ranked, with their moments (reverse video search)."""
     from objsearch.engine import Engine
     from objsearch.live import QuerySettings, ThumbnailCache, search_video
     from objsearch.render import annotate_frame
     from objsearch.sources import VideoFileSource
 
-    if out is None and jsonl is None:
+    if as_json and not summary:
+        raise ObjsearchError("--json goes with --summary (the frames' JSON lines are --jsonl)")
+    if out is None and jsonl is None and not summary:
         jsonl = Path("-")
     if out is not None and out.suffix.lower() != ".mp4":
         raise ObjsearchError(f"cannot write video {out}: use a name ending in .mp4 (H.264)")
@@ -704,8 +745,11 @@ def video(
         stack.callback(bar.close)
         n_analyzed = n_objects = 0
         t0 = time.perf_counter()
-        settings = QuerySettings(k=k, same_class=same_class)
+        settings = QuerySettings(k=k, same_class=same_class, group_s=None if no_group else group_window)
+        results = []
         for live in search_video(engine, source, settings, stride=stride, max_frames=max_frames, cache=cache):
+            if summary:
+                results.append(live.result)
             n_analyzed += 1
             n_objects += len(live.result.detections)
             if lines is not None:
@@ -718,6 +762,36 @@ def video(
         seconds = time.perf_counter() - t0
     typer.echo(f"analyzed {n_analyzed} frames of {file} (stride {stride}), {n_objects} objects, "
                f"{n_analyzed / max(seconds, 1e-9):.1f} frames/s" + (f" -> {out}" if out else ""), err=True)
+    if summary:
+        _print_video_summary(file, results, group_window, as_json, n_analyzed, n_objects)
+
+
+def _print_video_summary(file: Path, results, window_s: float, as_json: bool, n_frames: int, n_objects: int) -> None:
+    """The reverse video search's ranked videos and moments (``objsearch.moments.summarize_video_matches``)."""
+    from objsearch.moments import summarize_video_matches
+    from objsearch.types import format_timestamp, printable
+
+    matches = summarize_video_matches(results, window_s)
+    if as_json:
+        typer.echo(json.dumps({"query": str(file), "n_frames": n_frames, "n_objects": n_objects,
+                               "window_s": window_s, "videos": [m.to_dict() for m in matches]}))
+        return
+    if not matches:
+        typer.echo(f"no indexed video matches the {n_objects} objects of {printable(str(file))}")
+        return
+    typer.echo(f"indexed videos matching the {n_objects} objects in {n_frames} frames of {printable(str(file))} "
+               f"(score: each query object's 1/rank of its best neighbour in the video, summed):")
+    for rank, m in enumerate(matches, 1):
+        typer.echo(f"{rank:>3}. {printable(m.path)}: score {m.score:.1f}, {m.n_query_objects} query objects, "
+                   f"best d={m.best_distance:.2f}")
+        for moment in m.moments[:5]:
+            labels = ", ".join(f"{n} {label}" for label, n in sorted(moment.labels.items(), key=lambda kv: -kv[1]))
+            typer.echo(f"       {format_timestamp(moment.start_s)}-{format_timestamp(moment.end_s)}: score "
+                       f"{moment.score:.1f}, {moment.n_query_objects} query objects ({labels}), best "
+                       f"d={moment.best_distance:.2f} at {format_timestamp(moment.best.media.timestamp_s)} "
+                       f"(query {format_timestamp(moment.query_start_s)}-{format_timestamp(moment.query_end_s)})")
+        if len(m.moments) > 5:
+            typer.echo(f"       ... {len(m.moments) - 5} more moments (--json lists them all)")
 
 
 @contextlib.contextmanager

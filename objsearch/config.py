@@ -5,6 +5,7 @@ The resolved configuration is saved in every index file (root attribute ``config
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ DEFAULTS: dict[str, Any] = {
     "k": 16,
     "batch": 1,
     "runtime": "torch",
+    "video_fps": 1.0,
+    "video_stride": None,
 }
 
 
@@ -115,6 +118,16 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> dict[str, A
         raise ConfigError(f"conf must be in [0, 1], got {cfg['conf']}")
     if int(cfg["imgsz"]) < 32:
         raise ConfigError(f"imgsz must be >= 32 pixels, got {cfg['imgsz']}")
+    try:
+        cfg["video_fps"] = float(cfg["video_fps"])
+        cfg["video_stride"] = None if cfg["video_stride"] in (None, 0) else int(cfg["video_stride"])
+    except (TypeError, ValueError):
+        raise ConfigError(f"video_fps must be a number and video_stride an integer or null, got "
+                          f"{cfg['video_fps']!r} and {cfg['video_stride']!r}") from None
+    if not (0.0 < cfg["video_fps"] <= 1000.0) or not math.isfinite(cfg["video_fps"]):
+        raise ConfigError(f"video_fps must be in (0, 1000] frames per second, got {cfg['video_fps']}")
+    if cfg["video_stride"] is not None and cfg["video_stride"] < 1:
+        raise ConfigError(f"video_stride must be >= 1 frame (or null: sample video_fps), got {cfg['video_stride']}")
     if cfg["batch"] < 1:
         raise ConfigError(f"batch must be >= 1 image, got {cfg['batch']}")
     return cfg

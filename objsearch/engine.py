@@ -18,7 +18,8 @@ import numpy as np
 
 from objsearch.config import ConfigError, load_config
 from objsearch.errors import ImageReadError, IndexFileError, ObjsearchError, WeightsMismatchError, WeightsNotFoundError
-from objsearch.media import DEFAULT_MAX_PIXELS, read_image
+from objsearch.media import DEFAULT_MAX_PIXELS, read_image, read_video_frame
+from objsearch.moments import DEFAULT_GROUP_S, group_neighbors
 from objsearch.types import Detections, Hits, MediaRef, Neighbor, SearchResult, printable
 from objsearch.weights import resolve_weights, trusted_weights
 
@@ -215,6 +216,7 @@ class Engine:
     def _load_lookups(self) -> None:
         c = self.catalog
         self._path_to_media = {p: int(i) for p, i, f in zip(c.media_path, c.media_id, c.media_frame_index) if f < 0}
+        self._has_frames = bool(np.any(c.media_frame_index >= 0))
         self._class_counts = np.bincount(c.class_id, minlength=len(c.class_names)) if len(c.class_id) else \
             np.zeros(len(c.class_names), np.int64)
 
@@ -305,6 +307,26 @@ class Engine:
                            self.base_dir)
         return path
 
+    def read_media(self, media_id: int) -> np.ndarray:
+        """The picture of an indexed media item as (H, W, 3) uint8 BGR: its image file, or its frame decoded from
+        its video (the very frame analysis saw).
+
+        Raises
+        ------
+        KeyError
+            For an id that is not in the index.
+        ImageReadError
+            When the file is gone, unreadable, or its stored path leaves the base directory (VideoReadError, a
+            subclass, for a video or a frame it no longer has).
+        """
+        media = self.media(media_id)
+        path = self.media_path(media_id)
+        if path is None:
+            raise ImageReadError(f"cannot read {printable(media.path)}: its indexed path leaves the base directory")
+        if media.is_video_frame:
+            return read_video_frame(path, media.frame_index, max_pixels=self.max_pixels)
+        return read_image(path, max_pixels=self.max_pixels)
+
     def thumbnail(self, object_id: int) -> bytes:
         """JPEG bytes of an indexed object's crop.
 
@@ -320,7 +342,7 @@ class Engine:
     # ----------------------------------------------------------------------------------------------- searching
     def search(self, image: np.ndarray, *, k: int = 16, conf: float | None = None, same_class: bool = False,
                dims: int | None = None, exclude_media_id: int = -1, query: MediaRef | None = None,
-               timings: dict | None = None) -> SearchResult:
+               timings: dict | None = None, group_s: float | None = DEFAULT_GROUP_S) -> SearchResult:
         """Detect the objects of ``image`` (H, W, 3) uint8 BGR and find each one's k nearest indexed objects.
 
         Parameters
@@ -332,11 +354,15 @@ class Engine:
         exclude_media_id : leave that indexed media item's objects out (-1: none).
         query : what the image is (path, frame); width and height are taken from ``image``.
         timings : stage times measured before (e.g. ``decode``), copied into the result.
+        group_s : hits from one video, of one class, within this many seconds of each other are one neighbour (a
+            ``moment``, shown by its best frame; see ``objsearch.moments.group_neighbors``), and each row still
+            holds k neighbours where the index has them (more are fetched); None: every frame on its own. An index
+            without videos is searched exactly as with None.
 
         Raises
         ------
         ValueError
-            For k < 1 or conf outside [0, 1].
+            For k < 1, conf outside [0, 1] or a negative group_s.
         IndexFileError
             For a dimension the index does not hold.
         """
@@ -356,15 +382,37 @@ class Engine:
         vectors = self._projections[dims].transform(dets.features)
         t1 = time.perf_counter()
         timings["features"] = stage["features"] + (t1 - t0) * 1e3
-        with self._lock:  # a store rebuilds its structures lazily on the first search after a change
-            hits = store.search(vectors, k, class_id=dets.class_id if same_class else None,
-                                exclude_image_id=exclude_media_id if exclude_media_id >= 0 else None)
+        if group_s is not None and (not np.isfinite(group_s) or group_s < 0):
+            raise ValueError(f"group_s must be a number of seconds >= 0, got {group_s}")
+        group = group_s is not None and self._has_frames
+
+        def fetch(n: int) -> Hits:
+            with self._lock:  # a store rebuilds its structures lazily on the first search after a change
+                return store.search(vectors, n, class_id=dets.class_id if same_class else None,
+                                    exclude_image_id=exclude_media_id if exclude_media_id >= 0 else None)
+
+        n_objects = len(self.catalog.object_id)
+        n_fetch = min(4 * k, n_objects) if group else k
+        hits = fetch(n_fetch)
+        neighbors = self._neighbors(hits)
+        while group:
+            neighbors = [group_neighbors(row, group_s)[:k] for row in neighbors]
+            if n_fetch >= n_objects or all(len(row) >= k for row in neighbors):
+                break
+            n_fetch = min(4 * n_fetch, n_objects)  # moments swallowed too many: fetch deeper
+            hits = fetch(n_fetch)
+            neighbors = self._neighbors(hits)
+        if group:
+            hits = Hits.empty(len(neighbors), k)
+            for q, row in enumerate(neighbors):
+                hits.ids[q, :len(row)] = [nb.object_id for nb in row]
+                hits.distances[q, :len(row)] = [nb.distance for nb in row]
         t2 = time.perf_counter()
         timings["search"] = (t2 - t1) * 1e3
         ref = query or MediaRef(path="")
         ref = MediaRef(path=ref.path, width=int(image.shape[1]), height=int(image.shape[0]), media_id=ref.media_id,
                        frame_index=ref.frame_index, timestamp_s=ref.timestamp_s)
-        result = SearchResult(query=ref, detections=dets, hits=hits, neighbors=self._neighbors(hits),
+        result = SearchResult(query=ref, detections=dets, hits=hits, neighbors=neighbors,
                               class_names=self.class_names, notes=self._notes(dets, k, same_class))
         timings["assemble"] = (time.perf_counter() - t2) * 1e3
         result.timings_ms = timings
@@ -408,7 +456,7 @@ class Engine:
 
     def search_file(self, path: str | Path, *, k: int = 16, conf: float | None = None, same_class: bool = False,
                     exclude_self: bool = True, dims: int | None = None, warmup: bool = False,
-                    image: np.ndarray | None = None) -> SearchResult:
+                    image: np.ndarray | None = None, group_s: float | None = DEFAULT_GROUP_S) -> SearchResult:
         """``search`` on an image file; when the file is one of the indexed images and ``exclude_self``, its own
         objects are left out. With ``warmup``, a first pass at this input size runs untimed first (its time is
         ``timings_ms["warmup"]``, outside the total) so one-off timings are true. ``image`` (H, W, 3) uint8 BGR: the
@@ -426,7 +474,8 @@ class Engine:
         warm = self.detector.warmup(image.shape) if warmup else 0.0
         exclude = self.media_id_of(path) if exclude_self else -1
         result = self.search(image, k=k, conf=conf, same_class=same_class, exclude_media_id=exclude, dims=dims,
-                             query=MediaRef(path=str(path), media_id=exclude), timings={"decode": decode})
+                             query=MediaRef(path=str(path), media_id=exclude), timings={"decode": decode},
+                             group_s=group_s)
         if warm:
             result.timings_ms["warmup"] = warm
         return result

@@ -18,6 +18,17 @@ class ImageReadError(ObjsearchError):
     exit_code = 2
 
 
+class VideoReadError(ImageReadError):
+    """A video file cannot be opened or decoded, or ends before the frame count it declares (truncated or damaged).
+
+    ``frames_read`` counts the sampled frames delivered before the error (0 when the file could not be opened).
+    """
+
+    def __init__(self, message: str, frames_read: int = 0):
+        super().__init__(message)
+        self.frames_read = int(frames_read)
+
+
 class IndexFileError(ObjsearchError):
     """An index file is missing, not an objsearch index, truncated, of another format version or incomplete."""
 

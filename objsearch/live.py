@@ -16,6 +16,7 @@ import numpy as np
 
 from objsearch.errors import ObjsearchError
 from objsearch.media import decode_thumbnail
+from objsearch.moments import DEFAULT_GROUP_S
 from objsearch.sources import Frame, FrameSlot
 from objsearch.types import MediaRef, SearchResult
 
@@ -27,13 +28,15 @@ class QuerySettings:
     """What every query of the pipeline uses; read at each frame, so changes apply to the next one.
 
     k : neighbours per object (1-100). same_class : only neighbours of the object's class. dims : stored projection
-    dimension (None: the searcher's). conf : detection confidence threshold (None: the index's).
+    dimension (None: the searcher's). conf : detection confidence threshold (None: the index's). group_s : hits of
+    one video and class within this many seconds are one moment (None: every frame on its own).
     """
 
     k: int = 16
     same_class: bool = False
     dims: int | None = None
     conf: float | None = None
+    group_s: float | None = DEFAULT_GROUP_S
 
 
 @dataclass
@@ -112,7 +115,8 @@ def search_frame(engine, frame: Frame, settings: QuerySettings, cache: Thumbnail
                      frame_index=int(frame.index) if frame.is_video else -1,
                      timestamp_s=float(frame.timestamp_s) if frame.is_video else -1.0)
     result = engine.search(frame.image, k=int(settings.k), conf=settings.conf, same_class=settings.same_class,
-                           exclude_media_id=frame.image_id, dims=settings.dims, query=query)
+                           exclude_media_id=frame.image_id, dims=settings.dims, query=query,
+                           group_s=settings.group_s)
     timings = dict(result.timings_ms)
     thumbs = {}
     if cache is not None:

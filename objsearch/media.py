@@ -14,11 +14,12 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
 
-from objsearch.errors import ImageReadError
+from objsearch.errors import ImageReadError, VideoReadError
 from objsearch.types import SkippedFile
 
 LOGGER = logging.getLogger(__name__)
@@ -75,7 +76,8 @@ def list_media(paths, *, videos: bool = False) -> Listing:
             if wanted:
                 kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if (
                     stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)) else "not a regular file"
-                out.skipped.append(SkippedFile(str(p), f"{kind}, not an image file"))
+                what = "a video file" if suffix in VIDEO_SUFFIXES else "an image file"
+                out.skipped.append(SkippedFile(str(p), f"{kind}, not {what}"))
             else:
                 out.n_other += 1
             return
@@ -257,6 +259,158 @@ def fetch_image(url: str, *, max_bytes: int, timeout_s: float, allow_private: bo
 
 
 # ----------------------------------------------------------------------------------------------- video files
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video file's container declares: ``fps`` (frames per second; 25.0 when it declares none),
+    ``n_frames`` (0 when unknown), ``width`` and ``height`` in pixels."""
+
+    fps: float
+    n_frames: int
+    width: int
+    height: int
+
+    @property
+    def duration_s(self) -> float:
+        return self.n_frames / self.fps if self.fps > 0 else 0.0
+
+
+@dataclass
+class VideoFrame:
+    """One decoded frame: ``index`` (0-based frame number in the file), ``timestamp_s`` (``index / fps``, seconds
+    from the start) and ``image`` (H, W, 3) uint8 BGR."""
+
+    index: int
+    timestamp_s: float
+    image: np.ndarray
+
+
+def frame_sampled(index: int, fps: float, *, sample_fps: float | None = 1.0, stride: int | None = None) -> bool:
+    """Whether frame ``index`` of a video at ``fps`` is one of the frames sampled for the index.
+
+    With ``stride`` N, every N-th frame (0, N, 2N, ...). Otherwise ``sample_fps`` frames per second: the first frame
+    of each 1/sample_fps-second period (frame i is taken when ``floor(i * sample_fps / fps)`` moves on), so the
+    choice is a function of the frame number alone (a resumed job continues with the same frames) and never more
+    than every frame.
+    """
+    index = int(index)
+    if stride is not None and int(stride) > 0:
+        return index % int(stride) == 0
+    rate = float(sample_fps) / float(fps)
+    if index == 0 or rate >= 1.0:
+        return True
+    return int(np.floor(index * rate + 1e-9)) > int(np.floor((index - 1) * rate + 1e-9))
+
+
+def _open_video(path: Path, max_pixels: int):
+    """(cv2.VideoCapture, VideoInfo) of a regular video file. Raises VideoReadError."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise VideoReadError(f"cannot read video {path}: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise VideoReadError(f"cannot read video {path}: it is a folder")
+    if not stat.S_ISREG(st.st_mode):
+        raise VideoReadError(f"cannot read video {path}: not a regular file (a FIFO, socket or device)")
+    if st.st_size == 0:
+        raise VideoReadError(f"cannot read video {path}: the file is empty")
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    if not cap.isOpened():
+        cap.release()
+        raise VideoReadError(f"cannot read video {path}: not a video OpenCV can decode")
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    fps = float(fps) if fps and np.isfinite(fps) and 0 < fps <= 1000 else 25.0
+    n = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+    n = int(n) if n and np.isfinite(n) and n > 0 else 0
+    info = VideoInfo(fps, n, int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0))
+    if info.width * info.height > max_pixels:
+        cap.release()
+        raise VideoReadError(f"cannot read video {path}: {info.width} x {info.height} pixels a frame is more than the "
+                             f"limit of {max_pixels / 1e6:.0f} MP (max_pixels)")
+    return cap, info
+
+
+def video_info(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> VideoInfo:
+    """What the video file declares (frame rate, frame count, size), without decoding frames.
+
+    Raises
+    ------
+    VideoReadError
+        When the file is missing, not a regular file, empty, too large a frame or not a video OpenCV can open.
+    """
+    cap, info = _open_video(Path(path), max_pixels)
+    cap.release()
+    return info
+
+
+def read_video_frames(path: str | Path, *, sample_fps: float | None = 1.0, stride: int | None = None,
+                      start_frame: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[VideoFrame]:
+    """Decode the sampled frames of a video file (see ``frame_sampled``) from frame ``start_frame`` on.
+
+    Frames that are not sampled are passed over with ``cv2.VideoCapture.grab`` (demuxed and decoded, not converted
+    to BGR), so sampling 1 frame a second of a 25 fps video costs far less than decoding it all.
+
+    Yields
+    ------
+    VideoFrame, in frame order.
+
+    Raises
+    ------
+    VideoReadError
+        When the file cannot be opened (before any frame), or, after the frames it could read, when it ends before
+        the frame count its container declares (``frames_read`` says how many were delivered).
+    """
+    path = Path(path)
+    cap, info = _open_video(path, max_pixels)
+    try:
+        index, n_read, last = 0, 0, -1
+        while True:
+            want = index >= start_frame and frame_sampled(index, info.fps, sample_fps=sample_fps, stride=stride)
+            ok = cap.grab()
+            if not ok:
+                break
+            last = index
+            if want:
+                ok, image = cap.retrieve()
+                if not ok or image is None or image.size == 0:
+                    break
+                if image.ndim == 2:
+                    image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+                n_read += 1
+                yield VideoFrame(index, index / info.fps, image)
+            index += 1
+    finally:
+        cap.release()
+    if last < 0:
+        raise VideoReadError(f"cannot read video {path}: no frame could be decoded", n_read)
+    if info.n_frames and last + 1 < info.n_frames - max(2, info.n_frames // 100):
+        raise VideoReadError(f"video {path} stops at frame {last + 1} of the {info.n_frames} it declares (truncated "
+                             f"or damaged); the {n_read} sampled frames before were kept", n_read)
+
+
+def read_video_frame(path: str | Path, frame_index: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Frame ``frame_index`` of a video file as (H, W, 3) uint8 BGR (the frames before it are passed over with
+    ``grab``, so the frame is exactly the one analysis decoded).
+
+    Raises
+    ------
+    VideoReadError
+        When the file cannot be read or has no such frame.
+    """
+    frame_index = int(frame_index)
+    if frame_index < 0:
+        raise VideoReadError(f"cannot read frame {frame_index} of video {path}: frame numbers start at 0")
+    try:
+        for frame in read_video_frames(path, stride=max(frame_index, 1), start_frame=frame_index,
+                                       max_pixels=max_pixels):
+            if frame.index == frame_index:
+                return frame.image
+            break
+    except VideoReadError as exc:
+        if exc.frames_read == 0 and "stops at frame" not in str(exc):
+            raise
+    raise VideoReadError(f"cannot read frame {frame_index} of video {path}: the video has no such frame")
+
+
 class VideoWriter:
     """An H.264 MP4 file written frame by frame with PyAV (browsers play it; ``+faststart`` puts the index first).
 

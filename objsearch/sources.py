@@ -92,6 +92,29 @@ class ImageFileSource(FrameSource):
         return Frame(read_image(self.path), 0, time.time(), str(self.path), self.image_id)
 
 
+class VideoFrameSource(FrameSource):
+    """One frame of a video file, decoded at its frame number (an indexed video frame clicked in the app becomes the
+    query: the very frame analysis saw). ``image_id`` is its media id in the index (its own objects are left out).
+
+    Raises
+    ------
+    VideoReadError
+        From ``read`` when the file is gone, not a video, or has no such frame.
+    """
+
+    def __init__(self, path: str | Path, frame_index: int, timestamp_s: float, image_id: int = -1):
+        self.path = Path(path)
+        self.frame_index, self.timestamp_s = int(frame_index), float(timestamp_s)
+        self.image_id = int(image_id)
+        self.name = str(self.path)
+
+    def read(self) -> Frame:
+        from objsearch.media import read_video_frame
+
+        image = read_video_frame(self.path, self.frame_index)
+        return Frame(image, self.frame_index, self.timestamp_s, str(self.path), self.image_id, is_video=True)
+
+
 class RandomImageSource(FrameSource):
     """A random image of the index per ``read`` (the original app's "random image" query).
 

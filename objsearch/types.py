@@ -231,9 +231,23 @@ class Hits:
         return cls(np.full((q, k), np.inf, np.float32), np.full((q, k), -1, np.int64))
 
 
+@dataclass(frozen=True)
+class Moment:
+    """Hits from one video, of one class, close in time, shown as one neighbour (its best frame).
+
+    start_s, end_s : float, seconds from the start of the video of the first and last frame in the moment.
+    frames : int, how many indexed frames of the video hit (each counted once).
+    """
+
+    start_s: float
+    end_s: float
+    frames: int
+
+
 @dataclass
 class Neighbor:
-    """One neighbour of a query object: the indexed object, its media item and its distance."""
+    """One neighbour of a query object: the indexed object, its media item and its distance; ``moment`` when it is
+    the best frame of a group of hits from the same video (``objsearch.moments``)."""
 
     object_id: int
     media: MediaRef
@@ -241,6 +255,7 @@ class Neighbor:
     class_id: int
     confidence: float
     distance: float
+    moment: Moment | None = None
 
 
 def _round(value: float, digits: int) -> float | None:
@@ -293,7 +308,8 @@ class SearchResult:
     def to_dict(self) -> dict:
         """The ``query --json`` object: ``image``, ``width``, ``height``, ``timings_ms`` and ``objects`` with their
         ``neighbors`` (``object_id``, ``image_id``, ``path``, ``box``, ``class_id``, ``label``, ``confidence``,
-        ``distance``, and ``frame_index`` / ``timestamp_s`` for video frames). Floats are rounded; ``total`` is the
+        ``distance``, and ``frame_index`` / ``timestamp_s`` for video frames, ``moment`` {``start_s``, ``end_s``,
+        ``frames``} when hits of one video were grouped). Floats are rounded; ``total`` is the
         sum of the stages (a ``warmup`` pass, when one ran, is reported beside them, not in the total). Only finite
         numbers: JSON has no NaN."""
         timings = {k: v for k, v in self.timings_ms.items() if k != "total"}
@@ -316,6 +332,9 @@ class SearchResult:
                 if nb.media.is_video_frame:
                     item["frame_index"] = int(nb.media.frame_index)
                     item["timestamp_s"] = _round(nb.media.timestamp_s, 3)
+                if nb.moment is not None:
+                    item["moment"] = {"start_s": _round(nb.moment.start_s, 3), "end_s": _round(nb.moment.end_s, 3),
+                                      "frames": int(nb.moment.frames)}
                 neighbors.append(item)
             obj = {
                 "box": [_round(v, 2) for v in self.detections.xyxy[i]],

@@ -551,3 +551,43 @@ def test_dropping_an_image_file_on_the_window_queries_it(qtbot, window):
     result = wait_result(qtbot, window, n)
     assert result.frame.name.endswith("zidane.jpg") and window.source_kind == "image"
     assert "person" in {o["label"] for o in result.result.to_dict()["objects"]}
+
+
+def test_a_video_neighbour_shows_its_time_and_a_click_queries_that_frame(qtbot, tmp_path):
+    """An index with a video: its neighbours' tooltips give the time (and moment); clicking one makes that frame,
+    decoded from the video, the query."""
+    from PyQt6 import QtCore
+
+    from objsearch.gui.window import MainWindow
+    from objsearch.media import read_video_frame
+
+    folder = tmp_path / "media"
+    folder.mkdir()
+    shutil.copy(DATA / "video" / "walking.mp4", folder / "walking.mp4")
+    shutil.copy(coco_images(1)[0], folder)
+    index = tmp_path / "walk.h5"
+    done = run_cli("analyze", folder, "-o", index, "--weights", WEIGHTS, "--imgsz", "320", "--video-fps", "0.5")
+    assert done.returncode == 0, done.stderr
+    w = MainWindow(index, weights=str(WEIGHTS))
+    w.show()
+    try:
+        n = w.n_results_shown
+        w.query_image(COCO128_IMAGES / "000000000036.jpg")  # a person
+        wait_result(qtbot, w, n)
+        tile = next(t for t in w.rows.tiles if t.row == 0 and t.column >= 0)
+        media = w.searcher.media(int(w.searcher.catalog.object_media_id[
+            w.searcher.catalog.object_rows([tile.object_id])[0]]))
+        assert media.is_video_frame
+        tip = w.rows.tooltips[(tile.row, tile.column)]
+        assert "walking.mp4 @ 00:00:" in tip and "click: search this frame" in tip
+        n = w.n_results_shown
+        qtbot.mouseClick(w.rows, QtCore.Qt.MouseButton.LeftButton,
+                         pos=QtCore.QPoint(tile.x + tile.width // 2, tile.y + tile.height // 2))
+        result = wait_result(qtbot, w, n)
+        assert result.frame.is_video and result.frame.index == media.frame_index
+        assert result.frame.image_id == media.media_id
+        assert (result.frame.image == read_video_frame(folder / "walking.mp4", media.frame_index)).all()
+        assert result.result.to_dict()["frame"] == media.frame_index
+    finally:
+        w.shutdown()
+        w.close()

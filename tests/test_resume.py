@@ -161,3 +161,29 @@ def test_journal_without_a_readable_header_starts_over(tmp_path):
     journal = Journal(path, {"conf": 0.25})
     journal.close()
     assert journal.pending == [] and Journal(path, {"conf": 0.25}).pending == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_at_bytes", [30_000, 150_000])
+def test_analyze_killed_in_the_middle_of_a_video_then_resumed_equals_an_uninterrupted_run(tmp_path, kill_at_bytes):
+    """The journal holds finished frames of walking.mp4 when the job is killed; the next run applies them and goes
+    on from the video's next frame."""
+    folder = copy_images(coco_images(2), tmp_path / "media")
+    shutil.copy(ROOT.parent / "shared" / "data" / "video" / "walking.mp4", folder / "walking.mp4")
+    args = ["--weights", WEIGHTS, "--imgsz", "320", "--video-fps", "2"]
+    straight = tmp_path / "straight.h5"
+    assert run_cli("analyze", folder, "-o", straight, *args).returncode == 0
+    out = tmp_path / "killed.h5"
+    journal = out.with_name(out.name + ".journal")
+    kill_when(["analyze", folder, "-o", out, *args], journal, kill_at_bytes)
+    with Catalog(out) as unfinished:
+        assert unfinished.state == "analyzing"
+    finished = run_cli("analyze", folder, "-o", out, *args)
+    assert finished.returncode == 0, finished.stderr
+    assert "resumed from an interrupted run" in finished.stdout, finished.stdout
+    with Catalog(out) as a, Catalog(straight) as b:
+        assert a.media_path == b.media_path and len(a.media_path) == 2 + 28
+        np.testing.assert_array_equal(a.media_frame_index, b.media_frame_index)
+        np.testing.assert_array_equal(a.object_id, b.object_id)
+        np.testing.assert_array_equal(a.object_media_id, b.object_media_id)
+        np.testing.assert_allclose(a.vectors(32), b.vectors(32), atol=1e-4)

@@ -23,11 +23,11 @@ from objsearch.analysis import JobCancelled, analyze
 from objsearch.engine import Engine
 from objsearch.errors import ObjsearchError
 from objsearch.media import IMAGE_SUFFIXES
-from objsearch.types import printable
+from objsearch.types import format_timestamp, printable
 from objsearch.live import LivePipeline, LiveResult, QuerySettings
 from objsearch.render import compose_rows, draw_boxes
 from objsearch.sources import (CaptureThread, FrameSlot, ImageFileSource, RandomImageSource, ScreenSource, SourceError,
-                               VideoFileSource, WebcamSource, parse_source)
+                               VideoFileSource, VideoFrameSource, WebcamSource, parse_source)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -596,8 +596,10 @@ class MainWindow(QtWidgets.QMainWindow):
             return False
         if self._random is None:  # one list of paths per index and image folder, not per click
             try:
-                paths = [self.searcher.media_path(m) for m in self.searcher.catalog.media_id]
-                ids = [int(m) for m, p in zip(self.searcher.catalog.media_id, paths) if p is not None]
+                c = self.searcher.catalog
+                images = c.media_id[c.media_frame_index < 0]  # video frames are not image files
+                paths = [self.searcher.media_path(m) for m in images]
+                ids = [int(m) for m, p in zip(images, paths) if p is not None]
                 self._random = RandomImageSource([p for p in paths if p is not None], media_ids=ids)
             except SourceError as exc:
                 self.show_message(str(exc), error=True)
@@ -625,6 +627,11 @@ class MainWindow(QtWidgets.QMainWindow):
             self.show_message(f"the indexed path {printable(self.searcher.media(media_id).path)} leaves the image "
                               f"folder; not opened", error=True)
             return False
+        media = self.searcher.media(media_id)
+        if media.is_video_frame:  # that frame, decoded from its video, is the new query
+            self.stop_source()
+            self._set_kind("image")
+            return self._submit_still(VideoFrameSource(path, media.frame_index, media.timestamp_s, media_id))
         return self.query_image(path, media_id)
 
     def _start_continuous(self, kind: str, make_source, realtime: bool = True) -> bool:
@@ -768,8 +775,11 @@ class MainWindow(QtWidgets.QMainWindow):
             tips[(r, -1)] = (f"query object: {found.label(dets.class_id[r])} {dets.confidence[r]:.2f}, box "
                              f"{x1:.0f},{y1:.0f},{x2:.0f},{y2:.0f} in {printable(result.frame.name)}{note}")
             for c, nb in enumerate(found.neighbors[r]):
+                moment = (f"\nmoment {format_timestamp(nb.moment.start_s)}-{format_timestamp(nb.moment.end_s)}, "
+                          f"{nb.moment.frames} frames" if nb.moment is not None and nb.moment.frames > 1 else "")
                 tips[(r, c)] = (f"{nb.media.display_name()}\n{found.label(nb.class_id)} {nb.confidence:.2f}, "
-                                f"distance {nb.distance:.3f} (object {nb.object_id})\nclick: search this image")
+                                f"distance {nb.distance:.3f} (object {nb.object_id}){moment}\nclick: search this "
+                                f"{'frame' if nb.media.is_video_frame else 'image'}")
         return np.ascontiguousarray(boxed), picture, tiles, tips
 
     def _paint_rows(self, result: LiveResult) -> None:

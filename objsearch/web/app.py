@@ -41,7 +41,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from objsearch.errors import ImageReadError, IndexFileError, ObjsearchError
-from objsearch.media import DEFAULT_MAX_PIXELS, decode_image, make_thumbnail, read_image
+from objsearch.media import DEFAULT_MAX_PIXELS, decode_image, make_thumbnail, read_image, read_video_frame
+from objsearch.moments import DEFAULT_GROUP_S
 from objsearch.types import MediaRef, printable
 from objsearch.web.fetch import DEFAULT_TIMEOUT_S, UrlFetchError, fetch_image_url
 
@@ -217,12 +218,12 @@ def create_app(engine, settings: WebSettings | None = None) -> FastAPI:
             ref = engine.media(media_id)
         except KeyError:
             raise _ApiError(404, f"no indexed image has id {media_id}") from None
-        if ref.frame_index >= 0:
-            raise _ApiError(400, f"media {media_id} is a video frame; search its video with `objsearch video`")
         path = engine.media_path(media_id)
         if path is None:
             raise _ApiError(403, f"the indexed path of media {media_id} leaves the base directory; refused")
         try:
+            if ref.is_video_frame:  # the frame decoded from its video
+                return read_video_frame(path, ref.frame_index, max_pixels=settings.max_pixels), ref
             return read_image(path, max_pixels=settings.max_pixels), ref
         except ImageReadError:
             raise _ApiError(404, f"the file of media {media_id} cannot be read under the base directory") from None
@@ -362,12 +363,13 @@ def create_app(engine, settings: WebSettings | None = None) -> FastAPI:
     @app.post("/api/search")
     async def search(request: Request, k: int = Query(16, ge=1, le=MAX_K), conf: float | None = Query(None, ge=0, le=1),
                      same_class: bool = False, dims: int | None = None, mode: str = "objects",
-                     media_id: int | None = None, include_self: bool = False):
+                     media_id: int | None = None, include_self: bool = False,
+                     group_s: float = Query(DEFAULT_GROUP_S, ge=0, le=3600), group: bool = True):
         if mode not in MODES:
             raise _ApiError(400, f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if dims is not None and dims not in engine.catalog.dims:
             raise _ApiError(400, f"dims must be one of {engine.catalog.dims} (stored in the index), got {dims}")
-        kwargs = dict(k=k, conf=conf, same_class=same_class, dims=dims)
+        kwargs = dict(k=k, conf=conf, same_class=same_class, dims=dims, group_s=group_s if group else None)
         if media_id is not None:
             def work():
                 follow_index()
@@ -375,8 +377,10 @@ def create_app(engine, settings: WebSettings | None = None) -> FastAPI:
                 image, ref = indexed_image(media_id)
                 decode = (time.perf_counter() - t0) * 1e3
                 exclude = -1 if include_self else int(media_id)
-                return engine.search(image, exclude_media_id=exclude, query=MediaRef(path=ref.path, media_id=exclude),
-                                     timings={"decode": decode}, **kwargs).to_dict()
+                query = MediaRef(path=ref.path, media_id=exclude, frame_index=ref.frame_index,
+                                 timestamp_s=ref.timestamp_s)
+                return engine.search(image, exclude_media_id=exclude, query=query, timings={"decode": decode},
+                                     **kwargs).to_dict()
 
             return await cpu(work)
         ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
