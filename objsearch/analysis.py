@@ -694,7 +694,8 @@ def _open_for_job(index: Path, cfg_overrides: dict, weights, detector):
 
 
 def add(index: str | Path, paths: Iterable[str | Path], *, weights: str | None = None, device: str | None = None,
-        runtime: str | None = None, progress: ProgressFn | None = None, cancel: threading.Event | None = None, detector=None) -> JobSummary:
+        runtime: str | None = None, progress: ProgressFn | None = None, cancel: threading.Event | None = None,
+        detector=None) -> JobSummary:
     """Analyze image files (or the images under folders) and add them to ``index`` with its own weights, recipe and
     projection. Files already indexed are left as they are (``n_already``; ``sync`` re-analyzes changed ones).
 
