@@ -147,3 +147,25 @@ def test_video_writer_writes_small_h264(tmp_path, results, engine):
         writer.write(np.zeros((101, 77, 3), np.uint8))
     with av.open(str(tmp_path / "odd.mp4")) as container:
         assert container.streams.video[0].codec_context.width == 76
+
+
+def test_a_note_shows_in_the_row_picture():
+    """A query object whose class the index holds none of gets an amber note tile before its (other-class)
+    neighbours in the rows picture (the query --out picture and the app's rows); a row without a note has none, and
+    the neighbours' tiles (hit-testing) move right by the note's width."""
+    from objsearch.render import NOTE_COLOR, compose_rows
+    from objsearch.types import Detections, Hits, MediaRef, Neighbor, SearchResult
+
+    image = np.full((100, 100, 3), 128, np.uint8)
+    dets = Detections(np.array([[10, 10, 50, 50], [60, 60, 90, 90]], np.float32), [0.9, 0.8], [0, 1])
+    nb = Neighbor(object_id=7, media=MediaRef(path="a.jpg"), xyxy=np.zeros(4, np.float32), class_id=2,
+                  confidence=0.7, distance=1.0)
+    result = SearchResult(query=MediaRef(path="q.jpg"), detections=dets, hits=Hits([[1.0], [1.0]], [[7], [7]]),
+                          neighbors=[[nb], [nb]], class_names=["person", "bicycle", "car"],
+                          notes=["the index holds no person; these are other things", ""])
+    picture, tiles = compose_rows(image, result, {}, thumb_height=64)
+    first, second = [t for t in tiles if t.column == 0]
+    assert first.x == second.x + 2 * 64 + 3
+    amber = np.all(picture == NOTE_COLOR, axis=2)
+    row_h = 64 + 16
+    assert amber[:row_h].sum() > 200 and amber[row_h + 4:].sum() == 0
