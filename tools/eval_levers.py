@@ -63,28 +63,54 @@ HEADER = ("P@1   P@5   P@16  sP@5  false R@1   flip  0.75x jpeg  (extra vs coco1
           "matched: P@5 sP@5 R@1 flip")
 
 
+def ladder() -> list[tuple]:
+    """The lever table of the README: one lever at a time from today's default to the chosen configuration."""
+    base, light = {"cls_logits": 2.5, "neck_roi": 1.0}, {"cls_logits": 1.5, "neck_roi": 1.0}
+    H = ev.Hygiene
+    return [
+        ("v8n default, random (before)", "v8n", base, H(), "random"),
+        ("v8n default, pca", "v8n", base, H(), "pca"),
+        ("v8n + index_conf 0.5", "v8n", base, H(0.5), "random"),
+        ("v8n + index_conf 0.5 + dedup 0.5", "v8n", base, H(0.5, 0.5), "random"),
+        ("v8n + index_conf 0.5 + dedup + mirror", "v8n", base, H(0.5, 0.5, True), "random"),
+        ("11n default, random", "11n", base, H(), "random"),
+        ("11n default, pca", "11n", base, H(), "pca"),
+        ("11n + index_conf 0.5 + dedup + mirror", "11n", base, H(0.5, 0.5, True), "random"),
+        ("11n + index_conf 0.6 + dedup", "11n", base, H(0.6, 0.5), "random"),
+        ("11n + index_conf 0.6 + dedup + mirror", "11n", base, H(0.6, 0.5, True), "random"),
+        ("  same, pca", "11n", base, H(0.6, 0.5, True), "pca"),
+        ("  same, logits 1.5, random", "11n", light, H(0.6, 0.5, True), "random"),
+        ("  same, logits 1.5, pca (chosen)", "11n", light, H(0.6, 0.5, True), "pca"),
+        ("  chosen without mirror", "11n", light, H(0.6, 0.5), "pca"),
+        ("  chosen with index_conf 0.5", "11n", light, H(0.5, 0.5, True), "pca"),
+        ("  chosen with logits 2", "11n", {"cls_logits": 2.0, "neck_roi": 1.0}, H(0.6, 0.5, True), "pca"),
+        ("  chosen with logits 1, random", "11n", {"cls_logits": 1.0, "neck_roi": 1.0}, H(0.6, 0.5, True), "random"),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("cache", type=Path)
     parser.add_argument("--dims", type=int, default=32)
-    parser.add_argument("--study", default="all")
+    parser.add_argument("--study", default="ladder", choices=("ladder", "grid", "rerank"))
     args = parser.parse_args()
-    base = {"cls_logits": 2.5, "neck_roi": 1.0}
-    variants = []
-    if args.study in ("all", "base"):
-        for w, m in itertools.product(("v8n", "11n"), ("random", "pca")):
-            variants.append((f"{w} default {m}", w, base, ev.Hygiene(), m))
-    if args.study in ("all", "hygiene"):
-        for w in ("v8n", "11n"):
-            for ic, dd, mir in itertools.product((None, 0.35, 0.45), (None, 0.5), (False, True)):
-                variants.append((f"{w} ic={ic} dedup={dd} mirror={mir}", w, base, ev.Hygiene(ic, dd, mir), "random"))
-    if args.study == "recipe":
-        for w in ("v8n", "11n"):
-            for name, rec in (("logits2.5+neck", base), ("logits1.5+neck", {"cls_logits": 1.5, "neck_roi": 1.0}),
-                              ("logits4+neck", {"cls_logits": 4.0, "neck_roi": 1.0}),
-                              ("logits2.5+neck+clsroi", {"cls_logits": 2.5, "neck_roi": 1.0, "cls_roi": 1.0}),
-                              ("logits2.5+neck+clscell", {"cls_logits": 2.5, "neck_roi": 1.0, "cls_cell": 1.0})):
-                variants.append((f"{w} {name} mirror", w, rec, ev.Hygiene(0.35, 0.5, True), "random"))
+    if args.study == "rerank":  # a stored box-quality score (the confidence) used to rank near-ties
+        light = {"cls_logits": 1.5, "neck_roi": 1.0}
+        c128, extra = load(args.cache, "11n", "coco128", light), load(args.cache, "11n", "extra", light)
+        data = ev.realistic(c128, extra, QUERY_CONF, ev.Hygiene(0.6, 0.5, True))
+        print("quality_weight  P@1   P@5   P@16  sP@5  false  (extra vs coco128, chosen configuration)")
+        for w in (0.0, 0.25, 0.5, 1.0, 2.0):
+            r = ev.score_realistic(data, args.dims, "pca", 0, w)
+            p, q = r["precision_at_k"], r["precision_at_k_same_class"]
+            print(f"{w:14.2f}  {p[1]:.3f} {p[5]:.3f} {p[16]:.3f} {q[5]:.3f} {r['false_neighbours_same_class']:.3f}",
+                  flush=True)
+        return
+    variants = ladder()
+    if args.study == "grid":
+        variants = [(f"{w} ic={ic} dedup={dd} mirror={mir} {m}", w, {"cls_logits": 2.5, "neck_roi": 1.0},
+                     ev.Hygiene(ic, dd, mir), m)
+                    for w, m, ic, dd, mir in itertools.product(("v8n", "11n"), ("random", "pca"), (None, 0.35, 0.45),
+                                                               (None, 0.5), (False, True))]
     print(f"{'variant':44s} {HEADER}")
     for label, w, rec, hyg, m in variants:
         print(f"{label:44s} {fmt(row(args.cache, w, rec, hyg, m, args.dims))}", flush=True)
