@@ -211,8 +211,9 @@ def draw_boxes(image: np.ndarray, result: SearchResult, scale: float = 1.0, thic
 
 def compose_rows(image: np.ndarray, result: SearchResult, thumbnails: dict, *, thumb_height: int = 96,
                  gap: int = 3, separator: int = 12) -> tuple[np.ndarray, list[Tile]]:
-    """One row per query object: its crop from ``image``, then its note when it has one (``note_cell``: the index
-    holds none or few objects of its class), then its neighbours' thumbnails, each labeled.
+    """One row per query object: its crop from ``image``, then its neighbours' thumbnails, each labeled; a row whose
+    object has a note (the index holds none or few objects of its class) shows it (``note_cell``) as a banner across
+    the top of its neighbours, or in their place when there are none.
 
     Parameters
     ----------
@@ -240,17 +241,21 @@ def compose_rows(image: np.ndarray, result: SearchResult, thumbnails: dict, *, t
         tiles.append(Tile(0, y, size, tile_h, r, -1, -1))
         x = size + separator
         parts.append(np.full((tile_h, separator, 3), 24, np.uint8))
-        note = result.notes[r] if r < len(result.notes) else ""
-        if note:  # the index holds none or few of this class: say so before the row
-            parts += [note_cell(note, tile_h, 2 * size), np.full((tile_h, gap, 3), 24, np.uint8)]
-            x += 2 * size + gap
         for c, nb in enumerate(result.neighbors[r]):
             thumb = _decode(thumbnails.get(nb.object_id))
             parts += [_cell(thumb, size, f"{result.label(nb.class_id)} d={nb.distance:.2f}", _color(nb.class_id)),
                       np.full((tile_h, gap, 3), 24, np.uint8)]
             tiles.append(Tile(x, y, size, tile_h, r, c, int(nb.object_id)))
             x += size + gap
-        rows.append(np.hstack(parts))
+        note = result.notes[r] if r < len(result.notes) else ""
+        if note and not result.neighbors[r]:  # nothing to show: the note takes the row
+            parts.append(note_cell(note, tile_h, 2 * size))
+        row = np.hstack(parts)
+        if note and result.neighbors[r]:  # the index holds none or few of this class: a banner over the row
+            start = size + separator
+            banner = note_cell(note, min(tile_h, 34), row.shape[1] - start)
+            row[:banner.shape[0], start:] = banner
+        rows.append(row)
     if not rows:
         return np.zeros((0, 0, 3), np.uint8), tiles
     width = max(r.shape[1] for r in rows)
