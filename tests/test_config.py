@@ -92,7 +92,7 @@ def test_index_hygiene_keys(tmp_path):
     assert load_config(None, index_conf="0.4")["index_conf"] == 0.4
     for key, value, message in (("index_conf", 1.5, r"index_conf must be in \[0, 1\] or null, got 1.5"),
                                 ("dedup_iou", "x", "dedup_iou must be a number"),
-                                ("index_mirror", "yes", "index_mirror must be true or false")):
+                                ("index_mirror", "maybe", "index_mirror must be true or false")):
         path = tmp_path / f"{key}.yaml"
         path.write_text(f"{key}: {value}\n")
         with pytest.raises(ConfigError, match=message):
