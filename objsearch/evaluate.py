@@ -1,7 +1,14 @@
 """Retrieval quality on a folder of images with YOLO-format labels (``objsearch eval``).
 
-Protocol
---------
+Realistic protocol (``collect_labeled``, ``realistic``, ``score_realistic``; what ``eval`` prints first)
+-------------------------------------------------------------------------------------------------------
+The index holds every detection ``analyze`` would keep (with its index hygiene, ``Hygiene``), false positives and
+duplicates included; the query objects are the detections of a second labeled folder (or, leave-one-image-out, of
+the same one) that match a labeled object; a neighbour is right only when it is an indexed detection that matches a
+labeled object of the query's class. See ``realistic`` for the details.
+
+Matched protocol (``collect`` or ``matched_data``, ``score``)
+-------------------------------------------------------------
 * Every image is analysed once; each detection is matched to a ground-truth box at IoU >= 0.5 (greedy by
   confidence, class-agnostic, each ground-truth box used once) and takes that box's class as its true class.
   Unmatched detections are left out. The matched detections form the evaluation index.
