@@ -315,6 +315,30 @@ def _relative(path: Path, base_dir: Path) -> str:
                              f"one folder tree") from None
 
 
+def detect_for_index(detector, images: list[np.ndarray], cfg: dict) -> list[Detections]:
+    """Detections of ``images`` (each (H, W, 3) uint8 BGR) as an index stores them: confidence at least ``conf`` and
+    ``index_conf``, class-aware duplicates at IoU ``dedup_iou`` suppressed (``objsearch.hygiene.index_keep``), and
+    with ``index_mirror`` each object's features the mean of its own and its mirrored features
+    (``Detector.detect_batch(mirror=True)``: one more network pass), so that a mirrored query finds it. Several
+    images go in one forward pass (they must share a letterbox shape)."""
+    from objsearch.hygiene import index_keep
+
+    conf = float(cfg["conf"]) if cfg.get("index_conf") is None else max(float(cfg["conf"]), float(cfg["index_conf"]))
+    mirror = bool(cfg.get("index_mirror", False))
+    found = detector.detect_batch(images, auto=True, conf=conf, mirror=mirror)
+    out = []
+    for dets in found:
+        if mirror and len(dets):
+            dets = Detections(dets.xyxy, dets.confidence, dets.class_id,
+                              0.5 * (dets.features + dets.data["mirror_features"]))
+        elif mirror:
+            dets = Detections(dets.xyxy, dets.confidence, dets.class_id, dets.features)
+        if cfg.get("dedup_iou") is not None:
+            dets = dets[index_keep(dets.xyxy, dets.confidence, dets.class_id, dedup_iou=float(cfg["dedup_iou"]))]
+        out.append(dets)
+    return out
+
+
 def job_settings(detector, cfg: dict) -> dict:
     """What must stay the same across the images of one index (and its journal)."""
     return {
@@ -323,6 +347,8 @@ def job_settings(detector, cfg: dict) -> dict:
         "iou": detector.iou, "max_det": detector.max_det, "conf": float(cfg["conf"]),
         "thumb_size": int(cfg["thumb_size"]), "thumb_quality": int(cfg["thumb_quality"]),
         "video_sampling": video_sampling(cfg),
+        "index_conf": cfg.get("index_conf"), "dedup_iou": cfg.get("dedup_iou"),
+        "index_mirror": bool(cfg.get("index_mirror", False)),
     }
 
 
@@ -452,8 +478,7 @@ class _Run:
             if not pending:
                 return
             images = [image for _, image, _ in pending]
-            found = (self.detector.detect_batch(images, auto=True, conf=self.cfg["conf"]) if len(images) > 1
-                     else [self.detector(images[0], conf=self.cfg["conf"])])
+            found = detect_for_index(self.detector, images, self.cfg)
             todo = list(pending)
             pending.clear()
             for (path, image, where), dets in zip(todo, found):
@@ -663,6 +688,10 @@ def index_config(catalog) -> dict:
     if not isinstance(stored, dict):
         raise IndexFileError(f"{catalog.path} is damaged: its config attribute is not a mapping")
     overrides = {k: v for k, v in stored.items() if k in keep}
+    # index hygiene: what the index was built with; an index made before these settings existed keeps none
+    hygiene = {"index_conf": stored.get("index_conf"), "dedup_iou": stored.get("dedup_iou"),
+               "index_mirror": stored.get("index_mirror", False)}
+    overrides.update(hygiene)
     if "imgsz" in recipe:
         overrides["imgsz"] = recipe["imgsz"]
     try:
@@ -671,6 +700,7 @@ def index_config(catalog) -> dict:
         raise IndexFileError(f"{catalog.path} is damaged: its stored config or feature_recipe is invalid ({exc})") \
             from None
     cfg["feature_recipe"] = blocks
+    cfg.update({k: v for k, v in hygiene.items() if v is None})  # load_config ignores None overrides
     return cfg
 
 

@@ -626,7 +626,11 @@ def info(index: Annotated[Path, typer.Argument(help="Index file.")]) -> None:
 @app.command("eval")
 @handle_errors
 def evaluate(
-    data_dir: Annotated[Path, typer.Argument(help="Folder with images/ and YOLO-format labels/.")],
+    data_dir: Annotated[Path, typer.Argument(help="Folder with images/ and YOLO-format labels/: the index.")],
+    queries: Annotated[Optional[Path], typer.Option(
+        help="A second labeled folder whose objects query the index (realistic protocol); without it the index's "
+             "own objects query it, leaving their own image out.")] = None,
+    protocol: Annotated[str, typer.Option(help="realistic, matched or both.")] = "both",
     dims: Annotated[str, typer.Option(help="Comma-separated projection dims.")] = "16,32,64,128,256",
     projection: Annotated[Optional[str], typer.Option(help="random or pca.")] = None,
     weights: WeightsOpt = None,
@@ -636,53 +640,108 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     runtime: RuntimeOpt = None,
 ) -> None:
-    """Retrieval quality on labeled images: class precision@1/5/16 and instance recall@1 per dimension."""
+    """Retrieval quality on labeled images: class precision@1/5/16 and instance recall@1 per dimension.
+
+    The realistic protocol indexes every detection analyze would keep and counts a neighbour right only when it
+    matches a labeled object of the query's class; the matched protocol indexes only detections that match a
+    labeled object (see objsearch/evaluate.py)."""
     from objsearch import evaluate as ev
     from objsearch.engine import load_detector
     from objsearch.errors import EmptyFolderError
 
     cfg = load_config(config, projection=projection, device=device, feature_recipe=recipe, weights=weights,
                       runtime=runtime)
+    if protocol not in ("realistic", "matched", "both"):
+        raise ObjsearchError(f"--protocol must be realistic, matched or both, got {protocol!r}")
     dim_list = parse_dims(dims)
-    images = ev.list_labeled_images(data_dir) if data_dir.is_dir() else []
-    if not images:
-        raise EmptyFolderError(f"{data_dir} holds no images (expected images/ and labels/ as ultralytics lays them out)")
-    if not any(ev.label_path_for(p).is_file() for p in images):
-        raise EmptyFolderError(f"{data_dir} has no YOLO labels (expected labels/ next to images/, one .txt per image)")
+    folders = [data_dir] + ([queries] if queries is not None else [])
+    listed = []
+    for folder in folders:
+        images = ev.list_labeled_images(folder) if folder.is_dir() else []
+        if not images:
+            raise EmptyFolderError(f"{folder} holds no images (expected images/ and labels/ as ultralytics lays them "
+                                   "out)")
+        if not any(ev.label_path_for(p).is_file() for p in images):
+            raise EmptyFolderError(f"{folder} has no YOLO labels (expected labels/ next to images/, one .txt per "
+                                   "image)")
+        listed.append(images)
     detector = load_detector(cfg)
-    bar, update = _progress_bar(len(images), "eval")
-    state = {"done": 0, "objects": 0}
+    hygiene = ev.Hygiene(cfg["index_conf"], cfg["dedup_iou"], bool(cfg["index_mirror"]))
+    conf = float(cfg["conf"])
+    collect_conf = min(conf, conf if hygiene.index_conf is None else float(hygiene.index_conf))
 
-    def progress(n_objects):
-        state["done"] += 1
-        state["objects"] += n_objects
-        update(state["done"], len(images), state["objects"])
+    def detect(image, conf, mirror=False):
+        return detector.detect_batch([image], conf=conf, mirror=mirror)[0]
 
-    try:
-        data = ev.collect(detector, images, progress=progress)
-    finally:
-        bar.close()
-    results = [ev.score(data, d, cfg["projection"], cfg["seed"]) for d in dim_list]
+    sets = []
+    for folder, images in zip(folders, listed):
+        bar, update = _progress_bar(len(images), f"eval {folder.name}")
+        state = {"done": 0, "objects": 0}
+
+        def progress(n_objects, images=images, state=state, update=update):
+            state["done"] += 1
+            state["objects"] += n_objects
+            update(state["done"], len(images), state["objects"])
+
+        try:
+            sets.append(ev.collect_labeled(detect, images, conf=collect_conf, mirror=hygiene.mirror,
+                                           progress=progress))
+        finally:
+            bar.close()
+    method, seed = cfg["projection"], cfg["seed"]
     report = {
-        "data_dir": str(data_dir), "weights": Path(str(detector.weights_path)).name,
-        "feature_recipe": detector.feature_recipe(), "projection": cfg["projection"],
-        "n_images": data.n_images, "n_ground_truth": data.n_ground_truth, "n_detections": data.n_detections,
-        "n_matched": len(data.objects), "coverage": data.coverage, "results": results,
+        "data_dir": str(data_dir), "queries": None if queries is None else str(queries),
+        "weights": Path(str(detector.weights_path)).name, "feature_recipe": detector.feature_recipe(),
+        "projection": method, "conf": conf, "index_conf": hygiene.index_conf, "dedup_iou": hygiene.dedup_iou,
+        "index_mirror": hygiene.mirror,
     }
+    realistic = []
+    if protocol in ("realistic", "both"):
+        if queries is not None:
+            data = ev.realistic(sets[0], sets[1], conf, hygiene)
+            realistic.append(("queries from " + queries.name, [ev.score_realistic(data, d, method, seed)
+                                                               for d in dim_list]))
+        data = ev.realistic(sets[0], None, conf, hygiene)
+        realistic.append((f"leave-one-image-out on {data_dir.name}", [ev.score_realistic(data, d, method, seed)
+                                                                      for d in dim_list]))
+        report["realistic"] = {name: results for name, results in realistic}
+    matched = None
+    if protocol in ("matched", "both"):
+        matched = ev.matched_data(sets[0], conf)
+        report.update({"n_images": matched.n_images, "n_ground_truth": matched.n_ground_truth,
+                       "n_detections": matched.n_detections, "n_matched": len(matched.objects),
+                       "coverage": matched.coverage,
+                       "results": [ev.score(matched, d, method, seed) for d in dim_list]})
     if as_json:
         typer.echo(json.dumps(report))
         return
-    typer.echo(f"{data.n_images} images, {data.n_ground_truth} ground-truth objects, {data.n_detections} detections, "
-               f"{len(data.objects)} matched at IoU>=0.5; {Path(str(detector.weights_path)).name}, "
-               f"features {detector.feature_recipe()['blocks']} ({detector.n_features}-d), {cfg['projection']} projection")
-    typer.echo("re-detected after distortion: " + ", ".join(f"{t} {v:.3f}" for t, v in data.coverage.items()))
-    typer.echo(f"{'dims':>5} | {'P@1':>6} {'P@5':>6} {'P@16':>6} | {'same P@1':>8} {'P@5':>6} {'P@16':>6} | "
-               f"{'inst R@1':>8} {'flip':>6} {'0.75x':>6} {'jpeg60':>6} | {'ms/obj':>7}")
-    for r in results:
-        p, s, i = r["precision_at_k"], r["precision_at_k_same_class"], r["instance_recall_at_1"]
-        typer.echo(f"{r['dims']:>5} | {p[1]:6.3f} {p[5]:6.3f} {p[16]:6.3f} | {s[1]:8.3f} {s[5]:6.3f} {s[16]:6.3f} | "
-                   f"{i['mean']:8.3f} {i['hflip']:6.3f} {i['resize0.75']:6.3f} {i['jpeg60']:6.3f} | "
-                   f"{r['query_ms_per_object']:7.4f}")
+    typer.echo(f"{Path(str(detector.weights_path)).name}, features {detector.feature_recipe()['blocks']} "
+               f"({detector.n_features}-d){' + mirrored in the index' if hygiene.mirror else ''}, {method} projection; "
+               f"query conf {conf:g}, index conf {collect_conf if hygiene.index_conf is None else hygiene.index_conf:g}, "
+               f"duplicate suppression {'IoU ' + format(hygiene.dedup_iou, 'g') if hygiene.dedup_iou else 'off'}")
+    for name, results in realistic:
+        r0 = results[0]
+        typer.echo(f"realistic protocol, index of every detection of {data_dir.name} ({r0['n_index']} objects, "
+                   f"{r0['n_index_unmatched']} matching no labeled object), {r0['n_queries']} query objects, {name}:")
+        typer.echo(f"{'dims':>5} | {'P@1':>6} {'P@5':>6} {'P@16':>6} | {'same P@1':>8} {'P@5':>6} {'P@16':>6} "
+                   f"{'false':>6} | {'inst R@1':>8} {'flip':>6} {'0.75x':>6} {'jpeg60':>6}")
+        for r in results:
+            p, s, i = r["precision_at_k"], r["precision_at_k_same_class"], r["instance_recall_at_1"]
+            typer.echo(f"{r['dims']:>5} | {p[1]:6.3f} {p[5]:6.3f} {p[16]:6.3f} | {s[1]:8.3f} {s[5]:6.3f} "
+                       f"{s[16]:6.3f} {r['false_neighbours_same_class']:6.3f} | {i['mean']:8.3f} {i['hflip']:6.3f} "
+                       f"{i['resize0.75']:6.3f} {i['jpeg60']:6.3f}")
+    if matched is not None:
+        data = matched
+        typer.echo(f"matched protocol on {data_dir.name}: {data.n_images} images, {data.n_ground_truth} ground-truth "
+                   f"objects, {data.n_detections} detections, {len(data.objects)} matched at IoU>=0.5 (the index)")
+        typer.echo("re-detected after distortion: " + ", ".join(f"{t} {v:.3f}" for t, v in data.coverage.items()))
+        typer.echo(f"{'dims':>5} | {'P@1':>6} {'P@5':>6} {'P@16':>6} | {'same P@1':>8} {'P@5':>6} {'P@16':>6} | "
+                   f"{'inst R@1':>8} {'flip':>6} {'0.75x':>6} {'jpeg60':>6} | {'ms/obj':>7}")
+        for r in report["results"]:
+            p, s, i = r["precision_at_k"], r["precision_at_k_same_class"], r["instance_recall_at_1"]
+            typer.echo(f"{r['dims']:>5} | {p[1]:6.3f} {p[5]:6.3f} {p[16]:6.3f} | {s[1]:8.3f} {s[5]:6.3f} "
+                       f"{s[16]:6.3f} | {i['mean']:8.3f} {i['hflip']:6.3f} {i['resize0.75']:6.3f} "
+                       f"{i['jpeg60']:6.3f} | {r['query_ms_per_object']:7.4f}")
 
 
 @app.command()

@@ -21,6 +21,9 @@ DEFAULTS: dict[str, Any] = {
     "weights": None,
     "imgsz": 640,
     "conf": 0.25,
+    "index_conf": None,
+    "dedup_iou": None,
+    "index_mirror": False,
     "iou": 0.7,
     "max_det": 300,
     "device": "cpu",
@@ -116,6 +119,16 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> dict[str, A
         raise ConfigError(f"projection must be one of {PROJECTION_METHODS}, got {cfg['projection']!r}")
     if not 0.0 <= float(cfg["conf"]) <= 1.0:
         raise ConfigError(f"conf must be in [0, 1], got {cfg['conf']}")
+    for key in ("index_conf", "dedup_iou"):
+        if cfg[key] is not None:
+            try:
+                cfg[key] = float(cfg[key])
+            except (TypeError, ValueError):
+                raise ConfigError(f"{key} must be a number in [0, 1] or null, got {cfg[key]!r}") from None
+            if not 0.0 <= cfg[key] <= 1.0:
+                raise ConfigError(f"{key} must be in [0, 1] or null, got {cfg[key]}")
+    if not isinstance(cfg["index_mirror"], bool):
+        raise ConfigError(f"index_mirror must be true or false, got {cfg['index_mirror']!r}")
     if int(cfg["imgsz"]) < 32:
         raise ConfigError(f"imgsz must be >= 32 pixels, got {cfg['imgsz']}")
     try:

@@ -309,7 +309,7 @@ class Detector:
         return self.detect_batch([image], auto=True, conf=conf, timings=timings)[0]
 
     def detect_batch(self, images: list[np.ndarray], auto: bool | None = None, *, conf: float | None = None,
-                     timings: dict | None = None) -> list[Detections]:
+                     timings: dict | None = None, mirror: bool = False) -> list[Detections]:
         """Detect the objects of several images in one forward pass.
 
         Parameters
@@ -320,6 +320,9 @@ class Detector:
             shapes are padded to a square ``imgsz`` when False; None picks True when all shapes are equal.
         conf : minimum confidence for this call, in [0, 1]; None: the detector's ``conf``.
         timings : when given, filled with this call's milliseconds per stage.
+        mirror : also pool each object's features from a second forward pass on the horizontally flipped input, at
+            the mirrored box and anchor cell (``mirror_features``), into ``data["mirror_features"]`` (N, D) float32:
+            the features the same object would get in a mirrored image (one more network pass; no second NMS).
 
         Returns
         -------
@@ -351,6 +354,7 @@ class Detector:
                 y, conf, self.iou, max_det=self.max_det, nc=len(self.names), return_idxs=True
             )
             t3 = time.perf_counter()
+            mirrored = self._mirror_pass(x, preds, kept, kept_idx) if mirror else None
             out = []
             for b, (det, idx) in enumerate(zip(kept, kept_idx)):
                 feats = self._pool(preds, captured, b, det[:, :4], idx.long())
@@ -361,12 +365,36 @@ class Detector:
                         confidence=det[:, 4].cpu().numpy(),
                         class_id=det[:, 5].cpu().numpy().astype(np.int64),
                         features=feats,
+                        data={} if mirrored is None else {"mirror_features": mirrored[b]},
                     )
                 )
         t4 = time.perf_counter()
         if timings is not None:
             timings.update({"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, "nms": (t3 - t2) * 1e3,
                             "features": (t4 - t3) * 1e3})
+        return out
+
+    def _mirror_pass(self, x, preds: dict, kept: list, kept_idx: list) -> list[np.ndarray]:
+        """Features of the kept objects pooled from the maps of the horizontally flipped input ``x`` (B, 3, H, W):
+        each box mirrored (x1, x2 -> W - x2, W - x1) and each anchor cell mirrored within its level's row. The input
+        width is a multiple of every stride, so the mirrored cells are exactly the grid's mirror image."""
+        torch = self._torch
+        width = float(x.shape[3])
+        with self._forward_lock:
+            _, preds_m, captured_m = self.backend.forward(torch.flip(x, dims=[3]))
+        sizes = [(int(f.shape[2]), int(f.shape[3])) for f in preds["feats"]]
+        offsets = np.cumsum([0] + [h * w for h, w in sizes])
+        out = []
+        for b, (det, idx) in enumerate(zip(kept, kept_idx)):
+            idx = idx.long()
+            boxes = det[:, :4].clone()
+            boxes[:, 0], boxes[:, 2] = width - det[:, 2], width - det[:, 0]
+            mirrored = idx.clone()
+            for lv, (h, w) in enumerate(sizes):
+                sel = (idx >= int(offsets[lv])) & (idx < int(offsets[lv + 1]))
+                cell = idx[sel] - int(offsets[lv])
+                mirrored[sel] = int(offsets[lv]) + (cell // w) * w + (w - 1 - cell % w)
+            out.append(self._pool(preds_m, captured_m, b, boxes, mirrored))
         return out
 
     def _pool(self, preds: dict, captured: dict, b: int, xyxy_lb, anchor_idx) -> np.ndarray:

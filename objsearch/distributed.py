@@ -35,7 +35,7 @@ from typing import Iterator
 import numpy as np
 
 from objsearch.analysis import (JobSummary, ProgressFn, _fit_pending_projections, _load_detector, _record_from_bytes,
-                                _record_to_bytes, _relative, _Run, index_attrs, job_settings)
+                                _record_to_bytes, _relative, _Run, detect_for_index, index_attrs, job_settings)
 from objsearch.errors import EmptyFolderError, ImageReadError, IndexFileError, ObjsearchError
 from objsearch.media import list_media, make_thumbnail, read_image
 from objsearch.projection import make_projection
@@ -124,8 +124,7 @@ class _DetectStage:
             shape = s
         for group in groups:
             images = [np.asarray(batch["image"][i]) for i in group]
-            found = (detector.detect_batch(images, auto=True, conf=cfg["conf"]) if len(images) > 1
-                     else [detector(images[0], conf=cfg["conf"])])
+            found = detect_for_index(detector, images, cfg)
             for i, image, dets in zip(group, images, found):
                 thumbs = [make_thumbnail(image, b, cfg["thumb_size"], cfg["thumb_quality"]) for b in dets.xyxy]
                 media = MediaRef(path=str(batch["rel"][i]), width=image.shape[1], height=image.shape[0],

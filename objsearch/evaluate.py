@@ -1,7 +1,14 @@
 """Retrieval quality on a folder of images with YOLO-format labels (``objsearch eval``).
 
-Protocol
---------
+Realistic protocol (``collect_labeled``, ``realistic``, ``score_realistic``; what ``eval`` prints first)
+-------------------------------------------------------------------------------------------------------
+The index holds every detection ``analyze`` would keep (with its index hygiene, ``Hygiene``), false positives and
+duplicates included; the query objects are the detections of a second labeled folder (or, leave-one-image-out, of
+the same one) that match a labeled object; a neighbour is right only when it is an indexed detection that matches a
+labeled object of the query's class. See ``realistic`` for the details.
+
+Matched protocol (``collect`` or ``matched_data``, ``score``)
+-------------------------------------------------------------
 * Every image is analysed once; each detection is matched to a ground-truth box at IoU >= 0.5 (greedy by
   confidence, class-agnostic, each ground-truth box used once) and takes that box's class as its true class.
   Unmatched detections are left out. The matched detections form the evaluation index.
@@ -21,13 +28,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import cv2
 import numpy as np
 
+from objsearch.hygiene import box_iou, index_keep
 from objsearch.projection import make_projection
 from objsearch.types import Detections
 from objsearch.vectors import memory_store
@@ -36,18 +44,6 @@ LOGGER = logging.getLogger(__name__)
 
 TRANSFORMS = ("hflip", "resize0.75", "jpeg60")
 PRECISION_KS = (1, 5, 16)
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in ``a`` (N, 4) with every box in ``b`` (M, 4), both xyxy pixels; returns (N, M) float32."""
-    a = np.asarray(a, np.float32).reshape(-1, 4)
-    b = np.asarray(b, np.float32).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(2)
-    area_a = (a[:, 2:] - a[:, :2]).clip(0).prod(1)
-    area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
 def match_boxes(xyxy: np.ndarray, confidence: np.ndarray, targets: np.ndarray, iou_threshold: float = 0.5) -> np.ndarray:
@@ -261,6 +257,290 @@ def score(data: EvalData, n_components: int, method: str = "random", random_stat
             continue
         top = index.search(proj.transform(qf), 1).ids
         out["instance_recall_at_1"][t] = float((top[:, 0] == qid).mean())
+        recalls.append(out["instance_recall_at_1"][t])
+    out["instance_recall_at_1"]["mean"] = float(np.mean(recalls)) if recalls else float("nan")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the realistic protocol
+@dataclass
+class LabeledSet:
+    """Every detection of a labeled image set, from one detector pass per image and view.
+
+    ``detections``: all detections at the collection confidence, boxes in pixels, ``features`` (N, D) float32, and in
+    ``data``: ``image_id`` (N,) int64 (row of ``names``), ``true_class`` (N,) int64 (the class of the labeled object
+    the detection matches, IoU >= 0.5, most confident first, one-to-one; -1 when it matches none) and, when collected
+    with ``mirror``, ``mirror_features`` (N, D). ``views[t]``: the detections of each distortion t, boxes mapped back
+    to the original pixels, ``data["image_id"]``. ``gt_xyxy`` (M, 4), ``gt_class`` (M,), ``gt_image_id`` (M,): the
+    labels.
+    """
+
+    detections: Detections
+    views: dict[str, Detections]
+    gt_xyxy: np.ndarray
+    gt_class: np.ndarray
+    gt_image_id: np.ndarray
+    names: list[str] = field(default_factory=list)
+
+    @property
+    def n_images(self) -> int:
+        return len(self.names)
+
+
+def label_detections(xyxy: np.ndarray, confidence: np.ndarray, image_id: np.ndarray, gt_xyxy: np.ndarray,
+                     gt_class: np.ndarray, gt_image_id: np.ndarray) -> np.ndarray:
+    """The true class of each detection: that of the labeled object of its image it matches (``match_boxes``: IoU
+    >= 0.5, most confident first, one-to-one, class-agnostic), -1 when it matches none.
+
+    Parameters
+    ----------
+    xyxy : (N, 4) pixels; confidence : (N,); image_id : (N,) int
+    gt_xyxy : (M, 4) pixels; gt_class : (M,) int; gt_image_id : (M,) int
+
+    Returns
+    -------
+    ndarray of shape (N,), int64
+    """
+    out = np.full(len(xyxy), -1, np.int64)
+    image_id = np.asarray(image_id)
+    for img in np.unique(image_id):
+        rows = np.flatnonzero(image_id == img)
+        g = np.flatnonzero(gt_image_id == img)
+        match = match_boxes(xyxy[rows], np.asarray(confidence)[rows], gt_xyxy[g])
+        out[rows[match >= 0]] = np.asarray(gt_class)[g[match[match >= 0]]]
+    return out
+
+
+def collect_labeled(detect: Callable[..., Detections], images: list[Path], *, conf: float, mirror: bool = False,
+                    progress=None) -> LabeledSet:
+    """Run ``detect(image, conf=conf, mirror=mirror)`` on every image and ``detect(view, conf=conf)`` on its three
+    distortions (``TRANSFORMS``). Unreadable images are skipped (logged)."""
+    parts, gts = [], []
+    views: dict[str, list] = {t: [] for t in TRANSFORMS}
+    names: list[str] = []
+    for path in images:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            LOGGER.warning("skipping unreadable image %s", path)
+            if progress:
+                progress(0)
+            continue
+        img = len(names)
+        names.append(str(path))
+        h, w = image.shape[:2]
+        gt_xyxy, gt_cls = read_yolo_labels(label_path_for(path), w, h)
+        gts.append((gt_xyxy, gt_cls, np.full(len(gt_cls), img, np.int64)))
+        dets = detect(image, conf=conf, mirror=mirror)
+        dets.data = {**dets.data, "image_id": np.full(len(dets), img, np.int64)}
+        parts.append(dets)
+        for t in TRANSFORMS:
+            distorted, back = apply_transform(image, t)
+            d2 = detect(distorted, conf=conf)
+            views[t].append(Detections(back(d2.xyxy), d2.confidence, d2.class_id, d2.features,
+                                       {"image_id": np.full(len(d2), img, np.int64)}))
+        if progress:
+            progress(len(dets))
+    gt_xyxy = np.concatenate([g[0] for g in gts]).reshape(-1, 4) if gts else np.zeros((0, 4), np.float32)
+    gt_class = np.concatenate([g[1] for g in gts]) if gts else np.zeros(0, np.int64)
+    gt_image = np.concatenate([g[2] for g in gts]) if gts else np.zeros(0, np.int64)
+    dets = Detections.concat(parts) if parts else Detections.empty(0)
+    if not parts:
+        dets.data = {"image_id": np.zeros(0, np.int64)}
+    dets.data["true_class"] = label_detections(dets.xyxy, dets.confidence, dets.data["image_id"], gt_xyxy,
+                                               gt_class, gt_image)
+    return LabeledSet(dets, {t: Detections.concat(v) if v else Detections.empty(0) for t, v in views.items()},
+                      gt_xyxy, gt_class, gt_image, names)
+
+
+def matched_data(labeled: LabeledSet, conf: float) -> EvalData:
+    """The matched protocol's ``EvalData`` (see the module docstring) from a ``LabeledSet``: the detections at
+    ``conf`` or more that match a labeled object form the index; the views' detections at ``conf`` or more that
+    match one of them one-to-one (IoU >= 0.5) are the instance queries."""
+    dets = labeled.detections
+    sel = dets.confidence >= conf
+    objects = dets[sel]
+    objects.data = {"true_class": objects.data["true_class"], "image_id": objects.data["image_id"]}
+    objects = objects[objects.data["true_class"] >= 0]
+    inst, cov = _instance_targets(objects, labeled.views, conf)
+    return EvalData(objects=objects, instance_queries=inst, coverage=cov, n_images=labeled.n_images,
+                    n_ground_truth=len(labeled.gt_class), n_detections=int(sel.sum()))
+
+
+def _instance_targets(index: Detections, views: dict[str, Detections], conf: float):
+    """For each view: (features (Q, D), target row of ``index`` (Q,)) of the view detections at ``conf`` or more
+    matched one-to-one to an ``index`` object of the same image; and the fraction of ``index`` objects found."""
+    out, coverage = {}, {}
+    for t, view in views.items():
+        view = view[view.confidence >= conf] if len(view) else view
+        feats, targets = [], []
+        for img in np.unique(index.data["image_id"]):
+            rows = np.flatnonzero(index.data["image_id"] == img)
+            vrows = np.flatnonzero(view.data["image_id"] == img) if len(view) else np.zeros(0, np.int64)
+            if len(vrows) == 0:
+                continue
+            m = match_boxes(view.xyxy[vrows], view.confidence[vrows], index.xyxy[rows])
+            feats.append(view.features[vrows[m >= 0]])
+            targets.append(rows[m[m >= 0]])
+        D = index.features.shape[1] if index.features is not None and index.features.ndim == 2 else 0
+        f = np.concatenate(feats).astype(np.float32) if feats else np.zeros((0, D), np.float32)
+        q = np.concatenate(targets).astype(np.int64) if targets else np.zeros(0, np.int64)
+        out[t] = (f, q)
+        coverage[t] = len(q) / max(len(index), 1)
+    return out, coverage
+
+
+@dataclass
+class Hygiene:
+    """What the index keeps and how its vectors are made (the levers of ``objsearch.hygiene`` and the detector).
+
+    ``index_conf``: minimum confidence of an indexed detection (None: the query's ``conf``); ``dedup_iou``: class-aware
+    duplicate suppression (None: off); ``mirror``: index the mean of each object's features and its mirrored
+    features (``Detector.detect_batch(mirror=True)``), so that a mirrored query finds it.
+    """
+
+    index_conf: float | None = None
+    dedup_iou: float | None = None
+    mirror: bool = False
+
+
+@dataclass
+class RealisticData:
+    """The realistic protocol's inputs (see ``realistic``)."""
+
+    index: Detections
+    queries: Detections
+    instance_index: Detections
+    instance_queries: dict[str, tuple[np.ndarray, np.ndarray]]
+    coverage: dict[str, float]
+    exclude_same_image: bool
+
+
+def _indexed(labeled: LabeledSet, conf: float, hygiene: Hygiene, image_offset: int = 0) -> Detections:
+    dets = labeled.detections
+    index_conf = conf if hygiene.index_conf is None else max(conf, hygiene.index_conf)
+    keep = np.zeros(len(dets), bool)
+    image_id = dets.data["image_id"]
+    for img in np.unique(image_id):
+        rows = np.flatnonzero(image_id == img)
+        keep[rows] = index_keep(dets.xyxy[rows], dets.confidence[rows], dets.class_id[rows],
+                                min_confidence=index_conf, dedup_iou=hygiene.dedup_iou)
+    out = dets[keep]
+    features = out.features
+    if hygiene.mirror:
+        features = 0.5 * (out.features + out.data["mirror_features"])
+    true_class = label_detections(out.xyxy, out.confidence, out.data["image_id"], labeled.gt_xyxy,
+                                  labeled.gt_class, labeled.gt_image_id)
+    return Detections(out.xyxy, out.confidence, out.class_id, features,
+                      {"image_id": out.data["image_id"] + image_offset, "true_class": true_class})
+
+
+def _queries(labeled: LabeledSet, conf: float, image_offset: int = 0) -> Detections:
+    dets = labeled.detections
+    q = dets[(dets.confidence >= conf) & (dets.data["true_class"] >= 0)]
+    return Detections(q.xyxy, q.confidence, q.class_id, q.features,
+                      {"image_id": q.data["image_id"] + image_offset, "true_class": q.data["true_class"]})
+
+
+def realistic(index_set: LabeledSet, query_set: LabeledSet | None, conf: float,
+              hygiene: Hygiene = Hygiene()) -> RealisticData:
+    """The realistic protocol's index and queries.
+
+    * **Index**: every detection of ``index_set`` a user's ``analyze`` would keep (confidence >= ``conf``, or
+      ``hygiene.index_conf``; duplicates suppressed when ``hygiene.dedup_iou``), whether or not it matches a labeled
+      object; each carries its true class (-1 for a false positive, a loose box or a duplicate).
+    * **Queries**: the detections of ``query_set`` (or, leave-one-image-out, of ``index_set``; their own image is then
+      excluded from the search) at confidence >= ``conf`` that match a labeled object, with that object's class.
+    * **Instance queries**: the distortions' detections at ``conf`` or more of the query images, matched one-to-one
+      (IoU >= 0.5) to an indexed detection of the same image that matches a labeled object; the instance index is the
+      index plus, when ``query_set`` is given, the query images' own indexed detections.
+    """
+    index = _indexed(index_set, conf, hygiene)
+    if query_set is None:
+        queries, instance_index, source = _queries(index_set, conf), index, index_set
+        offset = 0
+    else:
+        offset = index_set.n_images
+        queries = _queries(query_set, conf, offset)
+        instance_index = Detections.concat([index, _indexed(query_set, conf, hygiene, offset)])
+        source = query_set
+    labeled_rows = np.flatnonzero(instance_index.data["true_class"] >= 0)
+    targets = instance_index[labeled_rows]
+    targets = Detections(targets.xyxy, targets.confidence, targets.class_id, targets.features,
+                         {"image_id": targets.data["image_id"] - offset})
+    inst, coverage = _instance_targets(targets[targets.data["image_id"] >= 0], source.views, conf)
+    shift = int(np.count_nonzero(targets.data["image_id"] < 0))
+    inst = {t: (f, labeled_rows[q + shift]) for t, (f, q) in inst.items()}
+    return RealisticData(index, queries, instance_index, inst, coverage, query_set is None)
+
+
+def precision_right(right: np.ndarray, returned: np.ndarray, k: int) -> float:
+    """Mean over queries of the fraction of right neighbours among the first k returned.
+
+    ``right``, ``returned``: (Q, >=k) bool. A query with nothing returned is left out; NaN when none counts.
+    """
+    n = returned[:, :k].sum(1)
+    hits = (right[:, :k] & returned[:, :k]).sum(1)
+    counted = n > 0
+    return float((hits[counted] / n[counted]).mean()) if counted.any() else float("nan")
+
+
+def rerank_by_quality(hits, confidence: np.ndarray, quality_weight: float, k: int):
+    """Neighbour ids (Q, k) re-ranked by ``distance * (1 + quality_weight * (1 - confidence))``: a loose or doubtful
+    detection (low confidence) drops below a near-tie of higher confidence. ``hits``: a ``Hits`` of more than k
+    candidates; ``confidence``: (N,) of the indexed objects by id."""
+    ids, dist = hits.ids, hits.distances
+    conf = np.where(ids >= 0, confidence[np.clip(ids, 0, None)], 0.0)
+    adjusted = np.where(ids >= 0, dist * (1.0 + quality_weight * (1.0 - conf)), np.inf)
+    order = np.argsort(adjusted, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(ids, order, 1)
+
+
+def score_realistic(data: RealisticData, n_components: int, method: str = "random", random_state: int = 0,
+                    quality_weight: float = 0.0) -> dict:
+    """Metrics of the realistic protocol at one projection dimension.
+
+    A neighbour is right when it is an indexed detection that matches a labeled object of the query's true class.
+    Returns a dict: ``dims``, ``projection``, ``precision_at_k`` (class-agnostic), ``precision_at_k_same_class``
+    (search restricted to the query's detected class), ``false_neighbours_same_class`` (the fraction of same-class
+    neighbours at k=5 that match no labeled object), ``instance_recall_at_1`` ({transform, "mean"}), ``n_index``,
+    ``n_index_unmatched``, ``n_queries``.
+    """
+    index, queries = data.index, data.queries
+    true_class = index.data["true_class"]
+    proj = make_projection(method, n_components, random_state).fit(index.features)
+    store = memory_store("auto", np.arange(len(index)), proj.transform(index.features), index.class_id,
+                         index.data["image_id"])
+    kmax = max(PRECISION_KS)
+    qv = proj.transform(queries.features)
+    exclude = queries.data["image_id"] if data.exclude_same_image else None
+    out = {"dims": n_components, "projection": method, "n_index": len(index),
+           "n_index_unmatched": int(np.count_nonzero(true_class < 0)), "n_queries": len(queries),
+           "precision_at_k": {}, "precision_at_k_same_class": {}, "instance_recall_at_1": {}}
+    for key, class_id in (("precision_at_k", None), ("precision_at_k_same_class", queries.class_id)):
+        if quality_weight:
+            hits = store.search(qv, 3 * kmax, class_id=class_id, exclude_image_id=exclude)
+            ids = rerank_by_quality(hits, index.confidence, quality_weight, kmax)
+        else:
+            ids = store.search(qv, kmax, class_id=class_id, exclude_image_id=exclude).ids
+        returned = ids >= 0
+        neighbour_class = np.where(returned, true_class[np.clip(ids, 0, None)], -1)
+        right = returned & (neighbour_class == queries.data["true_class"][:, None])
+        out[key] = {k: precision_right(right, returned, k) for k in PRECISION_KS}
+        if class_id is not None:
+            n5 = returned[:, :5].sum()
+            out["false_neighbours_same_class"] = float((returned[:, :5] & (neighbour_class[:, :5] < 0)).sum()
+                                                       / max(n5, 1))
+    inst_index = data.instance_index
+    proj_i = make_projection(method, n_components, random_state).fit(inst_index.features)
+    store_i = memory_store("auto", np.arange(len(inst_index)), proj_i.transform(inst_index.features),
+                           inst_index.class_id, inst_index.data["image_id"])
+    recalls = []
+    for t, (qf, target) in data.instance_queries.items():
+        if len(target) == 0:
+            out["instance_recall_at_1"][t] = float("nan")
+            continue
+        top = store_i.search(proj_i.transform(qf), 1).ids[:, 0]
+        out["instance_recall_at_1"][t] = float((top == target).mean())
         recalls.append(out["instance_recall_at_1"][t])
     out["instance_recall_at_1"]["mean"] = float(np.mean(recalls)) if recalls else float("nan")
     return out

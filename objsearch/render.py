@@ -114,6 +114,29 @@ def _cell(img: np.ndarray | None, size: int, text: str, color, strip: int = 16) 
 
 
 MIN_TEXT_SCALE = 0.33  # smaller Hershey text is not readable
+NOTE_COLOR = (80, 200, 255)  # BGR amber: the index cannot answer this row well
+
+
+def note_cell(text: str, height: int, width: int, scale: float = 0.4) -> np.ndarray:
+    """A (height, width, 3) uint8 BGR tile with ``text`` (a ``SearchResult`` note) word-wrapped in amber on dark grey,
+    shown at the start of a neighbour row; lines that do not fit end in ``...``."""
+    tile = np.full((height, width, 3), 32, np.uint8)
+    cv2.rectangle(tile, (0, 0), (width - 1, height - 1), NOTE_COLOR, 1)
+    line_h = cv2.getTextSize("Ag", _FONT, scale, 1)[0][1] + 6
+    lines: list[str] = []
+    for word in text.split():
+        trial = f"{lines[-1]} {word}" if lines else word
+        if lines and cv2.getTextSize(trial, _FONT, scale, 1)[0][0] <= width - 8:
+            lines[-1] = trial
+        else:
+            lines.append(word)
+    max_lines = max(1, (height - 4) // line_h)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1] + "..."
+    for i, line in enumerate(lines):
+        cv2.putText(tile, line, (4, 4 + line_h * (i + 1) - 4), _FONT, scale, NOTE_COLOR, 1, cv2.LINE_AA)
+    return tile
 
 
 def fit_text(text: str, width: int, scale: float = 0.38) -> tuple[str, float]:
@@ -188,7 +211,9 @@ def draw_boxes(image: np.ndarray, result: SearchResult, scale: float = 1.0, thic
 
 def compose_rows(image: np.ndarray, result: SearchResult, thumbnails: dict, *, thumb_height: int = 96,
                  gap: int = 3, separator: int = 12) -> tuple[np.ndarray, list[Tile]]:
-    """One row per query object: its crop from ``image``, then its neighbours' thumbnails, each labeled.
+    """One row per query object: its crop from ``image``, then its neighbours' thumbnails, each labeled; a row whose
+    object has a note (the index holds none or few objects of its class) shows it (``note_cell``) as a banner across
+    the top of its neighbours, or in their place when there are none.
 
     Parameters
     ----------
@@ -222,7 +247,15 @@ def compose_rows(image: np.ndarray, result: SearchResult, thumbnails: dict, *, t
                       np.full((tile_h, gap, 3), 24, np.uint8)]
             tiles.append(Tile(x, y, size, tile_h, r, c, int(nb.object_id)))
             x += size + gap
-        rows.append(np.hstack(parts))
+        note = result.notes[r] if r < len(result.notes) else ""
+        if note and not result.neighbors[r]:  # nothing to show: the note takes the row
+            parts.append(note_cell(note, tile_h, 2 * size))
+        row = np.hstack(parts)
+        if note and result.neighbors[r]:  # the index holds none or few of this class: a banner over the row
+            start = size + separator
+            banner = note_cell(note, min(tile_h, 34), row.shape[1] - start)
+            row[:banner.shape[0], start:] = banner
+        rows.append(row)
     if not rows:
         return np.zeros((0, 0, 3), np.uint8), tiles
     width = max(r.shape[1] for r in rows)

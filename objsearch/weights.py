@@ -8,8 +8,8 @@ from pathlib import Path
 from objsearch.config import PROJECT_ROOT
 from objsearch.errors import WeightsNotFoundError
 
-DEFAULT_NAME = "yolov8n.pt"
-SHARED_WEIGHTS = PROJECT_ROOT.parent / "shared" / "data" / "weights" / "yolov8n-reconstructed.pt"
+DEFAULT_NAME = "yolo11n.pt"  # gives better neighbours than yolov8n (README: Retrieval quality as a user sees it)
+SHARED_WEIGHTS = PROJECT_ROOT.parent / "shared" / "data" / "weights" / "yolo11n-reconstructed.pt"
 
 # The detection checkpoints among ultralytics' release assets (``ultralytics.utils.downloads.GITHUB_ASSETS_NAMES``,
 # a test checks they are there): only these names are handed to its downloader. Spelled out here because importing
@@ -60,12 +60,12 @@ def _download_name(name: str, looked: list[str]) -> tuple[str, list[str]]:
 def resolve_weights(explicit: str | Path | None = None) -> tuple[str, list[str]]:
     """Pick the detector checkpoint.
 
-    Order: ``explicit`` (``--weights``); the first ``*.pt`` in the project's ``weights/`` folder (``yolov8n*.pt``
-    preferred); ``$OBJSEARCH_WEIGHTS``; ``../shared/data/weights/yolov8n-reconstructed.pt`` next to the project;
-    else the name ``yolov8n.pt``, which ultralytics downloads for users with a network.
+    Order: ``explicit`` (``--weights``); the first ``*.pt`` in the project's ``weights/`` folder (``yolo11n*.pt``,
+    then ``yolov8n*.pt`` preferred); ``$OBJSEARCH_WEIGHTS``; ``../shared/data/weights/yolo11n-reconstructed.pt`` next to
+    the project; else the name ``yolo11n.pt``, which ultralytics downloads for users with a network.
 
     Nothing touches the network unless a name that is not an existing file is one of ultralytics' release names
-    (``RELEASE_NAMES``, such as ``yolov8n.pt``) and we are online (``is_offline``): only then is it handed to
+    (``RELEASE_NAMES``, such as ``yolo11n.pt``) and we are online (``is_offline``): only then is it handed to
     ultralytics' downloader.
 
     Returns
@@ -89,7 +89,8 @@ def resolve_weights(explicit: str | Path | None = None) -> tuple[str, list[str]]
         raise WeightsNotFoundError(f"weights file {p} does not exist")
     folder = PROJECT_ROOT / "weights"
     looked.append(f"{folder}/*.pt")
-    found = sorted(folder.glob("*.pt"), key=lambda q: (not q.name.startswith("yolov8n"), q.name))
+    found = sorted(folder.glob("*.pt"), key=lambda q: (not q.name.startswith("yolo11n"),
+                                                       not q.name.startswith("yolov8n"), q.name))
     if found:
         return str(found[0]), looked
     env = os.environ.get("OBJSEARCH_WEIGHTS")

@@ -251,3 +251,35 @@ def test_a_raising_progress_callback_mid_batch_leaves_a_journal_that_resumes(tmp
         np.testing.assert_array_equal(resumed.object_id, f.object_id)
         np.testing.assert_allclose(resumed.features(f.object_id), f.features(f.object_id), atol=1e-5)
         np.testing.assert_allclose(resumed.vectors(32), f.vectors(32), atol=1e-5)
+
+
+def test_index_hygiene_keeps_confident_distinct_objects_with_mirrored_features(tmp_path, cfg, detector):
+    """index_conf, dedup_iou and index_mirror (cfg/quality.yaml): what is stored is exactly the confident detections
+    less same-class duplicates, each with the mean of its own and its mirrored features; the settings are stored and
+    come back for add/sync; an index made before these keys existed keeps none."""
+    from objsearch.analysis import index_config
+    from objsearch.hygiene import box_iou, index_keep
+
+    folder = copy_images(coco_images(4), tmp_path / "imgs")
+    hygiene = {"index_conf": 0.5, "dedup_iou": 0.5, "index_mirror": True}
+    analyze(folder, tmp_path / "h.h5", {**cfg, **hygiene}, detector=detector)
+    with Catalog(tmp_path / "h.h5") as f:
+        assert len(f.object_id) > 0 and np.all(f.confidence >= 0.5)
+        for i, rel in enumerate(f.media_path):
+            dets = detector.detect_batch([cv2.imread(str(folder / rel))], conf=0.5, mirror=True)[0]
+            keep = index_keep(dets.xyxy, dets.confidence, dets.class_id, dedup_iou=0.5)
+            rows = rows_of_media(f, i)
+            np.testing.assert_allclose(f.xyxy[rows], dets.xyxy[keep], atol=1e-3)
+            mean = 0.5 * (dets.features + dets.data["mirror_features"])[keep]
+            np.testing.assert_allclose(f.features(f.object_id[rows]), mean, atol=1e-5)
+            same = f.class_id[rows][:, None] == f.class_id[rows][None, :]
+            iou = box_iou(f.xyxy[rows], f.xyxy[rows]) * same
+            assert np.all(iou[~np.eye(len(rows), dtype=bool)] < 0.5)
+        assert {k: f.attrs["config"][k] for k in hygiene} == hygiene
+        assert {k: index_config(f)[k] for k in hygiene} == hygiene
+    with Catalog(tmp_path / "h.h5") as f:
+        class Old:  # the attributes of an index made before the hygiene keys existed
+            path = f.path
+            attrs = {**f.attrs, "config": {k: v for k, v in f.attrs["config"].items() if k not in hygiene}}
+        assert {k: index_config(Old)[k] for k in hygiene} == {"index_conf": None, "dedup_iou": None,
+                                                              "index_mirror": False}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from testdata import ROOT
 from objsearch.config import DEFAULTS, ConfigError, load_config, parse_dims
 from objsearch.errors import ObjsearchError
 
@@ -80,3 +81,19 @@ def test_non_numeric_values_in_a_config_file_raise_config_error(tmp_path, text):
 def test_fractional_dims_are_refused():
     with pytest.raises(ConfigError, match="dims"):
         parse_dims(32.7)
+
+
+def test_index_hygiene_keys(tmp_path):
+    cfg = load_config(None)
+    assert (cfg["index_conf"], cfg["dedup_iou"], cfg["index_mirror"]) == (None, None, False)  # off by default
+    quality = load_config(ROOT / "cfg" / "quality.yaml")
+    assert (quality["index_conf"], quality["dedup_iou"], quality["index_mirror"]) == (0.6, 0.5, True)
+    assert quality["projection"] == "pca" and quality["feature_recipe"] == "cls_logits:1.5,neck_roi:1"
+    assert load_config(None, index_conf="0.4")["index_conf"] == 0.4
+    for key, value, message in (("index_conf", 1.5, r"index_conf must be in \[0, 1\] or null, got 1.5"),
+                                ("dedup_iou", "x", "dedup_iou must be a number"),
+                                ("index_mirror", "maybe", "index_mirror must be true or false")):
+        path = tmp_path / f"{key}.yaml"
+        path.write_text(f"{key}: {value}\n")
+        with pytest.raises(ConfigError, match=message):
+            load_config(path)

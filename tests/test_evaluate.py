@@ -145,3 +145,109 @@ def test_eval_on_coco128_meets_the_measured_quality():
     assert precision >= 0.59
     assert same_class >= 0.88
     assert recall >= 0.86
+    # the realistic protocol (leave-one-image-out): every detection indexed, 170 of 645 matching no labeled object;
+    # measured 0.541, 0.727 (0.217 of the same-class neighbours false), 0.892
+    (loo,) = report["realistic"]["leave-one-image-out on coco128"]
+    assert loo["n_index"] == 645 and loo["n_index_unmatched"] == 170 and loo["n_queries"] == 475
+    assert loo["precision_at_k"]["5"] >= 0.50 and loo["precision_at_k_same_class"]["5"] >= 0.69
+    assert 0.15 <= loo["false_neighbours_same_class"] <= 0.28 and loo["instance_recall_at_1"]["mean"] >= 0.85
+
+
+# ------------------------------------------------------------------------------------------ the realistic protocol
+def _hand_set(rows, gts, n_images, dims=32):
+    """A LabeledSet from hand-written detections ``(image, box, confidence, class_id, feature)`` and labels
+    ``(image, box, class)``; every view re-detects each object exactly (same box and feature)."""
+    xyxy = np.array([r[1] for r in rows], np.float32)
+    dets = Detections(xyxy, [r[2] for r in rows], [r[3] for r in rows], np.array([r[4] for r in rows], np.float32),
+                      {"image_id": np.array([r[0] for r in rows], np.int64)})
+    dets.data["mirror_features"] = dets.features.copy()
+    gt_xyxy = np.array([g[1] for g in gts], np.float32)
+    gt_class = np.array([g[2] for g in gts], np.int64)
+    gt_image = np.array([g[0] for g in gts], np.int64)
+    dets.data["true_class"] = ev.label_detections(dets.xyxy, dets.confidence, dets.data["image_id"], gt_xyxy, gt_class,
+                                                  gt_image)
+    views = {t: Detections(dets.xyxy, dets.confidence, dets.class_id, dets.features,
+                           {"image_id": dets.data["image_id"]}) for t in ev.TRANSFORMS}
+    return ev.LabeledSet(dets, views, gt_xyxy, gt_class, gt_image, [f"{i}.jpg" for i in range(n_images)])
+
+
+def test_realistic_protocol_counts_a_false_positive_neighbour_wrong():
+    """Index: image 0 holds a labeled car and a false-positive 'car' on background (confidence 0.3); image 1 a dog.
+    The query car (another image) is nearest the false positive, then the real car: P@1 = 0 and P@5 = 1/3 (three
+    returned), same-class P@5 = 1/2 (the dog is filtered out), and one same-class neighbour in two is false. With
+    index_conf 0.5 the false positive is not indexed and the real car comes first."""
+    rng = np.random.default_rng(1)
+    q = rng.normal(size=32) * 10
+    car, fp, dog = q + rng.normal(size=32) * 1.0, q + rng.normal(size=32) * 0.01, -q
+    box, other = [10, 10, 50, 50], [60, 60, 90, 90]
+    index = _hand_set([(0, box, 0.9, 2, car), (0, other, 0.3, 2, fp), (1, box, 0.8, 16, dog)],
+                      [(0, box, 2), (1, box, 16)], 2)
+    assert index.detections.data["true_class"].tolist() == [2, -1, 16]
+    queries = _hand_set([(0, box, 0.7, 2, q)], [(0, box, 2)], 1)
+    data = ev.realistic(index, queries, conf=0.25)
+    assert len(data.index) == 3 and len(data.queries) == 1
+    r = ev.score_realistic(data, 32, "pca")
+    assert r["precision_at_k"][1] == 0.0 and r["precision_at_k"][5] == pytest.approx(1 / 3)
+    assert r["precision_at_k_same_class"][1] == 0.0 and r["precision_at_k_same_class"][5] == pytest.approx(1 / 2)
+    assert r["false_neighbours_same_class"] == pytest.approx(1 / 2)
+    assert r["n_index_unmatched"] == 1
+    clean = ev.score_realistic(ev.realistic(index, queries, 0.25, ev.Hygiene(index_conf=0.5)), 32, "pca")
+    assert clean["n_index"] == 2 and clean["precision_at_k"][1] == 1.0 and clean["precision_at_k"][5] == 0.5
+    assert clean["precision_at_k_same_class"][5] == 1.0 and clean["false_neighbours_same_class"] == 0.0
+    # the instance index holds the query images too: every re-detected object finds itself
+    assert all(clean["instance_recall_at_1"][t] == 1.0 for t in ev.TRANSFORMS)
+
+
+def test_realistic_leave_one_image_out_and_duplicates():
+    """Leave-one-image-out on one set: a query never finds its own image; a duplicate box of a labeled object is
+    a detection that matches nothing (one-to-one matching) and is removed by class-aware dedup."""
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=32) * 10, rng.normal(size=32) * 10
+    box, dup = [10, 10, 50, 50], [12, 10, 52, 50]
+    labeled = _hand_set([(0, box, 0.9, 0, a), (0, dup, 0.6, 0, a + 0.01), (1, box, 0.9, 0, a + 0.5),
+                         (2, box, 0.9, 5, b)], [(0, box, 0), (1, box, 0), (2, box, 5)], 3)
+    assert labeled.detections.data["true_class"].tolist() == [0, -1, 0, 5]
+    data = ev.realistic(labeled, None, 0.25)
+    assert data.exclude_same_image and len(data.queries) == 3
+    r = ev.score_realistic(data, 32, "pca")
+    # query 0 (image 0): neighbours image 1's person (right) then image 2's; query 2 (image 1): the person and its
+    # duplicate in image 0, the duplicate wrong
+    assert r["precision_at_k_same_class"][5] == pytest.approx((1 + 1 / 2 + 0) / 2)  # the class-5 query gets none
+    deduped = ev.realistic(labeled, None, 0.25, ev.Hygiene(dedup_iou=0.5))
+    assert len(deduped.index) == 3
+    r = ev.score_realistic(deduped, 32, "pca")
+    assert r["precision_at_k_same_class"][5] == 1.0 and r["n_index_unmatched"] == 0
+
+
+def test_matched_protocol_from_a_labeled_set_keeps_only_matched_detections():
+    rng = np.random.default_rng(3)
+    box, other = [10, 10, 50, 50], [60, 60, 90, 90]
+    labeled = _hand_set([(0, box, 0.9, 2, rng.normal(size=32)), (0, other, 0.3, 2, rng.normal(size=32)),
+                         (1, box, 0.2, 2, rng.normal(size=32))], [(0, box, 2), (1, box, 2)], 2)
+    data = ev.matched_data(labeled, 0.25)
+    assert len(data.objects) == 1 and data.n_detections == 2 and data.n_ground_truth == 2
+    assert data.coverage == {t: 1.0 for t in ev.TRANSFORMS}
+
+
+def test_index_keep_by_hand():
+    from objsearch.hygiene import index_keep
+
+    xyxy = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [0, 0, 10, 10], [50, 50, 60, 60], [51, 50, 61, 60]], np.float32)
+    conf = np.array([0.9, 0.8, 0.7, 0.3, 0.6])
+    cls = np.array([1, 1, 2, 1, 1])
+    assert index_keep(xyxy, conf, cls).tolist() == [True] * 5
+    assert index_keep(xyxy, conf, cls, min_confidence=0.5).tolist() == [True, True, True, False, True]
+    # row 1 overlaps the more confident row 0 of its class (IoU 9/11); row 2 is another class; row 3 loses to row 4
+    assert index_keep(xyxy, conf, cls, dedup_iou=0.5).tolist() == [True, False, True, False, True]
+    assert index_keep(xyxy, conf, cls, dedup_iou=0.85).tolist() == [True, True, True, True, True]
+    assert index_keep(np.zeros((0, 4)), [], []).shape == (0,)
+
+
+def test_eval_refuses_a_query_folder_without_labels(tmp_path):
+    from testdata import coco_images, copy_images, run_cli
+
+    folder = copy_images(coco_images(2), tmp_path / "q" / "images")
+    result = run_cli("eval", str(COCO128), "--queries", str(folder.parent))
+    assert result.returncode == 5
+    assert result.stderr.strip().splitlines() == [f"error: {folder.parent} has no YOLO labels (expected labels/ next "
+                                                  "to images/, one .txt per image)"]

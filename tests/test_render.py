@@ -147,3 +147,34 @@ def test_video_writer_writes_small_h264(tmp_path, results, engine):
         writer.write(np.zeros((101, 77, 3), np.uint8))
     with av.open(str(tmp_path / "odd.mp4")) as container:
         assert container.streams.video[0].codec_context.width == 76
+
+
+def test_a_note_shows_in_the_row_picture():
+    """A query object whose class the index holds none of gets an amber note across the top of its (other-class)
+    neighbours in the rows picture (the query --out picture and the app's rows), or in their place when there are
+    none; a row without a note has none, and the layout (tiles, width) does not move."""
+    from objsearch.render import NOTE_COLOR, compose_rows
+    from objsearch.types import Detections, Hits, MediaRef, Neighbor, SearchResult
+
+    image = np.full((100, 100, 3), 128, np.uint8)
+    dets = Detections(np.array([[10, 10, 50, 50], [60, 60, 90, 90], [0, 0, 20, 20]], np.float32), [0.9, 0.8, 0.7],
+                      [0, 1, 0])
+    nb = Neighbor(object_id=7, media=MediaRef(path="a.jpg"), xyxy=np.zeros(4, np.float32), class_id=2,
+                  confidence=0.7, distance=1.0)
+    notes = ["the index holds no person; these are other things", "", "the index holds no person"]
+    result = SearchResult(query=MediaRef(path="q.jpg"), detections=dets,
+                          hits=Hits([[1.0, 1.0], [1.0, 1.0], [np.inf, np.inf]], [[7, 7], [7, 7], [-1, -1]]),
+                          neighbors=[[nb, nb], [nb, nb], []], class_names=["person", "bicycle", "car"], notes=notes)
+    picture, tiles = compose_rows(image, result, {}, thumb_height=64)
+    plain, _ = compose_rows(image, SearchResult(result.query, dets, result.hits, result.neighbors,
+                                                result.class_names), {}, thumb_height=64)
+    assert picture.shape == plain.shape
+    assert [(t.x, t.y, t.column) for t in tiles] == [(t.x, t.y, t.column) for t in compose_rows(
+        image, SearchResult(result.query, dets, result.hits, result.neighbors, result.class_names), {},
+        thumb_height=64)[1]]
+    amber = np.all(picture == NOTE_COLOR, axis=2)
+    row_h = 64 + 16 + 4
+    assert amber[:row_h, 64:].sum() > 200 and amber[:row_h, :64].sum() == 0  # over the neighbours, not the crop
+    assert amber[row_h:2 * row_h].sum() == 0
+    assert amber[2 * row_h:].sum() > 200  # no neighbours: the note in their place
+    assert not np.all(np.all(plain == NOTE_COLOR, axis=2) == amber)
