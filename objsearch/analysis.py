@@ -515,9 +515,13 @@ class _Run:
                          file_size=size, file_mtime_ns=mtime)
         return MediaRecord(media, dets, thumbs)
 
+    def flush(self) -> None:
+        """Commit what is buffered (the journal stays until ``finish``)."""
+        self._commit(self.journal.next_seq - 1)
+
     def finish(self) -> None:
         """Commit what is left and remove the journal."""
-        self._commit(self.journal.next_seq - 1)
+        self.flush()
         self.journal.close(remove=True)
 
     def abandon(self) -> None:
@@ -555,8 +559,11 @@ def _load_detector(cfg: dict, weights: str | None, detector):
     return load_detector(cfg, weights)
 
 
-def _fit_pending_projections(writer, n_features: int) -> None:
-    """Fit the projections that need the data (PCA) from the stored features, streamed, and store them."""
+def _fit_pending_projections(run: _Run, n_features: int) -> None:
+    """Fit the projections that need the data (PCA) from the stored features of every analysed object, streamed, and
+    store them (the run's last objects are committed first: the fit reads committed rows only)."""
+    writer = run.writer
+    run.flush()
     pending = writer.attrs.get("pending_projections") or []
     for d in pending:
         proj = PCAProjection(int(d), int(writer.attrs["config"]["seed"]))
@@ -643,7 +650,7 @@ def analyze(folder: str | Path, output: str | Path, cfg: dict, *, weights: str |
         summary.n_resumed = len(writer.media_id) + len(writer.skipped)
         run.n_done = summary.n_resumed
         run.run(todo, starts)
-        _fit_pending_projections(writer, detector.n_features)
+        _fit_pending_projections(run, detector.n_features)
         writer.set_attrs(state="ready")
         run.finish()
         summary.n_images = len(writer.media_id)

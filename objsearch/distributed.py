@@ -277,7 +277,7 @@ def analyze(folder: str | Path, output: str | Path, cfg: dict, *, weights: str |
         run.n_total, run.n_done = len(rels), sum(1 for rel in rels if rel in covered)
         merged = _merge(run, shards, settings, covered)
         LOGGER.info("merged %d images from %s", merged, shards)
-        _fit_pending_projections(writer, detector.n_features)
+        _fit_pending_projections(run, detector.n_features)
         writer.set_attrs(state="ready")
         run.finish()
         for p in _shard_paths(shards):

@@ -195,12 +195,17 @@ class PCAProjection(_Projection):
         return self
 
 
+EIGEN_RTOL = 1e-9  # eigenvalues below this fraction of the largest count as zero (float64 covariance rounding)
+
+
 def _pca_components(mean: np.ndarray, cov: np.ndarray, n_components: int, rank: int):
     """Top ``n_components`` eigenvectors of ``cov`` (D, D) as columns (D, n_components), signs fixed so each column's
     largest entry is positive, zero beyond ``rank``; and the explained variance ratio."""
     values, vectors = np.linalg.eigh(cov)
     order = np.argsort(values)[::-1]
     values, vectors = np.clip(values[order], 0, None), vectors[:, order]
+    # directions without variance (rounding noise of the covariance, e.g. repeated samples) are arbitrary: zeroed
+    rank = min(rank, int((values > values[0] * EIGEN_RTOL).sum())) if len(values) and values[0] > 0 else 0
     k = min(n_components, rank, vectors.shape[1])
     comps = np.zeros((cov.shape[0], n_components), np.float64)
     comps[:, :k] = vectors[:, :k]

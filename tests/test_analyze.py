@@ -109,8 +109,21 @@ def test_stored_projection_reproduces_the_stored_vectors(index, dims):
     features = index.features(index.object_id)
     vectors = index.vectors(dims)
     assert features.shape == (len(index.object_id), 528) and vectors.shape == (len(index.object_id), dims)
-    assert proj.method == "random" and proj.random_state == 0 and proj.n_components == dims
+    assert proj.method == "pca" and proj.random_state == 0 and proj.n_components == dims
     np.testing.assert_allclose(proj.transform(features), vectors, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dims", DIMS)
+def test_pca_is_fitted_to_every_analysed_object(index, dims):
+    """The stored PCA is the one of all the index's features (oracle: a batch SVD fit), including the objects of
+    the last, not yet committed, images when the fit ran (it once saw only committed rows: all-zero vectors)."""
+    from objsearch.projection import PCAProjection
+
+    features, vectors = index.features(index.object_id), index.vectors(dims)
+    oracle = PCAProjection(dims).fit(features).transform(features)
+    top = 8  # well-separated leading components: equal up to rounding (signs are fixed by both fits)
+    np.testing.assert_allclose(vectors[:, :top], oracle[:, :top], atol=1e-3)
+    assert np.all(vectors[:, :top].std(0) > 0.01)
 
 
 def test_missing_projection_is_an_index_file_error(index):
