@@ -32,6 +32,10 @@ class Detections:
         One raw feature vector per object (see ``objsearch.detector``).
     data : dict of str to ndarray of shape (N, ...)
         Extra per-object arrays (for example ``object_id`` and ``media_id`` of indexed objects).
+    image_feature : ndarray of shape (F,), float32, or None
+        One raw whole-image feature vector of the image these objects come from (see
+        ``objsearch.detector.image_blocks``), made by the same detector pass; kept by indexing (it describes the
+        image, not the objects), dropped by ``concat`` (several images have no one image vector).
 
     Raises
     ------
@@ -44,6 +48,7 @@ class Detections:
     class_id: np.ndarray
     features: np.ndarray | None = None
     data: dict[str, np.ndarray] = field(default_factory=dict)
+    image_feature: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         xyxy = np.asarray(self.xyxy, dtype=np.float32)
@@ -71,6 +76,10 @@ class Detections:
                 raise ValueError(f"data[{key!r}] must have length {n}, got {len(value)}")
             data[key] = value
         self.data = data
+        if self.image_feature is not None:
+            self.image_feature = np.asarray(self.image_feature, dtype=np.float32)
+            if self.image_feature.ndim != 1:
+                raise ValueError(f"image_feature must have shape (F,), got {self.image_feature.shape}")
 
     def __len__(self) -> int:
         return len(self.xyxy)
@@ -85,6 +94,7 @@ class Detections:
             class_id=self.class_id[index],
             features=None if self.features is None else self.features[index],
             data={k: v[index] for k, v in self.data.items()},
+            image_feature=self.image_feature,
         )
 
     @classmethod
