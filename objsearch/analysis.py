@@ -68,8 +68,10 @@ def _record_to_bytes(seq: int, record: MediaRecord | SkippedFile) -> bytes:
             "file_mtime_ns": m.file_mtime_ns}
     thumbs = np.frombuffer(b"".join(record.thumbnails), np.uint8)
     offsets = np.cumsum([0] + [len(t) for t in record.thumbnails]).astype(np.int64)
+    extra = {} if d.image_feature is None else {"image_feature": d.image_feature}
     np.savez(buf, meta=np.frombuffer(json.dumps(meta, ensure_ascii=True).encode(), np.uint8), xyxy=d.xyxy,
-             confidence=d.confidence, class_id=d.class_id, features=d.features, thumbs=thumbs, offsets=offsets)
+             confidence=d.confidence, class_id=d.class_id, features=d.features, thumbs=thumbs, offsets=offsets,
+             **extra)
     return buf.getvalue()
 
 
@@ -82,7 +84,8 @@ def _record_from_bytes(payload: bytes) -> tuple[int, MediaRecord | SkippedFile]:
         media = MediaRef(path=meta["path"], width=meta["width"], height=meta["height"],
                          frame_index=meta["frame_index"], timestamp_s=meta["timestamp_s"],
                          file_size=meta["file_size"], file_mtime_ns=meta["file_mtime_ns"])
-        dets = Detections(z["xyxy"], z["confidence"], z["class_id"], z["features"])
+        dets = Detections(z["xyxy"], z["confidence"], z["class_id"], z["features"],
+                          image_feature=z["image_feature"] if "image_feature" in z.files else None)
         return meta["seq"], MediaRecord(media, dets, [thumbs[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)])
 
 
@@ -196,6 +199,7 @@ class JobSummary:
     n_no_objects: int = 0
     n_already: int = 0
     n_other_files: int = 0
+    n_image_vectors: int = 0  # media items given whole-image vectors by sync (an index made before image search)
     skipped: list[SkippedFile] = field(default_factory=list)
     seconds: float = 0.0
     n_images: int = 0
@@ -416,6 +420,63 @@ def _fit_pending_projections(writer, n_features: int) -> None:
         writer.set_attrs(pending_projections=[])
 
 
+def image_projections(detector, cfg: dict) -> list:
+    """The whole-image projections of a new index: random, seeded like the object ones, one per ``cfg["dims"]``
+    (PCA applies to the object vectors only), fitted to the detector's ``n_image_features``."""
+    return [make_projection("random", int(d), int(cfg["seed"])).fit(
+        np.zeros((1, detector.n_image_features), np.float32)) for d in cfg["dims"]]
+
+
+def add_image_vectors(writer, detector, *, max_pixels: int = 100_000_000, progress: ProgressFn | None = None,
+                      cancel: threading.Event | None = None) -> int:
+    """Give every live media item of ``writer``'s index its whole-image vector (re-running the detector on each
+    image) and commit them in one transaction; returns the number of media items. For an index made before image
+    search, or whose image recipe differs from ``detector``'s. Nothing is written unless every item succeeds.
+
+    Raises
+    ------
+    ObjsearchError
+        When an indexed file cannot be read any more (run ``objsearch sync`` after fixing it, or remove it).
+    JobCancelled
+        When ``cancel`` was set (nothing was written).
+    """
+    from objsearch.engine import safe_path
+
+    ids = writer.media_id
+    paths, frames = writer.media_path, writer.media_frame_index
+    base = Path(writer.base_dir)
+    cfg = index_config(writer)
+    feats = np.zeros((len(ids), detector.n_image_features), np.float32)
+    for i, (rel, frame) in enumerate(zip(paths, frames)):
+        if cancel is not None and cancel.is_set():
+            raise JobCancelled("cancelled before the image vectors were written; run `objsearch sync` again")
+        path = safe_path(base, rel)
+        if path is None:
+            raise ObjsearchError(f"cannot make the image vector of {rel!r}: its path leaves {base}")
+        try:
+            image = _read_media(path, int(frame), max_pixels)
+        except ImageReadError as exc:
+            raise ObjsearchError(f"cannot make the image vector of an indexed item: {exc}") from None
+        feats[i] = detector(image, conf=cfg["conf"]).image_feature
+        if progress:
+            progress(i + 1, len(ids), 0)
+    writer.set_image_vectors(detector.image_feature_recipe(), ids, feats, image_projections(detector, cfg))
+    writer.commit()
+    return len(ids)
+
+
+def _read_media(path: Path, frame_index: int, max_pixels: int) -> np.ndarray:
+    """The pixels of an indexed media item: the image, or frame ``frame_index`` of a video."""
+    if frame_index < 0:
+        return read_image(path, max_pixels=max_pixels)
+    from objsearch import media
+
+    reader = getattr(media, "read_frame", None)  # video frames: objsearch.media.read_frame when it exists
+    if reader is None:
+        raise ImageReadError(f"{path} frame {frame_index}: this objsearch cannot decode video frames")
+    return reader(path, frame_index, max_pixels=max_pixels)
+
+
 def analyze(folder: str | Path, output: str | Path, cfg: dict, *, weights: str | None = None,
             overwrite: bool = False, progress: ProgressFn | None = None, cancel: threading.Event | None = None,
             detector=None) -> JobSummary:
@@ -482,7 +543,8 @@ def analyze(folder: str | Path, output: str | Path, cfg: dict, *, weights: str |
                 projections.append(make_projection(cfg["projection"], d, cfg["seed"]).fit(
                     np.zeros((1, detector.n_features), np.float32)))
         writer = CatalogWriter.create(output, attrs=index_attrs(detector, cfg, folder, pending),
-                                      n_features=detector.n_features, projections=projections, overwrite=overwrite)
+                                      n_features=detector.n_features, projections=projections, overwrite=overwrite,
+                                      image_projections=image_projections(detector, cfg))
     summary = JobSummary(index=output, n_other_files=listing.n_other, skipped=list(listing.skipped))
     run = None
     try:
@@ -518,6 +580,7 @@ def index_attrs(detector, cfg: dict, folder: Path, pending_projections: list[int
         "class_names": detector.names,
         "base_dir": os.path.abspath(folder),
         "pending_projections": list(pending_projections),
+        "image_recipe": detector.image_feature_recipe(),
     }
 
 
@@ -686,6 +749,9 @@ def sync(index: str | Path, folder: str | Path | None = None, *, weights: str | 
         if stale:
             summary.n_removed_objects = writer.remove_media(writer.media_id[np.asarray(stale)])
             writer.commit()
+        if image_vectors_stale(writer, detector):
+            summary.n_image_vectors = add_image_vectors(writer, detector, max_pixels=int(cfg.get("max_pixels", 100_000_000)),
+                                                        progress=progress, cancel=cancel)
         indexed = set(writer.media_path)
         todo = [p for rel, p in sorted(on_disk.items()) if rel not in indexed and rel not in covered]
         summary.n_unchanged = sum(1 for rel in on_disk if rel in indexed)
@@ -695,6 +761,16 @@ def sync(index: str | Path, folder: str | Path | None = None, *, weights: str | 
         summary.n_images, summary.n_objects = len(writer.media_id), len(writer.object_id)
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def image_vectors_stale(catalog, detector) -> bool:
+    """Whether ``catalog`` (a Catalog or CatalogWriter) lacks whole-image vectors or holds ones of another image
+    recipe than ``detector`` makes (``sync`` then makes them all again)."""
+    if not catalog.has_image_vectors:
+        return True
+    made, stored = detector.image_feature_recipe(), catalog.image_recipe
+    return (made["n_features"], made["version"], made["blocks"]) != (
+        stored.get("n_features"), stored.get("version"), stored.get("blocks"))
 
 
 def compact(index: str | Path) -> tuple[int, int]:
