@@ -460,7 +460,9 @@ def add_image_vectors(writer, detector, *, max_pixels: int = 100_000_000, progre
         feats[i] = detector(image, conf=cfg["conf"]).image_feature
         if progress:
             progress(i + 1, len(ids), 0)
-    writer.set_image_vectors(detector.image_feature_recipe(), ids, feats, image_projections(detector, cfg))
+    dims = writer.dims or cfg["dims"]  # the object vectors' dimensions (index_config does not keep "dims")
+    writer.set_image_vectors(detector.image_feature_recipe(), ids, feats,
+                             image_projections(detector, {**cfg, "dims": dims}))
     writer.commit()
     return len(ids)
 

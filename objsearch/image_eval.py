@@ -120,8 +120,11 @@ def collect_embed(weights: str, paths: list[Path], images: list[np.ndarray], *, 
     embed = yolo_embedder(weights, imgsz=imgsz, device=device)
     feats, ms = [], []
     queries = {t: [] for t in TRANSFORMS}
+    warm: set = set()
     for image in images:
-        embed(image)  # warm-up at this shape, as ours gets
+        if image.shape not in warm:  # a warm-up pass per input shape, as ours gets
+            embed(image)
+            warm.add(image.shape)
         t0 = time.perf_counter()
         feats.append(embed(image))
         ms.append((time.perf_counter() - t0) * 1e3)
