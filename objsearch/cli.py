@@ -674,6 +674,9 @@ def info(index: Annotated[Path, typer.Argument(help="Index file.")]) -> None:
         typer.echo(f"objects    {len(f.object_id)} in {int((counts > 0).sum())} classes: {top}")
         typer.echo(f"features   {f.attrs.get('feature_recipe')}")
         typer.echo(f"projection {cfg.get('projection', '?')} to dims {f.dims} (seed {cfg.get('seed', '?')})")
+        typer.echo(f"images     whole-image vectors {f.image_recipe.get('blocks')}, random to dims {f.image_dims}"
+                   if f.has_image_vectors else
+                   "images     no whole-image vectors (made before image search): `objsearch sync` adds them")
         typer.echo(f"model      {f.attrs.get('weights_name')} sha256 {f.weights_sha256}")
         typer.echo(f"size       {size / 1e6:.2f} MB on disk ({size / max(len(f.object_id), 1) / 1e3:.2f} kB per object)")
 

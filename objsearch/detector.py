@@ -22,6 +22,9 @@ the index so queries use the same one):
 ``neck_roi``
     ``roi_align`` of the box over each of the maps that feed the Detect head (P3-P5), 1x1, each level L2-normalised
     on its own, then concatenated (so this block's norm is sqrt(3) times its weight).
+
+Every call also makes one whole-image feature from the same pass (``Detections.image_feature``, (F,) float32; the
+blocks of ``image_blocks``, by default pooled P3-P5 plus the per-class sum of scores, ``DEFAULT_IMAGE_RECIPE``).
 """
 
 from __future__ import annotations

@@ -78,6 +78,7 @@ LIBVER = ("v110", "latest")
 MAX_THUMBNAIL_BYTES = 4 << 20
 MAX_PATH_BYTES = 1 << 16
 FEATURE_CHUNK_ROWS = 1024
+IMAGE_FEATURE_CHUNK_ROWS = 256  # media rows are fewer than object rows: a smaller first chunk (~0.5 MB at F=528)
 STREAM_ROWS = 65536
 _STATES = ("ready", "analyzing")
 _JSON_ATTRS = ("feature_recipe", "config", "class_names", "image_recipe")
@@ -909,7 +910,8 @@ def _create_image_group(f, n_image_features: int, projections, n_rows: int) -> N
     """(Re)create /image with ``n_rows`` rows of features (zeros) and one vector dataset per projection."""
     if "image" in f:
         del f["image"]
-    _create_dataset(f, "image/features", "<f4", (int(n_image_features),), FEATURE_CHUNK_ROWS).resize(n_rows, axis=0)
+    _create_dataset(f, "image/features", "<f4", (int(n_image_features),), IMAGE_FEATURE_CHUNK_ROWS).resize(n_rows,
+                                                                                                         axis=0)
     f.require_group("image/projections")
     for proj in projections:
         _create_projection(f, proj, n_rows, prefix="image/projections")
