@@ -278,7 +278,7 @@ def job_settings(detector, cfg: dict) -> dict:
     """What must stay the same across the images of one index (and its journal)."""
     return {
         "weights_sha256": detector.weights_sha256,
-        "feature_recipe": detector.feature_recipe(),
+        "feature_recipe": detector.feature_recipe(), "image_recipe": detector.image_feature_recipe(),
         "iou": detector.iou, "max_det": detector.max_det, "conf": float(cfg["conf"]),
         "thumb_size": int(cfg["thumb_size"]), "thumb_quality": int(cfg["thumb_quality"]),
     }
