@@ -231,3 +231,21 @@ def test_eval_mode_image_on_coco8(tmp_path):
     proc = run_cli("eval", "--mode", "image", unlabeled.parent)
     assert proc.returncode != 0 and proc.stderr.startswith("error:") and "labels" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_engine_refresh_picks_up_added_images_in_image_mode(index_copy, small_folder, detector, tmp_path):
+    from objsearch import analysis
+    from objsearch.engine import Engine
+
+    new = coco_images(40)[-1]
+    shutil.copy(new, small_folder / "added_for_refresh.jpg")
+    try:
+        with Engine(index_copy, detector=detector) as engine:
+            before = engine.search_image_file(new, k=1)
+            assert before.neighbors[0].media.path != "added_for_refresh.jpg"
+            analysis.add(index_copy, [small_folder / "added_for_refresh.jpg"], detector=detector)
+            assert engine.refresh()
+            after = engine.search_image_file(new, k=1)
+            assert after.neighbors[0].media.path == "added_for_refresh.jpg" and after.neighbors[0].distance < 1e-3
+    finally:
+        (small_folder / "added_for_refresh.jpg").unlink()
