@@ -476,6 +476,8 @@ def query(
     from objsearch.errors import ImageReadError
 
     mode = _mode(mode)
+    if mode == "image" and same_class:
+        raise ObjsearchError("--same-class applies to --mode objects (whole images have no one class)")
     items = expand_query_inputs(list(images))
     if out is not None:
         if len(items) != 1:
