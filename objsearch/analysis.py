@@ -646,6 +646,10 @@ def add(index: str | Path, paths: Iterable[str | Path], *, weights: str | None =
     t0 = time.perf_counter()
     index = Path(index)
     writer, detector, cfg = _open_for_job(index, {"device": device}, weights, detector)
+    if writer.has_image_vectors and image_vectors_stale(writer, detector):  # never mix two image recipes
+        writer.close()
+        raise IndexFileError(f"{index} holds whole-image vectors of another image recipe; run `objsearch sync -i "
+                             f"{index}` first (it makes them all again)")
     summary = JobSummary(index=index)
     with contextlib.ExitStack() as stack:
         stack.callback(writer.close)

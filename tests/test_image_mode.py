@@ -249,3 +249,23 @@ def test_engine_refresh_picks_up_added_images_in_image_mode(index_copy, small_fo
             assert after.neighbors[0].media.path == "added_for_refresh.jpg" and after.neighbors[0].distance < 1e-3
     finally:
         (small_folder / "added_for_refresh.jpg").unlink()
+
+
+def test_an_index_of_another_image_recipe_is_remade_by_sync_not_mixed(tmp_path, cfg, detector):
+    from objsearch import analysis
+    from objsearch.engine import load_detector
+
+    folder = copy_images(coco_images(3), tmp_path / "imgs")
+    analysis.analyze(folder, tmp_path / "i.h5", cfg, detector=detector)
+    other = load_detector(cfg)
+    other.image_recipe = {"neck_gap": 1.0, "cls_max": 0.5}  # same F (528), other blocks
+    assert other.n_image_features == detector.n_image_features
+    copy_images(coco_images(4)[-1:], folder)
+    with pytest.raises(IndexFileError, match="objsearch sync"):
+        analysis.add(tmp_path / "i.h5", [folder], detector=other)
+    assert analysis.sync(tmp_path / "i.h5", detector=other).n_image_vectors == 3  # remade, then the new one added
+    with Catalog(tmp_path / "i.h5") as cat:
+        assert cat.image_recipe["blocks"] == other.image_recipe and len(cat.media_id) == 4
+        feats = cat.image_features(cat.media_id)
+        image = cv2.imread(str(folder / cat.media_path[0]))
+        np.testing.assert_allclose(feats[0], other(image).image_feature, atol=1e-4)
