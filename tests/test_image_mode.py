@@ -86,7 +86,7 @@ def test_removed_with_its_media_item_and_kept_by_compact(index_copy, small_folde
             analysis.compact(index_copy)
 
 
-def test_search_finds_the_query_image_itself_first(small_index, small_folder, detector):
+def test_search_finds_the_query_image_itself_first(small_index, index_copy, small_folder, detector):
     from objsearch.engine import Engine
 
     path, _ = small_index
@@ -104,8 +104,8 @@ def test_search_finds_the_query_image_itself_first(small_index, small_folder, de
         np.testing.assert_allclose([n.distance for n in result.neighbors], dist[order], rtol=1e-4, atol=1e-4)
         excluded = engine.search_image_file(small_folder / rel, k=5, exclude_self=True)
         assert me not in [n.media.media_id for n in excluded.neighbors] and len(excluded.neighbors) == 5
-        for backend in ("numpy", "kdtree", "hnsw"):
-            with Engine(path, detector=detector, backend=backend) as other:
+        for backend in ("numpy", "kdtree", "hnsw"):  # on a copy: hnsw keeps its graph beside the index
+            with Engine(index_copy, detector=detector, backend=backend) as other:
                 got = other.search_image_file(small_folder / rel, k=3, exclude_self=False)
                 assert got.neighbors[0].media.media_id == me
 
