@@ -126,6 +126,7 @@ def test_flipped_and_resized_images_find_their_original(small_index, small_folde
         assert found >= n - 1, f"{found}/{n}"
 
 
+@pytest.mark.slow
 def test_query_mode_image_json_and_picture(small_index, small_folder, tmp_path):
     path, _ = small_index
     with Catalog(path) as cat:
@@ -154,6 +155,7 @@ def test_query_mode_image_json_and_picture(small_index, small_folder, tmp_path):
     assert proc.returncode != 0 and proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_old_index_is_told_to_sync_and_sync_fills_it_in(index_copy, small_folder, detector):
     from objsearch import analysis
     from objsearch.engine import Engine
@@ -213,6 +215,7 @@ def test_damaged_image_group_is_refused(index_copy):
         Catalog(index_copy)
 
 
+@pytest.mark.slow
 def test_eval_mode_image_on_coco8(tmp_path):
     proc = run_cli("eval", "--mode", "image", COCO8, "--dims", "16", "--json", "--weights",
                    DATA / "weights" / "yolov8n-reconstructed.pt")
