@@ -81,8 +81,10 @@ def _record_to_bytes(seq: int, record: MediaRecord | SkippedFile | VideoEnd) -> 
             "file_mtime_ns": m.file_mtime_ns}
     thumbs = np.frombuffer(b"".join(record.thumbnails), np.uint8)
     offsets = np.cumsum([0] + [len(t) for t in record.thumbnails]).astype(np.int64)
+    extra = {} if d.image_feature is None else {"image_feature": d.image_feature}
     np.savez(buf, meta=np.frombuffer(json.dumps(meta, ensure_ascii=True).encode(), np.uint8), xyxy=d.xyxy,
-             confidence=d.confidence, class_id=d.class_id, features=d.features, thumbs=thumbs, offsets=offsets)
+             confidence=d.confidence, class_id=d.class_id, features=d.features, thumbs=thumbs, offsets=offsets,
+             **extra)
     return buf.getvalue()
 
 
@@ -97,7 +99,8 @@ def _record_from_bytes(payload: bytes) -> tuple[int, MediaRecord | SkippedFile]:
         media = MediaRef(path=meta["path"], width=meta["width"], height=meta["height"],
                          frame_index=meta["frame_index"], timestamp_s=meta["timestamp_s"],
                          file_size=meta["file_size"], file_mtime_ns=meta["file_mtime_ns"])
-        dets = Detections(z["xyxy"], z["confidence"], z["class_id"], z["features"])
+        dets = Detections(z["xyxy"], z["confidence"], z["class_id"], z["features"],
+                          image_feature=z["image_feature"] if "image_feature" in z.files else None)
         return meta["seq"], MediaRecord(media, dets, [thumbs[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)])
 
 
@@ -211,6 +214,7 @@ class JobSummary:
     n_no_objects: int = 0
     n_already: int = 0
     n_other_files: int = 0
+    n_image_vectors: int = 0  # media items given whole-image vectors by sync (an index made before image search)
     skipped: list[SkippedFile] = field(default_factory=list)
     seconds: float = 0.0
     n_images: int = 0
@@ -330,9 +334,10 @@ def detect_for_index(detector, images: list[np.ndarray], cfg: dict) -> list[Dete
     for dets in found:
         if mirror and len(dets):
             dets = Detections(dets.xyxy, dets.confidence, dets.class_id,
-                              0.5 * (dets.features + dets.data["mirror_features"]))
+                              0.5 * (dets.features + dets.data["mirror_features"]), image_feature=dets.image_feature)
         elif mirror:
-            dets = Detections(dets.xyxy, dets.confidence, dets.class_id, dets.features)
+            dets = Detections(dets.xyxy, dets.confidence, dets.class_id, dets.features,
+                              image_feature=dets.image_feature)
         if cfg.get("dedup_iou") is not None:
             dets = dets[index_keep(dets.xyxy, dets.confidence, dets.class_id, dedup_iou=float(cfg["dedup_iou"]))]
         out.append(dets)
@@ -343,7 +348,7 @@ def job_settings(detector, cfg: dict) -> dict:
     """What must stay the same across the images of one index (and its journal)."""
     return {
         "weights_sha256": detector.weights_sha256,
-        "feature_recipe": detector.feature_recipe(),
+        "feature_recipe": detector.feature_recipe(), "image_recipe": detector.image_feature_recipe(),
         "iou": detector.iou, "max_det": detector.max_det, "conf": float(cfg["conf"]),
         "thumb_size": int(cfg["thumb_size"]), "thumb_quality": int(cfg["thumb_quality"]),
         "video_sampling": video_sampling(cfg),
@@ -573,6 +578,65 @@ def _fit_pending_projections(run: _Run, n_features: int) -> None:
         writer.set_attrs(pending_projections=[])
 
 
+def image_projections(detector, cfg: dict) -> list:
+    """The whole-image projections of a new index: random, seeded like the object ones, one per ``cfg["dims"]``
+    (PCA applies to the object vectors only), fitted to the detector's ``n_image_features``."""
+    return [make_projection("random", int(d), int(cfg["seed"])).fit(
+        np.zeros((1, detector.n_image_features), np.float32)) for d in cfg["dims"]]
+
+
+def add_image_vectors(writer, detector, *, max_pixels: int = 100_000_000, progress: ProgressFn | None = None,
+                      cancel: threading.Event | None = None) -> int:
+    """Give every live media item of ``writer``'s index its whole-image vector (re-running the detector on each
+    image) and commit them in one transaction; returns the number of media items. For an index made before image
+    search, or whose image recipe differs from ``detector``'s. Nothing is written unless every item succeeds.
+
+    Raises
+    ------
+    ObjsearchError
+        When an indexed file cannot be read any more (run ``objsearch sync`` after fixing it, or remove it).
+    JobCancelled
+        When ``cancel`` was set (nothing was written).
+    """
+    from objsearch.engine import safe_path
+
+    ids = writer.media_id
+    paths, frames = writer.media_path, writer.media_frame_index
+    base = Path(writer.base_dir)
+    cfg = index_config(writer)
+    feats = np.zeros((len(ids), detector.n_image_features), np.float32)
+    for i, (rel, frame) in enumerate(zip(paths, frames)):
+        if cancel is not None and cancel.is_set():
+            raise JobCancelled("cancelled before the image vectors were written; run `objsearch sync` again")
+        path = safe_path(base, rel)
+        if path is None:
+            raise ObjsearchError(f"cannot make the image vector of {rel!r}: its path leaves {base}")
+        try:
+            image = _read_media(path, int(frame), max_pixels)
+        except ImageReadError as exc:
+            raise ObjsearchError(f"cannot make the image vector of an indexed item: {exc}") from None
+        feats[i] = detector(image, conf=cfg["conf"]).image_feature
+        if progress:
+            progress(i + 1, len(ids), 0)
+    dims = writer.dims or cfg["dims"]  # the object vectors' dimensions (index_config does not keep "dims")
+    writer.set_image_vectors(detector.image_feature_recipe(), ids, feats,
+                             image_projections(detector, {**cfg, "dims": dims}))
+    writer.commit()
+    return len(ids)
+
+
+def _read_media(path: Path, frame_index: int, max_pixels: int) -> np.ndarray:
+    """The pixels of an indexed media item: the image, or frame ``frame_index`` of a video."""
+    if frame_index < 0:
+        return read_image(path, max_pixels=max_pixels)
+    from objsearch import media
+
+    reader = getattr(media, "read_frame", None)  # video frames: objsearch.media.read_frame when it exists
+    if reader is None:
+        raise ImageReadError(f"{path} frame {frame_index}: this objsearch cannot decode video frames")
+    return reader(path, frame_index, max_pixels=max_pixels)
+
+
 def analyze(folder: str | Path, output: str | Path, cfg: dict, *, weights: str | None = None,
             overwrite: bool = False, progress: ProgressFn | None = None, cancel: threading.Event | None = None,
             detector=None) -> JobSummary:
@@ -640,7 +704,8 @@ def analyze(folder: str | Path, output: str | Path, cfg: dict, *, weights: str |
                 projections.append(make_projection(cfg["projection"], d, cfg["seed"]).fit(
                     np.zeros((1, detector.n_features), np.float32)))
         writer = CatalogWriter.create(output, attrs=index_attrs(detector, cfg, folder, pending),
-                                      n_features=detector.n_features, projections=projections, overwrite=overwrite)
+                                      n_features=detector.n_features, projections=projections, overwrite=overwrite,
+                                      image_projections=image_projections(detector, cfg))
     summary = JobSummary(index=output, n_other_files=listing.n_other, skipped=list(listing.skipped))
     run = None
     try:
@@ -676,6 +741,7 @@ def index_attrs(detector, cfg: dict, folder: Path, pending_projections: list[int
         "class_names": detector.names,
         "base_dir": os.path.abspath(folder),
         "pending_projections": list(pending_projections),
+        "image_recipe": detector.image_feature_recipe(),
     }
 
 
@@ -746,6 +812,10 @@ def add(index: str | Path, paths: Iterable[str | Path], *, weights: str | None =
     t0 = time.perf_counter()
     index = Path(index)
     writer, detector, cfg = _open_for_job(index, {"device": device, "runtime": runtime}, weights, detector)
+    if writer.has_image_vectors and image_vectors_stale(writer, detector):  # never mix two image recipes
+        writer.close()
+        raise IndexFileError(f"{index} holds whole-image vectors of another image recipe; run `objsearch sync -i "
+                             f"{index}` first (it makes them all again)")
     summary = JobSummary(index=index)
     with contextlib.ExitStack() as stack:
         stack.callback(writer.close)
@@ -849,6 +919,9 @@ def sync(index: str | Path, folder: str | Path | None = None, *, weights: str | 
         if stale:
             summary.n_removed_objects = writer.remove_media(writer.media_id[np.asarray(stale)])
             writer.commit()
+        if image_vectors_stale(writer, detector):
+            summary.n_image_vectors = add_image_vectors(writer, detector, max_pixels=int(cfg.get("max_pixels", 100_000_000)),
+                                                        progress=progress, cancel=cancel)
         indexed = set(writer.media_path)
         resume = run.video_in_progress()
         todo, starts = _todo([p for _, p in sorted(on_disk.items())], base, indexed | covered, resume)
@@ -859,6 +932,16 @@ def sync(index: str | Path, folder: str | Path | None = None, *, weights: str | 
         summary.n_images, summary.n_objects = len(writer.media_id), len(writer.object_id)
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def image_vectors_stale(catalog, detector) -> bool:
+    """Whether ``catalog`` (a Catalog or CatalogWriter) lacks whole-image vectors or holds ones of another image
+    recipe than ``detector`` makes (``sync`` then makes them all again)."""
+    if not catalog.has_image_vectors:
+        return True
+    made, stored = detector.image_feature_recipe(), catalog.image_recipe
+    return (made["n_features"], made["version"], made["blocks"]) != (
+        stored.get("n_features"), stored.get("version"), stored.get("blocks"))
 
 
 def compact(index: str | Path) -> tuple[int, int]:

@@ -25,6 +25,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 
+ModeOpt = Annotated[str, typer.Option("--mode", help="objects (each object's neighbours) or image (whole images).")]
 WeightsOpt = Annotated[Optional[str], typer.Option("--weights", "-w", help="Detector checkpoint (.pt).")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML config (default: cfg/default.yaml).")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, 0 (a GPU index: cuda:0), cuda, cuda:1, mps.")]
@@ -166,6 +167,8 @@ def _print_summary(verb: str, summary, output=None) -> None:
         parts.append(f"{summary.n_already} already indexed")
     if summary.n_unchanged:
         parts.append(f"{summary.n_unchanged} unchanged")
+    if getattr(summary, "n_image_vectors", 0):
+        parts.append(f"whole-image vectors made for {summary.n_image_vectors} images")
     parts.append(f"{summary.n_no_objects} with no objects")
     parts.append(f"{len(summary.skipped)} skipped")
     if summary.n_other_files:
@@ -482,12 +485,17 @@ def query(
     runtime: RuntimeOpt = None,
     group_window: GroupWindowOpt = 2.0,
     no_group: NoGroupOpt = False,
+    mode: ModeOpt = "objects",
 ) -> None:
-    """Find the nearest indexed objects of every object in each query image. With several images, one that cannot
-    be read prints an error line and the others go on (exit code 2 at the end)."""
+    """Find the nearest indexed objects of every object in each query image (``--mode image``: the most similar
+    whole images, one row). With several images, one that cannot be read prints an error line and the others go on
+    (exit code 2 at the end)."""
     from objsearch.engine import Engine
     from objsearch.errors import ImageReadError
 
+    mode = _mode(mode)
+    if mode == "image" and same_class:
+        raise ObjsearchError("--same-class applies to --mode objects (whole images have no one class)")
     items = expand_query_inputs(list(images))
     if out is not None:
         if len(items) != 1:
@@ -515,20 +523,46 @@ def query(
                 _err(str(exc))
                 n_failed += 1
                 continue
-            result = engine.search_file(item, k=k, same_class=same_class,
-                                        exclude_self=not include_self and isinstance(item, Path),
-                                        warmup=True, image=picture,  # once per input shape
-                                        group_s=None if no_group else group_window)
+            if mode == "image":
+                result = engine.search_image_file(item, k=k, exclude_self=not include_self and isinstance(item, Path),
+                                                  warmup=True, image=picture)
+            else:
+                result = engine.search_file(item, k=k, same_class=same_class,
+                                            exclude_self=not include_self and isinstance(item, Path),
+                                            warmup=True, image=picture,  # once per input shape
+                                            group_s=None if no_group else group_window)
             if out is not None:
                 _write_picture(engine, picture, result, out)
             if as_json:
                 typer.echo(json.dumps(result.to_dict()))
+            elif mode == "image":
+                _print_image_result(item, result)
             else:
                 _print_result(item, result)
     if out is not None and not as_json:
         typer.echo(f"wrote {out}")
     if n_failed:
         raise typer.Exit(2)
+
+
+def _mode(mode: str) -> str:
+    from objsearch.types import printable
+
+    mode = str(mode).strip().lower()
+    if mode not in ("objects", "image"):
+        raise ObjsearchError(f"--mode must be objects or image, got {printable(mode)!r}")
+    return mode
+
+
+def _print_image_result(item, result) -> None:
+    """One line per query: the whole-image neighbours, nearest first."""
+    from objsearch.types import printable
+
+    t = result.to_dict()["timings_ms"]
+    warm = f"; a first pass at this input size took {t['warmup']:.0f} ms before timing" if "warmup" in t else ""
+    typer.echo(f"{printable(str(item))}: {len(result.neighbors)} similar images, {t['total']:.0f} ms (detect "
+               f"{t['detect']:.0f}, image vector {t['image_feature']:.1f}, search {t['search']:.1f}){warm}")
+    typer.echo("  " + ", ".join(f"{nb.media.display_name()} d={nb.distance:.2f}" for nb in result.neighbors))
 
 
 def _print_result(item, result) -> None:
@@ -584,7 +618,15 @@ def _write_picture(engine, image, result, out: Path) -> None:
 
     from objsearch.render import render_result
 
-    picture = render_result(image, result, {i: engine.thumbnail(i) for i in result.object_ids()})
+    from objsearch.types import ImageSearchResult
+
+    if isinstance(result, ImageSearchResult):
+        from objsearch.render import render_image_result
+
+        picture = render_image_result(image, result, {nb.media.media_id: engine.media_picture(nb.media.media_id)
+                                                      for nb in result.neighbors})
+    else:
+        picture = render_result(image, result, {i: engine.thumbnail(i) for i in result.object_ids()})
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         ok = cv2.imwrite(str(out), picture)
@@ -592,6 +634,55 @@ def _write_picture(engine, image, result, out: Path) -> None:
         raise ObjsearchError(f"cannot write picture {out}: {exc}") from None
     if not ok:
         raise ObjsearchError(f"cannot write picture {out} (use a .jpg or .png name in a writable folder)")
+
+
+def _evaluate_images(data_dir: Path, cfg: dict, dim_list: list[int], *, as_json: bool, limit: int | None,
+                     peer: bool) -> None:
+    """``eval --mode image``: ours (the image vector of the detector pass) and, with ``peer``, ``YOLO.embed()``."""
+    import math
+
+    from objsearch import image_eval as ie
+    from objsearch.engine import load_detector
+
+    detector = load_detector(cfg)
+    paths, pictures = ie.load_images(data_dir, limit)
+    if not paths:
+        raise ObjsearchError(f"{data_dir} holds no readable images")
+    bar, update = _progress_bar(len(paths) * (2 if peer else 1), "eval")
+    state = {"done": 0}
+
+    def progress(n):
+        state["done"] += n
+        update(state["done"], len(paths) * (2 if peer else 1), 0)
+
+    try:
+        methods = [ie.collect_ours(detector, paths, pictures, progress=progress)]
+        if peer:
+            methods.append(ie.collect_embed(detector.weights_path, paths, pictures, imgsz=detector.imgsz,
+                                            device=cfg["device"], progress=progress))
+    finally:
+        bar.close()
+    rows = [(m, ie.score_images(m, d, cfg["seed"])) for m in methods for d in [*dim_list, None]]
+    report = {
+        "data_dir": str(data_dir), "weights": Path(str(detector.weights_path)).name, "mode": "image",
+        "image_recipe": detector.image_feature_recipe(), "n_images": len(paths),
+        "n_queries": int((methods[0].largest_class >= 0).sum()),
+        "methods": [{"name": m.name, "n_features": int(m.features.shape[1]), "ms_per_image": m.ms_per_image,
+                     "pass_ms_per_image": m.pass_ms_per_image if math.isfinite(m.pass_ms_per_image) else None}
+                    for m in methods],
+        "results": [{"method": m.name, **r} for m, r in rows],
+    }
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    ours = methods[0]
+    typer.echo(f"{len(paths)} images ({report['n_queries']} with labels), {report['weights']}, image recipe "
+               f"{detector.image_feature_recipe()['blocks']} ({detector.n_image_features}-d)")
+    typer.echo(f"ours: {ours.ms_per_image:.2f} ms/image added to a {ours.pass_ms_per_image:.0f} ms detector pass "
+               f"(no extra pass)" + (f"; YOLO.embed(): {methods[1].ms_per_image:.0f} ms/image (a second pass, "
+                                      f"{methods[1].features.shape[1]}-d)" if peer else ""))
+    for line in ie.format_table(rows):
+        typer.echo(line)
 
 
 @app.command()
@@ -619,6 +710,9 @@ def info(index: Annotated[Path, typer.Argument(help="Index file.")]) -> None:
         typer.echo(f"objects    {len(f.object_id)} in {int((counts > 0).sum())} classes: {top}")
         typer.echo(f"features   {f.attrs.get('feature_recipe')}")
         typer.echo(f"projection {cfg.get('projection', '?')} to dims {f.dims} (seed {cfg.get('seed', '?')})")
+        typer.echo(f"images     whole-image vectors {f.image_recipe.get('blocks')}, random to dims {f.image_dims}"
+                   if f.has_image_vectors else
+                   "images     no whole-image vectors (made before image search): `objsearch sync` adds them")
         typer.echo(f"model      {f.attrs.get('weights_name')} sha256 {f.weights_sha256}")
         typer.echo(f"size       {size / 1e6:.2f} MB on disk ({size / max(len(f.object_id), 1) / 1e3:.2f} kB per object)")
 
@@ -639,16 +733,21 @@ def evaluate(
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     runtime: RuntimeOpt = None,
+    mode: ModeOpt = "objects",
+    limit: Annotated[Optional[int], typer.Option(min=1, help="--mode image: use the first N images only.")] = None,
+    peer: Annotated[bool, typer.Option(help="--mode image: also score ultralytics' YOLO.embed() (a second pass).")] = True,
 ) -> None:
     """Retrieval quality on labeled images: class precision@1/5/16 and instance recall@1 per dimension.
 
     The realistic protocol indexes every detection analyze would keep and counts a neighbour right only when it
     matches a labeled object of the query's class; the matched protocol indexes only detections that match a
-    labeled object (see objsearch/evaluate.py)."""
+    labeled object (see objsearch/evaluate.py). ``--mode image``: whole-image precision@1/5/10 and instance
+    recall@1, against ultralytics' ``YOLO.embed()``."""
     from objsearch import evaluate as ev
     from objsearch.engine import load_detector
     from objsearch.errors import EmptyFolderError
 
+    mode = _mode(mode)
     cfg = load_config(config, projection=projection, device=device, feature_recipe=recipe, weights=weights,
                       runtime=runtime)
     if protocol not in ("realistic", "matched", "both"):
@@ -665,6 +764,10 @@ def evaluate(
             raise EmptyFolderError(f"{folder} has no YOLO labels (expected labels/ next to images/, one .txt per "
                                    "image)")
         listed.append(images)
+    if mode == "image":
+        if queries is not None:
+            raise ObjsearchError("--queries goes with the object protocols, not --mode image")
+        return _evaluate_images(data_dir, cfg, dim_list, as_json=as_json, limit=limit, peer=peer)
     detector = load_detector(cfg)
     hygiene = ev.Hygiene(cfg["index_conf"], cfg["dedup_iou"], bool(cfg["index_mirror"]))
     conf = float(cfg["conf"])

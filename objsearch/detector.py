@@ -22,6 +22,9 @@ the index so queries use the same one):
 ``neck_roi``
     ``roi_align`` of the box over each of the maps that feed the Detect head (P3-P5), 1x1, each level L2-normalised
     on its own, then concatenated (so this block's norm is sqrt(3) times its weight).
+
+Every call also makes one whole-image feature from the same pass (``Detections.image_feature``, (F,) float32; the
+blocks of ``image_blocks``, by default pooled P3-P5 plus the per-class sum of scores, ``DEFAULT_IMAGE_RECIPE``).
 """
 
 from __future__ import annotations
@@ -43,6 +46,11 @@ LOGGER = logging.getLogger(__name__)
 RECIPE_VERSION = 2  # bump when a block's definition changes: indexes of another version are refused
 FEATURE_BLOCKS = ("cls_cell", "cls_logits", "cls_roi", "box_cell", "neck_roi")
 DEFAULT_RECIPE: dict[str, float] = {"cls_logits": 1.5, "neck_roi": 1.0}  # README: Retrieval quality
+
+# whole-image feature (one vector per media item, from the same forward pass; see ``image_blocks``)
+IMAGE_RECIPE_VERSION = 1  # bump when an image block's definition changes: such indexes need `objsearch sync`
+IMAGE_BLOCKS = ("neck_gap", "neck_gmp", "cls_gap", "cls_max", "cls_sum")
+DEFAULT_IMAGE_RECIPE: dict[str, float] = {"neck_gap": 1.0, "cls_sum": 0.5}  # chosen by `eval --mode image`, see README
 
 
 def file_sha256(path: str | Path) -> str:
@@ -84,6 +92,114 @@ def parse_recipe(recipe: str | dict[str, float]) -> dict[str, float]:
         out[name] = float(weight)
     if not out:
         raise ValueError("a feature recipe needs at least one block")
+    return out
+
+
+def parse_image_recipe(recipe: str | dict[str, float]) -> dict[str, float]:
+    """Turn ``"neck_gap:1,cls_max:0.5"`` (or a dict) into ``{image block: weight}``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown image block name or a weight that is not a positive number.
+    """
+    items = list(recipe.items()) if isinstance(recipe, dict) else [
+        (name.strip(), float(weight) if weight else 1.0)
+        for name, _, weight in (part.strip().partition(":") for part in str(recipe).split(","))]
+    out: dict[str, float] = {}
+    for name, weight in items:
+        if name not in IMAGE_BLOCKS:
+            raise ValueError(f"unknown image feature block {name!r}; expected one of {', '.join(IMAGE_BLOCKS)}")
+        if not float(weight) > 0:
+            raise ValueError(f"image feature block weights must be positive, got {name}:{weight}")
+        out[name] = float(weight)
+    if not out:
+        raise ValueError("an image feature recipe needs at least one block")
+    return out
+
+
+def letterbox_window(lb_shape: tuple[int, int], image_shape: tuple[int, ...]) -> tuple[float, float, float, float]:
+    """Where an image of ``image_shape`` (H, W[, 3]) lies in its letterboxed network input of ``lb_shape``
+    (H', W'): ``(x1, y1, x2, y2)`` in letterboxed pixels (the padding is outside), as ``scale_boxes`` computes it."""
+    h0, w0 = int(image_shape[0]), int(image_shape[1])
+    gain = min(lb_shape[0] / h0, lb_shape[1] / w0)
+    pad_w = round((lb_shape[1] - w0 * gain) / 2 - 0.1)
+    pad_h = round((lb_shape[0] - h0 * gain) / 2 - 0.1)
+    return float(pad_w), float(pad_h), float(pad_w + w0 * gain), float(pad_h + h0 * gain)
+
+
+def _window_cells(window: tuple[float, float, float, float], stride: float, grid: tuple[int, int]) -> tuple[slice, slice]:
+    """Rows and columns of a feature grid (``grid`` = (h, w) cells of ``stride`` pixels) whose cell centres lie in
+    ``window`` (letterboxed pixels); never empty."""
+    x1, y1, x2, y2 = window
+
+    def span(lo: float, hi: float, n: int) -> slice:
+        a = max(0, min(n - 1, int(np.ceil(lo / stride - 0.5))))
+        b = max(a + 1, min(n, int(np.floor(hi / stride - 0.5)) + 1))
+        return slice(a, b)
+
+    return span(y1, y2, grid[0]), span(x1, x2, grid[1])
+
+
+def image_blocks(feats: list, strides: list[float], scores, cls_maps: list | None, window,
+                 names=IMAGE_BLOCKS) -> dict:
+    """Whole-image feature blocks of ONE image from the maps a detector pass already computed (pure; torch).
+
+    Every block is pooled over the cells whose centres lie inside the image (``window``), never over the letterbox
+    padding, so an image gets the same vector alone or in a padded batch.
+
+    Parameters
+    ----------
+    feats : list of tensors of shape (C_l, H_l, W_l), the maps that feed the Detect head (P3-P5) of this image.
+    strides : list of float, pixels per cell of each level.
+    scores : tensor of shape (nc, A), the class logits at every anchor (levels flattened row-major, P3 first).
+    cls_maps : list of tensors of shape (C', H_l, W_l) (the class branch's penultimate maps), or None.
+    window : (x1, y1, x2, y2) of the image in letterboxed pixels (``letterbox_window``).
+    names : the blocks to compute.
+
+    Returns
+    -------
+    dict of block name -> tensor of shape (C,), float32, not normalised:
+
+    ``neck_gap``  global average of each P3-P5 map, each level L2-normalised, concatenated (C = sum C_l)
+    ``neck_gmp``  the same with the maximum
+    ``cls_gap``   global average of the class branch's penultimate maps, per level normalised, concatenated
+    ``cls_max``   per class, the largest logit over the image's anchors, minus the mean over classes (nc)
+    ``cls_sum``   per class, the sum of sigmoid scores over the image's anchors (a soft count; nc)
+    """
+    import torch
+
+    cells = [_window_cells(window, s, (int(f.shape[1]), int(f.shape[2]))) for f, s in zip(feats, strides)]
+    out = {}
+
+    def pooled(maps, how):
+        parts = []
+        for m, (rows, cols) in zip(maps, cells):
+            region = m[:, rows, cols].flatten(1).float()
+            v = region.mean(1) if how == "mean" else region.amax(1)
+            parts.append(torch.nn.functional.normalize(v, dim=0))
+        return torch.cat(parts)
+
+    if "neck_gap" in names:
+        out["neck_gap"] = pooled(feats, "mean")
+    if "neck_gmp" in names:
+        out["neck_gmp"] = pooled(feats, "max")
+    if "cls_gap" in names and cls_maps is not None and all(m is not None for m in cls_maps):
+        out["cls_gap"] = pooled(cls_maps, "mean")
+    if "cls_max" in names or "cls_sum" in names:
+        logits = []
+        start = 0
+        for f, (rows, cols) in zip(feats, cells):
+            h, w = int(f.shape[1]), int(f.shape[2])
+            level = scores[:, start:start + h * w].reshape(-1, h, w)
+            logits.append(level[:, rows, cols].flatten(1))
+            start += h * w
+        logits = torch.cat(logits, 1).float()
+        if "cls_max" in names:
+            top = logits.amax(1)
+            out["cls_max"] = top - top.mean()
+        if "cls_sum" in names:
+            out["cls_sum"] = logits.sigmoid().sum(1)
     return out
 
 
@@ -138,6 +254,9 @@ class Detector:
         features; NMS and pooling are the same code whatever the runtime. CPU only.
     threads : int or None
         Intra-op threads of an onnx/openvino runtime; None: torch's thread count when the detector is made.
+    image_recipe : str or dict
+        Whole-image feature blocks and weights (see ``image_blocks``); every call also returns the image's feature
+        as ``Detections.image_feature`` (``n_image_features``,) float32, from the same forward pass.
 
     Raises
     ------
@@ -169,6 +288,7 @@ class Detector:
         recipe: str | dict[str, float] = DEFAULT_RECIPE,
         runtime: str = "torch",
         threads: int | None = None,
+        image_recipe: str | dict[str, float] = DEFAULT_IMAGE_RECIPE,
     ) -> None:
         import torch
         from ultralytics import YOLO
@@ -179,6 +299,7 @@ class Detector:
         self.iou = float(iou)
         self.max_det = int(max_det)
         self.recipe = parse_recipe(recipe)
+        self.image_recipe = parse_image_recipe(image_recipe)
         try:
             yolo = YOLO(self.weights, task="detect")
         except Exception as exc:  # ultralytics raises many kinds for a missing or broken file
@@ -265,6 +386,34 @@ class Detector:
         sizes = {"cls_cell": cls_ch, "cls_logits": nc, "cls_roi": cls_ch, "box_cell": box_ch, "neck_roi": neck}
         return sum(sizes[name] for name in self.recipe)
 
+    @property
+    def n_image_features(self) -> int:
+        """Length F of the whole-image feature this detector's image recipe produces."""
+        nc = len(self.names)
+        cls_ch = self.head.cv3[0][-1].in_channels * self.head.nl
+        neck = sum(int(self.head.cv2[i][0].conv.in_channels) for i in range(self.head.nl))
+        sizes = {"neck_gap": neck, "neck_gmp": neck, "cls_gap": cls_ch, "cls_max": nc, "cls_sum": nc}
+        return sum(sizes[name] for name in self.image_recipe)
+
+    def image_feature_recipe(self) -> dict:
+        """What is stored in the index to describe how whole-image features were made."""
+        return {"blocks": self.image_recipe, "n_features": self.n_image_features, "imgsz": self.imgsz,
+                "version": IMAGE_RECIPE_VERSION}
+
+    def _image_feature(self, preds: dict, captured: dict, b: int, window) -> np.ndarray:
+        """The whole-image feature (F,) float32 of batch item ``b``: each recipe block L2-normalised, weighted,
+        concatenated (see ``image_blocks``)."""
+        torch = self._torch
+        blocks = image_blocks([f[b] for f in preds["feats"]], self.strides, preds["scores"][b],
+                              [m[b] if m is not None else None for m in captured.get("cls", [])] or None,
+                              window, names=tuple(self.image_recipe))
+        parts = []
+        for name, weight in self.image_recipe.items():
+            if name not in blocks:
+                raise ValueError(f"the {self.runtime} runtime does not provide the maps of image block {name!r}")
+            parts.append(torch.nn.functional.normalize(blocks[name].float(), dim=0) * weight)
+        return torch.cat(parts).cpu().numpy().astype(np.float32)
+
     def feature_recipe(self) -> dict:
         """What is stored in the index to describe how features were made."""
         return {"blocks": self.recipe, "n_features": self.n_features, "imgsz": self.imgsz,
@@ -294,12 +443,13 @@ class Detector:
         image : ndarray of shape (H, W, 3), uint8, BGR (as ``cv2.imread`` returns)
         conf : minimum confidence for this call; None: the detector's ``conf``.
         timings : when given, filled with this call's milliseconds per stage (``preprocess``, ``inference``,
-            ``nms``, ``features``).
+            ``nms``, ``features`` (per object), ``image_feature`` (the whole-image vector)).
 
         Returns
         -------
         Detections
-            Boxes in pixels of ``image``, with ``features`` of shape (N, ``n_features``) float32.
+            Boxes in pixels of ``image``, with ``features`` of shape (N, ``n_features``) float32 and
+            ``image_feature`` of shape (``n_image_features``,) float32 (the whole image, same pass).
 
         Raises
         ------
@@ -356,9 +506,14 @@ class Detector:
             t3 = time.perf_counter()
             mirrored = self._mirror_pass(x, preds, kept, kept_idx) if mirror else None
             out = []
+            image_s = 0.0
             for b, (det, idx) in enumerate(zip(kept, kept_idx)):
                 feats = self._pool(preds, captured, b, det[:, :4], idx.long())
                 boxes = scale_boxes(x.shape[2:], det[:, :4].clone(), images[b].shape[:2])
+                ti = time.perf_counter()
+                image_feature = self._image_feature(preds, captured, b,
+                                                    letterbox_window(tuple(x.shape[2:]), images[b].shape))
+                image_s += time.perf_counter() - ti
                 out.append(
                     Detections(
                         xyxy=boxes.cpu().numpy(),
@@ -366,12 +521,13 @@ class Detector:
                         class_id=det[:, 5].cpu().numpy().astype(np.int64),
                         features=feats,
                         data={} if mirrored is None else {"mirror_features": mirrored[b]},
+                        image_feature=image_feature,
                     )
                 )
         t4 = time.perf_counter()
         if timings is not None:
             timings.update({"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, "nms": (t3 - t2) * 1e3,
-                            "features": (t4 - t3) * 1e3})
+                            "features": (t4 - t3 - image_s) * 1e3, "image_feature": image_s * 1e3})
         return out
 
     def _mirror_pass(self, x, preds: dict, kept: list, kept_idx: list) -> list[np.ndarray]:
@@ -443,3 +599,26 @@ class Detector:
             block = torch.nn.functional.normalize(block.float(), dim=1) * self.recipe[name]
             blocks.append(block)
         return torch.cat(blocks, 1).cpu().numpy().astype(np.float32)
+
+
+def yolo_embedder(weights: str | Path, *, imgsz: int = 640, device: str = "cpu"):
+    """ultralytics' own whole-image embedding as a function ``image (H, W, 3) uint8 BGR -> (E,) float32``:
+    ``YOLO(weights).embed(image)`` with its default layer (a second network pass, for comparison only).
+
+    Raises
+    ------
+    WeightsNotFoundError
+        When the checkpoint cannot be loaded.
+    """
+    from ultralytics import YOLO
+
+    try:
+        yolo = YOLO(str(weights), task="detect")
+    except Exception as exc:  # ultralytics raises many kinds for a missing or broken file
+        raise WeightsNotFoundError(f"could not load detector weights {str(weights)!r}: {exc}") from exc
+
+    def embed(image: np.ndarray) -> np.ndarray:
+        out = yolo.embed(image, imgsz=imgsz, device=device_name(device), verbose=False)
+        return out[0].detach().float().cpu().numpy().reshape(-1)
+
+    return embed

@@ -35,7 +35,8 @@ from typing import Iterator
 import numpy as np
 
 from objsearch.analysis import (JobSummary, ProgressFn, _fit_pending_projections, _load_detector, _record_from_bytes,
-                                _record_to_bytes, _relative, _Run, detect_for_index, index_attrs, job_settings)
+                                _record_to_bytes, _relative, _Run, detect_for_index, image_projections,
+                                index_attrs, job_settings)
 from objsearch.errors import EmptyFolderError, ImageReadError, IndexFileError, ObjsearchError
 from objsearch.media import list_media, make_thumbnail, read_image
 from objsearch.projection import make_projection
@@ -261,7 +262,8 @@ def analyze(folder: str | Path, output: str | Path, cfg: dict, *, weights: str |
                 projections.append(make_projection(cfg["projection"], d, cfg["seed"]).fit(
                     np.zeros((1, detector.n_features), np.float32)))
         writer = CatalogWriter.create(output, attrs=index_attrs(detector, cfg, folder, pending),
-                                      n_features=detector.n_features, projections=projections, overwrite=overwrite)
+                                      n_features=detector.n_features, projections=projections, overwrite=overwrite,
+                                      image_projections=image_projections(detector, cfg))
     settings = job_settings(detector, cfg)
     summary = JobSummary(index=output, n_other_files=listing.n_other, skipped=list(listing.skipped))
     run = None

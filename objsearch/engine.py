@@ -20,7 +20,8 @@ from objsearch.config import ConfigError, load_config
 from objsearch.errors import ImageReadError, IndexFileError, ObjsearchError, WeightsMismatchError, WeightsNotFoundError
 from objsearch.media import DEFAULT_MAX_PIXELS, read_image, read_video_frame
 from objsearch.moments import DEFAULT_GROUP_S, group_neighbors
-from objsearch.types import Detections, Hits, MediaRef, Neighbor, SearchResult, printable
+from objsearch.types import (Detections, Hits, ImageNeighbor, ImageSearchResult, MediaRef, Neighbor, SearchResult,
+                             printable)
 from objsearch.weights import resolve_weights, trusted_weights
 
 LOGGER = logging.getLogger(__name__)
@@ -197,6 +198,7 @@ class Engine:
             self._lock = threading.RLock()
             self._stores: dict[int, object] = {}
             self._projections: dict[int, object] = {}
+            self._image_stores: dict[int, object] = {}
             self._load_lookups()
             self.store(self.dims)
         except BaseException:
@@ -239,6 +241,42 @@ class Engine:
                     raise ConfigError(str(exc)) from None
             return self._stores[dims]
 
+    def image_store(self, dims: int):
+        """The vector store of the whole-image vectors at one stored dimension (ids are media ids; built once, on
+        first use, with the engine's in-memory backend).
+
+        Raises
+        ------
+        IndexFileError
+            When the index has no whole-image vectors (made before image search: run ``objsearch sync``), holds
+            ones of another image recipe, or not at ``dims``.
+        ConfigError
+            For the ``milvus`` backend, which does not hold whole-image vectors.
+        """
+        dims = int(dims)
+        with self._lock:
+            if dims not in self._image_stores:
+                from objsearch.analysis import image_vectors_stale
+                from objsearch.vectors import memory_store
+
+                c = self.catalog
+                c.require_image_vectors()
+                if image_vectors_stale(c, self.detector):
+                    raise IndexFileError(f"{c.path} holds whole-image vectors of another image recipe; run "
+                                         f"`objsearch sync -i {c.path}` to make them again")
+                if self.backend == "milvus":
+                    raise ConfigError("the milvus backend does not support --mode image (whole-image vectors are "
+                                      "searched in memory): use --backend auto, kdtree, faiss, numpy or hnsw")
+                vectors = c.image_vectors(dims)
+                cache = Path(f"{c.path}.image-hnsw{dims}") if self.backend == "hnsw" else None
+                try:
+                    self._image_stores[dims] = memory_store(self.backend, c.media_id, vectors,
+                                                            np.zeros(len(c.media_id), np.int64), c.media_id,
+                                                            hnsw_cache=cache)
+                except ValueError as exc:
+                    raise ConfigError(str(exc)) from None
+            return self._image_stores[dims]
+
     @property
     def method(self) -> str:
         """The search method in use at the current dimension (``auto`` resolved)."""
@@ -274,6 +312,9 @@ class Engine:
                 if fresh.any():
                     store.add(new.object_id[fresh], new.vectors(dims)[fresh], new.class_id[fresh],
                               new.object_media_id[fresh])
+            for store in self._image_stores.values():  # few rows: rebuilt on the next image search
+                store.close()
+            self._image_stores.clear()
             self.catalog = new
             self._load_lookups()
             old.close()
@@ -338,6 +379,22 @@ class Engine:
             When the stored thumbnail is damaged.
         """
         return self.catalog.thumbnail(int(object_id))
+
+    def media_picture(self, media_id: int, size: int = 128) -> bytes | None:
+        """JPEG bytes of a small picture (longest side ``size`` px) of a whole indexed media item, made from its file
+        (whole-image thumbnails are not stored in the index); None when the file is gone, unreadable or outside the
+        base directory."""
+        from objsearch.analysis import _read_media
+        from objsearch.media import make_thumbnail
+
+        try:
+            path = self.media_path(media_id)
+            if path is None:
+                return None
+            image = _read_media(path, self.media(media_id).frame_index, self.max_pixels)
+        except (KeyError, ImageReadError, OSError):
+            return None
+        return make_thumbnail(image, np.array([0, 0, image.shape[1], image.shape[0]], np.float32), size)
 
     # ----------------------------------------------------------------------------------------------- searching
     def search(self, image: np.ndarray, *, k: int = 16, conf: float | None = None, same_class: bool = False,
@@ -480,10 +537,80 @@ class Engine:
             result.timings_ms["warmup"] = warm
         return result
 
+    def search_image(self, image: np.ndarray, *, k: int = 16, dims: int | None = None, exclude_media_id: int = -1,
+                     query: MediaRef | None = None, timings: dict | None = None) -> ImageSearchResult:
+        """Find the k indexed media items most similar to the whole of ``image`` (H, W, 3) uint8 BGR, by their
+        whole-image vectors (one detector pass, as ``search``; its objects are not used).
+
+        Parameters
+        ----------
+        k : neighbours, >= 1 (capped at the number of indexed media items).
+        dims : stored projection dimension; None: the engine's.
+        exclude_media_id : leave that indexed media item out (-1: none).
+        query : what the image is (path, frame); width and height are taken from ``image``.
+        timings : stage times measured before (e.g. ``decode``), copied into the result.
+
+        Raises
+        ------
+        ValueError
+            For k < 1.
+        IndexFileError, ConfigError
+            See ``image_store``.
+        """
+        if int(k) < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        dims = self.dims if dims is None else int(dims)
+        store = self.image_store(dims)
+        k = int(min(int(k), max(len(self.catalog.media_id), 1)))
+        timings = dict(timings or {})
+        stage: dict[str, float] = {}
+        dets = self.detector(image, timings=stage)
+        timings["detect"] = stage["preprocess"] + stage["inference"] + stage["nms"] + stage["features"]
+        t0 = time.perf_counter()
+        vector = self.catalog.image_projection(dims).transform(dets.image_feature[None, :])
+        t1 = time.perf_counter()
+        timings["image_feature"] = stage["image_feature"] + (t1 - t0) * 1e3
+        with self._lock:
+            hits = store.search(vector, k, exclude_image_id=exclude_media_id if exclude_media_id >= 0 else None)
+        t2 = time.perf_counter()
+        timings["search"] = (t2 - t1) * 1e3
+        c = self.catalog
+        rows = c.media_rows(hits.ids[0])
+        neighbors = [ImageNeighbor(media=c.media(int(c.media_id[r])), distance=float(dist))
+                     for mid, r, dist in zip(hits.ids[0], rows, hits.distances[0]) if mid >= 0 and r >= 0]
+        ref = query or MediaRef(path="")
+        ref = MediaRef(path=ref.path, width=int(image.shape[1]), height=int(image.shape[0]), media_id=ref.media_id,
+                       frame_index=ref.frame_index, timestamp_s=ref.timestamp_s)
+        timings["assemble"] = (time.perf_counter() - t2) * 1e3
+        return ImageSearchResult(query=ref, neighbors=neighbors, hits=hits, timings_ms=timings)
+
+    def search_image_file(self, path: str | Path, *, k: int = 16, exclude_self: bool = False, dims: int | None = None,
+                          warmup: bool = False, image: np.ndarray | None = None) -> ImageSearchResult:
+        """``search_image`` on an image file (``image``: already decoded by the caller); with ``exclude_self`` an
+        indexed file leaves itself out; ``warmup`` as in ``search_file``.
+
+        Raises
+        ------
+        ImageReadError
+            When the file cannot be read as an image.
+        """
+        t0 = time.perf_counter()
+        if image is None:
+            image = read_image(path, max_pixels=self.max_pixels)
+        decode = (time.perf_counter() - t0) * 1e3
+        warm = self.detector.warmup(image.shape) if warmup else 0.0
+        media_id = self.media_id_of(path)
+        result = self.search_image(image, k=k, dims=dims, exclude_media_id=media_id if exclude_self else -1,
+                                   query=MediaRef(path=str(path), media_id=media_id), timings={"decode": decode})
+        if warm:
+            result.timings_ms["warmup"] = warm
+        return result
+
     def close(self) -> None:
-        for store in self._stores.values():
+        for store in list(self._stores.values()) + list(self._image_stores.values()):
             store.close()
         self._stores.clear()
+        self._image_stores.clear()
         self.catalog.close()
 
     def __enter__(self) -> Engine:

@@ -29,7 +29,9 @@ class QuerySettings:
 
     k : neighbours per object (1-100). same_class : only neighbours of the object's class. dims : stored projection
     dimension (None: the searcher's). conf : detection confidence threshold (None: the index's). group_s : hits of
-    one video and class within this many seconds are one moment (None: every frame on its own).
+    one video and class within this many seconds are one moment (None: every frame on its own). mode : ``objects``
+    (each object's neighbours) or ``image`` (one row of similar whole images: ``LiveResult.result`` is then an
+    ``ImageSearchResult`` and ``thumbnails`` holds whole-image pictures by media id).
     """
 
     k: int = 16
@@ -37,6 +39,7 @@ class QuerySettings:
     dims: int | None = None
     conf: float | None = None
     group_s: float | None = DEFAULT_GROUP_S
+    mode: str = "objects"
 
 
 @dataclass
@@ -114,6 +117,14 @@ def search_frame(engine, frame: Frame, settings: QuerySettings, cache: Thumbnail
     query = MediaRef(path=frame.name, media_id=frame.image_id,
                      frame_index=int(frame.index) if frame.is_video else -1,
                      timestamp_s=float(frame.timestamp_s) if frame.is_video else -1.0)
+    if settings.mode == "image":
+        found = engine.search_image(frame.image, k=int(settings.k), exclude_media_id=frame.image_id,
+                                    dims=settings.dims, query=query)
+        timings = dict(found.timings_ms)
+        t0 = time.perf_counter()
+        pictures = {nb.media.media_id: engine.media_picture(nb.media.media_id) for nb in found.neighbors}
+        timings["thumbnails"] = (time.perf_counter() - t0) * 1e3
+        return LiveResult(frame, found, pictures, timings)
     result = engine.search(frame.image, k=int(settings.k), conf=settings.conf, same_class=settings.same_class,
                            exclude_media_id=frame.image_id, dims=settings.dims, query=query,
                            group_s=settings.group_s)

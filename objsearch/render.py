@@ -305,6 +305,51 @@ def render_result(image: np.ndarray, result: dict, thumbnails: dict, *, header_h
     return np.vstack(parts)
 
 
+def compose_image_row(image: np.ndarray, result, pictures: dict, *, thumb_height: int = 96, gap: int = 3,
+                      separator: int = 12) -> tuple[np.ndarray, list[Tile]]:
+    """One row for a whole-image search (``ImageSearchResult``): the query, then each neighbour's whole picture.
+
+    Parameters
+    ----------
+    image : (H, W, 3) uint8 BGR, the query image.
+    result : ``objsearch.types.ImageSearchResult``.
+    pictures : by media id, (h, w, 3) uint8 BGR arrays or JPEG bytes; a missing one draws an empty tile.
+
+    Returns
+    -------
+    picture : (thumb_height + 16, C, 3) uint8 BGR.
+    tiles : where each tile is (``row`` 0; ``column`` -1 for the query; ``object_id`` holds the media id).
+    """
+    size, strip = int(thumb_height), 16
+    tile_h = size + strip
+    parts = [_cell(image, size, "query", (200, 200, 200)), np.full((tile_h, separator, 3), 24, np.uint8)]
+    tiles = [Tile(0, 0, size, tile_h, 0, -1, -1)]
+    x = size + separator
+    for c, nb in enumerate(result.neighbors):
+        name = nb.media.display_name() if hasattr(nb.media, "display_name") else nb.media.path
+        parts += [_cell(_decode(pictures.get(nb.media.media_id)), size, f"d={nb.distance:.2f} {name}",
+                        (170, 210, 170)), np.full((tile_h, gap, 3), 24, np.uint8)]
+        tiles.append(Tile(x, 0, size, tile_h, 0, c, int(nb.media.media_id)))
+        x += size + gap
+    return np.hstack(parts), tiles
+
+
+def render_image_result(image: np.ndarray, result, pictures: dict, *, header_height: int = 480,
+                        thumb_height: int = 128) -> np.ndarray:
+    """Draw a whole-image search: the query scaled to ``header_height`` on top, one row of similar images below
+    (see ``compose_image_row``). Returns (H2, W2, 3) uint8 BGR."""
+    row, _ = compose_image_row(image, result, pictures, thumb_height=thumb_height)
+    h, w = image.shape[:2]
+    scale = header_height / h
+    fitted = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    width = max(fitted.shape[1], row.shape[1])
+
+    def pad_to(img):
+        return np.hstack([img, np.full((img.shape[0], width - img.shape[1], 3), 24, np.uint8)])
+
+    return np.vstack([pad_to(fitted), np.full((4, width, 3), 24, np.uint8), pad_to(row)])
+
+
 def place_insets(boxes: np.ndarray, size: tuple[int, int], width: int, height: int, *,
                  obstacles: np.ndarray | None = None, reach: float = 3.0) -> list[tuple[int, int, int, int] | None]:
     """Where each box's strip of neighbour thumbnails goes: outside every box and obstacle, not over another strip,

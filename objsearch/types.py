@@ -32,6 +32,10 @@ class Detections:
         One raw feature vector per object (see ``objsearch.detector``).
     data : dict of str to ndarray of shape (N, ...)
         Extra per-object arrays (for example ``object_id`` and ``media_id`` of indexed objects).
+    image_feature : ndarray of shape (F,), float32, or None
+        One raw whole-image feature vector of the image these objects come from (see
+        ``objsearch.detector.image_blocks``), made by the same detector pass; kept by indexing (it describes the
+        image, not the objects), dropped by ``concat`` (several images have no one image vector).
 
     Raises
     ------
@@ -44,6 +48,7 @@ class Detections:
     class_id: np.ndarray
     features: np.ndarray | None = None
     data: dict[str, np.ndarray] = field(default_factory=dict)
+    image_feature: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         xyxy = np.asarray(self.xyxy, dtype=np.float32)
@@ -71,6 +76,10 @@ class Detections:
                 raise ValueError(f"data[{key!r}] must have length {n}, got {len(value)}")
             data[key] = value
         self.data = data
+        if self.image_feature is not None:
+            self.image_feature = np.asarray(self.image_feature, dtype=np.float32)
+            if self.image_feature.ndim != 1:
+                raise ValueError(f"image_feature must have shape (F,), got {self.image_feature.shape}")
 
     def __len__(self) -> int:
         return len(self.xyxy)
@@ -85,6 +94,7 @@ class Detections:
             class_id=self.class_id[index],
             features=None if self.features is None else self.features[index],
             data={k: v[index] for k, v in self.data.items()},
+            image_feature=self.image_feature,
         )
 
     @classmethod
@@ -352,4 +362,56 @@ class SearchResult:
             out["timestamp_s"] = _round(self.query.timestamp_s, 4)
         out["timings_ms"] = {k: _round(v, 3) for k, v in timings.items()}
         out["objects"] = objects
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- image search
+@dataclass
+class ImageNeighbor:
+    """One neighbour of a whole-image query: the indexed media item (an image or a video frame) and its distance."""
+
+    media: MediaRef
+    distance: float
+
+
+@dataclass
+class ImageSearchResult:
+    """What a whole-image search returns (``query --mode image``).
+
+    Attributes
+    ----------
+    query : MediaRef
+        The query image or frame (``path`` as given; ``media_id`` when it is itself indexed).
+    neighbors : list of ImageNeighbor
+        The nearest indexed media items, ascending distance (padding left out).
+    hits : Hits
+        (1, k) the raw store answer (ids are media ids).
+    timings_ms : dict of str to float
+        Milliseconds per stage (``decode``, ``detect`` (the detector pass), ``image_feature``, ``search``).
+    """
+
+    query: MediaRef
+    neighbors: list[ImageNeighbor]
+    hits: Hits
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """The ``query --mode image --json`` object: ``image``, ``width``, ``height``, ``timings_ms`` and
+        ``neighbors`` (``image_id``, ``path``, ``distance``, and ``frame_index`` / ``timestamp_s`` for video frames).
+        Only finite numbers (JSON has no NaN); ``total`` is the sum of the stages (``warmup`` beside it)."""
+        timings = {k: v for k, v in self.timings_ms.items() if k != "total"}
+        timings["total"] = sum(v for k, v in timings.items() if k != "warmup")
+        neighbors = []
+        for nb in self.neighbors:
+            item = {"image_id": int(nb.media.media_id), "path": nb.media.path, "distance": _round(nb.distance, 5)}
+            if nb.media.is_video_frame:
+                item["frame_index"] = int(nb.media.frame_index)
+                item["timestamp_s"] = _round(nb.media.timestamp_s, 3)
+            neighbors.append(item)
+        out = {"image": self.query.path, "width": int(self.query.width), "height": int(self.query.height)}
+        if self.query.is_video_frame:
+            out["frame"] = int(self.query.frame_index)
+            out["timestamp_s"] = _round(self.query.timestamp_s, 4)
+        out["timings_ms"] = {k: _round(v, 3) for k, v in timings.items()}
+        out["neighbors"] = neighbors
         return out

@@ -160,3 +160,11 @@ def test_contract_on_a_server():
         pytest.skip("unshare -n is not permitted here (needs root or user namespaces)")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1].endswith(" passed, 0 failed")
+
+
+def test_image_mode_on_milvus_is_refused_in_one_line(small_index, detector, tmp_path):
+    from objsearch.config import ConfigError
+
+    with Engine(small_index[0], detector=detector, backend="milvus", milvus_uri=str(tmp_path / "m.db")) as engine:
+        with pytest.raises(ConfigError, match="milvus backend does not support --mode image"):
+            engine.search_image_file(BUS)

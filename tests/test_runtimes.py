@@ -38,6 +38,8 @@ def _compare(ref, other, images, min_boxes: int = 10) -> tuple[int, float, float
         a, b = ref(image), other(image)
         assert np.array_equal(a.class_id, b.class_id)
         assert a.features.shape == b.features.shape and b.features.dtype == np.float32
+        assert a.image_feature.shape == b.image_feature.shape  # the whole-image vector, same pass, same code
+        feat = max(feat, float(np.abs(a.image_feature - b.image_feature).max()))
         if len(a):
             box = max(box, float(np.abs(a.xyxy - b.xyxy).max()))
             feat = max(feat, float(np.abs(a.features - b.features).max()))

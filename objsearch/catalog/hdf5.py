@@ -31,6 +31,13 @@ Layout of ``INDEX.h5`` (``format_version`` 2)::
     /skipped              (S,) uint8, UTF-8 JSON [[path, reason], ...]
     /projections/<d>/     components (D, d) float32, mean (D,) float32, vectors (N, d) float32 aligned with the
                           rows of /objects; attrs method ("random" | "pca"), n_components (= d), random_state
+    /image/features       (M, F) float32, one whole-image feature per row of /media (tombstoned with it; see
+                          ``objsearch.detector.image_blocks``); F = image_recipe["n_features"]
+    /image/projections/<d>/   as /projections/<d>, over F, with vectors (M, d) aligned with the rows of /media
+
+The /image group is optional (files written before whole-image search lack it, and object search reads them as
+before): when present, every media row has its image feature and vectors (no half state); root attribute
+image_recipe (JSON) says how they were made. ``objsearch sync`` adds or remakes it.
 
 Every dataset is chunked, extensible on axis 0 and carries a Fletcher-32 checksum per chunk (verified by HDF5 on
 every read); the file is written with ``libver=("v110", "latest")`` so that the superblock, object headers and chunk
@@ -71,9 +78,10 @@ LIBVER = ("v110", "latest")
 MAX_THUMBNAIL_BYTES = 4 << 20
 MAX_PATH_BYTES = 1 << 16
 FEATURE_CHUNK_ROWS = 1024
+IMAGE_FEATURE_CHUNK_ROWS = 256  # media rows are fewer than object rows: a smaller first chunk (~0.5 MB at F=528)
 STREAM_ROWS = 65536
 _STATES = ("ready", "analyzing")
-_JSON_ATTRS = ("feature_recipe", "config", "class_names")
+_JSON_ATTRS = ("feature_recipe", "config", "class_names", "image_recipe")
 _META_ATTRS = ("json_attrs", "attrs_sha256")
 
 # name -> (dtype, trailing shape, chunk rows)
@@ -168,6 +176,12 @@ class _Tables:
     n_thumb_bytes: int
     projections: dict[int, _Projection] = field(default_factory=dict)
     skipped: list[SkippedFile] = field(default_factory=list)
+    image_projections: dict[int, _Projection] | None = None  # None: the file has no /image group
+    n_image_features: int = 0
+
+    @property
+    def has_image(self) -> bool:
+        return self.image_projections is not None
 
     def media_paths(self, rows: np.ndarray) -> list[str]:
         off, length, blob = self.media["path_offset"], self.media["path_length"], self.path_bytes
@@ -262,37 +276,38 @@ def _check_values(t: _Tables, n_classes: int, path: Path) -> None:
         raise _damaged(path, "an object thumbnail lies outside /thumbnails (or is larger than 4 MiB)")
 
 
-def _load_projections(f: h5py.File, n_features: int, n_objects: int, path: Path, checksum: bool) -> dict:
-    group = f.get("projections")
+def _load_projections(f: h5py.File, n_features: int, n_objects: int, path: Path, checksum: bool,
+                      prefix: str = "projections") -> dict:
+    group = f.get(prefix)
     if group is None:
         return {}
     if not isinstance(group, h5py.Group):
-        raise _damaged(path, "/projections is not a group")
+        raise _damaged(path, f"/{prefix} is not a group")
     out = {}
     for name in group.keys():
         g = group[name]
-        if not isinstance(g, h5py.Group) or not name.isdigit():
-            raise _damaged(path, f"/projections/{name} is not a projection")
+        if not isinstance(g, h5py.Group) or not name.isdigit() or name != str(int(name)):
+            raise _damaged(path, f"/{prefix}/{name} is not a projection")
         d = int(name)
         try:
             method = g.attrs["method"]
             method = method.decode() if isinstance(method, bytes) else str(method)
             n_components, random_state = g.attrs["n_components"], g.attrs["random_state"]
         except (KeyError, UnicodeDecodeError):
-            raise _damaged(path, f"/projections/{name} lacks its method, n_components or random_state") from None
+            raise _damaged(path, f"/{prefix}/{name} lacks its method, n_components or random_state") from None
         if method not in PROJECTION_METHODS or not isinstance(n_components, np.integer) \
                 or not isinstance(random_state, np.integer) or int(n_components) != d or d < 1:
-            raise _damaged(path, f"/projections/{name} has invalid attributes (method {method!r}, "
+            raise _damaged(path, f"/{prefix}/{name} has invalid attributes (method {method!r}, "
                            f"n_components {n_components!r})")
-        comps = _dataset(f, f"projections/{name}/components", "<f4", (d,), path, checksum=checksum)
-        mean = _dataset(f, f"projections/{name}/mean", "<f4", (), path, checksum=checksum)
-        vectors = _dataset(f, f"projections/{name}/vectors", "<f4", (d,), path, checksum=checksum)
+        comps = _dataset(f, f"{prefix}/{name}/components", "<f4", (d,), path, checksum=checksum)
+        mean = _dataset(f, f"{prefix}/{name}/mean", "<f4", (), path, checksum=checksum)
+        vectors = _dataset(f, f"{prefix}/{name}/vectors", "<f4", (d,), path, checksum=checksum)
         if comps.shape[0] != n_features or mean.shape[0] != n_features or vectors.shape[0] != n_objects:
-            raise _damaged(path, f"/projections/{name} has components {comps.shape}, mean {mean.shape} and "
+            raise _damaged(path, f"/{prefix}/{name} has components {comps.shape}, mean {mean.shape} and "
                            f"vectors {vectors.shape}; expected ({n_features}, {d}), ({n_features},), ({n_objects}, {d})")
         components, mean = comps[()], mean[()]
         if not (np.all(np.isfinite(components)) and np.all(np.isfinite(mean))):
-            raise _damaged(path, f"/projections/{name} has non-finite components or mean")
+            raise _damaged(path, f"/{prefix}/{name} has non-finite components or mean")
         out[d] = _Projection.from_state({"method": method, "n_components": d, "random_state": int(random_state),
                                          "components": components, "mean": mean})
     return out
@@ -341,7 +356,30 @@ def _load_v2(f: h5py.File, path: Path) -> tuple[dict, _Tables]:
     tables = _Tables(media, path_bytes, objects, n_thumb, skipped=skipped)
     _check_values(tables, len(names), path)
     tables.projections = _load_projections(f, ints["n_features"], n_objects, path, checksum=True)
+    _load_image(f, attrs, tables, path)
     return attrs, tables
+
+
+def _load_image(f: h5py.File, attrs: dict, tables: _Tables, path: Path) -> None:
+    """Validate the optional /image group (whole-image features and vectors, one row per /media row)."""
+    if "image" not in f:
+        if "image_recipe" in attrs:
+            raise _damaged(path, "root attribute image_recipe is set but /image is missing")
+        return
+    if not isinstance(f["image"], h5py.Group):
+        raise _damaged(path, "/image is not a group")
+    recipe = attrs.get("image_recipe")
+    n = recipe.get("n_features") if isinstance(recipe, dict) else None
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1 or not isinstance(recipe.get("blocks"), dict) \
+            or not isinstance(recipe.get("version"), int):
+        raise _damaged(path, "root attribute image_recipe is not a mapping with blocks, an integer n_features >= 1 "
+                       "and an integer version")
+    n_media = len(tables.media["id"])
+    feats = _dataset(f, "image/features", "<f4", (n,), path)
+    if feats.shape[0] != n_media:
+        raise _damaged(path, f"/image/features has {feats.shape[0]} rows, expected {n_media} (one per media row)")
+    tables.image_projections = _load_projections(f, n, n_media, path, checksum=True, prefix="image/projections")
+    tables.n_image_features = n
 
 
 def _load_v1(f: h5py.File, path: Path) -> tuple[dict, _Tables]:
@@ -551,6 +589,10 @@ class Catalog:
     confidence : ndarray of shape (N,), float32
     class_id : ndarray of shape (N,), int64
     skipped : list of SkippedFile
+    has_image_vectors : bool, whether every media item has a whole-image feature and vectors (/image; files made
+        before whole-image search have none: ``require_image_vectors`` says to run ``objsearch sync``)
+    image_dims : list of int, the stored whole-image projection dimensions ([] without image vectors)
+    image_recipe : dict, how the whole-image features were made ({} without)
 
     Raises
     ------
@@ -606,6 +648,12 @@ class Catalog:
         self.skipped = tables.skipped
         m, o = tables.media, tables.objects
         media_rows = np.flatnonzero(m["alive"])
+        self._media_file_rows = media_rows  # file rows of the live media items
+        self.has_image_vectors = tables.has_image
+        self._image_projections = tables.image_projections or {}
+        self.image_dims = sorted(self._image_projections)
+        self.image_recipe = dict(attrs.get("image_recipe") or {}) if tables.has_image else {}
+        self._image_vectors: dict[int, np.ndarray] = {}
         self.media_id = m["id"][media_rows]
         self.media_path = tables.media_paths(media_rows)
         self.media_width, self.media_height = m["width"][media_rows], m["height"][media_rows]
@@ -640,6 +688,12 @@ class Catalog:
         self._rows = np.where(found, pos, -1)
         self._thumb_offset = np.where(found, tables.objects["thumb_offset"][pos] if len(ids) else 0, -1)
         self._thumb_length = np.where(found, tables.objects["thumb_length"][pos] if len(ids) else 0, -1)
+        mids = tables.media["id"]
+        mpos = np.minimum(np.searchsorted(mids, self.media_id), max(len(mids) - 1, 0))
+        mfound = (mids[mpos] == self.media_id) if len(mids) else np.zeros(len(self.media_id), bool)
+        self._media_file_rows = np.where(mfound, mpos, -1)
+        if not tables.has_image:
+            self._media_file_rows = np.full(len(self.media_id), -1, np.int64)  # the image vectors are gone
         _close(self._file)
         self._file, self._signature = f, signature
         self._file_generation, self._file_uuid = int(tables_attrs.get("generation", 0)), tables_attrs.get("uuid", "")
@@ -697,6 +751,59 @@ class Catalog:
         if dims not in self._projections:
             raise IndexFileError(f"{self.path} holds projections to {self.dims} dims, not {dims}")
         return self._projections[dims]
+
+    def require_image_vectors(self) -> None:
+        """Raise IndexFileError (one line, saying to run ``objsearch sync``) when the index has no whole-image
+        vectors."""
+        if not self.has_image_vectors:
+            raise IndexFileError(f"{self.path} has no whole-image vectors (it was made before image search); run "
+                                 f"`objsearch sync -i {self.path}` to add them")
+
+    def image_projection(self, dims: int) -> _Projection:
+        """The stored whole-image projection to ``dims`` dimensions. Raises IndexFileError when there is none."""
+        self.require_image_vectors()
+        if dims not in self._image_projections:
+            raise IndexFileError(f"{self.path} holds whole-image projections to {self.image_dims} dims, not {dims}")
+        return self._image_projections[dims]
+
+    def image_vectors(self, dims: int) -> np.ndarray:
+        """Projected whole-image vectors (M, dims) float32 aligned with ``media_id``, loaded once, checked finite."""
+        if dims not in self._image_vectors:
+            self.image_projection(dims)
+
+            def load(f):
+                rows = self._media_file_rows
+                if np.any(rows < 0):
+                    raise IndexFileError(f"{self.path} was compacted or changed since it was opened; open it again")
+                vectors = f[f"image/projections/{dims}/vectors"][()][rows]
+                if not np.all(np.isfinite(vectors)):
+                    raise _damaged(self.path, f"/image/projections/{dims}/vectors holds non-finite values")
+                return vectors
+
+            self._image_vectors[dims] = self._read(load)
+        return self._image_vectors[dims]
+
+    def image_features(self, media_ids) -> np.ndarray:
+        """Raw whole-image features (n, F) float32 of live ``media_ids``, read from disk. Raises KeyError for
+        unknown ids, IndexFileError without image vectors."""
+        self.require_image_vectors()
+        pos = self.media_rows(media_ids)
+        if np.any(pos < 0):
+            bad = np.asarray(media_ids, np.int64).reshape(-1)[pos < 0][:5].tolist()
+            raise KeyError(f"media ids {bad} are not in {self.path.name}")
+
+        def load(f):
+            rows = self._media_file_rows[pos]
+            if np.any(rows < 0):
+                raise IndexFileError(f"{self.path} was compacted or changed since it was opened; open it again")
+            unique, inverse = np.unique(rows, return_inverse=True)
+            out = f["image/features"][unique][inverse] if len(unique) else \
+                np.zeros((0, int(self.image_recipe["n_features"])), np.float32)
+            if not np.all(np.isfinite(out)):
+                raise _damaged(self.path, "/image/features holds non-finite values")
+            return out
+
+        return self._read(load)
 
     def vectors(self, dims: int) -> np.ndarray:
         """Projected vectors (N, dims) float32 aligned with ``object_id``, loaded once and checked to be finite."""
@@ -780,13 +887,13 @@ def _vector_chunk_rows(d: int) -> int:
     return max(1024, (1 << 16) // d)
 
 
-def _create_projection(f, proj: _Projection, n_rows: int):
+def _create_projection(f, proj: _Projection, n_rows: int, prefix: str = "projections"):
     state = proj.to_state()
     d = int(state["n_components"])
-    name = f"projections/{d}"
+    name = f"{prefix}/{d}"
     if name in f:
         del f[name]
-    g = f.require_group("projections").create_group(str(d))
+    g = f.require_group(prefix).create_group(str(d))
     g.attrs["method"] = np.bytes_(state["method"].encode())
     g.attrs["n_components"] = np.int64(d)
     g.attrs["random_state"] = np.int64(state["random_state"])
@@ -799,8 +906,21 @@ def _create_projection(f, proj: _Projection, n_rows: int):
     return ds
 
 
-def _new_file(path: Path, attrs: dict, n_features: int, projections: list[_Projection]) -> None:
-    """Write an empty format 2 file at ``path`` (replaced if it exists)."""
+def _create_image_group(f, n_image_features: int, projections, n_rows: int) -> None:
+    """(Re)create /image with ``n_rows`` rows of features (zeros) and one vector dataset per projection."""
+    if "image" in f:
+        del f["image"]
+    _create_dataset(f, "image/features", "<f4", (int(n_image_features),), IMAGE_FEATURE_CHUNK_ROWS).resize(n_rows,
+                                                                                                         axis=0)
+    f.require_group("image/projections")
+    for proj in projections:
+        _create_projection(f, proj, n_rows, prefix="image/projections")
+
+
+def _new_file(path: Path, attrs: dict, n_features: int, projections: list[_Projection],
+              image_projections: list[_Projection] | None = None) -> None:
+    """Write an empty format 2 file at ``path`` (replaced if it exists); with ``image_projections`` (a list, maybe
+    empty) also an empty /image group of ``attrs["image_recipe"]["n_features"]`` features."""
     fcpl = h5py.h5p.create(h5py.h5p.FILE_CREATE)
     fcpl.set_attr_phase_change(4096, 4096)  # keep the attributes in the checksummed object header
     fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
@@ -817,6 +937,8 @@ def _new_file(path: Path, attrs: dict, n_features: int, projections: list[_Proje
         f.create_group("projections")
         for proj in projections:
             _create_projection(f, proj, 0)
+        if image_projections is not None:
+            _create_image_group(f, int(attrs["image_recipe"]["n_features"]), image_projections, 0)
         for key, value in _encode_attrs(attrs).items():
             f.attrs[key] = value
 
@@ -832,10 +954,18 @@ def _extend(ds, data) -> int:
 
 
 def _append(f, media: dict, paths: list[bytes], objects: dict, features: np.ndarray, thumbs: list[bytes],
-            vectors: dict[int, np.ndarray]) -> None:
+            vectors: dict[int, np.ndarray], image_features: np.ndarray | None = None,
+            image_vectors: dict[int, np.ndarray] | None = None) -> None:
     """Append rows to every dataset: media columns (without path_* and with ``paths`` bytes), object columns
-    (without thumb_*, with ``thumbs`` JPEG bytes), features (n, D) and vectors {d: (n, d)}."""
+    (without thumb_*, with ``thumbs`` JPEG bytes), features (n, D) and vectors {d: (n, d)}; when the file has
+    /image, ``image_features`` (n_media, F) and ``image_vectors`` {d: (n_media, d)}."""
     n_media, n_obj = len(paths), len(thumbs)
+    if n_media and "image" in f:
+        if image_features is None or len(image_features) != n_media:
+            raise ValueError("every media row of an index with image vectors needs its image feature")
+        _extend(f["image/features"], np.asarray(image_features, np.float32))
+        for d, vec in (image_vectors or {}).items():
+            _extend(f[f"image/projections/{d}/vectors"], np.asarray(vec, np.float32))
     if n_media:
         lengths = np.array([len(p) for p in paths], np.int64)
         base = _extend(f["media/path_bytes"], np.frombuffer(b"".join(paths), np.uint8))
@@ -864,9 +994,10 @@ def _write_alive(ds, rows: np.ndarray) -> None:
         ds[int(run[0]):int(run[-1]) + 1] = 0
 
 
-def _fill_vectors(f, d: int, proj: _Projection, chunk: int = STREAM_ROWS) -> None:
-    """Compute /projections/<d>/vectors for every row from the stored features, ``chunk`` rows at a time."""
-    feats, out = f["objects/features"], f[f"projections/{d}/vectors"]
+def _fill_vectors(f, d: int, proj: _Projection, chunk: int = STREAM_ROWS, prefix: str = "projections",
+                  source: str = "objects/features") -> None:
+    """Compute /<prefix>/<d>/vectors for every row from the stored features, ``chunk`` rows at a time."""
+    feats, out = f[source], f[f"{prefix}/{d}/vectors"]
     for start in range(0, feats.shape[0], chunk):
         stop = min(start + chunk, feats.shape[0])
         out[start:stop] = proj.transform(feats[start:stop])
@@ -882,10 +1013,12 @@ class _Pending:
     skipped: list[SkippedFile] | None = None
     attrs: dict = field(default_factory=dict)
     projections: dict[int, _Projection] = field(default_factory=dict)
+    # set_image_vectors: (recipe, media ids (n,), features (n, F), projections)
+    image: tuple | None = None
 
     def __bool__(self) -> bool:
         return bool(self.media or self.remove_media or self.remove_objects or self.skipped is not None
-                    or self.attrs or self.projections)
+                    or self.attrs or self.projections or self.image is not None)
 
 
 class CatalogWriter:
@@ -927,14 +1060,18 @@ class CatalogWriter:
     # -- opening
     @classmethod
     def create(cls, path: str | Path, *, attrs: dict, n_features: int, projections: list[_Projection] = (),
-               overwrite: bool = False, description: str = "objsearch", fsync: bool = True) -> CatalogWriter:
+               overwrite: bool = False, description: str = "objsearch", fsync: bool = True,
+               image_projections: list[_Projection] | None = None) -> CatalogWriter:
         """Write a new, empty index (``path.tmp``, then renamed) and open it for writing.
 
         Parameters
         ----------
-        attrs : root attributes (weights_sha256, weights_name, feature_recipe, config, class_names, base_dir, ...).
+        attrs : root attributes (weights_sha256, weights_name, feature_recipe, config, class_names, base_dir, ...;
+            ``image_recipe`` with an integer ``n_features`` F when ``image_projections`` is given).
         n_features : D, the raw feature length (>= 1).
         projections : fitted projections with ``n_features_in_ == D``, one per stored dimension.
+        image_projections : fitted projections with ``n_features_in_ == F`` of the whole-image features: every
+            media item added must then carry ``detections.image_feature`` (F,). None: no image vectors.
 
         Raises
         ------
@@ -946,6 +1083,12 @@ class CatalogWriter:
             raise ValueError(f"n_features must be >= 1, got {n_features}")
         for proj in projections:
             _check_projection(proj, int(n_features))
+        if image_projections is not None:
+            n_image = (attrs.get("image_recipe") or {}).get("n_features")
+            if not isinstance(n_image, int) or n_image < 1:
+                raise ValueError("image_projections need attrs['image_recipe'] with an integer n_features >= 1")
+            for proj in image_projections:
+                _check_projection(proj, n_image)
         lock = txn.WriterLock(path, description)
         try:
             if path.exists() and not overwrite:
@@ -960,7 +1103,8 @@ class CatalogWriter:
                     "n_features": int(n_features), "next_media_id": 0, "next_object_id": 0}
             tmp = path.with_name(path.name + ".tmp")
             with _removed_on_failure(tmp):
-                _new_file(tmp, full, int(n_features), list(projections))
+                _new_file(tmp, full, int(n_features), list(projections),
+                          None if image_projections is None else list(image_projections))
                 _fsync_path(tmp)
                 os.replace(tmp, path)
             txn._fsync_dir(path.parent)
@@ -1033,6 +1177,25 @@ class CatalogWriter:
     @property
     def dims(self) -> list[int]:
         return sorted(self._t.projections)
+
+    @property
+    def has_image_vectors(self) -> bool:
+        """Whether every media item has a whole-image feature and vectors (committed, or set since)."""
+        return self._t.has_image or self._pending.image is not None
+
+    @property
+    def n_image_features(self) -> int:
+        """F of the whole-image features (committed, or set since); 0 without."""
+        if self._pending.image is not None:
+            return int(self._pending.image[0]["n_features"])
+        return int(self._t.n_image_features) if self._t.has_image else 0
+
+    @property
+    def image_recipe(self) -> dict:
+        """How the whole-image features were made ({} without)."""
+        if self._pending.image is not None:
+            return dict(self._pending.image[0])
+        return dict(self.attrs.get("image_recipe") or {}) if self._t.has_image else {}
 
     def projection(self, dims: int) -> _Projection:
         if dims not in self._t.projections:
@@ -1118,6 +1281,12 @@ class CatalogWriter:
                              f"{det.class_id.max()}")
         if any(len(t) > MAX_THUMBNAIL_BYTES for t in record.thumbnails):
             raise ValueError("a thumbnail is larger than 4 MiB")
+        if self.has_image_vectors:
+            img = det.image_feature
+            if img is None or img.shape != (self.n_image_features,) or not np.all(np.isfinite(img)):
+                raise ValueError(f"this index stores whole-image vectors: detections.image_feature must be finite "
+                                 f"with shape ({self.n_image_features},), got "
+                                 f"{None if img is None else img.shape}")
         if len(os.fsencode(ref.path)) > MAX_PATH_BYTES:
             raise ValueError(f"a media path is longer than {MAX_PATH_BYTES} bytes")
         if not np.isfinite(ref.timestamp_s) or ref.frame_index < -1 or ref.width < 0 or ref.height < 0:
@@ -1173,6 +1342,37 @@ class CatalogWriter:
         then for every row from the stored features, 65536 rows at a time."""
         _check_projection(proj, self.n_features)
         self._pending.projections[int(proj.n_components)] = proj
+
+    def set_image_vectors(self, recipe: dict, media_ids, features, projections: list[_Projection]) -> None:
+        """(Re)make the whole-image features and vectors of every live media item at the next commit, in the same
+        transaction (``sync`` on an index made before image search).
+
+        Parameters
+        ----------
+        recipe : how the features were made, with an integer ``n_features`` F (stored as ``image_recipe``).
+        media_ids : ndarray of shape (n,), int64: every committed live media item, each once.
+        features : ndarray of shape (n, F), float32, finite.
+        projections : fitted projections over F, one per stored dimension.
+
+        Raises
+        ------
+        ValueError
+            When the ids are not exactly the live media items, or a shape or value is wrong. Nothing is buffered.
+        """
+        n_image = recipe.get("n_features") if isinstance(recipe, dict) else None
+        if not isinstance(n_image, int) or n_image < 1:
+            raise ValueError("recipe must be a mapping with an integer n_features >= 1")
+        ids = np.asarray(media_ids, np.int64).reshape(-1)
+        features = np.asarray(features, np.float32)
+        if features.shape != (len(ids), n_image) or not np.all(np.isfinite(features)):
+            raise ValueError(f"features must be finite with shape ({len(ids)}, {n_image}), got {features.shape}")
+        if self._pending.media or self._pending.remove_media:
+            raise ValueError("commit the buffered media changes before setting the image vectors")
+        if len(np.unique(ids)) != len(ids) or set(ids.tolist()) != set(self.media_id.tolist()):
+            raise ValueError("media_ids must be every live media item, each once")
+        for proj in projections:
+            _check_projection(proj, n_image)
+        self._pending.image = (dict(recipe), ids, features, list(projections))
 
     def rollback(self) -> None:
         """Drop everything buffered since the last commit (ids handed out are not reused... by anyone: they are
@@ -1265,13 +1465,32 @@ class CatalogWriter:
         thumbs = [bytes(b) for r in recs for b in r.thumbnails]
         kept = {d: proj for d, proj in t.projections.items() if d not in p.projections}
         vectors = {d: proj.transform(feats) for d, proj in kept.items()}
+        image_projections = (p.image[3] if p.image is not None else
+                             list(t.image_projections.values()) if t.has_image else None)
+        image_feats = image_vectors = None
+        if image_projections is not None:
+            n_image = int(p.image[0]["n_features"]) if p.image is not None else t.n_image_features
+            image_feats = np.stack([r.detections.image_feature for r in recs]).astype(np.float32) if recs else \
+                np.zeros((0, n_image), np.float32)
+            image_vectors = {int(proj.n_components): proj.transform(image_feats) for proj in image_projections}
         with h5py.File(jfile, "r+", libver=LIBVER, locking=False) as f:
             n_media0, n_obj0 = f["media/id"].shape[0], f["objects/id"].shape[0]
             if n_media0 != len(t.media["id"]) or n_obj0 != len(t.objects["id"]):
                 raise IndexFileError(f"{self.path} changed while this writer held it; open it again")
             path_base = f["media/path_bytes"].shape[0]
             thumb_base = f["thumbnails"].shape[0]
-            _append(f, m_new, paths, o_new, feats, thumbs, vectors)
+            if p.image is not None:  # every committed row gets its image feature (dead rows: zeros, never read)
+                recipe, ids, image_rows, projs = p.image
+                _create_image_group(f, int(recipe["n_features"]), projs, n_media0)
+                rows = np.searchsorted(t.media["id"], ids)
+                full = np.zeros((n_media0, int(recipe["n_features"])), np.float32)
+                full[rows] = image_rows
+                if n_media0:
+                    f["image/features"][:] = full
+                for proj in projs:
+                    _fill_vectors(f, int(proj.n_components), proj, prefix="image/projections",
+                                  source="image/features")
+            _append(f, m_new, paths, o_new, feats, thumbs, vectors, image_feats, image_vectors)
             n_rows = n_obj0 + len(thumbs)
             for d, proj in p.projections.items():
                 _create_projection(f, proj, n_rows)
@@ -1291,6 +1510,8 @@ class CatalogWriter:
                     ds[:] = np.frombuffer(blob, np.uint8)
             attrs = {**self.attrs, **p.attrs, "generation": self.generation + 1,
                      "next_media_id": self.next_media_id, "next_object_id": self.next_object_id}
+            if p.image is not None:
+                attrs["image_recipe"] = p.image[0]
             encoded = _encode_attrs(attrs)
             for key in set(f.attrs.keys()) - set(encoded):
                 del f.attrs[key]
@@ -1312,7 +1533,11 @@ class CatalogWriter:
         objects["alive"][obj_rows] = 0
         tables = _Tables(media, t.path_bytes + b"".join(paths), objects, thumb_base + int(tl.sum()),
                          projections={**kept, **p.projections},
-                         skipped=list(t.skipped) if p.skipped is None else list(p.skipped))
+                         skipped=list(t.skipped) if p.skipped is None else list(p.skipped),
+                         image_projections=None if image_projections is None else
+                         {int(proj.n_components): proj for proj in image_projections},
+                         n_image_features=int(p.image[0]["n_features"]) if p.image is not None
+                         else t.n_image_features)
         return _decode_attrs(encoded, self.path), tables
 
     # -- compaction
@@ -1380,7 +1605,10 @@ def _fsync_path(path: Path) -> None:
 def _copy_live(src: h5py.File, dst: Path, attrs: dict, t: _Tables, version: int) -> None:
     """Write the live rows of ``src`` (loaded as ``t``) into a new format 2 file ``dst``; vectors are copied."""
     n_features = int(attrs["n_features"])
-    _new_file(dst, attrs, n_features, [])
+    image_projs = list(t.image_projections.values()) if t.has_image else None
+    if not t.has_image:
+        attrs = {k: v for k, v in attrs.items() if k != "image_recipe"}
+    _new_file(dst, attrs, n_features, [], image_projs)
     m, o = t.media, t.objects
     media_rows = np.flatnonzero(m["alive"])
     obj_rows = np.flatnonzero(o["alive"])
@@ -1388,8 +1616,12 @@ def _copy_live(src: h5py.File, dst: Path, attrs: dict, t: _Tables, version: int)
     with h5py.File(dst, "r+", **fapl_kw) as f:
         for proj in t.projections.values():
             _create_projection(f, proj, 0)
+        image_feats = image_vectors = None
+        if t.has_image:
+            image_feats = src["image/features"][()][media_rows]
+            image_vectors = {d: src[f"image/projections/{d}/vectors"][()][media_rows] for d in t.image_projections}
         _append(f, {k: v[media_rows] for k, v in m.items()}, [os.fsencode(p) for p in t.media_paths(media_rows)],
-                {}, np.zeros((0, n_features), np.float32), [], {})
+                {}, np.zeros((0, n_features), np.float32), [], {}, image_feats, image_vectors)
         feats = src["objects/features"]
         for start in range(0, len(obj_rows), STREAM_ROWS):
             rows = obj_rows[start:start + STREAM_ROWS]

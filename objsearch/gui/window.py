@@ -25,7 +25,7 @@ from objsearch.errors import ObjsearchError
 from objsearch.media import IMAGE_SUFFIXES
 from objsearch.types import format_timestamp, printable
 from objsearch.live import LivePipeline, LiveResult, QuerySettings
-from objsearch.render import compose_rows, draw_boxes
+from objsearch.render import compose_image_row, compose_rows, draw_boxes
 from objsearch.sources import (CaptureThread, FrameSlot, ImageFileSource, RandomImageSource, ScreenSource, SourceError,
                                VideoFileSource, VideoFrameSource, WebcamSource, parse_source)
 
@@ -197,7 +197,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.header.setFixedHeight(360)
 
         self.rows = ResultsView()
-        self.rows.neighbor_clicked.connect(self.query_object)
+        self.rows.neighbor_clicked.connect(self._neighbor_clicked)
         scroll = QtWidgets.QScrollArea()
         scroll.setWidget(self.rows)
         scroll.setWidgetResizable(False)
@@ -268,6 +268,10 @@ class MainWindow(QtWidgets.QMainWindow):
         self.conf_slider.valueChanged.connect(self._set_conf)
         self.conf_label = QtWidgets.QLabel("0.25")
         f.addRow("Confidence", self._with_label(self.conf_slider, self.conf_label))
+        self.mode_combo = QtWidgets.QComboBox()
+        self.mode_combo.addItems(["objects", "whole image"])
+        self.mode_combo.currentTextChanged.connect(self._set_mode)
+        f.addRow("Search", self.mode_combo)
         self.same_class_box = QtWidgets.QCheckBox("same class only")
         self.same_class_box.toggled.connect(self._set_same_class)
         f.addRow("", self.same_class_box)
@@ -740,6 +744,31 @@ class MainWindow(QtWidgets.QMainWindow):
         self.conf_label.setText(f"{value / 100:.2f}")
         self._requery()
 
+    def _set_mode(self, text: str) -> None:
+        """objects: each object's neighbours; whole image: one row of similar images."""
+        self.settings.mode = "image" if text == "whole image" else "objects"
+        self.same_class_box.setEnabled(self.settings.mode == "objects")
+        self._requery()
+
+    def _neighbor_clicked(self, tile_id: int) -> None:
+        """A click on a tile of the shown result: an object's neighbour, or a whole-image neighbour (a media id)."""
+        shown = self.last_result.result if self.last_result is not None else None
+        if shown is not None and not hasattr(shown, "detections"):
+            self.query_media(tile_id)
+        else:
+            self.query_object(tile_id)
+
+    def query_media(self, media_id: int) -> bool:
+        """Make an indexed media item the new query (a click on a whole-image neighbour)."""
+        if self.searcher is None:
+            return False
+        path = self.searcher.media_path(media_id)
+        if path is None:
+            self.show_message(f"the indexed path {printable(self.searcher.media(media_id).path)} leaves the image "
+                              f"folder; not opened", error=True)
+            return False
+        return self.query_image(path, media_id)
+
     def _set_same_class(self, on: bool) -> None:
         self.settings.same_class = bool(on)
         self._requery()
@@ -764,6 +793,12 @@ class MainWindow(QtWidgets.QMainWindow):
         """Runs in the pipeline thread: the boxed frame (RGB) and the rows picture with its tiles and tooltips."""
         image = result.frame.image
         found = result.result
+        if not hasattr(found, "detections"):  # an ImageSearchResult (whole-image mode)
+            picture, tiles = compose_image_row(image, found, result.thumbnails, thumb_height=self.thumb_height)
+            tips = {(0, -1): f"query: the whole of {printable(result.frame.name)}"}
+            for c, nb in enumerate(found.neighbors):
+                tips[(0, c)] = f"{nb.media.display_name()}\ndistance {nb.distance:.3f}\nclick: search this image"
+            return np.ascontiguousarray(image[..., ::-1]), picture, tiles, tips
         dets = found.detections
         shrink = max(1.0, image.shape[0] / max(self._header_height, 1))  # labels stay readable once scaled down
         boxed = draw_boxes(image.copy(), found, 1.0, max(2, int(round(1.5 * shrink))), 0.45 * shrink)[..., ::-1]
@@ -805,13 +840,16 @@ class MainWindow(QtWidgets.QMainWindow):
         t = result.timings_ms
         display = t.get("thumbnails", 0) + t.get("compose", 0) + paint
         result.timings_ms["display"] = display
-        n = len(result.result.detections)
         live = self.capture is not None
         rate = f"{result.fps:.1f} fps · " if live else ""
         dropped = f" · dropped {result.dropped}" if live else ""
-        self.stage_label.setText(
-            f"{rate}{n} objects · detect {t.get('detect', 0):.1f} · features {t.get('features', 0):.1f} · "
-            f"search {t.get('search', 0):.1f} · display {display:.1f} ms{dropped}")
+        if hasattr(result.result, "detections"):
+            what = f"{len(result.result.detections)} objects · detect {t.get('detect', 0):.1f} · features " \
+                   f"{t.get('features', 0):.1f}"
+        else:
+            what = f"{len(result.result.neighbors)} images · detect {t.get('detect', 0):.1f} · image vector " \
+                   f"{t.get('image_feature', 0):.1f}"
+        self.stage_label.setText(f"{rate}{what} · search {t.get('search', 0):.1f} · display {display:.1f} ms{dropped}")
         if not live:
             self.statusBar().showMessage(result.frame.name, 10000)
 

@@ -224,12 +224,22 @@ def _projection(fn):
     return craft
 
 
-def _proj_vectors_nan(f, d):
-    _set_row(f"projections/{d}/vectors", (0, 0), np.nan)(f, None)
+def _image_projection(fn):
+    """A craft applied to every stored whole-image projection group (``fn(f, d, prefix)``)."""
+
+    def craft(f, ctx):
+        for d in list(f["image/projections"].keys()):
+            fn(f, d, "image/projections")
+
+    return craft
 
 
-def _proj_vectors_missing(f, d):
-    del f[f"projections/{d}/vectors"]
+def _proj_vectors_nan(f, d, prefix="projections"):
+    _set_row(f"{prefix}/{d}/vectors", (0, 0), np.nan)(f, None)
+
+
+def _proj_vectors_missing(f, d, prefix="projections"):
+    del f[f"{prefix}/{d}/vectors"]
 
 
 def _proj_mean_short(f, d):
@@ -245,8 +255,8 @@ def _proj_method_none(f, d):
     del f[f"projections/{d}"].attrs["method"]
 
 
-def _proj_method_unknown(f, d):
-    f[f"projections/{d}"].attrs["method"] = np.bytes_(b"pickle")
+def _proj_method_unknown(f, d, prefix="projections"):
+    f[f"{prefix}/{d}"].attrs["method"] = np.bytes_(b"pickle")
 
 
 def _proj_components_nan(f, d):
@@ -348,9 +358,23 @@ INDEX_CASES: list[IndexCase] = [
     IndexCase("proj_none", _projection(_proj_method_none), 3, "method"),
     IndexCase("proj_method_unknown", _projection(_proj_method_unknown), 3, "method"),
     IndexCase("media_columns_unequal", lambda f, ctx: f["media/width"].resize((1,)), 3, "lengths"),
+    # the whole-image group (optional; when present, complete)
+    IndexCase("image_features_short", lambda f, ctx: f["image/features"].resize(1, axis=0), 3, "image/features",
+              commands=("info", "query_image")),
+    IndexCase("image_features_no_checksum", _no_checksum("image/features"), 3, "Fletcher-32",
+              commands=("query_image",)),
+    IndexCase("image_group_missing", _remove("image"), 3, "image", commands=("info", "query_image")),
+    IndexCase("image_recipe_str", lambda f, ctx: set_json_attr(f, "image_recipe", "neck_gap"), 3, "image_recipe",
+              commands=("query", "query_image")),
+    IndexCase("image_vectors_nan", _image_projection(_proj_vectors_nan), 3, "non-finite",
+              commands=("query_image",)),
+    IndexCase("image_vectors_missing", _image_projection(_proj_vectors_missing), 3, "vectors",
+              commands=("query_image",)),
+    IndexCase("image_proj_method_unknown", _image_projection(_proj_method_unknown), 3, "method",
+              commands=("query_image",)),
     # stored data that is served, but as data (exit 0): never read outside the base directory, never hang
-    IndexCase("paths_absolute", _paths_set(b"/etc/passwd"), 0),
-    IndexCase("paths_dotdot", _paths_set(b"../../../../etc/passwd"), 0),
+    IndexCase("paths_absolute", _paths_set(b"/etc/passwd"), 0, commands=("info", "query", "query_image")),
+    IndexCase("paths_dotdot", _paths_set(b"../../../../etc/passwd"), 0, commands=("info", "query", "query_image")),
     IndexCase("paths_terminal_escape", _paths_set(b"\x1b]0;pwned\x07\x1b[2Jx.jpg"), 0),
     IndexCase("paths_not_utf8", _paths_set(b"caf\xe9\xff.jpg"), 0),
     IndexCase("thumbnail_bomb", _thumbnail_bomb, 0),

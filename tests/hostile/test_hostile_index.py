@@ -31,6 +31,8 @@ def _run(cli, command: str, index: Path, tmp_path: Path):
         return cli("info", index)
     if command == "query":
         return cli("query", BUS, "-i", index, "-k", 3)
+    if command == "query_image":
+        return cli("query", "--mode", "image", BUS, "-i", index, "-k", 3, "--out", tmp_path / "row.png")
     if command == "video":
         return cli("video", VIDEO, "-i", index, "--max-frames", 1, "--jsonl", tmp_path / "out.jsonl")
     raise ValueError(command)
