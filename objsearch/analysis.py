@@ -37,7 +37,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from objsearch.errors import EmptyFolderError, ImageReadError, IndexFileError, ObjsearchError, VideoReadError
-from objsearch.media import VIDEO_SUFFIXES, list_media, make_thumbnail, read_image, read_video_frames, video_info
+from objsearch.media import (VIDEO_SUFFIXES, list_media, make_thumbnail, read_image, read_video_frame, read_video_frames,
+                             video_info)
 from objsearch.projection import PCAProjection, make_projection
 from objsearch.types import Detections, MediaRecord, MediaRef, SkippedFile
 
@@ -626,15 +627,16 @@ def add_image_vectors(writer, detector, *, max_pixels: int = 100_000_000, progre
 
 
 def _read_media(path: Path, frame_index: int, max_pixels: int) -> np.ndarray:
-    """The pixels of an indexed media item: the image, or frame ``frame_index`` of a video."""
+    """The pixels of an indexed media item: the image, or frame ``frame_index`` of a video (the frame analysis saw).
+
+    Raises
+    ------
+    ImageReadError
+        When it cannot be read (``VideoReadError`` for a video or a frame it no longer has).
+    """
     if frame_index < 0:
         return read_image(path, max_pixels=max_pixels)
-    from objsearch import media
-
-    reader = getattr(media, "read_frame", None)  # video frames: objsearch.media.read_frame when it exists
-    if reader is None:
-        raise ImageReadError(f"{path} frame {frame_index}: this objsearch cannot decode video frames")
-    return reader(path, frame_index, max_pixels=max_pixels)
+    return read_video_frame(path, frame_index, max_pixels=max_pixels)
 
 
 def analyze(folder: str | Path, output: str | Path, cfg: dict, *, weights: str | None = None,

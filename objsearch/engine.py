@@ -18,7 +18,7 @@ import numpy as np
 
 from objsearch.config import ConfigError, load_config
 from objsearch.errors import ImageReadError, IndexFileError, ObjsearchError, WeightsMismatchError, WeightsNotFoundError
-from objsearch.media import DEFAULT_MAX_PIXELS, read_image, read_video_frame
+from objsearch.media import DEFAULT_MAX_PIXELS, read_image
 from objsearch.moments import DEFAULT_GROUP_S, group_neighbors
 from objsearch.types import (Detections, Hits, ImageNeighbor, ImageSearchResult, MediaRef, Neighbor, SearchResult,
                              printable)
@@ -360,13 +360,13 @@ class Engine:
             When the file is gone, unreadable, or its stored path leaves the base directory (VideoReadError, a
             subclass, for a video or a frame it no longer has).
         """
+        from objsearch.analysis import _read_media
+
         media = self.media(media_id)
         path = self.media_path(media_id)
         if path is None:
             raise ImageReadError(f"cannot read {printable(media.path)}: its indexed path leaves the base directory")
-        if media.is_video_frame:
-            return read_video_frame(path, media.frame_index, max_pixels=self.max_pixels)
-        return read_image(path, max_pixels=self.max_pixels)
+        return _read_media(path, media.frame_index, self.max_pixels)
 
     def thumbnail(self, object_id: int) -> bytes:
         """JPEG bytes of an indexed object's crop.
@@ -384,14 +384,10 @@ class Engine:
         """JPEG bytes of a small picture (longest side ``size`` px) of a whole indexed media item, made from its file
         (whole-image thumbnails are not stored in the index); None when the file is gone, unreadable or outside the
         base directory."""
-        from objsearch.analysis import _read_media
         from objsearch.media import make_thumbnail
 
         try:
-            path = self.media_path(media_id)
-            if path is None:
-                return None
-            image = _read_media(path, self.media(media_id).frame_index, self.max_pixels)
+            image = self.read_media(media_id)
         except (KeyError, ImageReadError, OSError):
             return None
         return make_thumbnail(image, np.array([0, 0, image.shape[1], image.shape[0]], np.float32), size)

@@ -625,18 +625,7 @@ class MainWindow(QtWidgets.QMainWindow):
         row = int(self.searcher.catalog.object_rows([object_id])[0])
         if row < 0:
             return False
-        media_id = int(self.searcher.catalog.object_media_id[row])
-        path = self.searcher.media_path(media_id)
-        if path is None:
-            self.show_message(f"the indexed path {printable(self.searcher.media(media_id).path)} leaves the image "
-                              f"folder; not opened", error=True)
-            return False
-        media = self.searcher.media(media_id)
-        if media.is_video_frame:  # that frame, decoded from its video, is the new query
-            self.stop_source()
-            self._set_kind("image")
-            return self._submit_still(VideoFrameSource(path, media.frame_index, media.timestamp_s, media_id))
-        return self.query_image(path, media_id)
+        return self.query_media(int(self.searcher.catalog.object_media_id[row]))
 
     def _start_continuous(self, kind: str, make_source, realtime: bool = True) -> bool:
         self.stop_source()
@@ -759,7 +748,8 @@ class MainWindow(QtWidgets.QMainWindow):
             self.query_object(tile_id)
 
     def query_media(self, media_id: int) -> bool:
-        """Make an indexed media item the new query (a click on a whole-image neighbour)."""
+        """Make an indexed media item the new query (a click on a neighbour): its image, or its frame decoded from
+        its video."""
         if self.searcher is None:
             return False
         path = self.searcher.media_path(media_id)
@@ -767,6 +757,11 @@ class MainWindow(QtWidgets.QMainWindow):
             self.show_message(f"the indexed path {printable(self.searcher.media(media_id).path)} leaves the image "
                               f"folder; not opened", error=True)
             return False
+        media = self.searcher.media(media_id)
+        if media.is_video_frame:  # that frame, decoded from its video, is the new query
+            self.stop_source()
+            self._set_kind("image")
+            return self._submit_still(VideoFrameSource(path, media.frame_index, media.timestamp_s, media_id))
         return self.query_image(path, media_id)
 
     def _set_same_class(self, on: bool) -> None:
