@@ -409,8 +409,9 @@ class Engine:
         timings : stage times measured before (e.g. ``decode``), copied into the result.
         group_s : hits from one video, of one class, within this many seconds of each other are one neighbour (a
             ``moment``, shown by its best frame; see ``objsearch.moments.group_neighbors``), and each row still
-            holds k neighbours where the index has them (more are fetched); None: every frame on its own. An index
-            without videos is searched exactly as with None.
+            holds k neighbours where the index has them (more are fetched); a moment's extent counts the matching
+            frames among the hits fetched (at least 4k). None: every frame on its own. An index without videos is
+            searched exactly as with None.
 
         Raises
         ------

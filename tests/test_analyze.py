@@ -80,13 +80,20 @@ def test_boxes_lie_within_their_image(index):
     assert np.all(xyxy[:, 0] >= 0) and np.all(xyxy[:, 1] >= 0)
     assert np.all(xyxy[:, 2] <= w) and np.all(xyxy[:, 3] <= h)
     assert np.all(xyxy[:, 2] > xyxy[:, 0]) and np.all(xyxy[:, 3] > xyxy[:, 1])
-    assert np.all((index.confidence >= 0.25) & (index.confidence <= 1))
+    assert np.all((index.confidence >= 0.6) & (index.confidence <= 1))  # the default index_conf
     assert np.all((index.class_id >= 0) & (index.class_id < len(index.class_names)))
 
 
-def test_stored_boxes_equal_a_fresh_detection(index, small_folder, detector):
+def test_stored_boxes_equal_a_fresh_detection(index, small_folder, detector, cfg):
+    """What is stored is a fresh detection kept by the index's hygiene: confidence >= index_conf, class-aware
+    duplicates suppressed (objsearch.hygiene.index_keep)."""
+    from objsearch.hygiene import index_keep
+
     i = 3
     dets = detector(cv2.imread(str(small_folder / index.media_path[i])))
+    dets = dets[dets.confidence >= cfg["index_conf"]]
+    dets = dets[index_keep(dets.xyxy, dets.confidence, dets.class_id, dedup_iou=cfg["dedup_iou"])]
+    assert len(dets) >= 2
     rows = rows_of_media(index, i)
     np.testing.assert_allclose(index.xyxy[rows], dets.xyxy, atol=1e-3)
     np.testing.assert_array_equal(index.class_id[rows], dets.class_id)

@@ -46,11 +46,11 @@ def test_features_have_one_finite_row_per_object(detector, bus_detections):
 
 
 def test_feature_blocks_have_the_recipe_norms(detector, bus_detections):
-    """Default recipe cls_logits:2.5 (80-d, norm 2.5) then neck_roi:1 (3 levels, each norm 1)."""
-    assert detector.recipe == {"cls_logits": 2.5, "neck_roi": 1.0}
+    """Default recipe cls_logits:1.5 (80-d, norm 1.5) then neck_roi:1 (3 levels, each norm 1)."""
+    assert detector.recipe == {"cls_logits": 1.5, "neck_roi": 1.0}
     n_classes = len(detector.names)
     logits, neck = bus_detections.features[:, :n_classes], bus_detections.features[:, n_classes:]
-    np.testing.assert_allclose(np.linalg.norm(logits, axis=1), 2.5, rtol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(logits, axis=1), 1.5, rtol=1e-4)
     np.testing.assert_allclose(np.linalg.norm(neck, axis=1), np.sqrt(3), rtol=1e-4)
 
 

@@ -81,9 +81,13 @@ def test_the_collection_follows_the_catalog(live_index, detector, tmp_path):
         result = engine.search_file(new[0], k=len(live), exclude_self=False)
         assert not (after - live) & set(result.hits.ids.reshape(-1).tolist())
         previous = (engine.catalog.uuid, engine.catalog.generation, engine.catalog.object_id.copy())
-    remove(index, [new[1]])
+        c = engine.catalog
+        ids, counts = np.unique(c.object_media_id, return_counts=True)
+        victim = int(ids[counts.argmax()])  # the image with the most objects
+        victim_path, n_victim = folder / engine.media(victim).path, int(counts.max())
+    remove(index, [victim_path])
     done = follow_index(index, uri, previous=previous)  # only the collection that exists (32 dims)
-    assert [d for d, _, _ in done] == [32] and done[0][1] == 0 and done[0][2] > 0
+    assert [d for d, _, _ in done] == [32] and done[0][1] == 0 and done[0][2] == n_victim > 0
     assert follow_index(index, uri) == [(32, 0, 0)]  # in step: nothing to do
 
 

@@ -179,7 +179,7 @@ def test_add_with_runtime_matches_torch(tmp_path, cfg, detector):
             ids = catalog.object_id
             results[runtime] = (ids, catalog.xyxy.copy(), catalog.class_id.copy(), catalog.features(ids))
     (ids_t, box_t, cls_t, feat_t), (ids_o, box_o, cls_o, feat_o) = results["torch"], results["onnx"]
-    assert np.array_equal(ids_t, ids_o) and np.array_equal(cls_t, cls_o) and len(ids_t) > 10
+    assert np.array_equal(ids_t, ids_o) and np.array_equal(cls_t, cls_o) and len(ids_t) >= 5
     assert np.abs(box_t - box_o).max() <= BOX_TOL_PX and np.abs(feat_t - feat_o).max() <= FEATURE_TOL
 
 
