@@ -508,6 +508,21 @@ class Engine:
                 notes.append("")
         return notes
 
+    def _query_file(self, path, image: np.ndarray | None, warmup: bool) -> tuple[np.ndarray, float, float]:
+        """(the query file's pixels, decode ms, untimed warm-up ms): ``image`` when the caller decoded it already;
+        with ``warmup`` a first pass at this input size runs first.
+
+        Raises
+        ------
+        ImageReadError
+            When the file cannot be read as an image.
+        """
+        t0 = time.perf_counter()
+        if image is None:
+            image = read_image(path, max_pixels=self.max_pixels)
+        decode = (time.perf_counter() - t0) * 1e3
+        return image, decode, (self.detector.warmup(image.shape) if warmup else 0.0)
+
     def search_file(self, path: str | Path, *, k: int = 16, conf: float | None = None, same_class: bool = False,
                     exclude_self: bool = True, dims: int | None = None, warmup: bool = False,
                     image: np.ndarray | None = None, group_s: float | None = DEFAULT_GROUP_S) -> SearchResult:
@@ -521,11 +536,7 @@ class Engine:
         ImageReadError
             When the file cannot be read as an image.
         """
-        t0 = time.perf_counter()
-        if image is None:
-            image = read_image(path, max_pixels=self.max_pixels)
-        decode = (time.perf_counter() - t0) * 1e3
-        warm = self.detector.warmup(image.shape) if warmup else 0.0
+        image, decode, warm = self._query_file(path, image, warmup)
         exclude = self.media_id_of(path) if exclude_self else -1
         result = self.search(image, k=k, conf=conf, same_class=same_class, exclude_media_id=exclude, dims=dims,
                              query=MediaRef(path=str(path), media_id=exclude), timings={"decode": decode},
@@ -591,11 +602,7 @@ class Engine:
         ImageReadError
             When the file cannot be read as an image.
         """
-        t0 = time.perf_counter()
-        if image is None:
-            image = read_image(path, max_pixels=self.max_pixels)
-        decode = (time.perf_counter() - t0) * 1e3
-        warm = self.detector.warmup(image.shape) if warmup else 0.0
+        image, decode, warm = self._query_file(path, image, warmup)
         media_id = self.media_id_of(path)
         result = self.search_image(image, k=k, dims=dims, exclude_media_id=media_id if exclude_self else -1,
                                    query=MediaRef(path=str(path), media_id=media_id), timings={"decode": decode})

@@ -74,6 +74,21 @@ def match_boxes(xyxy: np.ndarray, confidence: np.ndarray, targets: np.ndarray, i
     return out
 
 
+def _readable(images, progress=None):
+    """``(path, image)`` for each of ``images`` that decodes (``objsearch.media.read_image``: (H, W, 3) uint8 BGR);
+    an unreadable one is skipped, logged, and still counted by ``progress(0)``."""
+    from objsearch.errors import ImageReadError
+    from objsearch.media import read_image
+
+    for path in images:
+        try:
+            yield path, read_image(path)
+        except ImageReadError as exc:
+            LOGGER.warning("skipping unreadable image %s: %s", path, exc)
+            if progress:
+                progress(0)
+
+
 def read_yolo_labels(path: Path, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     """Ground truth from a YOLO label file (``class xc yc w h`` normalised per line; missing file: no objects).
 
@@ -152,13 +167,7 @@ def collect(detect: Callable[[np.ndarray], Detections], images: list[Path], prog
     found = {t: 0 for t in TRANSFORMS}
     n_gt = n_det = n_img = 0
     next_id = 0
-    for path in images:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            LOGGER.warning("skipping unreadable image %s", path)
-            if progress:
-                progress(0)
-            continue
+    for path, image in _readable(images, progress):
         h, w = image.shape[:2]
         gt_xyxy, gt_cls = read_yolo_labels(label_path_for(path), w, h)
         dets = detect(image)
@@ -318,13 +327,7 @@ def collect_labeled(detect: Callable[..., Detections], images: list[Path], *, co
     parts, gts = [], []
     views: dict[str, list] = {t: [] for t in TRANSFORMS}
     names: list[str] = []
-    for path in images:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            LOGGER.warning("skipping unreadable image %s", path)
-            if progress:
-                progress(0)
-            continue
+    for path, image in _readable(images, progress):
         img = len(names)
         names.append(str(path))
         h, w = image.shape[:2]
