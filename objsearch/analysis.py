@@ -698,16 +698,7 @@ def analyze(folder: str | Path, output: str | Path, cfg: dict, *, weights: str |
         if overwrite:
             for suffix in (".journal",):
                 Path(str(output) + suffix).unlink(missing_ok=True)
-        projections, pending = [], []
-        for d in cfg["dims"]:
-            if cfg["projection"] == "pca":
-                pending.append(int(d))
-            else:
-                projections.append(make_projection(cfg["projection"], d, cfg["seed"]).fit(
-                    np.zeros((1, detector.n_features), np.float32)))
-        writer = CatalogWriter.create(output, attrs=index_attrs(detector, cfg, folder, pending),
-                                      n_features=detector.n_features, projections=projections, overwrite=overwrite,
-                                      image_projections=image_projections(detector, cfg))
+        writer = create_index(output, detector, cfg, folder, overwrite)
     summary = JobSummary(index=output, n_other_files=listing.n_other, skipped=list(listing.skipped))
     run = None
     try:
@@ -717,18 +708,42 @@ def analyze(folder: str | Path, output: str | Path, cfg: dict, *, weights: str |
         summary.n_resumed = len(writer.media_id) + len(writer.skipped)
         run.n_done = summary.n_resumed
         run.run(todo, starts)
-        _fit_pending_projections(run, detector.n_features)
-        writer.set_attrs(state="ready")
-        run.finish()
-        summary.n_images = len(writer.media_id)
-        summary.n_objects = len(writer.object_id)
-        summary.n_added = summary.n_images
+        finish_analysis(run, summary)
     finally:
         if run is not None:
             run.abandon()
         writer.close()
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def create_index(output: Path, detector, cfg: dict, folder: Path, overwrite: bool):
+    """A new index file ``output`` (state ``analyzing``) for ``detector``'s features: its random projections made
+    now, its PCA ones pending until every object is in (``finish_analysis``); returns the ``CatalogWriter``."""
+    from objsearch.catalog import CatalogWriter
+
+    projections, pending = [], []
+    for d in cfg["dims"]:
+        if cfg["projection"] == "pca":
+            pending.append(int(d))
+        else:
+            projections.append(make_projection(cfg["projection"], d, cfg["seed"]).fit(
+                np.zeros((1, detector.n_features), np.float32)))
+    return CatalogWriter.create(output, attrs=index_attrs(detector, cfg, folder, pending),
+                                n_features=detector.n_features, projections=projections, overwrite=overwrite,
+                                image_projections=image_projections(detector, cfg))
+
+
+def finish_analysis(run: _Run, summary: JobSummary) -> None:
+    """End an analysis whose objects are all in ``run``: fit the pending projections, mark the index ready, commit,
+    remove the journal, and fill in ``summary``'s totals."""
+    writer = run.writer
+    _fit_pending_projections(run, run.detector.n_features)
+    writer.set_attrs(state="ready")
+    run.finish()
+    summary.n_images = len(writer.media_id)
+    summary.n_objects = len(writer.object_id)
+    summary.n_added = summary.n_images
 
 
 def index_attrs(detector, cfg: dict, folder: Path, pending_projections: list[int]) -> dict:

@@ -34,12 +34,10 @@ from typing import Iterator
 
 import numpy as np
 
-from objsearch.analysis import (JobSummary, ProgressFn, _fit_pending_projections, _load_detector, _record_from_bytes,
-                                _record_to_bytes, _relative, _Run, detect_for_index, image_projections,
-                                index_attrs, job_settings)
+from objsearch.analysis import (JobSummary, ProgressFn, _load_detector, _record_from_bytes, _record_to_bytes,
+                                _relative, _Run, create_index, detect_for_index, finish_analysis, job_settings)
 from objsearch.errors import EmptyFolderError, ImageReadError, IndexFileError, ObjsearchError
 from objsearch.media import list_media, make_thumbnail, read_image
-from objsearch.projection import make_projection
 from objsearch.types import MediaRecord, MediaRef, SkippedFile
 
 LOGGER = logging.getLogger(__name__)
@@ -254,16 +252,7 @@ def analyze(folder: str | Path, output: str | Path, cfg: dict, *, weights: str |
             Path(str(output) + ".journal").unlink(missing_ok=True)
             for p in _shard_paths(shards):
                 p.unlink()
-        projections, pending = [], []
-        for d in cfg["dims"]:
-            if cfg["projection"] == "pca":
-                pending.append(int(d))
-            else:
-                projections.append(make_projection(cfg["projection"], d, cfg["seed"]).fit(
-                    np.zeros((1, detector.n_features), np.float32)))
-        writer = CatalogWriter.create(output, attrs=index_attrs(detector, cfg, folder, pending),
-                                      n_features=detector.n_features, projections=projections, overwrite=overwrite,
-                                      image_projections=image_projections(detector, cfg))
+        writer = create_index(output, detector, cfg, folder, overwrite)
     settings = job_settings(detector, cfg)
     summary = JobSummary(index=output, n_other_files=listing.n_other, skipped=list(listing.skipped))
     run = None
@@ -279,18 +268,13 @@ def analyze(folder: str | Path, output: str | Path, cfg: dict, *, weights: str |
         run.n_total, run.n_done = len(rels), sum(1 for rel in rels if rel in covered)
         merged = _merge(run, shards, settings, covered)
         LOGGER.info("merged %d images from %s", merged, shards)
-        _fit_pending_projections(run, detector.n_features)
-        writer.set_attrs(state="ready")
-        run.finish()
+        finish_analysis(run, summary)
         for p in _shard_paths(shards):
             p.unlink()
         if shards.is_dir():
             for p in shards.glob("*.tmp"):
                 p.unlink()
             shards.rmdir()
-        summary.n_images = len(writer.media_id)
-        summary.n_objects = len(writer.object_id)
-        summary.n_added = summary.n_images
     finally:
         if run is not None:
             run.abandon()
