@@ -171,7 +171,7 @@ def test_limits_refuse_big_uploads_bombs_and_corrupt_images(engine, client):
 
 @pytest.mark.parametrize("query, message", [
     ("k=0", "k"), ("k=100000", "k"), ("k=abc", "k"), ("conf=2", "conf"), ("dims=7", "dims must be one of"),
-    ("mode=image", "mode must be one of"), ("media_id=abc", "media_id"), ("same_class=maybe", "same_class"),
+    ("mode=video", "mode must be one of"), ("media_id=abc", "media_id"), ("same_class=maybe", "same_class"),
 ])
 def test_bad_parameters_are_400_with_one_line(client, query, message):
     response = client.post(f"/api/search?{query}", content=BUS.read_bytes(), headers={"Content-Type": "image/jpeg"})
@@ -201,7 +201,7 @@ def test_thumbnails_media_examples_and_info(client, engine):
     assert client.get("/api/random").json()["media_id"] in set(c.media_id.tolist())
     info = client.get("/api/info").json()
     assert info["images"] == len(c.media_id) and info["objects"] == len(c.object_id)
-    assert info["dims"] == [16, 32] and info["skipped"] == len(c.skipped) and info["modes"] == ["objects"]
+    assert info["dims"] == [16, 32] and info["skipped"] == len(c.skipped) and info["modes"] == ["objects", "image"]
     assert sum(info["classes"].values()) == len(c.object_id)
     assert info["weights_sha256"] == c.weights_sha256
 
@@ -306,3 +306,23 @@ def test_the_server_follows_other_writers(small_index, small_folder, detector, t
         hits = client.post("/api/search?k=8", content=BUS.read_bytes(), headers={"content-type": "image/jpeg"})
         returned = {n["image_id"] for o in hits.json()["objects"] for n in o["neighbors"]}
         assert returned and not returned & set(gone)
+
+
+def test_whole_image_mode_answers_the_query_mode_image_object(client, engine, small_index):
+    """``mode=image``: one row of similar whole images, the object ``query --mode image --json`` prints; by id the
+    image leaves itself out; info lists the mode; an image-mode dims that is not stored is a 400."""
+    assert engine.catalog.has_image_vectors and client.get("/api/info").json()["modes"] == ["objects", "image"]
+    got = client.post("/api/search?mode=image&k=4", content=BUS.read_bytes(),
+                      headers={"content-type": "image/jpeg"})
+    assert got.status_code == 200, got.text
+    got = got.json()
+    cli = run_cli("query", BUS, "-i", small_index[0], "--mode", "image", "-k", "4", "--json")
+    assert cli.returncode == 0, cli.stderr
+    want = json.loads(cli.stdout)
+    assert list(got) == list(want) and "objects" not in got
+    _assert_same_result(_without_timings(got), _without_timings(want))
+    mid = got["neighbors"][0]["image_id"]
+    by_id = client.post(f"/api/search?mode=image&k=4&media_id={mid}").json()
+    assert len(by_id["neighbors"]) == 4 and all(n["image_id"] != mid for n in by_id["neighbors"])
+    _one_line_error(client.post("/api/search?mode=image&dims=128", content=BUS.read_bytes(),
+                                headers={"content-type": "image/jpeg"}), 400)

@@ -111,7 +111,8 @@ def _wait_for_query(pg, name: str):
     """Wait until the status line reports a finished search of a query whose name starts with ``name``; returns the
     status text."""
     pg.wait_for_function("(name) => { const s = document.getElementById('status').textContent;"
-                         " return s.startsWith(name) && /: \\d+ objects? in \\d+ ms/.test(s); }", arg=name)
+                         " return s.startsWith(name)"
+                         " && /: \\d+ (objects?|similar images) in \\d+ ms/.test(s); }", arg=name)
     return pg.text_content("#status")
 
 
@@ -249,3 +250,22 @@ def test_drop_an_image_file_on_the_page(page):
     }""", base64.b64encode(BUS.read_bytes()).decode())
     _wait_for_query(page, "dropped.jpg")
     assert any(r["label"] == "bus" for r in _rows(page))
+
+
+def test_whole_image_mode_shows_one_row_of_similar_images(page, server):
+    """Mode "whole image": one row of the API's similar images (pictures of the whole indexed images); a click makes
+    one the query; back to objects, one row per object again."""
+    page.set_input_files("#file", str(BUS))
+    _wait_for_query(page, "bus.jpg")
+    page.select_option("#mode", "image")
+    page.wait_for_function("() => document.querySelector('#results .row')?.dataset.label === 'similar images'")
+    api = _get_json_post(f"{server}/api/search?k=8&mode=image", BUS.read_bytes())
+    ids = page.eval_on_selector_all("#results .row .hit", "hits => hits.map(h => Number(h.dataset.imageId))")
+    assert ids == [n["image_id"] for n in api["neighbors"]] and len(ids) == 8
+    page.wait_for_function("() => [...document.querySelectorAll('.hit img')].every(i => i.complete && i.naturalWidth)")
+    path = api["neighbors"][0]["path"]
+    page.locator("#results .row .hit").first.click()
+    _wait_for_query(page, path)
+    page.select_option("#mode", "objects")
+    page.wait_for_function("() => document.querySelector('#results .row')?.dataset.label !== 'similar images'")
+    assert len(_rows(page)) >= 1

@@ -58,7 +58,7 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob: mediastream:; "
                                "style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'",
 }
-MODES = ("objects",)  # whole-image mode joins here when the engine has it
+MODES = ("objects", "image")  # "image" only for an index with whole-image vectors (``modes_of``)
 MAX_K = 256
 
 
@@ -163,6 +163,11 @@ async def _parse_multipart(request: Request, body: bytes, limit: int) -> tuple[b
         return data, upload.filename or "upload"
     finally:
         await form.close()
+
+
+def modes_of(engine) -> list[str]:
+    """The search modes ``engine``'s index answers: ``objects``, and ``image`` when it holds whole-image vectors."""
+    return [m for m in MODES if m == "objects" or engine.catalog.has_image_vectors]
 
 
 def create_app(engine, settings: WebSettings | None = None) -> FastAPI:
@@ -288,7 +293,7 @@ def create_app(engine, settings: WebSettings | None = None) -> FastAPI:
     async def info():
         await cpu(follow_index)
         data = index_info(engine.catalog, engine.catalog.path)
-        data.update(backend=engine.method, search_dims=int(engine.dims), conf=engine.conf, modes=list(MODES),
+        data.update(backend=engine.method, search_dims=int(engine.dims), conf=engine.conf, modes=modes_of(engine),
                     max_upload_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels,
                     allow_private_urls=settings.allow_private_urls)
         return data
@@ -365,11 +370,19 @@ def create_app(engine, settings: WebSettings | None = None) -> FastAPI:
                      same_class: bool = False, dims: int | None = None, mode: str = "objects",
                      media_id: int | None = None, include_self: bool = False,
                      group_s: float = Query(DEFAULT_GROUP_S, ge=0, le=3600), group: bool = True):
-        if mode not in MODES:
-            raise _ApiError(400, f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if dims is not None and dims not in engine.catalog.dims:
-            raise _ApiError(400, f"dims must be one of {engine.catalog.dims} (stored in the index), got {dims}")
+        modes = modes_of(engine)
+        if mode not in modes:
+            raise _ApiError(400, f"mode must be one of {', '.join(modes)} for this index, got {mode!r}")
+        stored = engine.catalog.dims if mode == "objects" else engine.catalog.image_dims
+        if dims is not None and dims not in stored:
+            raise _ApiError(400, f"dims must be one of {stored} (stored in the index), got {dims}")
         kwargs = dict(k=k, conf=conf, same_class=same_class, dims=dims, group_s=group_s if group else None)
+
+        def run_search(image, query: MediaRef, exclude: int, timings: dict) -> dict:
+            if mode == "image":  # one row of similar whole images (the query --mode image --json object)
+                return engine.search_image(image, k=k, dims=dims, exclude_media_id=exclude, query=query,
+                                           timings=timings).to_dict()
+            return engine.search(image, exclude_media_id=exclude, query=query, timings=timings, **kwargs).to_dict()
         if media_id is not None:
             def work():
                 follow_index()
@@ -379,8 +392,7 @@ def create_app(engine, settings: WebSettings | None = None) -> FastAPI:
                 exclude = -1 if include_self else int(media_id)
                 query = MediaRef(path=ref.path, media_id=exclude, frame_index=ref.frame_index,
                                  timestamp_s=ref.timestamp_s)
-                return engine.search(image, exclude_media_id=exclude, query=query, timings={"decode": decode},
-                                     **kwargs).to_dict()
+                return run_search(image, query, exclude, {"decode": decode})
 
             return await cpu(work)
         ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
@@ -406,7 +418,7 @@ def create_app(engine, settings: WebSettings | None = None) -> FastAPI:
             t0 = time.perf_counter()
             image = decode_image(body, name, max_pixels=settings.max_pixels)
             decode = (time.perf_counter() - t0) * 1e3
-            return engine.search(image, query=MediaRef(path=name), timings={"decode": decode}, **kwargs).to_dict()
+            return run_search(image, MediaRef(path=name), -1, {"decode": decode})
 
         return await cpu(work)
 

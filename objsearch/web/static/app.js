@@ -97,6 +97,10 @@ async function runQuery(query) {
   draw();
   renderResults();
   const t = result.timings_ms || {};
+  if (!result.objects) {  // whole-image mode: one row of similar images
+    status(`${query.name}: ${result.neighbors.length} similar images in ${Math.round(t.total || 0)} ms`);
+    return;
+  }
   const n = result.objects.length;
   status(`${query.name}: ${n} object${n === 1 ? "" : "s"} in ${Math.round(t.total || 0)} ms` +
          (n ? "" : " (try a lower confidence)"));
@@ -119,7 +123,7 @@ function draw() {
   // line widths and labels in screen pixels: the canvas is shown scaled to its box
   const shown = canvas.getBoundingClientRect().width;
   const scale = Math.max(0.5, img.naturalWidth / (shown > 1 ? shown : img.naturalWidth));
-  const objects = state.result ? state.result.objects : [];
+  const objects = state.result && state.result.objects ? state.result.objects : [];
   objects.forEach((obj, i) => {
     const [x1, y1, x2, y2] = obj.box;
     const c = color(obj.class_id);
@@ -152,8 +156,9 @@ function draw() {
 }
 
 function describe(nb) {
-  const parts = [["path", nb.path], ["class", nb.label], ["confidence", nb.confidence.toFixed(3)],
-                 ["distance", nb.distance === null ? "?" : nb.distance.toFixed(4)]];
+  const parts = [["path", nb.path]];
+  if (nb.label !== undefined) parts.push(["class", nb.label], ["confidence", nb.confidence.toFixed(3)]);
+  parts.push(["distance", nb.distance === null ? "?" : nb.distance.toFixed(4)]);
   if (nb.timestamp_s !== undefined) parts.push(["time", formatTime(nb.timestamp_s)], ["frame", nb.frame_index]);
   return parts;
 }
@@ -176,9 +181,55 @@ function showDetails(nb) {
   box.classList.remove("muted");
 }
 
+function hitButton(nb, src, label, captionText) {
+  const hit = document.createElement("button");
+  hit.type = "button";
+  hit.className = "hit";
+  hit.dataset.label = label;
+  hit.dataset.imageId = nb.image_id;
+  hit.title = describe(nb).map(([k, v]) => `${k}: ${v}`).join("\n");
+  const img = document.createElement("img");
+  img.src = src;
+  img.alt = label;
+  img.loading = "lazy";
+  const caption = document.createElement("span");
+  caption.textContent = captionText;
+  hit.append(img, caption);
+  hit.addEventListener("mouseenter", () => showDetails(nb));
+  hit.addEventListener("focus", () => showDetails(nb));
+  hit.addEventListener("click", () => {  // the neighbour's image (or video frame) is the next query
+    showDetails(nb);
+    const at = nb.timestamp_s !== undefined ? ` @ ${formatTime(nb.timestamp_s)}` : "";
+    runQuery({ kind: "media", id: nb.image_id, name: nb.path + at });
+  });
+  return hit;
+}
+
+function renderImageRow(box) {
+  const row = document.createElement("div");
+  row.className = "row";
+  row.dataset.label = "similar images";
+  const title = document.createElement("h2");
+  title.textContent = "similar images";
+  const strip = document.createElement("div");
+  strip.className = "strip";
+  state.result.neighbors.forEach((nb) => {
+    const name = nb.path.split("/").pop() + (nb.timestamp_s !== undefined ? ` @ ${formatTime(nb.timestamp_s)}` : "");
+    strip.append(hitButton(nb, `/api/media/${nb.image_id}?max_side=256`, name,
+                           `d=${nb.distance === null ? "?" : nb.distance.toFixed(2)}`));
+  });
+  if (!state.result.neighbors.length) strip.textContent = "no neighbours";
+  row.append(title, strip);
+  box.append(row);
+}
+
 function renderResults() {
   const box = $("results");
   box.replaceChildren();
+  if (state.result && !state.result.objects) {
+    renderImageRow(box);
+    return;
+  }
   const objects = state.result ? state.result.objects : [];
   objects.forEach((obj, i) => {
     const row = document.createElement("div");
@@ -201,30 +252,8 @@ function renderResults() {
     const strip = document.createElement("div");
     strip.className = "strip";
     obj.neighbors.forEach((nb) => {
-      const hit = document.createElement("button");
-      hit.type = "button";
-      hit.className = "hit";
-      hit.dataset.label = nb.label;
-      hit.dataset.imageId = nb.image_id;
-      hit.title = describe(nb).map(([k, v]) => `${k}: ${v}`).join("\n");
-      const img = document.createElement("img");
-      img.src = `/api/thumbnail/${nb.object_id}`;
-      img.alt = nb.label;
-      img.loading = "lazy";
-      const caption = document.createElement("span");
-      caption.textContent = `${nb.label} ${nb.distance === null ? "" : nb.distance.toFixed(2)}`;
-      hit.append(img, caption);
-      hit.addEventListener("mouseenter", () => showDetails(nb));
-      hit.addEventListener("focus", () => showDetails(nb));
-      hit.addEventListener("click", () => {
-        showDetails(nb);
-        if (nb.frame_index !== undefined) {
-          showError("this result is a video frame; search its video with `objsearch video`");
-          return;
-        }
-        runQuery({ kind: "media", id: nb.image_id, name: nb.path });
-      });
-      strip.append(hit);
+      strip.append(hitButton(nb, `/api/thumbnail/${nb.object_id}`, nb.label,
+                             `${nb.label} ${nb.distance === null ? "" : nb.distance.toFixed(2)}`));
     });
     if (!obj.neighbors.length) strip.textContent = "no neighbours";
     row.addEventListener("mouseenter", () => { state.highlight = i; draw(); });
@@ -372,7 +401,7 @@ function setupSettings(info) {
     info.modes.forEach((m) => {
       const option = document.createElement("option");
       option.value = m;
-      option.textContent = m;
+      option.textContent = m === "image" ? "whole image" : m;
       $("mode").append(option);
     });
     $("mode-box").hidden = false;
