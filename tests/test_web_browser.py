@@ -48,15 +48,14 @@ def _get_json(url: str):
         return json.loads(response.read())
 
 
-@pytest.fixture(scope="module")
-def server(coco_index, tmp_path_factory):
-    """`objsearch serve` on the coco128 index at a free 127.0.0.1 port (private URLs allowed for the local image
-    server); yields its base URL; stopped by its pid."""
+@contextlib.contextmanager
+def _serving(index: Path, log: Path):
+    """`objsearch serve` on ``index`` at a free 127.0.0.1 port (private URLs allowed for the local image server);
+    yields its base URL; stopped by its pid."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
     env = dict(os.environ, YOLO_OFFLINE="1", PYTHONPATH=str(ROOT))
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "objsearch", "serve", "-i", str(coco_index), "--port",
+        proc = subprocess.Popen([sys.executable, "-m", "objsearch", "serve", "-i", str(index), "--port",
                                  str(port), "--allow-private-urls"], cwd=ROOT, env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -84,6 +83,13 @@ def server(coco_index, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def server(coco_index, tmp_path_factory):
+    """The server on the coco128 index."""
+    with _serving(coco_index, tmp_path_factory.mktemp("serve") / "serve.log") as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
 def browser():
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
@@ -91,8 +97,7 @@ def browser():
         b.close()
 
 
-@pytest.fixture
-def page(browser, server):
+def _open_page(browser, server):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.grant_permissions(["camera"], origin=server)
     pg = context.new_page()
@@ -102,6 +107,12 @@ def page(browser, server):
     pg.goto(server + "/")
     pg.wait_for_selector("body[data-ready='1']")
     pg.wait_for_function("() => document.querySelectorAll('#dims option').length > 0")
+    return context, pg, errors
+
+
+@pytest.fixture
+def page(browser, server):
+    context, pg, errors = _open_page(browser, server)
     yield pg
     context.close()
     assert not errors, f"the page's script failed: {errors}"
@@ -269,3 +280,44 @@ def test_whole_image_mode_shows_one_row_of_similar_images(page, server):
     page.select_option("#mode", "objects")
     page.wait_for_function("() => document.querySelector('#results .row')?.dataset.label !== 'similar images'")
     assert len(_rows(page)) >= 1
+
+
+@pytest.fixture(scope="module")
+def video_server(tmp_path_factory):
+    """The server on an index of walking.mp4 (a frame every 2 s) and one coco128 image, at 320 px."""
+    from testdata import DATA, WEIGHTS, coco_images, run_cli
+
+    folder = tmp_path_factory.mktemp("clips") / "media"
+    folder.mkdir()
+    (folder / "walking.mp4").write_bytes((DATA / "video" / "walking.mp4").read_bytes())
+    first = coco_images(1)[0]
+    (folder / first.name).write_bytes(first.read_bytes())
+    index = folder.parent / "clips.h5"
+    done = run_cli("analyze", folder, "-o", index, "--weights", WEIGHTS, "--imgsz", "320", "--video-fps", "0.5")
+    assert done.returncode == 0, done.stderr
+    with _serving(index, folder.parent / "serve.log") as base:
+        yield base
+
+
+def test_video_neighbours_show_their_time_and_moment_and_a_click_searches_that_frame(browser, video_server):
+    """A person's row holds frames of the walking clip: each tile shows its time, its tooltip the time and the
+    moment; a click makes that frame (decoded from the video) the query."""
+    from testdata import COCO128_IMAGES
+
+    context, pg, errors = _open_page(browser, video_server)
+    try:
+        pg.set_input_files("#file", str(COCO128_IMAGES / "000000000036.jpg"))  # a person
+        _wait_for_query(pg, "000000000036.jpg")
+        frame = pg.locator("#results .hit:has(span.time)").first
+        assert frame.locator("span.time").text_content().startswith("@ 00:00:")
+        title = frame.get_attribute("title")
+        assert "path: walking.mp4" in title and "time: 00:00:" in title and "moment: 00:00:" in title
+        image_id = frame.get_attribute("data-image-id")
+        frame.click()
+        _wait_for_query(pg, "walking.mp4 @ 00:00:")
+        size = pg.eval_on_selector("#query", "c => [c.width, c.height]")
+        clicked = _get_json_post_id(video_server, image_id)
+        assert size == [clicked["width"], clicked["height"]] and "frame" in clicked
+    finally:
+        context.close()
+    assert not errors, f"the page's script failed: {errors}"

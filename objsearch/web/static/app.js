@@ -160,6 +160,10 @@ function describe(nb) {
   if (nb.label !== undefined) parts.push(["class", nb.label], ["confidence", nb.confidence.toFixed(3)]);
   parts.push(["distance", nb.distance === null ? "?" : nb.distance.toFixed(4)]);
   if (nb.timestamp_s !== undefined) parts.push(["time", formatTime(nb.timestamp_s)], ["frame", nb.frame_index]);
+  if (nb.moment) {  // hits of one video, class and time window, shown by this best frame
+    parts.push(["moment", `${formatTime(nb.moment.start_s)}–${formatTime(nb.moment.end_s)}, ` +
+                          `${nb.moment.frames} frame${nb.moment.frames === 1 ? "" : "s"}`]);
+  }
   return parts;
 }
 
@@ -195,6 +199,12 @@ function hitButton(nb, src, label, captionText) {
   const caption = document.createElement("span");
   caption.textContent = captionText;
   hit.append(img, caption);
+  if (nb.timestamp_s !== undefined) {  // a video frame: its time under the distance
+    const time = document.createElement("span");
+    time.className = "time";
+    time.textContent = `@ ${formatTime(nb.timestamp_s)}`;
+    hit.append(time);
+  }
   hit.addEventListener("mouseenter", () => showDetails(nb));
   hit.addEventListener("focus", () => showDetails(nb));
   hit.addEventListener("click", () => {  // the neighbour's image (or video frame) is the next query
