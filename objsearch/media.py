@@ -178,6 +178,26 @@ def decode_image(data: bytes | np.ndarray, name: str = "image", *, max_pixels: i
     return image
 
 
+def _regular_file(path: Path, kind: str, error: type[ImageReadError]) -> os.stat_result:
+    """``os.stat(path)`` of a regular file (never opens a folder, FIFO, socket or device).
+
+    Raises
+    ------
+    ImageReadError
+        ``error`` (ImageReadError or its subclass VideoReadError) naming ``kind`` when ``path`` is missing or
+        unreadable, a folder, or not a regular file.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise error(f"cannot read {kind} {path}: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise error(f"cannot read {kind} {path}: it is a folder")
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"cannot read {kind} {path}: not a regular file (a FIFO, socket or device)")
+    return st
+
+
 def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode an image file to (H, W, 3) uint8 BGR.
 
@@ -189,14 +209,7 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
         When the file is missing, not a regular file, empty, unreadable, too large or not a decodable image.
     """
     path = Path(path)
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise ImageReadError(f"cannot read image {path}: {exc.strerror}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise ImageReadError(f"cannot read image {path}: it is a folder")
-    if not stat.S_ISREG(st.st_mode):
-        raise ImageReadError(f"cannot read image {path}: not a regular file (a FIFO, socket or device)")
+    st = _regular_file(path, "image", ImageReadError)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         try:
@@ -303,14 +316,7 @@ def frame_sampled(index: int, fps: float, *, sample_fps: float | None = 1.0, str
 
 def _open_video(path: Path, max_pixels: int):
     """(cv2.VideoCapture, VideoInfo) of a regular video file. Raises VideoReadError."""
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise VideoReadError(f"cannot read video {path}: {exc.strerror}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise VideoReadError(f"cannot read video {path}: it is a folder")
-    if not stat.S_ISREG(st.st_mode):
-        raise VideoReadError(f"cannot read video {path}: not a regular file (a FIFO, socket or device)")
+    st = _regular_file(path, "video", VideoReadError)
     if st.st_size == 0:
         raise VideoReadError(f"cannot read video {path}: the file is empty")
     cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)

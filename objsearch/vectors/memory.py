@@ -452,6 +452,28 @@ class _HnswSubset:
 
 
 # ----------------------------------------------------------------------------------------------------- store
+def check_query(vectors, k, class_id, exclude_image_id, dims: int):
+    """What every store's ``search`` checks: (queries float32 C-contiguous (Q, dims), k int, class_id int64 (Q,) or
+    None, exclude_image_id int64 (Q,) or None); a scalar filter applies to every query.
+
+    Raises
+    ------
+    ValueError
+        For a query that is not (Q, dims) or not finite, a ``k`` that is not an int >= 1, or a filter of the wrong
+        shape.
+    """
+    queries = np.ascontiguousarray(vectors, dtype=np.float32)
+    if queries.ndim != 2 or queries.shape[1] != dims:
+        raise ValueError(f"query vectors must have shape (Q, {dims}), got {queries.shape}")
+    if not np.isfinite(queries).all():
+        raise ValueError("query vectors must be finite, got NaN or infinity")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    q = len(queries)
+    return (queries, int(k), _per_query("class_id", class_id, q),
+            _per_query("exclude_image_id", exclude_image_id, q))
+
+
 def check_new(ids, vectors, class_id, image_id, dims: int):
     """What every store's ``add`` checks: (ids int64 (n,), vectors float32 C-contiguous (n, dims), class_id int64
     (n,), image_id int64 (n,)), ``vectors`` copied only when it is not float32 C-contiguous already.
@@ -678,17 +700,8 @@ class MemoryVectorStore:
             For a bad ``k``, a query that is not (Q, dims) or not finite, or a filter of the wrong shape.
         """
         self._check_open()
-        queries = np.ascontiguousarray(vectors, dtype=np.float32)
-        if queries.ndim != 2 or queries.shape[1] != self.dims:
-            raise ValueError(f"query vectors must have shape (Q, {self.dims}), got {queries.shape}")
-        if not np.isfinite(queries).all():
-            raise ValueError("query vectors must be finite, got NaN or infinity")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be an int >= 1, got {k!r}")
-        k = int(k)
+        queries, k, class_id, exclude_image_id = check_query(vectors, k, class_id, exclude_image_id, self.dims)
         q = len(queries)
-        class_id = _per_query("class_id", class_id, q)
-        exclude_image_id = _per_query("exclude_image_id", exclude_image_id, q)
         hits = Hits.empty(q, k)
         if q == 0 or len(self) == 0:
             return hits

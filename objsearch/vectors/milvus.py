@@ -45,7 +45,7 @@ import numpy as np
 
 from objsearch.errors import ObjsearchError, VectorStoreError
 from objsearch.types import Hits
-from objsearch.vectors.memory import _int_array, _per_query, _some, check_new
+from objsearch.vectors.memory import _int_array, _some, check_new, check_query
 
 LOGGER = logging.getLogger(__name__)
 
@@ -377,17 +377,8 @@ class MilvusVectorStore:
             When Milvus fails.
         """
         self._check_open()
-        queries = np.ascontiguousarray(vectors, dtype=np.float32)
-        if queries.ndim != 2 or queries.shape[1] != self.dims:
-            raise ValueError(f"query vectors must have shape (Q, {self.dims}), got {queries.shape}")
-        if not np.isfinite(queries).all():
-            raise ValueError("query vectors must be finite, got NaN or infinity")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be an int >= 1, got {k!r}")
-        k = int(k)
+        queries, k, class_id, exclude = check_query(vectors, k, class_id, exclude_image_id, self.dims)
         q = len(queries)
-        class_id = _per_query("class_id", class_id, q)
-        exclude = _per_query("exclude_image_id", exclude_image_id, q)
         hits = Hits.empty(q, k)
         if q == 0:
             return hits
