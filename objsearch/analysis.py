@@ -566,17 +566,60 @@ def _load_detector(cfg: dict, weights: str | None, detector):
 
 
 def _fit_pending_projections(run: _Run, n_features: int) -> None:
-    """Fit the projections that need the data (PCA) from the stored features of every analysed object, streamed, and
-    store them (the run's last objects are committed first: the fit reads committed rows only)."""
+    """Fit the projections that need the data (PCA, and the rerank projection at ``rerank_dims``) from the stored
+    features of every analysed object, streamed, and store them (the run's last objects are committed first: the
+    fit reads committed rows only)."""
     writer = run.writer
     run.flush()
     pending = writer.attrs.get("pending_projections") or []
+    stored = writer.attrs["config"]
     for d in pending:
-        proj = PCAProjection(int(d), int(writer.attrs["config"]["seed"]))
-        proj.fit_streaming((f for _, f in writer.iter_features()), n_features)
+        if stored.get("rerank_dims") is not None and int(d) == int(stored["rerank_dims"]):
+            proj = fit_rerank_projection(writer, run.detector, stored, base_dir=run.base_dir)
+            if proj is None:
+                continue
+        else:
+            proj = PCAProjection(int(d), int(stored["seed"]))
+            proj.fit_streaming((f for _, f in writer.iter_features()), n_features)
         writer.set_projection(proj)
     if pending:
         writer.set_attrs(pending_projections=[])
+
+
+def fit_rerank_projection(writer, detector, cfg: dict, *, base_dir: Path):
+    """The index's rerank projection (``objsearch.rerank``): ``MirrorWhitenedProjection`` to ``cfg["rerank_dims"]``
+    of the stored features reweighted by ``cfg["rerank_recipe"]``, whitened with the mirror pairs of up to
+    ``MIRROR_SAMPLE_IMAGES`` indexed media items spread over the index (read again, one detector pass each on the
+    image and its mirror image). None (logged) when fewer than 2 objects are found in them: the index is then
+    searched without reranking.
+    """
+    from objsearch.detector import parse_recipe
+    from objsearch.projection import MirrorWhitenedProjection
+    from objsearch.rerank import RERANK_SHRINKAGE, column_scale, mirror_pairs, sample_positions
+
+    rows = sample_positions(len(writer.media_id))
+    max_pixels = int(cfg.get("max_pixels", 100_000_000))
+
+    from objsearch.engine import safe_path
+
+    def images():
+        for r in rows:
+            path = safe_path(base_dir, writer.media_path[int(r)])
+            if path is None:
+                continue
+            try:
+                yield _read_media(path, int(writer.media_frame_index[int(r)]), max_pixels)
+            except ImageReadError as exc:
+                LOGGER.warning("rerank projection: skipping %s: %s", path, exc)
+
+    conf = float(cfg["conf"]) if cfg.get("index_conf") is None else max(float(cfg["conf"]), float(cfg["index_conf"]))
+    pairs = mirror_pairs(detector, images(), conf=conf, dedup_iou=cfg.get("dedup_iou"))
+    if len(pairs[0]) < 2:
+        LOGGER.warning("rerank projection not made: the %d sampled images hold %d objects", len(rows), len(pairs[0]))
+        return None
+    scale = column_scale(detector.block_sizes(), detector.recipe, parse_recipe(cfg["rerank_recipe"]))
+    proj = MirrorWhitenedProjection(int(cfg["rerank_dims"]), int(cfg["seed"]), RERANK_SHRINKAGE)
+    return proj.fit_streaming((f for _, f in writer.iter_features()), detector.n_features, pairs, scale)
 
 
 def image_projections(detector, cfg: dict) -> list:
@@ -729,6 +772,8 @@ def create_index(output: Path, detector, cfg: dict, folder: Path, overwrite: boo
         else:
             projections.append(make_projection(cfg["projection"], d, cfg["seed"]).fit(
                 np.zeros((1, detector.n_features), np.float32)))
+    if cfg.get("rerank_dims") is not None:
+        pending.append(int(cfg["rerank_dims"]))  # objsearch.rerank: fitted at the end, with a mirror sample
     return CatalogWriter.create(output, attrs=index_attrs(detector, cfg, folder, pending),
                                 n_features=detector.n_features, projections=projections, overwrite=overwrite,
                                 image_projections=image_projections(detector, cfg))
@@ -768,7 +813,7 @@ def index_config(catalog) -> dict:
 
     stored = catalog.attrs.get("config", {})
     keep = ("imgsz", "iou", "max_det", "conf", "thumb_size", "thumb_quality", "projection", "seed", "batch",
-            "video_fps", "video_stride")
+            "video_fps", "video_stride", "rerank_recipe")
     recipe = catalog.attrs.get("feature_recipe", {})
     blocks = recipe.get("blocks") if isinstance(recipe, dict) else None
     if not isinstance(blocks, dict) or not isinstance(recipe.get("imgsz", 640), int) \
@@ -780,7 +825,7 @@ def index_config(catalog) -> dict:
     overrides = {k: v for k, v in stored.items() if k in keep}
     # index hygiene: what the index was built with; an index made before these settings existed keeps none
     hygiene = {"index_conf": stored.get("index_conf"), "dedup_iou": stored.get("dedup_iou"),
-               "index_mirror": stored.get("index_mirror", False)}
+               "index_mirror": stored.get("index_mirror", False), "rerank_dims": stored.get("rerank_dims")}
     overrides.update(hygiene)
     if "imgsz" in recipe:
         overrides["imgsz"] = recipe["imgsz"]

@@ -27,8 +27,10 @@ DEFAULTS: dict[str, Any] = {
     "iou": 0.7,
     "max_det": 300,
     "device": "cpu",
-    "feature_recipe": "cls_logits:1.5,neck_roi:1",
+    "feature_recipe": "cls_logits:2.5,neck_roi:1",
     "dims": [32],
+    "rerank_dims": 64,
+    "rerank_recipe": "cls_logits:0.5,neck_roi:1",
     "projection": "pca",
     "seed": 0,
     "thumb_size": 128,
@@ -115,6 +117,21 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> dict[str, A
         cfg["runtime"] = check_runtime(cfg["runtime"])
     except ValueError as exc:
         raise ConfigError(f"runtime: {exc}") from None
+    try:
+        parse_recipe(cfg["rerank_recipe"])
+    except ValueError as exc:
+        raise ConfigError(f"rerank_recipe: {exc}") from None
+    if cfg["rerank_dims"] is not None:
+        try:
+            cfg["rerank_dims"] = int(cfg["rerank_dims"])
+        except (TypeError, ValueError):
+            raise ConfigError(f"rerank_dims must be one of {ALLOWED_DIMS} or null, got {cfg['rerank_dims']!r}") \
+                from None
+        if cfg["rerank_dims"] not in ALLOWED_DIMS:
+            raise ConfigError(f"rerank_dims must be one of {ALLOWED_DIMS} or null (no reranking), got "
+                              f"{cfg['rerank_dims']}")
+        # an index holds one projection per dimension: the rerank vectors take the next free one (null: none left)
+        cfg["rerank_dims"] = next((d for d in ALLOWED_DIMS if d >= cfg["rerank_dims"] and d not in cfg["dims"]), None)
     if cfg["projection"] not in PROJECTION_METHODS:
         raise ConfigError(f"projection must be one of {PROJECTION_METHODS}, got {cfg['projection']!r}")
     if not 0.0 <= float(cfg["conf"]) <= 1.0:

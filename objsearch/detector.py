@@ -45,7 +45,7 @@ LOGGER = logging.getLogger(__name__)
 
 RECIPE_VERSION = 2  # bump when a block's definition changes: indexes of another version are refused
 FEATURE_BLOCKS = ("cls_cell", "cls_logits", "cls_roi", "box_cell", "neck_roi")
-DEFAULT_RECIPE: dict[str, float] = {"cls_logits": 1.5, "neck_roi": 1.0}  # README: Retrieval quality
+DEFAULT_RECIPE: dict[str, float] = {"cls_logits": 2.5, "neck_roi": 1.0}  # docs/quality.md
 
 # whole-image feature (one vector per media item, from the same forward pass; see ``image_blocks``)
 IMAGE_RECIPE_VERSION = 1  # bump when an image block's definition changes: such indexes need `objsearch sync`
@@ -376,15 +376,19 @@ class Detector:
 
         return hook
 
-    @property
-    def n_features(self) -> int:
-        """Length D of the feature vectors this recipe produces."""
+    def block_sizes(self) -> dict[str, int]:
+        """Columns of each block of this recipe, in the order the blocks are concatenated."""
         nc = len(self.names)
         cls_ch = self.head.cv3[0][-1].in_channels
         box_ch = self.head.cv2[0][-1].in_channels
         neck = sum(int(self.head.cv2[i][0].conv.in_channels) for i in range(self.head.nl))
         sizes = {"cls_cell": cls_ch, "cls_logits": nc, "cls_roi": cls_ch, "box_cell": box_ch, "neck_roi": neck}
-        return sum(sizes[name] for name in self.recipe)
+        return {name: int(sizes[name]) for name in self.recipe}
+
+    @property
+    def n_features(self) -> int:
+        """Length D of the feature vectors this recipe produces."""
+        return sum(self.block_sizes().values())
 
     @property
     def n_image_features(self) -> int:
@@ -476,7 +480,9 @@ class Detector:
 
         Returns
         -------
-        list of Detections, one per image, boxes in that image's pixels.
+        list of Detections, one per image, boxes in that image's pixels, with ``data["class_scores"]`` (N, nc)
+        float32: every class's score (sigmoid of its logit, in [0, 1]) at the anchor cell that made the detection
+        (``confidence`` is the largest of them).
         """
         torch = self._torch
         from ultralytics.utils.nms import non_max_suppression
@@ -509,6 +515,7 @@ class Detector:
             image_s = 0.0
             for b, (det, idx) in enumerate(zip(kept, kept_idx)):
                 feats = self._pool(preds, captured, b, det[:, :4], idx.long())
+                class_scores = preds["scores"][b][:, idx.long().reshape(-1)].T.float().sigmoid().cpu().numpy()
                 boxes = scale_boxes(x.shape[2:], det[:, :4].clone(), images[b].shape[:2])
                 ti = time.perf_counter()
                 image_feature = self._image_feature(preds, captured, b,
@@ -520,7 +527,8 @@ class Detector:
                         confidence=det[:, 4].cpu().numpy(),
                         class_id=det[:, 5].cpu().numpy().astype(np.int64),
                         features=feats,
-                        data={} if mirrored is None else {"mirror_features": mirrored[b]},
+                        data={"class_scores": class_scores,
+                              **({} if mirrored is None else {"mirror_features": mirrored[b]})},
                         image_feature=image_feature,
                     )
                 )

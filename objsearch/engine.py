@@ -199,6 +199,7 @@ class Engine:
             self._stores: dict[int, object] = {}
             self._projections: dict[int, object] = {}
             self._image_stores: dict[int, object] = {}
+            self._rerank_vectors: np.ndarray | None = None  # (N, rerank_dims) aligned with catalog.object_id
             self._load_lookups()
             self.store(self.dims)
         except BaseException:
@@ -315,6 +316,7 @@ class Engine:
             for store in self._image_stores.values():  # few rows: rebuilt on the next image search
                 store.close()
             self._image_stores.clear()
+            self._rerank_vectors = None  # read again on the next search
             self.catalog = new
             self._load_lookups()
             old.close()
@@ -393,9 +395,31 @@ class Engine:
         return make_thumbnail(image, np.array([0, 0, image.shape[1], image.shape[0]], np.float32), size)
 
     # ----------------------------------------------------------------------------------------------- searching
+    @property
+    def reranks(self) -> bool:
+        """Whether searches rerank (the index holds a rerank projection, ``objsearch.rerank``)."""
+        return self.catalog.rerank_dims is not None
+
+    def _rerank(self, hits: Hits, features: np.ndarray, class_id: np.ndarray) -> Hits:
+        """``hits`` with each row's clear instance moved first (``objsearch.rerank.promote_instances``), by the
+        rerank vectors of the query objects' ``features`` (Q, D) and of the candidates."""
+        from objsearch.rerank import promote_instances
+
+        c = self.catalog
+        with self._lock:
+            if self._rerank_vectors is None:
+                self._rerank_vectors = c.vectors(c.rerank_dims)
+            vectors = self._rerank_vectors
+        rows = c.object_rows(hits.ids.reshape(-1)).reshape(hits.ids.shape)
+        safe = np.maximum(rows, 0)
+        valid = Hits(hits.distances, np.where(rows >= 0, hits.ids, -1))
+        query = c.projection(c.rerank_dims).transform(features)
+        return promote_instances(valid, query, vectors[safe], class_id, c.class_id[safe])
+
     def search(self, image: np.ndarray, *, k: int = 16, conf: float | None = None, same_class: bool = False,
                dims: int | None = None, exclude_media_id: int = -1, query: MediaRef | None = None,
-               timings: dict | None = None, group_s: float | None = DEFAULT_GROUP_S) -> SearchResult:
+               timings: dict | None = None, group_s: float | None = DEFAULT_GROUP_S,
+               rerank: bool = True) -> SearchResult:
         """Detect the objects of ``image`` (H, W, 3) uint8 BGR and find each one's k nearest indexed objects.
 
         Parameters
@@ -412,6 +436,10 @@ class Engine:
             holds k neighbours where the index has them (more are fetched); a moment's extent counts the matching
             frames among the hits fetched (at least 4k). None: every frame on its own. An index without videos is
             searched exactly as with None.
+        rerank : when the index holds rerank vectors (``reranks``), take ``objsearch.rerank.RERANK_DEPTH``
+            candidates and move each row's clear instance (the same object, mirrored, resized or recompressed) to
+            the front; that neighbour keeps its own distance, so a row's distances are then not ascending. False, or
+            an index made before reranking: the k nearest by the search vectors.
 
         Raises
         ------
@@ -440,12 +468,20 @@ class Engine:
             raise ValueError(f"group_s must be a number of seconds >= 0, got {group_s}")
         group = group_s is not None and self._has_frames
 
-        def fetch(n: int) -> Hits:
-            with self._lock:  # a store rebuilds its structures lazily on the first search after a change
-                return store.search(vectors, n, class_id=dets.class_id if same_class else None,
-                                    exclude_image_id=exclude_media_id if exclude_media_id >= 0 else None)
-
         n_objects = len(self.catalog.object_id)
+        rerank = bool(rerank) and self.reranks
+
+        def fetch(n: int) -> Hits:
+            from objsearch.rerank import RERANK_DEPTH
+
+            depth = max(n, min(RERANK_DEPTH, n_objects)) if rerank else n
+            with self._lock:  # a store rebuilds its structures lazily on the first search after a change
+                hits = store.search(vectors, depth, class_id=dets.class_id if same_class else None,
+                                    exclude_image_id=exclude_media_id if exclude_media_id >= 0 else None)
+            if rerank and len(dets):
+                hits = self._rerank(hits, dets.features, dets.class_id)
+            return Hits(hits.distances[:, :n], hits.ids[:, :n])
+
         n_fetch = min(4 * k, n_objects) if group else k
         hits = fetch(n_fetch)
         neighbors = self._neighbors(hits)

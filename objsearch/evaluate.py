@@ -36,8 +36,10 @@ import cv2
 import numpy as np
 
 from objsearch.hygiene import box_iou, index_keep
-from objsearch.projection import make_projection
-from objsearch.types import Detections
+from objsearch.projection import MirrorWhitenedProjection, make_projection
+from objsearch.rerank import (MIRROR_SAMPLE_IMAGES, RERANK_DEPTH, RERANK_RATIO, RERANK_SHRINKAGE, promote_instances,
+                              sample_positions)
+from objsearch.types import Detections, Hits
 from objsearch.vectors import memory_store
 
 LOGGER = logging.getLogger(__name__)
@@ -137,8 +139,9 @@ class EvalData:
 
     ``objects`` are the matched detections (the evaluation index): their boxes, confidences, detected ``class_id``,
     ``features`` (N, D) float32, and in ``data`` their ``true_class`` (N,) and ``image_id`` (N,); object id i is row i.
-    ``instance_queries[t]`` holds (features (Q, D), object ids (Q,)) for transform t, and ``coverage[t]`` the fraction
-    of indexed objects found again.
+    ``instance_queries[t]`` holds (features (Q, D), object ids (Q,)) for transform t, ``instance_query_class[t]``
+    their detected classes (Q,), and ``coverage[t]`` the fraction of indexed objects found again. With
+    ``objects.data["mirror_features"]`` the rerank (``Rerank``) can be fitted.
     """
 
     objects: Detections
@@ -147,6 +150,7 @@ class EvalData:
     n_images: int
     n_ground_truth: int
     n_detections: int
+    instance_query_class: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def list_labeled_images(data_dir: Path) -> list[Path]:
@@ -229,7 +233,74 @@ def precision_at_k(neighbor_class: np.ndarray, query_class: np.ndarray, k: int) 
     return float((hits[counted] / returned[counted]).mean())
 
 
-def score(data: EvalData, n_components: int, method: str = "random", random_state: int = 0) -> dict:
+@dataclass(frozen=True)
+class Rerank:
+    """How an index made with ``rerank_dims`` reranks (``objsearch.rerank``), for scoring it like the engine searches.
+
+    ``dims``: the rerank projection's; ``column_scale`` (D,): the per-column factors from the feature recipe to the
+    rerank recipe (``objsearch.rerank.column_scale``); ``ratio``, ``depth``, ``sample_images``: as the engine and
+    the analysis use them.
+    """
+
+    dims: int
+    column_scale: np.ndarray
+    ratio: float = RERANK_RATIO
+    depth: int = RERANK_DEPTH
+    sample_images: int = MIRROR_SAMPLE_IMAGES
+
+
+class Searcher:
+    """What the engine does with an index, on an evaluation index held in memory.
+
+    The search projection (``method``, ``n_components``) is fitted on ``index.features``; with ``rerank``, the
+    rerank projection is fitted as the analysis fits it (all features, and the mirror pairs of the objects of up to
+    ``rerank.sample_images`` of the ``n_images`` images, spread evenly: ``objsearch.rerank.sample_positions``; it
+    needs ``index.data["mirror_features"]``, and ``index.data["pair_features"]`` when the index holds averaged
+    features), and a search moves each row's clear instance first (``promote_instances`` over ``rerank.depth``
+    candidates).
+
+    Raises
+    ------
+    ValueError
+        When ``rerank`` is given and the index has no mirror features.
+    """
+
+    def __init__(self, index: Detections, n_components: int, method: str = "pca", random_state: int = 0,
+                 rerank: Rerank | None = None, n_images: int | None = None) -> None:
+        self.index = index
+        self.projection = make_projection(method, n_components, random_state).fit(index.features)
+        self.store = memory_store("auto", np.arange(len(index)), self.projection.transform(index.features),
+                                  index.class_id, index.data["image_id"])
+        self.rerank = rerank
+        if rerank is not None:
+            if "mirror_features" not in index.data:
+                raise ValueError("a rerank needs the index's mirror features (collect with mirror=True)")
+            image_id = index.data["image_id"]
+            n = int(n_images) if n_images is not None else int(image_id.max(initial=-1)) + 1
+            sample = np.isin(image_id, sample_positions(n, rerank.sample_images))
+            raw = index.data.get("pair_features", index.features)
+            pairs = (raw[sample], index.data["mirror_features"][sample])
+            self.rerank_projection = MirrorWhitenedProjection(rerank.dims, random_state, RERANK_SHRINKAGE).fit(
+                index.features, pairs, rerank.column_scale)
+            self.rerank_vectors = self.rerank_projection.transform(index.features)
+
+    def search(self, features: np.ndarray, k: int, *, query_class: np.ndarray, class_id=None,
+               exclude_image_id=None) -> Hits:
+        """Hits (Q, k) of the queries' ``features`` (Q, D) whose detected classes are ``query_class`` (Q,);
+        ``class_id`` and ``exclude_image_id`` as ``VectorStore.search``."""
+        vectors = self.projection.transform(features)
+        if self.rerank is None:
+            return self.store.search(vectors, k, class_id=class_id, exclude_image_id=exclude_image_id)
+        n = max(k, min(self.rerank.depth, len(self.index)))
+        hits = self.store.search(vectors, n, class_id=class_id, exclude_image_id=exclude_image_id)
+        safe = np.clip(hits.ids, 0, None)
+        hits = promote_instances(hits, self.rerank_projection.transform(features), self.rerank_vectors[safe],
+                                 query_class, self.index.class_id[safe], self.rerank.ratio)
+        return Hits(hits.distances[:, :k], hits.ids[:, :k])
+
+
+def score(data: EvalData, n_components: int, method: str = "random", random_state: int = 0,
+          rerank: Rerank | None = None) -> dict:
     """Retrieval metrics of ``data`` at one projection dimension (see the module docstring).
 
     Returns a dict: ``dims``, ``precision_at_k`` and ``precision_at_k_same_class`` ({k: value}),
@@ -237,14 +308,13 @@ def score(data: EvalData, n_components: int, method: str = "random", random_stat
     """
     objects = data.objects
     true_class, image_id = objects.data["true_class"], objects.data["image_id"]
-    proj = make_projection(method, n_components, random_state).fit(objects.features)
-    vectors = proj.transform(objects.features)
-    index = memory_store("auto", np.arange(len(vectors)), vectors, objects.class_id, image_id)
+    searcher = Searcher(objects, n_components, method, random_state, rerank, data.n_images)
     kmax = max(PRECISION_KS)
     t0 = time.perf_counter()
-    ids = index.search(vectors, kmax, exclude_image_id=image_id).ids
+    ids = searcher.search(objects.features, kmax, query_class=objects.class_id, exclude_image_id=image_id).ids
     elapsed = time.perf_counter() - t0
-    ids_same = index.search(vectors, kmax, class_id=objects.class_id, exclude_image_id=image_id).ids
+    ids_same = searcher.search(objects.features, kmax, query_class=objects.class_id, class_id=objects.class_id,
+                               exclude_image_id=image_id).ids
 
     def classes_of(i):
         return np.where(i >= 0, true_class[np.clip(i, 0, None)], -1)
@@ -252,19 +322,21 @@ def score(data: EvalData, n_components: int, method: str = "random", random_stat
     out = {
         "dims": n_components,
         "projection": method,
+        "rerank": rerank is not None,
         "precision_at_k": {k: precision_at_k(classes_of(ids), true_class, k) for k in PRECISION_KS},
         "precision_at_k_same_class": {
             k: precision_at_k(classes_of(ids_same), true_class, k) for k in PRECISION_KS
         },
         "instance_recall_at_1": {},
-        "query_ms_per_object": elapsed * 1e3 / max(len(vectors), 1),
+        "query_ms_per_object": elapsed * 1e3 / max(len(objects), 1),
     }
     recalls = []
     for t, (qf, qid) in data.instance_queries.items():
         if len(qid) == 0:
             out["instance_recall_at_1"][t] = float("nan")
             continue
-        top = index.search(proj.transform(qf), 1).ids
+        query_class = data.instance_query_class.get(t, objects.class_id[qid])
+        top = searcher.search(qf, 1, query_class=query_class).ids
         out["instance_recall_at_1"][t] = float((top[:, 0] == qid).mean())
         recalls.append(out["instance_recall_at_1"][t])
     out["instance_recall_at_1"]["mean"] = float(np.mean(recalls)) if recalls else float("nan")
@@ -362,20 +434,22 @@ def matched_data(labeled: LabeledSet, conf: float) -> EvalData:
     dets = labeled.detections
     sel = dets.confidence >= conf
     objects = dets[sel]
-    objects.data = {"true_class": objects.data["true_class"], "image_id": objects.data["image_id"]}
+    objects.data = {key: objects.data[key] for key in ("true_class", "image_id", "mirror_features")
+                    if key in objects.data}
     objects = objects[objects.data["true_class"] >= 0]
-    inst, cov = _instance_targets(objects, labeled.views, conf)
+    inst, cov, classes = _instance_targets(objects, labeled.views, conf)
     return EvalData(objects=objects, instance_queries=inst, coverage=cov, n_images=labeled.n_images,
-                    n_ground_truth=len(labeled.gt_class), n_detections=int(sel.sum()))
+                    n_ground_truth=len(labeled.gt_class), n_detections=int(sel.sum()), instance_query_class=classes)
 
 
 def _instance_targets(index: Detections, views: dict[str, Detections], conf: float):
     """For each view: (features (Q, D), target row of ``index`` (Q,)) of the view detections at ``conf`` or more
-    matched one-to-one to an ``index`` object of the same image; and the fraction of ``index`` objects found."""
-    out, coverage = {}, {}
+    matched one-to-one to an ``index`` object of the same image; the fraction of ``index`` objects found; and for
+    each view the matched detections' classes (Q,)."""
+    out, coverage, classes = {}, {}, {}
     for t, view in views.items():
         view = view[view.confidence >= conf] if len(view) else view
-        feats, targets = [], []
+        feats, targets, cls = [], [], []
         for img in np.unique(index.data["image_id"]):
             rows = np.flatnonzero(index.data["image_id"] == img)
             vrows = np.flatnonzero(view.data["image_id"] == img) if len(view) else np.zeros(0, np.int64)
@@ -384,12 +458,14 @@ def _instance_targets(index: Detections, views: dict[str, Detections], conf: flo
             m = match_boxes(view.xyxy[vrows], view.confidence[vrows], index.xyxy[rows])
             feats.append(view.features[vrows[m >= 0]])
             targets.append(rows[m[m >= 0]])
+            cls.append(view.class_id[vrows[m >= 0]])
         D = index.features.shape[1] if index.features is not None and index.features.ndim == 2 else 0
         f = np.concatenate(feats).astype(np.float32) if feats else np.zeros((0, D), np.float32)
         q = np.concatenate(targets).astype(np.int64) if targets else np.zeros(0, np.int64)
         out[t] = (f, q)
+        classes[t] = np.concatenate(cls).astype(np.int64) if cls else np.zeros(0, np.int64)
         coverage[t] = len(q) / max(len(index), 1)
-    return out, coverage
+    return out, coverage, classes
 
 
 @dataclass
@@ -416,6 +492,9 @@ class RealisticData:
     instance_queries: dict[str, tuple[np.ndarray, np.ndarray]]
     coverage: dict[str, float]
     exclude_same_image: bool
+    instance_query_class: dict[str, np.ndarray] = field(default_factory=dict)
+    n_index_images: int = 0  # images of the index (the rerank's mirror sample is drawn from them)
+    n_instance_images: int = 0  # images of the instance index
 
 
 def _indexed(labeled: LabeledSet, conf: float, hygiene: Hygiene, image_offset: int = 0) -> Detections:
@@ -433,15 +512,41 @@ def _indexed(labeled: LabeledSet, conf: float, hygiene: Hygiene, image_offset: i
         features = 0.5 * (out.features + out.data["mirror_features"])
     true_class = label_detections(out.xyxy, out.confidence, out.data["image_id"], labeled.gt_xyxy,
                                   labeled.gt_class, labeled.gt_image_id)
-    return Detections(out.xyxy, out.confidence, out.class_id, features,
-                      {"image_id": out.data["image_id"] + image_offset, "true_class": true_class})
+    label_iou = best_label_iou(out.xyxy, out.data["image_id"], labeled.gt_xyxy, labeled.gt_image_id)
+    data = {"image_id": out.data["image_id"] + image_offset, "true_class": true_class, "label_iou": label_iou}
+    if "mirror_features" in out.data:  # the mirror pairs a rerank projection is fitted with (not averaged)
+        data.update(pair_features=out.features, mirror_features=out.data["mirror_features"])
+    return Detections(out.xyxy, out.confidence, out.class_id, features, data)
+
+
+def best_label_iou(xyxy: np.ndarray, image_id: np.ndarray, gt_xyxy: np.ndarray, gt_image_id: np.ndarray) -> np.ndarray:
+    """The largest IoU of each detection with any labeled object of its image (0 when the image has none).
+
+    Parameters
+    ----------
+    xyxy : (N, 4) pixels; image_id : (N,) int; gt_xyxy : (M, 4) pixels; gt_image_id : (M,) int
+
+    Returns
+    -------
+    ndarray of shape (N,), float32
+    """
+    out = np.zeros(len(xyxy), np.float32)
+    image_id = np.asarray(image_id)
+    for img in np.unique(image_id):
+        rows = np.flatnonzero(image_id == img)
+        g = np.flatnonzero(gt_image_id == img)
+        if len(g):
+            out[rows] = box_iou(xyxy[rows], gt_xyxy[g]).max(1)
+    return out
 
 
 def _queries(labeled: LabeledSet, conf: float, image_offset: int = 0) -> Detections:
     dets = labeled.detections
     q = dets[(dets.confidence >= conf) & (dets.data["true_class"] >= 0)]
-    return Detections(q.xyxy, q.confidence, q.class_id, q.features,
-                      {"image_id": q.data["image_id"] + image_offset, "true_class": q.data["true_class"]})
+    data = {"image_id": q.data["image_id"] + image_offset, "true_class": q.data["true_class"]}
+    if "class_scores" in q.data:
+        data["class_scores"] = q.data["class_scores"]
+    return Detections(q.xyxy, q.confidence, q.class_id, q.features, data)
 
 
 def realistic(index_set: LabeledSet, query_set: LabeledSet | None, conf: float,
@@ -470,10 +575,12 @@ def realistic(index_set: LabeledSet, query_set: LabeledSet | None, conf: float,
     targets = instance_index[labeled_rows]
     targets = Detections(targets.xyxy, targets.confidence, targets.class_id, targets.features,
                          {"image_id": targets.data["image_id"] - offset})
-    inst, coverage = _instance_targets(targets[targets.data["image_id"] >= 0], source.views, conf)
+    inst, coverage, classes = _instance_targets(targets[targets.data["image_id"] >= 0], source.views, conf)
     shift = int(np.count_nonzero(targets.data["image_id"] < 0))
     inst = {t: (f, labeled_rows[q + shift]) for t, (f, q) in inst.items()}
-    return RealisticData(index, queries, instance_index, inst, coverage, query_set is None)
+    n_instance_images = index_set.n_images + (0 if query_set is None else query_set.n_images)
+    return RealisticData(index, queries, instance_index, inst, coverage, query_set is None, classes,
+                         index_set.n_images, n_instance_images)
 
 
 def precision_right(right: np.ndarray, returned: np.ndarray, k: int) -> float:
@@ -485,6 +592,78 @@ def precision_right(right: np.ndarray, returned: np.ndarray, k: int) -> float:
     hits = (right[:, :k] & returned[:, :k]).sum(1)
     counted = n > 0
     return float((hits[counted] / n[counted]).mean()) if counted.any() else float("nan")
+
+
+MISS_KINDS = ("query_class_mistake", "neighbour_class_mistake", "other_class", "duplicate", "loose_box",
+              "false_detection")
+LOOSE_IOU = 0.1  # a neighbour overlapping a labeled object at least this much (and under 0.5) is a loose box
+
+
+def miss_breakdown(ids: np.ndarray, query_true: np.ndarray, query_class: np.ndarray, index_true: np.ndarray,
+                   index_class: np.ndarray, index_label_iou: np.ndarray, k: int = 5) -> dict:
+    """Why the wrong neighbours among the first k are wrong (realistic protocol).
+
+    A returned neighbour is wrong unless it is an indexed detection matching a labeled object of the query's true
+    class. Each wrong one counts once, as the first that applies of:
+
+    ``query_class_mistake``      the query object itself was detected as another class than its label;
+    ``neighbour_class_mistake``  the neighbour was detected as the query's class but is labeled another class;
+    ``other_class``              the neighbour is a labeled object of another class, detected as such (the features
+                                 put two classes together);
+    ``duplicate``                it overlaps a labeled object at IoU >= 0.5 that another detection matched;
+    ``loose_box``                it overlaps a labeled object at ``LOOSE_IOU`` <= IoU < 0.5;
+    ``false_detection``          it overlaps no labeled object (COCO's labels are not complete: some are real but
+                                 unlabeled objects).
+
+    Parameters
+    ----------
+    ids : (Q, >=k) int64 neighbour rows of the index, -1 where none was returned
+    query_true, query_class : (Q,) int, the query's labeled and detected class
+    index_true : (N,) int, the labeled class each indexed detection matches (-1: none)
+    index_class : (N,) int, its detected class
+    index_label_iou : (N,) float, its largest IoU with any labeled object of its image
+
+    Returns
+    -------
+    dict: ``miss_rate`` (wrong / returned among the first k), ``n_missed``, and for each of ``MISS_KINDS`` its share
+    of the wrong neighbours (shares sum to 1 when anything was missed).
+    """
+    top = ids[:, :k]
+    returned = top >= 0
+    safe = np.clip(top, 0, None)
+    n_true, n_class, n_iou = index_true[safe], index_class[safe], index_label_iou[safe]
+    right = returned & (n_true == np.asarray(query_true)[:, None])
+    wrong = returned & ~right
+    kinds = np.full(top.shape, -1)
+    conditions = [
+        np.broadcast_to((np.asarray(query_class) != np.asarray(query_true))[:, None], top.shape),
+        (n_true >= 0) & (n_class == np.asarray(query_class)[:, None]),
+        n_true >= 0,
+        n_iou >= 0.5,
+        n_iou >= LOOSE_IOU,
+        np.ones(top.shape, bool),
+    ]
+    for i, cond in enumerate(conditions):
+        kinds = np.where(wrong & (kinds < 0) & cond, i, kinds)
+    n_wrong = int(wrong.sum())
+    out = {"miss_rate": n_wrong / max(int(returned.sum()), 1), "n_missed": n_wrong}
+    for i, name in enumerate(MISS_KINDS):
+        out[name] = int((kinds == i).sum()) / max(n_wrong, 1)
+    return out
+
+
+def precision_by_class(right: np.ndarray, returned: np.ndarray, query_true: np.ndarray, k: int = 5) -> dict:
+    """Precision@k per labeled query class: ``{class_id: (n_queries, precision)}`` (queries with nothing returned
+    are left out; see ``precision_right``)."""
+    n = returned[:, :k].sum(1)
+    hits = (right[:, :k] & returned[:, :k]).sum(1)
+    counted = n > 0
+    per_query = np.where(counted, hits / np.maximum(n, 1), np.nan)
+    out = {}
+    for c in np.unique(np.asarray(query_true)[counted]):
+        sel = counted & (query_true == c)
+        out[int(c)] = (int(sel.sum()), float(per_query[sel].mean()))
+    return out
 
 
 def rerank_by_quality(hits, confidence: np.ndarray, quality_weight: float, k: int):
@@ -499,51 +678,106 @@ def rerank_by_quality(hits, confidence: np.ndarray, quality_weight: float, k: in
 
 
 def score_realistic(data: RealisticData, n_components: int, method: str = "random", random_state: int = 0,
-                    quality_weight: float = 0.0) -> dict:
-    """Metrics of the realistic protocol at one projection dimension.
+                    quality_weight: float = 0.0, rerank: Rerank | None = None) -> dict:
+    """Metrics of the realistic protocol at one projection dimension, searched as the engine searches (``Searcher``;
+    with ``rerank``, as an index made with ``rerank_dims``).
 
     A neighbour is right when it is an indexed detection that matches a labeled object of the query's true class.
-    Returns a dict: ``dims``, ``projection``, ``precision_at_k`` (class-agnostic), ``precision_at_k_same_class``
-    (search restricted to the query's detected class), ``false_neighbours_same_class`` (the fraction of same-class
-    neighbours at k=5 that match no labeled object), ``instance_recall_at_1`` ({transform, "mean"}), ``n_index``,
-    ``n_index_unmatched``, ``n_queries``.
+    Returns a dict: ``dims``, ``projection``, ``rerank`` (bool), ``precision_at_k`` (class-agnostic),
+    ``precision_at_k_same_class`` (search restricted to the query's detected class), ``false_neighbours_same_class``
+    (the fraction of same-class neighbours at k=5 that match no labeled object), ``instance_recall_at_1``
+    ({transform, "mean"}), ``n_index``, ``n_index_unmatched``, ``n_queries``, ``miss_breakdown`` and
+    ``precision_at_5_by_class`` ({"class_agnostic": ..., "same_class": ...}: ``miss_breakdown`` and
+    ``precision_by_class`` at k=5). ``quality_weight`` (measured, not adopted): rank near-ties by confidence
+    (``rerank_by_quality``) instead of the rerank.
     """
     index, queries = data.index, data.queries
     true_class = index.data["true_class"]
-    proj = make_projection(method, n_components, random_state).fit(index.features)
-    store = memory_store("auto", np.arange(len(index)), proj.transform(index.features), index.class_id,
-                         index.data["image_id"])
+    searcher = Searcher(index, n_components, method, random_state, None if quality_weight else rerank,
+                        data.n_index_images or None)
     kmax = max(PRECISION_KS)
-    qv = proj.transform(queries.features)
     exclude = queries.data["image_id"] if data.exclude_same_image else None
-    out = {"dims": n_components, "projection": method, "n_index": len(index),
-           "n_index_unmatched": int(np.count_nonzero(true_class < 0)), "n_queries": len(queries),
-           "precision_at_k": {}, "precision_at_k_same_class": {}, "instance_recall_at_1": {}}
-    for key, class_id in (("precision_at_k", None), ("precision_at_k_same_class", queries.class_id)):
+    out = {"dims": n_components, "projection": method, "rerank": rerank is not None and not quality_weight,
+           "n_index": len(index), "n_index_unmatched": int(np.count_nonzero(true_class < 0)),
+           "n_queries": len(queries), "precision_at_k": {}, "precision_at_k_same_class": {},
+           "instance_recall_at_1": {}, "miss_breakdown": {}, "precision_at_5_by_class": {}}
+    for key, name, class_id in (("precision_at_k", "class_agnostic", None),
+                                ("precision_at_k_same_class", "same_class", queries.class_id)):
         if quality_weight:
-            hits = store.search(qv, 3 * kmax, class_id=class_id, exclude_image_id=exclude)
+            hits = searcher.store.search(searcher.projection.transform(queries.features), 3 * kmax,
+                                         class_id=class_id, exclude_image_id=exclude)
             ids = rerank_by_quality(hits, index.confidence, quality_weight, kmax)
         else:
-            ids = store.search(qv, kmax, class_id=class_id, exclude_image_id=exclude).ids
+            ids = searcher.search(queries.features, kmax, query_class=queries.class_id, class_id=class_id,
+                                  exclude_image_id=exclude).ids
         returned = ids >= 0
         neighbour_class = np.where(returned, true_class[np.clip(ids, 0, None)], -1)
         right = returned & (neighbour_class == queries.data["true_class"][:, None])
         out[key] = {k: precision_right(right, returned, k) for k in PRECISION_KS}
+        out["miss_breakdown"][name] = miss_breakdown(ids, queries.data["true_class"], queries.class_id, true_class,
+                                                     index.class_id, index.data["label_iou"])
+        out["precision_at_5_by_class"][name] = precision_by_class(right, returned, queries.data["true_class"])
         if class_id is not None:
             n5 = returned[:, :5].sum()
             out["false_neighbours_same_class"] = float((returned[:, :5] & (neighbour_class[:, :5] < 0)).sum()
                                                        / max(n5, 1))
     inst_index = data.instance_index
-    proj_i = make_projection(method, n_components, random_state).fit(inst_index.features)
-    store_i = memory_store("auto", np.arange(len(inst_index)), proj_i.transform(inst_index.features),
-                           inst_index.class_id, inst_index.data["image_id"])
+    searcher_i = Searcher(inst_index, n_components, method, random_state, None if quality_weight else rerank,
+                          data.n_instance_images or None)
     recalls = []
     for t, (qf, target) in data.instance_queries.items():
         if len(target) == 0:
             out["instance_recall_at_1"][t] = float("nan")
             continue
-        top = store_i.search(proj_i.transform(qf), 1).ids[:, 0]
+        query_class = data.instance_query_class.get(t, inst_index.class_id[target])
+        top = searcher_i.search(qf, 1, query_class=query_class).ids[:, 0]
         out["instance_recall_at_1"][t] = float((top == target).mean())
         recalls.append(out["instance_recall_at_1"][t])
     out["instance_recall_at_1"]["mean"] = float(np.mean(recalls)) if recalls else float("nan")
     return out
+
+
+# ------------------------------------------------------------------------------------ the bigger development protocol
+def take_images(labeled: LabeledSet, image_ids) -> LabeledSet:
+    """The images ``image_ids`` (rows of ``labeled.names``, in that order) of a labeled set, renumbered 0..n-1."""
+    image_ids = np.asarray(image_ids, np.int64)
+    remap = np.full(labeled.n_images, -1, np.int64)
+    remap[image_ids] = np.arange(len(image_ids))
+
+    def part(dets: Detections) -> Detections:
+        if not len(dets):
+            return dets
+        out = dets[remap[dets.data["image_id"]] >= 0]
+        out.data = {**out.data, "image_id": remap[out.data["image_id"]]}
+        return out
+
+    g = remap[labeled.gt_image_id] >= 0
+    return LabeledSet(part(labeled.detections), {t: part(v) for t, v in labeled.views.items()}, labeled.gt_xyxy[g],
+                      labeled.gt_class[g], remap[labeled.gt_image_id[g]], [labeled.names[i] for i in image_ids])
+
+
+def join_labeled(first: LabeledSet, second: LabeledSet) -> LabeledSet:
+    """One labeled set of the images of ``first`` then ``second`` (the second's image ids shifted); detection data
+    keys kept only when both sets have them."""
+    offset = first.n_images
+
+    def both(a: Detections, b: Detections) -> Detections:
+        keys = set(a.data) & set(b.data)
+        b = Detections(b.xyxy, b.confidence, b.class_id, b.features,
+                       {k: (v + offset if k == "image_id" else v) for k, v in b.data.items() if k in keys})
+        a = Detections(a.xyxy, a.confidence, a.class_id, a.features, {k: v for k, v in a.data.items() if k in keys})
+        return Detections.concat([a, b])
+
+    return LabeledSet(both(first.detections, second.detections),
+                      {t: both(first.views[t], second.views[t]) for t in first.views},
+                      np.concatenate([first.gt_xyxy, second.gt_xyxy]).reshape(-1, 4),
+                      np.concatenate([first.gt_class, second.gt_class]),
+                      np.concatenate([first.gt_image_id, second.gt_image_id + offset]), first.names + second.names)
+
+
+def bigger_protocol(index_set: LabeledSet, query_set: LabeledSet) -> tuple[LabeledSet, LabeledSet]:
+    """The bigger development protocol (docs/quality.md): the index holds ``index_set`` and every other image of
+    ``query_set`` (sorted by file name: positions 0, 2, 4, ...), and the remaining images (positions 1, 3, 5, ...)
+    query it. Returns (index set, query set) for ``realistic``."""
+    order = np.argsort([Path(n).name for n in query_set.names], kind="stable")
+    return join_labeled(index_set, take_images(query_set, order[0::2])), take_images(query_set, order[1::2])

@@ -222,7 +222,8 @@ class SkippedFile:
 class Hits:
     """The fixed-shape answer of every vector store.
 
-    distances : ndarray of shape (Q, k), float32, ascending Euclidean distances, ``inf`` where padded.
+    distances : ndarray of shape (Q, k), float32, ascending Euclidean distances, ``inf`` where padded (a rerank,
+        ``objsearch.rerank``, may move one neighbour of a row to its front with its own distance).
     ids : ndarray of shape (Q, k), int64, object ids, ``-1`` where padded.
     """
 

@@ -134,8 +134,10 @@ def test_pca_is_fitted_to_every_analysed_object(index, dims):
 
 
 def test_missing_projection_is_an_index_file_error(index):
-    with pytest.raises(IndexFileError, match="64"):
-        index.projection(64)
+    with pytest.raises(IndexFileError, match="128"):
+        index.projection(128)
+    # the rerank vectors' projection is stored beside the search ones, not among dims (objsearch.rerank)
+    assert index.rerank_dims == 64 and 64 not in index.dims and index.projection(64).method == "mirror_whitened"
 
 
 def test_features_read_in_any_order(index):

@@ -86,14 +86,32 @@ def test_fractional_dims_are_refused():
 def test_index_hygiene_keys(tmp_path):
     cfg = load_config(None)
     assert (cfg["index_conf"], cfg["dedup_iou"], cfg["index_mirror"]) == (0.6, 0.5, False)  # mirror: one more pass
-    assert cfg["projection"] == "pca" and cfg["feature_recipe"] == "cls_logits:1.5,neck_roi:1"
+    assert cfg["projection"] == "pca" and cfg["feature_recipe"] == "cls_logits:2.5,neck_roi:1"  # docs/quality.md
+    assert cfg["rerank_dims"] == 64 and cfg["rerank_recipe"] == "cls_logits:0.5,neck_roi:1"
     quality = load_config(ROOT / "cfg" / "quality.yaml")
     assert (quality["index_conf"], quality["dedup_iou"], quality["index_mirror"]) == (0.6, 0.5, True)
-    assert quality["projection"] == "pca" and quality["feature_recipe"] == "cls_logits:1.5,neck_roi:1"
+    assert quality["projection"] == "pca" and quality["feature_recipe"] == "cls_logits:2.5,neck_roi:1"
     assert load_config(None, index_conf="0.4")["index_conf"] == 0.4
     for key, value, message in (("index_conf", 1.5, r"index_conf must be in \[0, 1\] or null, got 1.5"),
                                 ("dedup_iou", "x", "dedup_iou must be a number"),
                                 ("index_mirror", "maybe", "index_mirror must be true or false")):
+        path = tmp_path / f"{key}.yaml"
+        path.write_text(f"{key}: {value}\n")
+        with pytest.raises(ConfigError, match=message):
+            load_config(path)
+
+
+def test_rerank_keys(tmp_path):
+    """The rerank vectors take their own dimension: the next free one when dims holds it; null turns them off."""
+    assert load_config(None, dims="16,64")["rerank_dims"] == 128
+    assert load_config(None, dims="64,128,256")["rerank_dims"] is None
+    path = tmp_path / "off.yaml"
+    path.write_text("rerank_dims: null\n")
+    assert load_config(path)["rerank_dims"] is None
+    for key, value, message in (("rerank_dims", 48, "rerank_dims must be one of"),
+                                ("rerank_dims", "x", "rerank_dims must be one of"),
+                                ("rerank_recipe", "cls_logits:-1", "rerank_recipe: feature block weights must be "
+                                                                   "positive")):
         path = tmp_path / f"{key}.yaml"
         path.write_text(f"{key}: {value}\n")
         with pytest.raises(ConfigError, match=message):

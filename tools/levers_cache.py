@@ -1,11 +1,12 @@
 """Run the detector once per image, view and weights and keep everything the lever study needs (tools/eval_levers.py).
 
 For each weights file and dataset folder: every detection at confidence >= 0.1 of the original image (with all five
-feature blocks, each L2-normalised, weight 1, and the same blocks pooled on the mirrored input), and of its three
+feature blocks, each L2-normalised, weight 1, the same blocks pooled on the mirrored input, and the class scores
+(N, 80)), and of its three
 distortions (hflip, resize0.75, jpeg60; boxes mapped back to the original pixels), plus the ground truth. One
 ``.npz`` per (weights, dataset) under the cache folder; an existing file is reused.
 
-    PYTHONPATH=$PWD YOLO_OFFLINE=1 nice -n 10 .venv/bin/python tools/levers_cache.py CACHE_DIR
+    PYTHONPATH=$PWD YOLO_OFFLINE=1 nice -n 10 .venv/bin/python tools/levers_cache.py CACHE_DIR [11n,v8n]
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def block_slices(detector: Detector) -> dict[str, tuple[int, int]]:
 
 def cache_one(detector: Detector, folder: Path, out: Path) -> None:
     images = ev.list_labeled_images(folder)
-    rows = {v: {"img": [], "xyxy": [], "conf": [], "cls": [], "feat": [], "mfeat": []}
+    rows = {v: {"img": [], "xyxy": [], "conf": [], "cls": [], "feat": [], "mfeat": [], "scores": []}
             for v in ("orig",) + ev.TRANSFORMS}
     gt_img, gt_xyxy, gt_cls, names = [], [], [], []
     t0 = time.time()
@@ -55,12 +56,14 @@ def cache_one(detector: Detector, folder: Path, out: Path) -> None:
         r = rows["orig"]
         r["img"].append(np.full(len(d), i)); r["xyxy"].append(d.xyxy); r["conf"].append(d.confidence)
         r["cls"].append(d.class_id); r["feat"].append(d.features); r["mfeat"].append(d.data["mirror_features"])
+        r["scores"].append(d.data["class_scores"])
         for t in ev.TRANSFORMS:
             distorted, back = ev.apply_transform(image, t)
             d = detector(distorted, conf=CACHE_CONF)
             r = rows[t]
             r["img"].append(np.full(len(d), i)); r["xyxy"].append(back(d.xyxy).astype(np.float32))
             r["conf"].append(d.confidence); r["cls"].append(d.class_id); r["feat"].append(d.features)
+            r["scores"].append(d.data["class_scores"])
         if i % 20 == 0:
             print(f"{out.name}: {i}/{len(images)} {time.time() - t0:.0f}s", flush=True)
     arrays = {"gt_img": np.concatenate(gt_img), "gt_xyxy": np.concatenate(gt_xyxy).reshape(-1, 4),
@@ -83,8 +86,9 @@ def main() -> None:
     torch.set_num_threads(1)
     cache = Path(sys.argv[1])
     cache.mkdir(parents=True, exist_ok=True)
+    chosen = sys.argv[2].split(",") if len(sys.argv) > 2 else list(WEIGHTS)
     recipe = {name: 1.0 for name in FEATURE_BLOCKS}
-    for wname, wpath in WEIGHTS.items():
+    for wname, wpath in ((w, WEIGHTS[w]) for w in chosen):
         detector = Detector(wpath, recipe=recipe, conf=CACHE_CONF)
         for dname, folder in DATASETS.items():
             out = cache / f"{wname}_{dname}.npz"

@@ -67,7 +67,7 @@ import numpy as np
 
 from objsearch.catalog import txn
 from objsearch.errors import IndexFileError
-from objsearch.projection import PROJECTION_METHODS, _Projection
+from objsearch.projection import STORED_PROJECTION_METHODS, _Projection
 from objsearch.types import Detections, MediaRecord, MediaRef, SkippedFile
 
 LOGGER = logging.getLogger(__name__)
@@ -295,7 +295,7 @@ def _load_projections(f: h5py.File, n_features: int, n_objects: int, path: Path,
             n_components, random_state = g.attrs["n_components"], g.attrs["random_state"]
         except (KeyError, UnicodeDecodeError):
             raise _damaged(path, f"/{prefix}/{name} lacks its method, n_components or random_state") from None
-        if method not in PROJECTION_METHODS or not isinstance(n_components, np.integer) \
+        if method not in STORED_PROJECTION_METHODS or not isinstance(n_components, np.integer) \
                 or not isinstance(random_state, np.integer) or int(n_components) != d or d < 1:
             raise _damaged(path, f"/{prefix}/{name} has invalid attributes (method {method!r}, "
                            f"n_components {n_components!r})")
@@ -311,6 +311,16 @@ def _load_projections(f: h5py.File, n_features: int, n_objects: int, path: Path,
         out[d] = _Projection.from_state({"method": method, "n_components": d, "random_state": int(random_state),
                                          "components": components, "mean": mean})
     return out
+
+
+def _search_dims(projections: dict) -> list[int]:
+    """Dimensions of the search vectors: every stored projection but the rerank one (``objsearch.rerank``)."""
+    return sorted(d for d, proj in projections.items() if proj.method != "mirror_whitened")
+
+
+def _rerank_dims(projections: dict) -> int | None:
+    """Dimension of the rerank projection (method ``mirror_whitened``), None when the index has none."""
+    return next((d for d, proj in sorted(projections.items()) if proj.method == "mirror_whitened"), None)
 
 
 def _load_v2(f: h5py.File, path: Path) -> tuple[dict, _Tables]:
@@ -576,7 +586,8 @@ class Catalog:
     class_names : list of str
     n_features : int, D
     weights_sha256, base_dir : str
-    dims : list of int, the stored projection dimensions
+    dims : list of int, the stored search projections' dimensions
+    rerank_dims : int or None, the rerank projection's (``objsearch.rerank``), None for an index made without
     media_id : ndarray of shape (M,), int64, live media items in increasing id order
     media_path : list of M str, relative to ``base_dir`` (non-UTF-8 bytes as surrogate escapes)
     media_width, media_height : ndarray of shape (M,), int32 pixels
@@ -644,7 +655,8 @@ class Catalog:
         self.weights_sha256 = str(attrs.get("weights_sha256", ""))
         self.base_dir = str(attrs.get("base_dir", ""))
         self._projections = tables.projections
-        self.dims = sorted(tables.projections)
+        self.dims = _search_dims(tables.projections)
+        self.rerank_dims = _rerank_dims(tables.projections)
         self.skipped = tables.skipped
         m, o = tables.media, tables.objects
         media_rows = np.flatnonzero(m["alive"])
@@ -747,7 +759,8 @@ class Catalog:
         return len(self.object_id)
 
     def projection(self, dims: int) -> _Projection:
-        """The stored projection to ``dims`` dimensions. Raises IndexFileError when the index has none."""
+        """The stored projection to ``dims`` dimensions (one of ``dims``, or ``rerank_dims``). Raises IndexFileError
+        when the index has none."""
         if dims not in self._projections:
             raise IndexFileError(f"{self.path} holds projections to {self.dims} dims, not {dims}")
         return self._projections[dims]
@@ -1176,7 +1189,12 @@ class CatalogWriter:
 
     @property
     def dims(self) -> list[int]:
-        return sorted(self._t.projections)
+        """The search vectors' dimensions (the rerank projection's is ``rerank_dims``)."""
+        return _search_dims(self._t.projections)
+
+    @property
+    def rerank_dims(self) -> int | None:
+        return _rerank_dims(self._t.projections)
 
     @property
     def has_image_vectors(self) -> bool:
