@@ -216,6 +216,7 @@ class JobSummary:
     n_already: int = 0
     n_other_files: int = 0
     n_image_vectors: int = 0  # media items given whole-image vectors by sync (an index made before image search)
+    rerank_dims: int | None = None  # rerank vectors made by sync (an index made before reranking)
     skipped: list[SkippedFile] = field(default_factory=list)
     seconds: float = 0.0
     n_images: int = 0
@@ -990,10 +991,35 @@ def sync(index: str | Path, folder: str | Path | None = None, *, weights: str | 
         summary.n_unchanged = sum(1 for rel in on_disk if rel in indexed and not (resume and rel == resume[0]))
         run.run(todo, starts)
         run.finish()
+        summary.rerank_dims = add_rerank_vectors(writer, detector, cfg, base_dir=base)
         summary.n_added -= summary.n_changed
         summary.n_images, summary.n_objects = len(writer.media_id), len(writer.object_id)
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def add_rerank_vectors(writer, detector, cfg: dict, *, base_dir: Path) -> int | None:
+    """Give an index made before reranking (its stored configuration has no ``rerank_dims`` key) the rerank vectors
+    of the default configuration (``objsearch.rerank``; one commit; its search vectors are kept as they are).
+    Returns their dimension, None when nothing was made (the index has them, was made with ``rerank_dims: null``,
+    or the mirror sample held no objects)."""
+    from objsearch.config import load_config
+
+    stored = writer.attrs.get("config", {})
+    if writer.rerank_dims is not None or "rerank_dims" in stored or not len(writer.object_id):
+        return None
+    defaults = load_config(None, dims=writer.dims)
+    if defaults["rerank_dims"] is None:
+        return None
+    settings = {**cfg, "rerank_dims": defaults["rerank_dims"], "rerank_recipe": defaults["rerank_recipe"]}
+    proj = fit_rerank_projection(writer, detector, settings, base_dir=base_dir)
+    if proj is None:
+        return None
+    writer.set_projection(proj)
+    writer.set_attrs(config={**stored, "rerank_dims": settings["rerank_dims"],
+                             "rerank_recipe": settings["rerank_recipe"]})
+    writer.commit()
+    return int(settings["rerank_dims"])
 
 
 def image_vectors_stale(catalog, detector) -> bool:

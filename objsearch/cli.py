@@ -169,6 +169,8 @@ def _print_summary(verb: str, summary, output=None) -> None:
         parts.append(f"{summary.n_unchanged} unchanged")
     if getattr(summary, "n_image_vectors", 0):
         parts.append(f"whole-image vectors made for {summary.n_image_vectors} images")
+    if getattr(summary, "rerank_dims", None):
+        parts.append(f"rerank vectors ({summary.rerank_dims}-d) made for an index made before reranking")
     parts.append(f"{summary.n_no_objects} with no objects")
     parts.append(f"{len(summary.skipped)} skipped")
     if summary.n_other_files:
@@ -709,7 +711,9 @@ def info(index: Annotated[Path, typer.Argument(help="Index file.")]) -> None:
                    f"{printable(str(f.base_dir))}")
         typer.echo(f"objects    {len(f.object_id)} in {int((counts > 0).sum())} classes: {top}")
         typer.echo(f"features   {f.attrs.get('feature_recipe')}")
-        typer.echo(f"projection {cfg.get('projection', '?')} to dims {f.dims} (seed {cfg.get('seed', '?')})")
+        typer.echo(f"projection {cfg.get('projection', '?')} to dims {f.dims} (seed {cfg.get('seed', '?')}), "
+                   + (f"rerank vectors {f.rerank_dims}-d" if f.rerank_dims is not None else
+                      "no rerank vectors (made before reranking: `objsearch sync` adds them)"))
         typer.echo(f"images     whole-image vectors {f.image_recipe.get('blocks')}, random to dims {f.image_dims}"
                    if f.has_image_vectors else
                    "images     no whole-image vectors (made before image search): `objsearch sync` adds them")
@@ -770,6 +774,7 @@ def evaluate(
         return _evaluate_images(data_dir, cfg, dim_list, as_json=as_json, limit=limit, peer=peer)
     detector = load_detector(cfg)
     hygiene = ev.Hygiene(cfg["index_conf"], cfg["dedup_iou"], bool(cfg["index_mirror"]))
+    rerank = ev.rerank_settings(detector, cfg)
     conf = float(cfg["conf"])
     collect_conf = min(conf, conf if hygiene.index_conf is None else float(hygiene.index_conf))
 
@@ -787,8 +792,8 @@ def evaluate(
             update(state["done"], len(images), state["objects"])
 
         try:
-            sets.append(ev.collect_labeled(detect, images, conf=collect_conf, mirror=hygiene.mirror,
-                                           progress=progress))
+            sets.append(ev.collect_labeled(detect, images, conf=collect_conf,
+                                           mirror=hygiene.mirror or rerank is not None, progress=progress))
         finally:
             bar.close()
     method, seed = cfg["projection"], cfg["seed"]
@@ -796,16 +801,28 @@ def evaluate(
         "data_dir": str(data_dir), "queries": None if queries is None else str(queries),
         "weights": Path(str(detector.weights_path)).name, "feature_recipe": detector.feature_recipe(),
         "projection": method, "conf": conf, "index_conf": hygiene.index_conf, "dedup_iou": hygiene.dedup_iou,
-        "index_mirror": hygiene.mirror,
+        "index_mirror": hygiene.mirror, "rerank_dims": None if rerank is None else rerank.dims,
+        "rerank_recipe": None if rerank is None else cfg["rerank_recipe"],
     }
+
+    def both(score, data, d):
+        """The configuration's numbers, with those of the same search without the rerank beside them."""
+        result = score(data, d, method, seed, rerank=rerank)
+        if rerank is not None:
+            result["without_rerank"] = score(data, d, method, seed)
+        return result
+
     realistic = []
     if protocol in ("realistic", "both"):
         if queries is not None:
+            big_index, big_queries = ev.bigger_protocol(sets[0], sets[1])
+            data = ev.realistic(big_index, big_queries, conf, hygiene)
+            realistic.append((f"bigger: {data_dir.name} + every other image of {queries.name} indexed, the others "
+                              "query", [both(ev.score_realistic, data, d) for d in dim_list]))
             data = ev.realistic(sets[0], sets[1], conf, hygiene)
-            realistic.append(("queries from " + queries.name, [ev.score_realistic(data, d, method, seed)
-                                                               for d in dim_list]))
+            realistic.append(("queries from " + queries.name, [both(ev.score_realistic, data, d) for d in dim_list]))
         data = ev.realistic(sets[0], None, conf, hygiene)
-        realistic.append((f"leave-one-image-out on {data_dir.name}", [ev.score_realistic(data, d, method, seed)
+        realistic.append((f"leave-one-image-out on {data_dir.name}", [both(ev.score_realistic, data, d)
                                                                       for d in dim_list]))
         report["realistic"] = {name: results for name, results in realistic}
     matched = None
@@ -814,37 +831,49 @@ def evaluate(
         report.update({"n_images": matched.n_images, "n_ground_truth": matched.n_ground_truth,
                        "n_detections": matched.n_detections, "n_matched": len(matched.objects),
                        "coverage": matched.coverage,
-                       "results": [ev.score(matched, d, method, seed) for d in dim_list]})
+                       "results": [both(ev.score, matched, d) for d in dim_list]})
     if as_json:
         typer.echo(json.dumps(report))
         return
     typer.echo(f"{Path(str(detector.weights_path)).name}, features {detector.feature_recipe()['blocks']} "
                f"({detector.n_features}-d){' + mirrored in the index' if hygiene.mirror else ''}, {method} projection; "
                f"query conf {conf:g}, index conf {collect_conf if hygiene.index_conf is None else hygiene.index_conf:g}, "
-               f"duplicate suppression {'IoU ' + format(hygiene.dedup_iou, 'g') if hygiene.dedup_iou else 'off'}")
+               f"duplicate suppression {'IoU ' + format(hygiene.dedup_iou, 'g') if hygiene.dedup_iou else 'off'}"
+               + (f"; rerank vectors {rerank.dims}-d {cfg['rerank_recipe']}" if rerank is not None else ""))
     for name, results in realistic:
         r0 = results[0]
-        typer.echo(f"realistic protocol, index of every detection of {data_dir.name} ({r0['n_index']} objects, "
-                   f"{r0['n_index_unmatched']} matching no labeled object), {r0['n_queries']} query objects, {name}:")
-        typer.echo(f"{'dims':>5} | {'P@1':>6} {'P@5':>6} {'P@16':>6} | {'same P@1':>8} {'P@5':>6} {'P@16':>6} "
+        typer.echo(f"realistic protocol, {r0['n_index']} objects indexed ({r0['n_index_unmatched']} matching no "
+                   f"labeled object), {r0['n_queries']} query objects, {name}:")
+        typer.echo(f"{'dims':>9} | {'P@1':>6} {'P@5':>6} {'P@16':>6} | {'same P@1':>8} {'P@5':>6} {'P@16':>6} "
                    f"{'false':>6} | {'inst R@1':>8} {'flip':>6} {'0.75x':>6} {'jpeg60':>6}")
         for r in results:
-            p, s, i = r["precision_at_k"], r["precision_at_k_same_class"], r["instance_recall_at_1"]
-            typer.echo(f"{r['dims']:>5} | {p[1]:6.3f} {p[5]:6.3f} {p[16]:6.3f} | {s[1]:8.3f} {s[5]:6.3f} "
-                       f"{s[16]:6.3f} {r['false_neighbours_same_class']:6.3f} | {i['mean']:8.3f} {i['hflip']:6.3f} "
-                       f"{i['resize0.75']:6.3f} {i['jpeg60']:6.3f}")
+            for label, row in ((str(r["dims"]), r), (f"{r['dims']} plain", r.get("without_rerank"))):
+                if row is None:
+                    continue
+                p, s, i = row["precision_at_k"], row["precision_at_k_same_class"], row["instance_recall_at_1"]
+                typer.echo(f"{label:>9} | {p[1]:6.3f} {p[5]:6.3f} {p[16]:6.3f} | {s[1]:8.3f} {s[5]:6.3f} "
+                           f"{s[16]:6.3f} {row['false_neighbours_same_class']:6.3f} | {i['mean']:8.3f} "
+                           f"{i['hflip']:6.3f} {i['resize0.75']:6.3f} {i['jpeg60']:6.3f}")
+        if name == realistic[0][0]:  # the first (with --queries: the bigger) protocol's misses and classes
+            for line in ev.format_misses(r0, detector.names):
+                typer.echo("  " + line)
+    if rerank is not None:
+        typer.echo("('plain': the same search vectors without the rerank)")
     if matched is not None:
         data = matched
         typer.echo(f"matched protocol on {data_dir.name}: {data.n_images} images, {data.n_ground_truth} ground-truth "
                    f"objects, {data.n_detections} detections, {len(data.objects)} matched at IoU>=0.5 (the index)")
         typer.echo("re-detected after distortion: " + ", ".join(f"{t} {v:.3f}" for t, v in data.coverage.items()))
-        typer.echo(f"{'dims':>5} | {'P@1':>6} {'P@5':>6} {'P@16':>6} | {'same P@1':>8} {'P@5':>6} {'P@16':>6} | "
+        typer.echo(f"{'dims':>9} | {'P@1':>6} {'P@5':>6} {'P@16':>6} | {'same P@1':>8} {'P@5':>6} {'P@16':>6} | "
                    f"{'inst R@1':>8} {'flip':>6} {'0.75x':>6} {'jpeg60':>6} | {'ms/obj':>7}")
         for r in report["results"]:
-            p, s, i = r["precision_at_k"], r["precision_at_k_same_class"], r["instance_recall_at_1"]
-            typer.echo(f"{r['dims']:>5} | {p[1]:6.3f} {p[5]:6.3f} {p[16]:6.3f} | {s[1]:8.3f} {s[5]:6.3f} "
-                       f"{s[16]:6.3f} | {i['mean']:8.3f} {i['hflip']:6.3f} {i['resize0.75']:6.3f} "
-                       f"{i['jpeg60']:6.3f} | {r['query_ms_per_object']:7.4f}")
+            for label, row in ((str(r["dims"]), r), (f"{r['dims']} plain", r.get("without_rerank"))):
+                if row is None:
+                    continue
+                p, s, i = row["precision_at_k"], row["precision_at_k_same_class"], row["instance_recall_at_1"]
+                typer.echo(f"{label:>9} | {p[1]:6.3f} {p[5]:6.3f} {p[16]:6.3f} | {s[1]:8.3f} {s[5]:6.3f} "
+                           f"{s[16]:6.3f} | {i['mean']:8.3f} {i['hflip']:6.3f} {i['resize0.75']:6.3f} "
+                           f"{i['jpeg60']:6.3f} | {row['query_ms_per_object']:7.4f}")
 
 
 @app.command()

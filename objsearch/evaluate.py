@@ -781,3 +781,38 @@ def bigger_protocol(index_set: LabeledSet, query_set: LabeledSet) -> tuple[Label
     query it. Returns (index set, query set) for ``realistic``."""
     order = np.argsort([Path(n).name for n in query_set.names], kind="stable")
     return join_labeled(index_set, take_images(query_set, order[0::2])), take_images(query_set, order[1::2])
+
+
+def rerank_settings(detector, cfg: dict) -> Rerank | None:
+    """The ``Rerank`` an index made with ``cfg`` would use (``cfg["rerank_dims"]``, ``cfg["rerank_recipe"]`` over
+    ``detector``'s feature recipe); None when ``rerank_dims`` is null."""
+    from objsearch.detector import parse_recipe
+    from objsearch.rerank import column_scale
+
+    if cfg.get("rerank_dims") is None:
+        return None
+    return Rerank(int(cfg["rerank_dims"]), column_scale(detector.block_sizes(), detector.recipe,
+                                                         parse_recipe(cfg["rerank_recipe"])))
+
+
+def format_misses(result: dict, class_names: list[str], n_classes: int = 10, min_queries: int = 5) -> list[str]:
+    """Lines describing a ``score_realistic`` result's misses at k=5 (``miss_breakdown``) and its precision@5 per
+    class: the ``n_classes`` classes with most queries and the ``n_classes`` worst of those with at least
+    ``min_queries`` queries, as ``name P@5 (queries)``."""
+
+    def name(c: int) -> str:
+        return class_names[c] if 0 <= c < len(class_names) else str(c)
+
+    lines = []
+    for mode, label in (("class_agnostic", "class-agnostic"), ("same_class", "same-class")):
+        b = result["miss_breakdown"][mode]
+        lines.append(f"{label} misses at 5: {b['miss_rate']:.3f} of the neighbours; of them "
+                     + ", ".join(f"{k.replace('_', ' ')} {b[k]:.2f}" for k in MISS_KINDS))
+        by = {int(c): v for c, v in result["precision_at_5_by_class"][mode].items()}
+        common = sorted(by, key=lambda c: (-by[c][0], c))[:n_classes]
+        worst = sorted((c for c in by if by[c][0] >= min_queries), key=lambda c: (by[c][1], c))[:n_classes]
+        lines.append(f"{label} P@5, most queried: " + ", ".join(f"{name(c)} {by[c][1]:.2f} ({by[c][0]})"
+                                                                 for c in common))
+        lines.append(f"{label} P@5, worst (>= {min_queries} queries): "
+                     + ", ".join(f"{name(c)} {by[c][1]:.2f} ({by[c][0]})" for c in worst))
+    return lines

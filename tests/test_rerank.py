@@ -153,3 +153,49 @@ def test_a_flipped_query_finds_its_own_object_first_with_the_rerank(coco_index, 
     assert total == total_again >= 40
     assert with_rerank > without
     assert with_rerank >= 0.85 * total
+
+
+def test_an_index_made_before_reranking_is_searched_as_before_and_sync_adds_the_rerank(tmp_path, cfg, detector):
+    """An index whose stored configuration predates reranking (no rerank_dims key, no rerank projection): opened,
+    it is searched exactly as before and `info` says what sync adds; `sync` adds the rerank vectors in one commit
+    and keeps the search vectors; `add` then gives new objects their rerank vectors too."""
+    from objsearch.analysis import add, analyze, sync
+    from objsearch.catalog import Catalog, CatalogWriter
+    from objsearch.engine import Engine
+    from objsearch.media import read_image
+
+    from testdata import BUS, copy_images, run_cli
+
+    folder = copy_images(coco_images(12), tmp_path / "images")
+    out = tmp_path / "old.h5"
+    analyze(folder, out, {**cfg, "rerank_dims": None}, detector=detector)
+    writer = CatalogWriter.open(out)
+    try:  # what an objsearch from before reranking wrote
+        writer.set_attrs(config={k: v for k, v in writer.attrs["config"].items()
+                                 if k not in ("rerank_dims", "rerank_recipe")})
+        writer.commit()
+    finally:
+        writer.close()
+    image = read_image(BUS)
+    with Engine(out, detector=detector) as engine:
+        assert not engine.reranks and engine.catalog.rerank_dims is None
+        plain = engine.search(image, k=5, rerank=False)
+        again = engine.search(image, k=5)
+        np.testing.assert_array_equal(again.hits.ids, plain.hits.ids)
+        before = engine.catalog.vectors(32).copy()
+    assert "no rerank vectors (made before reranking: `objsearch sync` adds them)" in run_cli("info", out).stdout
+    summary = sync(out, detector=detector)
+    assert summary.rerank_dims == 64 and summary.n_added == 0
+    with Catalog(out) as c:
+        assert c.rerank_dims == 64 and c.dims == [16, 32]
+        np.testing.assert_array_equal(c.vectors(32), before)
+        assert c.attrs["config"]["rerank_dims"] == 64
+    assert sync(out, detector=detector).rerank_dims is None  # once
+    copy_images(coco_images(14)[12:], folder)
+    add(out, [folder], detector=detector)
+    with Catalog(out) as c:
+        assert len(c.object_id) > len(before)
+        np.testing.assert_allclose(c.vectors(64), c.projection(64).transform(c.features(c.object_id)), atol=1e-4)
+    with Engine(out, detector=detector) as engine:
+        assert engine.reranks
+        assert engine.search(image, k=5).hits.ids.shape == plain.hits.ids.shape
