@@ -59,12 +59,13 @@ def load(cache: Path, weights: str, dataset: str, recipe: dict[str, float]) -> e
     return ev.LabeledSet(dets, views, z["gt_xyxy"], z["gt_cls"], z["gt_img"], [str(n) for n in z["names"]])
 
 
-def protocols(cache: Path, weights: str, recipe: dict[str, float]) -> dict[str, ev.RealisticData]:
+def protocols(cache: Path, weights: str, recipe: dict[str, float], hygiene: ev.Hygiene = HYGIENE) \
+        -> dict[str, ev.RealisticData]:
     c128, extra = load(cache, weights, "coco128", recipe), load(cache, weights, "extra", recipe)
     big_index, big_queries = ev.bigger_protocol(c128, extra)
-    return {"bigger": ev.realistic(big_index, big_queries, QUERY_CONF, HYGIENE),
-            "cross": ev.realistic(c128, extra, QUERY_CONF, HYGIENE),
-            "loo": ev.realistic(c128, None, QUERY_CONF, HYGIENE),
+    return {"bigger": ev.realistic(big_index, big_queries, QUERY_CONF, hygiene),
+            "cross": ev.realistic(c128, extra, QUERY_CONF, hygiene),
+            "loo": ev.realistic(c128, None, QUERY_CONF, hygiene),
             "matched": ev.matched_data(c128, QUERY_CONF)}
 
 
@@ -79,6 +80,7 @@ def run(data, rerank=None, dims=32) -> dict:
     return ev.score_realistic(data, dims, "pca", 0, rerank=rerank)
 
 
+SEARCHER = ev.Searcher  # the library's (score_with swaps ev.Searcher for a while)
 HEADER = "P@1   P@5   P@16  sP@5  false R@1   flip  0.75x jpeg60"
 
 
@@ -92,11 +94,17 @@ def fmt(r: dict) -> str:
 def study_defaults(cache: Path, weights: list[str]) -> None:
     for w in weights:
         before, after = protocols(cache, w, BEFORE), protocols(cache, w, AFTER)
-        print(f"{w}: {'protocol':8s} {'configuration':28s} {HEADER}")
+        mirrored = {"before": protocols(cache, w, BEFORE, ev.Hygiene(0.6, 0.5, True)),
+                    "after": protocols(cache, w, AFTER, ev.Hygiene(0.6, 0.5, True))}
+        print(f"{w}: {'protocol':8s} {'configuration':34s} {HEADER}")
         for name in before:
-            print(f"{w}: {name:8s} {'before (cls 1.5, no rerank)':28s} {fmt(run(before[name]))}", flush=True)
-            print(f"{w}: {name:8s} {'after (cls 2.5 + rerank 64)':28s} {fmt(run(after[name], rerank_for(AFTER)))}",
+            print(f"{w}: {name:8s} {'before (cls 1.5, no rerank)':34s} {fmt(run(before[name]))}", flush=True)
+            print(f"{w}: {name:8s} {'after (cls 2.5 + rerank 64)':34s} {fmt(run(after[name], rerank_for(AFTER)))}",
                   flush=True)
+            if name != "matched":  # the matched protocol does not index mirrored features
+                print(f"{w}: {name:8s} {'index_mirror before':34s} {fmt(run(mirrored['before'][name]))}", flush=True)
+                print(f"{w}: {name:8s} {'index_mirror after (+ rerank 64)':34s} "
+                      f"{fmt(run(mirrored['after'][name], rerank_for(AFTER)))}", flush=True)
 
 
 class PlainRerank:
@@ -106,7 +114,7 @@ class PlainRerank:
     def __init__(self, index: Detections, long: str, depth: int = 64):
         from objsearch.projection import make_projection
 
-        self.base = ev.Searcher(index, 32, "pca")
+        self.base = SEARCHER(index, 32, "pca")
         self.long = (lambda x: x - index.features.mean(0)) if long == "features" else \
             make_projection("pca", int(long), 0).fit(index.features).transform
         self.vectors, self.depth = self.long(index.features), depth

@@ -4,7 +4,8 @@ The numbers are those of ReverseObjectSearchFast (COCO, 376,459 objects from 136
 from the real objects of a real index (default: coco128 analysed with our detector, built on the fly): each synthetic
 object copies a real object's class, box, confidence and thumbnail (real JPEG bytes, so the file size per object is
 realistic) and takes that object's raw feature plus Gaussian noise (``--noise`` times the per-dimension standard
-deviation of the real features). Projections are stored at 16, 32, 64, 128 and 256 dims (random, seed 0). It is
+deviation of the real features). Projections are stored at 16, 32, 64, 128 and 256 dims (random, seed 0), except
+the real index's rerank dimension, which holds its rerank projection (``objsearch.rerank``). It is
 written through the catalog writer like any index (format 2, stable ids), in commits of ``--commit`` images, so
 memory stays bounded. Every index it writes says ``synthetic: true`` in its attributes and configuration. Never
 commit its output.
@@ -55,6 +56,8 @@ def main() -> None:
         xyxy, conf, cls = real.xyxy, real.confidence, real.class_id
         rows = real.media_rows(real.object_media_id)
         widths, heights = real.media_width[rows], real.media_height[rows]
+        rerank_dims = real.rerank_dims
+        rerank = real.projection(rerank_dims) if rerank_dims is not None else None
     rng = np.random.default_rng(args.seed)
     n, n_img = args.objects, args.images
     if n < n_img:
@@ -64,8 +67,11 @@ def main() -> None:
     std = feats.std(0, keepdims=True)
     first = np.searchsorted(image_of, np.arange(n_img + 1))
     dims = parse_dims(args.dims)
-    projections = [make_projection("random", d, 0).fit(feats[:1]) for d in dims]
-    config = {**attrs.get("config", {}), "dims": dims, "projection": "random", "seed": 0, "synthetic": True}
+    projections = [make_projection("random", d, 0).fit(feats[:1]) for d in dims if d != rerank_dims]
+    if rerank is not None:  # the real index's rerank projection (objsearch.rerank), so searches rerank as they would
+        projections.append(rerank)
+    config = {**attrs.get("config", {}), "dims": [d for d in dims if d != rerank_dims], "projection": "random",
+              "seed": 0, "synthetic": True, "rerank_dims": rerank_dims}
     attrs.update(config=config, synthetic=True, base_dir="/synthetic", state="ready",
                  description=f"SYNTHETIC: {n} objects over {n_img} images made from the {n_real} real objects of "
                              f"{source.name} (features + {args.noise} std noise); not real images")
