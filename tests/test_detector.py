@@ -46,12 +46,25 @@ def test_features_have_one_finite_row_per_object(detector, bus_detections):
 
 
 def test_feature_blocks_have_the_recipe_norms(detector, bus_detections):
-    """Default recipe cls_logits:1.5 (80-d, norm 1.5) then neck_roi:1 (3 levels, each norm 1)."""
-    assert detector.recipe == {"cls_logits": 1.5, "neck_roi": 1.0}
+    """Default recipe cls_logits:2.5 (80-d, norm 2.5) then neck_roi:1 (3 levels, each norm 1)."""
+    assert detector.recipe == {"cls_logits": 2.5, "neck_roi": 1.0}
+    assert detector.block_sizes() == {"cls_logits": 80, "neck_roi": detector.n_features - 80}
     n_classes = len(detector.names)
     logits, neck = bus_detections.features[:, :n_classes], bus_detections.features[:, n_classes:]
-    np.testing.assert_allclose(np.linalg.norm(logits, axis=1), 1.5, rtol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(logits, axis=1), 2.5, rtol=1e-4)
     np.testing.assert_allclose(np.linalg.norm(neck, axis=1), np.sqrt(3), rtol=1e-4)
+
+
+def test_class_scores_come_with_every_detection(detector, bus_detections):
+    """Every class's score at the detection's anchor: the largest is the confidence, at the detected class; an image
+    without detections gives (0, 80)."""
+    scores = bus_detections.data["class_scores"]
+    assert scores.shape == (len(bus_detections), len(detector.names)) and scores.dtype == np.float32
+    np.testing.assert_allclose(scores.max(1), bus_detections.confidence, rtol=1e-5)
+    np.testing.assert_array_equal(scores.argmax(1), bus_detections.class_id)
+    assert np.all((scores >= 0) & (scores <= 1))
+    empty = detector(np.zeros((320, 320, 3), np.uint8))
+    assert len(empty) == 0 and empty.data["class_scores"].shape == (0, len(detector.names))
 
 
 def test_bus_and_persons_are_found(detector, bus_detections):
