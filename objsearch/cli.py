@@ -726,8 +726,9 @@ def info(index: Annotated[Path, typer.Argument(help="Index file.")]) -> None:
 def evaluate(
     data_dir: Annotated[Path, typer.Argument(help="Folder with images/ and YOLO-format labels/: the index.")],
     queries: Annotated[Optional[Path], typer.Option(
-        help="A second labeled folder whose objects query the index (realistic protocol); without it the index's "
-             "own objects query it, leaving their own image out.")] = None,
+        help="A second labeled folder whose objects query the index (realistic protocol; the bigger protocol indexes "
+             "every other one of its images too); without it the index's own objects query it, leaving their own "
+             "image out.")] = None,
     protocol: Annotated[str, typer.Option(help="realistic, matched or both.")] = "both",
     dims: Annotated[str, typer.Option(help="Comma-separated projection dims.")] = "16,32,64,128,256",
     projection: Annotated[Optional[str], typer.Option(help="random or pca.")] = None,
@@ -745,8 +746,9 @@ def evaluate(
 
     The realistic protocol indexes every detection analyze would keep and counts a neighbour right only when it
     matches a labeled object of the query's class; the matched protocol indexes only detections that match a
-    labeled object (see objsearch/evaluate.py). ``--mode image``: whole-image precision@1/5/10 and instance
-    recall@1, against ultralytics' ``YOLO.embed()``."""
+    labeled object (see objsearch/evaluate.py). With --queries, the bigger protocol comes first: the index holds
+    DATA_DIR and every other image of the queries folder, the others query it (docs/quality.md). ``--mode image``:
+    whole-image precision@1/5/10 and instance recall@1, against ultralytics' ``YOLO.embed()``."""
     from objsearch import evaluate as ev
     from objsearch.engine import load_detector
     from objsearch.errors import EmptyFolderError
@@ -846,14 +848,11 @@ def evaluate(
                    f"labeled object), {r0['n_queries']} query objects, {name}:")
         typer.echo(f"{'dims':>9} | {'P@1':>6} {'P@5':>6} {'P@16':>6} | {'same P@1':>8} {'P@5':>6} {'P@16':>6} "
                    f"{'false':>6} | {'inst R@1':>8} {'flip':>6} {'0.75x':>6} {'jpeg60':>6}")
-        for r in results:
-            for label, row in ((str(r["dims"]), r), (f"{r['dims']} plain", r.get("without_rerank"))):
-                if row is None:
-                    continue
-                p, s, i = row["precision_at_k"], row["precision_at_k_same_class"], row["instance_recall_at_1"]
-                typer.echo(f"{label:>9} | {p[1]:6.3f} {p[5]:6.3f} {p[16]:6.3f} | {s[1]:8.3f} {s[5]:6.3f} "
-                           f"{s[16]:6.3f} {row['false_neighbours_same_class']:6.3f} | {i['mean']:8.3f} "
-                           f"{i['hflip']:6.3f} {i['resize0.75']:6.3f} {i['jpeg60']:6.3f}")
+        for label, row in _eval_rows(results):
+            p, s, i = row["precision_at_k"], row["precision_at_k_same_class"], row["instance_recall_at_1"]
+            typer.echo(f"{label:>9} | {p[1]:6.3f} {p[5]:6.3f} {p[16]:6.3f} | {s[1]:8.3f} {s[5]:6.3f} "
+                       f"{s[16]:6.3f} {row['false_neighbours_same_class']:6.3f} | {i['mean']:8.3f} "
+                       f"{i['hflip']:6.3f} {i['resize0.75']:6.3f} {i['jpeg60']:6.3f}")
         if name == realistic[0][0]:  # the first (with --queries: the bigger) protocol's misses and classes
             for line in ev.format_misses(r0, detector.names):
                 typer.echo("  " + line)
@@ -866,14 +865,19 @@ def evaluate(
         typer.echo("re-detected after distortion: " + ", ".join(f"{t} {v:.3f}" for t, v in data.coverage.items()))
         typer.echo(f"{'dims':>9} | {'P@1':>6} {'P@5':>6} {'P@16':>6} | {'same P@1':>8} {'P@5':>6} {'P@16':>6} | "
                    f"{'inst R@1':>8} {'flip':>6} {'0.75x':>6} {'jpeg60':>6} | {'ms/obj':>7}")
-        for r in report["results"]:
-            for label, row in ((str(r["dims"]), r), (f"{r['dims']} plain", r.get("without_rerank"))):
-                if row is None:
-                    continue
-                p, s, i = row["precision_at_k"], row["precision_at_k_same_class"], row["instance_recall_at_1"]
-                typer.echo(f"{label:>9} | {p[1]:6.3f} {p[5]:6.3f} {p[16]:6.3f} | {s[1]:8.3f} {s[5]:6.3f} "
-                           f"{s[16]:6.3f} | {i['mean']:8.3f} {i['hflip']:6.3f} {i['resize0.75']:6.3f} "
-                           f"{i['jpeg60']:6.3f} | {row['query_ms_per_object']:7.4f}")
+        for label, row in _eval_rows(report["results"]):
+            p, s, i = row["precision_at_k"], row["precision_at_k_same_class"], row["instance_recall_at_1"]
+            typer.echo(f"{label:>9} | {p[1]:6.3f} {p[5]:6.3f} {p[16]:6.3f} | {s[1]:8.3f} {s[5]:6.3f} "
+                       f"{s[16]:6.3f} | {i['mean']:8.3f} {i['hflip']:6.3f} {i['resize0.75']:6.3f} "
+                       f"{i['jpeg60']:6.3f} | {row['query_ms_per_object']:7.4f}")
+
+
+def _eval_rows(results: list[dict]):
+    """(label, result) of each dimension's result, followed by the same search without the rerank when measured."""
+    for r in results:
+        yield str(r["dims"]), r
+        if r.get("without_rerank") is not None:
+            yield f"{r['dims']} plain", r["without_rerank"]
 
 
 @app.command()

@@ -300,3 +300,30 @@ def test_bigger_protocol_indexes_every_other_query_image():
     q = np.argsort(queries.detections.data["image_id"])
     assert queries.detections.class_id[q].tolist() == [13, 12] and sorted(queries.gt_image_id.tolist()) == [0, 1]
     assert all(sorted(v.data["image_id"].tolist()) == [0, 1] for v in queries.views.values())
+
+
+def test_eval_with_queries_leads_with_the_bigger_protocol(tmp_path):
+    """coco8's 4 train images index, its 4 val images query: the bigger protocol indexes 2 of the val images too
+    (sorted positions 0 and 2) and queries with the other 2; each result carries the same search without the rerank,
+    the first protocol its misses and per-class precision (text and JSON)."""
+    import shutil
+
+    from testdata import DATA
+
+    for split, folder in (("train", tmp_path / "index"), ("val", tmp_path / "queries")):
+        for kind, suffix in (("images", ".jpg"), ("labels", ".txt")):
+            (folder / kind).mkdir(parents=True)
+            for p in sorted((DATA / "coco8" / kind / split).glob("*" + suffix)):
+                shutil.copy(p, folder / kind / p.name)
+    args = ["eval", str(tmp_path / "index"), "--queries", str(tmp_path / "queries"), "--dims", "16",
+            "--protocol", "realistic", "--weights", str(WEIGHTS)]
+    report = json.loads(CliRunner().invoke(app, [*args, "--json"]).stdout)
+    names = list(report["realistic"])
+    assert names[0].startswith("bigger: index + every other image of queries") and len(names) == 3
+    (bigger,), (cross,) = report["realistic"][names[0]], report["realistic"][names[1]]
+    assert bigger["n_queries"] < cross["n_queries"] and bigger["n_index"] > cross["n_index"]
+    assert bigger["rerank"] and report["rerank_dims"] == 64 and "without_rerank" in bigger
+    assert set(bigger["miss_breakdown"]) == {"class_agnostic", "same_class"} and bigger["precision_at_5_by_class"]
+    text = CliRunner().invoke(app, args).stdout
+    assert "bigger: index + every other image" in text and " 16 plain |" in text
+    assert text.count("class-agnostic misses at 5") == 1 and "same-class P@5, most queried: person" in text
