@@ -726,9 +726,8 @@ def info(index: Annotated[Path, typer.Argument(help="Index file.")]) -> None:
 def evaluate(
     data_dir: Annotated[Path, typer.Argument(help="Folder with images/ and YOLO-format labels/: the index.")],
     queries: Annotated[Optional[Path], typer.Option(
-        help="A second labeled folder whose objects query the index (realistic protocol; the bigger protocol indexes "
-             "every other one of its images too); without it the index's own objects query it, leaving their own "
-             "image out.")] = None,
+        help="A second labeled folder whose objects query the index (realistic protocol); without it the index's "
+             "own objects query it, leaving their own image out.")] = None,
     protocol: Annotated[str, typer.Option(help="realistic, matched or both.")] = "both",
     dims: Annotated[str, typer.Option(help="Comma-separated projection dims.")] = "16,32,64,128,256",
     projection: Annotated[Optional[str], typer.Option(help="random or pca.")] = None,
@@ -746,9 +745,8 @@ def evaluate(
 
     The realistic protocol indexes every detection analyze would keep and counts a neighbour right only when it
     matches a labeled object of the query's class; the matched protocol indexes only detections that match a
-    labeled object (see objsearch/evaluate.py). With --queries, the bigger protocol comes first: the index holds
-    DATA_DIR and every other image of the queries folder, the others query it (docs/quality.md). ``--mode image``:
-    whole-image precision@1/5/10 and instance recall@1, against ultralytics' ``YOLO.embed()``."""
+    labeled object (see objsearch/evaluate.py). ``--mode image``: whole-image precision@1/5/10 and instance
+    recall@1, against ultralytics' ``YOLO.embed()``."""
     from objsearch import evaluate as ev
     from objsearch.engine import load_detector
     from objsearch.errors import EmptyFolderError

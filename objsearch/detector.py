@@ -45,7 +45,7 @@ LOGGER = logging.getLogger(__name__)
 
 RECIPE_VERSION = 2  # bump when a block's definition changes: indexes of another version are refused
 FEATURE_BLOCKS = ("cls_cell", "cls_logits", "cls_roi", "box_cell", "neck_roi")
-DEFAULT_RECIPE: dict[str, float] = {"cls_logits": 2.5, "neck_roi": 1.0}  # docs/quality.md
+DEFAULT_RECIPE: dict[str, float] = {"cls_logits": 2.5, "neck_roi": 1.0}  # docs/neighbours.md
 
 # whole-image feature (one vector per media item, from the same forward pass; see ``image_blocks``)
 IMAGE_RECIPE_VERSION = 1  # bump when an image block's definition changes: such indexes need `objsearch sync`

@@ -405,8 +405,8 @@ class Engine:
         rerank vectors of the query objects' ``features`` (Q, D) and of the candidates."""
         from objsearch.rerank import promote_instances
 
-        c = self.catalog
-        with self._lock:
+        with self._lock:  # the catalog and its vectors together (``refresh`` swaps both)
+            c = self.catalog
             if self._rerank_vectors is None:
                 self._rerank_vectors = c.vectors(c.rerank_dims)
             vectors = self._rerank_vectors

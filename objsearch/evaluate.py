@@ -776,7 +776,7 @@ def join_labeled(first: LabeledSet, second: LabeledSet) -> LabeledSet:
 
 
 def bigger_protocol(index_set: LabeledSet, query_set: LabeledSet) -> tuple[LabeledSet, LabeledSet]:
-    """The bigger development protocol (docs/quality.md): the index holds ``index_set`` and every other image of
+    """The bigger development protocol (docs/neighbours.md): the index holds ``index_set`` and every other image of
     ``query_set`` (sorted by file name: positions 0, 2, 4, ...), and the remaining images (positions 1, 3, 5, ...)
     query it. Returns (index set, query set) for ``realistic``."""
     order = np.argsort([Path(n).name for n in query_set.names], kind="stable")

@@ -244,7 +244,7 @@ class MirrorWhitenedProjection(_Projection):
     which a feature changes under a flip are shrunk, the others kept (a linear discriminant of "same object" against
     "any object", as in metric learning from equivalence constraints: Kostinger et al., "Large scale metric learning
     from equivalence constraints", CVPR 2012, without its second covariance). PCA first keeps the number of
-    parameters estimated from the pairs at d^2 (a few hundred pairs suffice, measured in docs/quality.md).
+    parameters estimated from the pairs at d^2 (a few hundred pairs suffice, measured in docs/neighbours.md).
 
     Parameters
     ----------

@@ -86,7 +86,7 @@ def test_fractional_dims_are_refused():
 def test_index_hygiene_keys(tmp_path):
     cfg = load_config(None)
     assert (cfg["index_conf"], cfg["dedup_iou"], cfg["index_mirror"]) == (0.6, 0.5, False)  # mirror: one more pass
-    assert cfg["projection"] == "pca" and cfg["feature_recipe"] == "cls_logits:2.5,neck_roi:1"  # docs/quality.md
+    assert cfg["projection"] == "pca" and cfg["feature_recipe"] == "cls_logits:2.5,neck_roi:1"  # docs/neighbours.md
     assert cfg["rerank_dims"] == 64 and cfg["rerank_recipe"] == "cls_logits:0.5,neck_roi:1"
     quality = load_config(ROOT / "cfg" / "quality.yaml")
     assert (quality["index_conf"], quality["dedup_iou"], quality["index_mirror"]) == (0.6, 0.5, True)

@@ -140,7 +140,7 @@ def _flipped_finds_itself(engine, names, rerank: bool) -> tuple[int, int]:
 
 def test_a_flipped_query_finds_its_own_object_first_with_the_rerank(coco_index, detector):
     """coco128 indexed with the defaults (rerank vectors at 64 dims; yolov8n): each of 24 images queried mirrored.
-    Measured: 50 of 54 objects find themselves first with the rerank, 40 without (docs/quality.md has the protocol
+    Measured: 50 of 54 objects find themselves first with the rerank, 40 without (docs/neighbours.md has the protocol
     figures)."""
     from objsearch.engine import Engine
 

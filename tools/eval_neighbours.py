@@ -1,4 +1,4 @@
-"""The studies of issue 21 (docs/quality.md) on the detector outputs cached by tools/levers_cache.py and
+"""The studies of issue 21 (docs/neighbours.md) on the detector outputs cached by tools/levers_cache.py and
 tools/peer_cache.py: no detector runs here, so every row takes seconds.
 
     PYTHONPATH=$PWD nice -n 10 .venv/bin/python tools/eval_neighbours.py CACHE_DIR --study defaults
