@@ -45,12 +45,12 @@ LOGGER = logging.getLogger(__name__)
 
 RECIPE_VERSION = 2  # bump when a block's definition changes: indexes of another version are refused
 FEATURE_BLOCKS = ("cls_cell", "cls_logits", "cls_roi", "box_cell", "neck_roi")
-DEFAULT_RECIPE: dict[str, float] = {"cls_logits": 1.5, "neck_roi": 1.0}  # README: Retrieval quality
+DEFAULT_RECIPE: dict[str, float] = {"cls_logits": 1.5, "neck_roi": 1.0}  # docs/quality.md
 
 # whole-image feature (one vector per media item, from the same forward pass; see ``image_blocks``)
 IMAGE_RECIPE_VERSION = 1  # bump when an image block's definition changes: such indexes need `objsearch sync`
 IMAGE_BLOCKS = ("neck_gap", "neck_gmp", "cls_gap", "cls_max", "cls_sum")
-DEFAULT_IMAGE_RECIPE: dict[str, float] = {"neck_gap": 1.0, "cls_sum": 0.5}  # chosen by `eval --mode image`, see README
+DEFAULT_IMAGE_RECIPE: dict[str, float] = {"neck_gap": 1.0, "cls_sum": 0.5}  # chosen by `eval --mode image`, see docs/quality.md
 
 
 def file_sha256(path: str | Path) -> str:

@@ -2,7 +2,7 @@
 subprocess on the coco128 index (one server and one browser for the module).
 
 Skipped, with the reason, only where Playwright or /usr/bin/chromium is missing (`.ci/run` installs chromium with
-apt when it can). With ``OBJSEARCH_WEB_SCREENSHOT=PATH`` the upload test also writes the README's picture to PATH.
+apt when it can). With ``OBJSEARCH_WEB_SCREENSHOT=PATH`` the upload test also writes docs/web.md's picture to PATH.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def test_upload_bus_shows_a_labeled_row_per_object(page, server):
     first = api["objects"][0]["neighbors"][0]
     assert f"path {first['path']}" in details and "distance" in details and "confidence" in details
     shot = os.environ.get("OBJSEARCH_WEB_SCREENSHOT")
-    if shot:  # the README's picture: this page, this query; a 128-colour PNG keeps it small
+    if shot:  # docs/web.md's picture: this page, this query; a 128-colour PNG keeps it small
         import io
 
         from PIL import Image
