@@ -147,6 +147,10 @@ def test_upload_bus_shows_a_labeled_row_per_object(page, server):
     details = page.text_content("#details")
     first = api["objects"][0]["neighbors"][0]
     assert f"path {first['path']}" in details and "distance" in details and "confidence" in details
+    # a neighbour's caption writes its distance as everywhere else (bus d=0.50); "bus 0.93" is a confidence
+    captions = page.eval_on_selector_all("#results .row .hit > span:not(.time)", "s => s.map(x => x.textContent)")
+    want = [f"{nb['label']} d={nb['distance']:.2f}" for o in api["objects"] for nb in o["neighbors"]]
+    assert captions == want, (captions[:4], want[:4])
     shot = os.environ.get("OBJSEARCH_WEB_SCREENSHOT")
     if shot:  # docs/web.md's picture: this page, this query; a 128-colour PNG keeps it small
         import io

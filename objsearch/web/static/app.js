@@ -263,7 +263,7 @@ function renderResults() {
     strip.className = "strip";
     obj.neighbors.forEach((nb) => {
       strip.append(hitButton(nb, `/api/thumbnail/${nb.object_id}`, nb.label,
-                             `${nb.label} ${nb.distance === null ? "" : nb.distance.toFixed(2)}`));
+                             `${nb.label} d=${nb.distance === null ? "?" : nb.distance.toFixed(2)}`));
     });
     if (!obj.neighbors.length) strip.textContent = "no neighbours";
     row.addEventListener("mouseenter", () => { state.highlight = i; draw(); });
