@@ -36,7 +36,8 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from objsearch.errors import EmptyFolderError, ImageReadError, IndexFileError, ObjsearchError, VideoReadError
+from objsearch.errors import (EmptyFolderError, ExitCode, ImageReadError, IndexFileError, ObjsearchError,
+                              VideoReadError)
 from objsearch.media import (VIDEO_SUFFIXES, list_media, make_thumbnail, read_image, read_video_frame, read_video_frames,
                              video_info)
 from objsearch.projection import PCAProjection, make_projection
@@ -53,7 +54,7 @@ COMMIT_EVERY_SECONDS = 5.0
 class JobCancelled(ObjsearchError):
     """The job was cancelled; the journal keeps what was finished, and running it again resumes."""
 
-    exit_code = 130
+    exit_code = ExitCode.INTERRUPTED
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,7 @@ class JobSummary:
     n_objects: int = 0
     n_added_frames: int = 0
     n_videos: int = 0
+    not_indexed: list[str] = field(default_factory=list)  # paths given to remove that matched no indexed media
 
 
 ProgressFn = Callable[[int, int, int], None]
@@ -859,7 +861,8 @@ def add(index: str | Path, paths: Iterable[str | Path], *, weights: str | None =
 def remove(index: str | Path, paths: Iterable[str | Path] = (), *, missing: bool = False,
            base_dir: str | Path | None = None) -> JobSummary:
     """Remove indexed images (given as files or folders, present on disk or not) from ``index`` in one transaction;
-    with ``missing``, also every indexed image whose file is gone. Ids are never reused.
+    with ``missing``, also every indexed image whose file is gone. Ids are never reused. A path that names no
+    indexed media item is listed in the summary's ``not_indexed`` (the others are removed all the same).
 
     Raises
     ------
@@ -874,12 +877,17 @@ def remove(index: str | Path, paths: Iterable[str | Path] = (), *, missing: bool
     writer = CatalogWriter.open(index)
     try:
         base = Path(base_dir) if base_dir is not None else Path(writer.base_dir)
+        paths = list(paths)
         rels = [_relative(Path(p), base) for p in paths]
+        matched = [False] * len(rels)
         gone = []
         for i, rel in enumerate(writer.media_path):
-            hit = any(rel == r or rel.startswith(r.rstrip("/") + "/") or r in ("", ".") for r in rels)
-            if hit or (missing and not (base / rel).is_file()):
+            hits = [j for j, r in enumerate(rels) if rel == r or rel.startswith(r.rstrip("/") + "/") or r in ("", ".")]
+            for j in hits:
+                matched[j] = True
+            if hits or (missing and not (base / rel).is_file()):
                 gone.append(int(writer.media_id[i]))
+        summary.not_indexed = [str(p) for p, hit in zip(paths, matched) if not hit]
         if gone:
             summary.n_removed_objects = writer.remove_media(np.asarray(sorted(set(gone)), np.int64))
             summary.n_removed = len(set(gone))

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from objsearch.errors import ObjsearchError
+from objsearch.errors import ExitCode, ObjsearchError
 from objsearch.projection import ALLOWED_DIMS, PROJECTION_METHODS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -42,9 +42,9 @@ DEFAULTS: dict[str, Any] = {
 
 
 class ConfigError(ObjsearchError):
-    """A configuration file or value is invalid."""
+    """A configuration file or value is invalid (a usage error)."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 def parse_dims(value) -> list[int]:

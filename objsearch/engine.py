@@ -228,8 +228,8 @@ class Engine:
         with self._lock:
             if dims not in self._stores:
                 if dims not in self.catalog.dims:
-                    raise IndexFileError(f"{self.catalog.path} holds projections to {self.catalog.dims} dims, not "
-                                         f"{dims}")
+                    raise ConfigError(f"--dims {dims}: {self.catalog.path} holds projections to "
+                                      f"{' or '.join(map(str, self.catalog.dims))} dims, not {dims}")
                 from objsearch.vectors import open_store
 
                 c = self.catalog

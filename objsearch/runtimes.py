@@ -25,7 +25,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from objsearch.errors import ObjsearchError
+from objsearch.errors import ExitCode, ObjsearchError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -40,9 +40,10 @@ OPSET = 17
 
 
 class RuntimeUnavailableError(ObjsearchError):
-    """The chosen runtime's package is not installed, or its export failed."""
+    """The chosen runtime's package is not installed, or its export failed (a usage error: ``--runtime`` asks for
+    what this machine cannot do)."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 def check_runtime(name: str) -> str:
