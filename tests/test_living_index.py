@@ -67,7 +67,7 @@ def test_remove_and_remove_missing_leave_the_other_ids(grown):
     first, second, *rest = sorted(before)
     result = invoke("remove", folder / first, "-i", index)
     assert result.exit_code == 0, result.output
-    assert "removed 1 images" in result.stdout
+    assert "removed 1 image (" in result.stdout
     (folder / second).unlink()
     result = invoke("remove", "--missing", "-i", index)
     assert result.exit_code == 0, result.output
@@ -87,7 +87,7 @@ def test_sync_adds_changed_and_removes_and_says_what_it_did(grown, tmp_path):
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "synced: added 1 images" in out and "1 changed and analyzed again" in out, out
-    assert "removed 1 images" in out and "2 unchanged" in out, out
+    assert "removed 1 image (" in out and "2 unchanged" in out, out
     after, _, _ = state(index)
     assert set(after) == set(names[1:]) | {"brand_new.jpg"}
     assert after[names[1]] != before[names[1]] and after[names[2]] == before[names[2]]
