@@ -248,9 +248,9 @@ def _catalog_state(index: Path, uri: str | None):
 
 def _print_summary(verb: str, summary, output=None) -> None:
     frames = getattr(summary, "n_added_frames", 0)
-    what = (f"{summary.n_added - frames} images and {frames} frames of {summary.n_videos} videos" if frames
-            else f"{summary.n_added} images")
-    parts = [f"{verb} {what} ({summary.n_added_objects} objects)"]
+    what = (f"{_count(summary.n_added - frames, 'image')} and {_count(frames, 'frame')} of "
+            f"{_count(summary.n_videos, 'video')}" if frames else _count(summary.n_added, "image"))
+    parts = [f"{verb} {what} ({_count(summary.n_added_objects, 'object')})"]
     if summary.n_resumed:
         parts.append(f"{summary.n_resumed} resumed from an interrupted run")
     if summary.n_changed:
@@ -268,7 +268,7 @@ def _print_summary(verb: str, summary, output=None) -> None:
     if summary.n_other_files:
         parts.append(f"{summary.n_other_files} other files ignored")
     typer.echo(", ".join(parts) + f", in {summary.seconds:.1f} s -> {output or summary.index} "
-               f"({summary.n_images} images, {summary.n_objects} objects)")
+               f"({_count(summary.n_images, 'image')}, {_count(summary.n_objects, 'object')})")
     from objsearch.types import printable
 
     for item in summary.skipped:

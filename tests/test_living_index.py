@@ -86,7 +86,7 @@ def test_sync_adds_changed_and_removes_and_says_what_it_did(grown, tmp_path):
     result = invoke("sync", "-i", index, "-w", WEIGHTS)
     assert result.exit_code == 0, result.output
     out = result.stdout
-    assert "synced: added 1 images" in out and "1 changed and analyzed again" in out, out
+    assert "synced: added 1 image (" in out and "1 changed and analyzed again" in out, out
     assert "removed 1 image (" in out and "2 unchanged" in out, out
     after, _, _ = state(index)
     assert set(after) == set(names[1:]) | {"brand_new.jpg"}
