@@ -178,8 +178,15 @@ def test_130_interrupted(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------ help at 80 columns
-COMMANDS = ["analyze", "add", "remove", "sync", "compact", "repair", "convert", "query", "info", "eval", "video",
-            "app", "serve", "demo"]
+def _commands() -> list[str]:
+    """Every visible command of the app (a command added later is checked too)."""
+    import typer.main
+
+    group = typer.main.get_command(app)
+    return [name for name, command in group.commands.items() if not command.hidden]
+
+
+COMMANDS = _commands()
 
 
 @pytest.fixture(scope="module")
