@@ -1048,6 +1048,9 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="Searches that run at once (more wait).")] = 2,
     weights: WeightsOpt = None,
     device: DeviceOpt = None,
+    token: Annotated[Optional[str], typer.Option(envvar="OBJSEARCH_TOKEN", show_default=False, help="Secret every "
+                                                 "API request must carry (required when --host is not loopback); "
+                                                 "open the page once as /?token=SECRET.")] = None,
 ) -> None:
     """Serve a web page and a JSON API (POST /api/search, GET /api/thumbnail/ID, GET /api/info) over an index."""
     if not index.is_file():
@@ -1058,8 +1061,11 @@ def serve(
         from objsearch.web import WebSettings, serve as run_server
     except ImportError as exc:
         raise ObjsearchError(f"the web server needs fastapi and uvicorn (pip install 'objsearch[web]'): {exc}") from None
+    from objsearch.web.app import check_token
+
+    check_token(host, token)  # before the index and the detector load
     settings = WebSettings(max_upload_bytes=int(max_upload_mb * (1 << 20)), max_pixels=max_pixels,
-                           allow_private_urls=allow_private_urls, workers=workers)
+                           allow_private_urls=allow_private_urls, workers=workers, token=token)
     run_server(index, host=host, port=port, backend=backend, base_dir=base_dir, weights=weights, device=device,
                dims=dims, settings=settings, echo=lambda line: typer.echo(line, err=True))
 
