@@ -98,7 +98,7 @@ class WebSettings:
     allow_private_urls: bool = False
     url_timeout_s: float = DEFAULT_TIMEOUT_S
     workers: int = 2
-    url_workers: int = 8
+    url_workers: int = 16
     url_queue: int = 32
     token: str | None = None
     refresh_s: float = 1.0
