@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm"}  # video files analysis reads (``objsearch.media``)
+
 
 # ------------------------------------------------------------------------------------------------ detections
 @dataclass

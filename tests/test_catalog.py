@@ -43,12 +43,15 @@ def jpeg(rng) -> bytes:
 
 
 def make_record(rng, path: str, n: int, *, frame: int = -1) -> MediaRecord:
-    xy = rng.uniform(0, 200, (n, 2)).astype(np.float32)
-    xyxy = np.concatenate([xy, xy + rng.uniform(1, 50, (n, 2)).astype(np.float32)], axis=1)
+    if frame >= 0 and not path.endswith(".mp4"):
+        path += ".mp4"  # a frame's file is a video (an index refuses a frame of an image file)
+    width, height = int(rng.integers(100, 400)), int(rng.integers(100, 400))
+    xy = rng.uniform(0, 50, (n, 2)).astype(np.float32)
+    xyxy = np.concatenate([xy, xy + rng.uniform(1, 50, (n, 2)).astype(np.float32)], axis=1)  # inside the image
     det = Detections(xyxy=xyxy, confidence=rng.uniform(0.2, 1, n).astype(np.float32),
                      class_id=rng.integers(0, len(CLASS_NAMES), n),
                      features=rng.normal(size=(n, D)).astype(np.float32))
-    ref = MediaRef(path=path, width=int(rng.integers(100, 400)), height=int(rng.integers(100, 400)),
+    ref = MediaRef(path=path, width=width, height=height,
                    frame_index=frame, timestamp_s=frame / 25.0 if frame >= 0 else -1.0,
                    file_size=int(rng.integers(1, 10**6)), file_mtime_ns=int(rng.integers(1, 2**62)))
     return MediaRecord(media=ref, detections=det, thumbnails=[jpeg(rng) for _ in range(n)])
@@ -530,7 +533,35 @@ HOSTILE = {
                                   f.create_dataset("objects/confidence", data=np.zeros(40, np.float32))),
                     "Fletcher-32"),
     "missing dataset": (lambda f, t: f.__delitem__("objects/features"), "missing"),
+    "nan feature": (_set("objects/features", (3, 2), np.nan), "objects/features holds non-finite"),
+    "huge feature": (_set("objects/features", (3, 2), 3e38), "objects/features holds non-finite"),
+    "huge vector": (_set("projections/16/vectors", (1, 1), -3e38), "beyond"),
+    "box past the image": (_set("objects/xyxy", (0, 2), 1e9), "box is inverted or lies outside"),
+    "inverted box": (_set("objects/xyxy", (0, 0), 1e6), "box is inverted or lies outside"),
+    "width 2**31-1": (_set("media/width", 0, 2**31 - 1), "width or height is outside"),
+    "frame of an image": (lambda f, t: (_set("media/frame_index", 0, 3)(f, t), _set("media/timestamp_s", 0, 0.1)(f, t)),
+                          "image file has a video frame index"),
+    "frame without time": (_set("media/frame_index", 0, 3), "timestamp or frame index is invalid"),
 }
+
+
+def test_features_are_checked_wherever_they_are_read(small_catalog, tmp_path):
+    """Raw features are not read when an index opens (they are D floats per object); every reader checks them: the
+    reader's ``features``, the writer's ``iter_features`` (a PCA fit) and a projection filled from them (the
+    transaction is rolled back)."""
+    path = _hostile(small_catalog, tmp_path, _set("objects/features", (0, 0), np.nan))
+    with Catalog(path) as cat:
+        with pytest.raises(IndexFileError, match="non-finite"):
+            cat.features(cat.object_id[:1])
+    before = path.read_bytes()
+    with CatalogWriter.open(path, fsync=False) as w:
+        with pytest.raises(IndexFileError, match="non-finite"):
+            list(w.iter_features())
+        x = np.random.default_rng(0).normal(size=(8, D)).astype(np.float32)
+        w.set_projection(make_projection("random", 8, random_state=3).fit(x))
+        with pytest.raises(IndexFileError, match="non-finite"):
+            w.commit()
+    assert path.read_bytes() == before
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))

@@ -68,7 +68,7 @@ import numpy as np
 from objsearch.catalog import txn
 from objsearch.errors import IndexFileError
 from objsearch.projection import PROJECTION_METHODS, _Projection
-from objsearch.types import Detections, MediaRecord, MediaRef, SkippedFile
+from objsearch.types import VIDEO_SUFFIXES, Detections, MediaRecord, MediaRef, SkippedFile
 
 LOGGER = logging.getLogger(__name__)
 
@@ -77,6 +77,10 @@ FORMAT_VERSION = 2
 LIBVER = ("v110", "latest")
 MAX_THUMBNAIL_BYTES = 4 << 20
 MAX_PATH_BYTES = 1 << 16
+MAX_SIDE = 1 << 24  # pixels of a media item's side (a 100 MP image is 10k x 10k; a width of 2**31-1 is a forgery)
+MAX_ABS_VALUE = 1e9  # of a feature, vector, component or mean: features are O(1..100); squared distances of values
+#                      this size stay far below float32's maximum (3.4e38), so no distance overflows to inf
+BOX_SLACK = 1.0  # pixels a box may reach past its media item's edge (boxes are clipped to the image)
 FEATURE_CHUNK_ROWS = 1024
 IMAGE_FEATURE_CHUNK_ROWS = 256  # media rows are fewer than object rows: a smaller first chunk (~0.5 MB at F=528)
 STREAM_ROWS = 65536
@@ -192,6 +196,11 @@ def _damaged(path: Path, why: str) -> IndexFileError:
     return IndexFileError(f"{path} is damaged: {why}")
 
 
+def _sane(values: np.ndarray) -> bool:
+    """Every value finite and at most ``MAX_ABS_VALUE`` in magnitude."""
+    return bool(values.size == 0 or (np.all(np.isfinite(values)) and np.abs(values).max() <= MAX_ABS_VALUE))
+
+
 def _check_links(f: h5py.File, path: Path) -> None:
     """Refuse soft and external links, external storage and virtual datasets anywhere in the file."""
     stack = [f]
@@ -252,22 +261,41 @@ def _check_values(t: _Tables, n_classes: int, path: Path) -> None:
     for name in ("alive",):
         if np.any(m[name] > 1) or np.any(o[name] > 1):
             raise _damaged(path, "an alive flag is neither 0 nor 1")
-    if np.any(m["width"] < 0) or np.any(m["height"] < 0):
-        raise _damaged(path, "a media width or height is negative")
-    if not np.all(np.isfinite(m["timestamp_s"])) or np.any(m["frame_index"] < -1):
-        raise _damaged(path, "a media timestamp or frame index is invalid")
+    if np.any(m["width"] < 0) or np.any(m["height"] < 0) or np.any(m["width"] > MAX_SIDE) \
+            or np.any(m["height"] > MAX_SIDE):
+        raise _damaged(path, f"a media width or height is outside [0, {MAX_SIDE}] pixels")
+    frame, ts = m["frame_index"], m["timestamp_s"]
+    if not np.all(np.isfinite(ts)) or np.any(frame < -1) or np.any((frame == -1) != (ts == -1.0)) \
+            or np.any((frame >= 0) & (ts < 0)):
+        raise _damaged(path, "a media timestamp or frame index is invalid (an image has frame -1 and time -1, a "
+                       "video frame both >= 0)")
     end = m["path_offset"] + m["path_length"]
     if np.any(m["path_offset"] < 0) or np.any(m["path_length"] < 0) or np.any(m["path_length"] > MAX_PATH_BYTES) \
             or (len(end) and end.max() > len(t.path_bytes)):
         raise _damaged(path, "a media path lies outside /media/path_bytes")
     if not np.all(np.isfinite(o["xyxy"])) or not np.all(np.isfinite(o["confidence"])):
         raise _damaged(path, "an object box or confidence is not finite")
+    if np.any(o["confidence"] < 0) or np.any(o["confidence"] > 1):
+        raise _damaged(path, "an object confidence is outside [0, 1]")
     if len(o["class_id"]) and (o["class_id"].min() < 0 or o["class_id"].max() >= n_classes):
         raise _damaged(path, f"an object class id is outside [0, {n_classes}) (the class names)")
     rows = np.searchsorted(m["id"], o["media_id"])
     rows = np.minimum(rows, max(len(m["id"]) - 1, 0))
     if len(o["media_id"]) and (len(m["id"]) == 0 or np.any(m["id"][rows] != o["media_id"])):
         raise _damaged(path, "an object's media id is not among the media ids")
+    if len(o["xyxy"]):
+        x1, y1, x2, y2 = o["xyxy"].T
+        width, height = m["width"][rows].astype(np.float64), m["height"][rows].astype(np.float64)
+        known = (width > 0) & (height > 0)  # 0: not recorded
+        if np.any(x2 < x1) or np.any(y2 < y1) or np.any(known & ((x1 < -BOX_SLACK) | (y1 < -BOX_SLACK)
+                                                                  | (x2 > width + BOX_SLACK)
+                                                                  | (y2 > height + BOX_SLACK))):
+            raise _damaged(path, "an object box is inverted or lies outside its media item")
+    if np.any(frame >= 0):
+        video = {s.lower() for s in VIDEO_SUFFIXES}
+        names = t.media_paths(np.flatnonzero(frame >= 0))
+        if any(os.path.splitext(name)[1].lower() not in video for name in names):
+            raise _damaged(path, "a media item of an image file has a video frame index")
     if len(o["alive"]) and np.any((o["alive"] == 1) & (m["alive"][rows] == 0)):
         raise _damaged(path, "a live object belongs to a removed media item")
     end = o["thumb_offset"] + o["thumb_length"]
@@ -306,8 +334,9 @@ def _load_projections(f: h5py.File, n_features: int, n_objects: int, path: Path,
             raise _damaged(path, f"/{prefix}/{name} has components {comps.shape}, mean {mean.shape} and "
                            f"vectors {vectors.shape}; expected ({n_features}, {d}), ({n_features},), ({n_objects}, {d})")
         components, mean = comps[()], mean[()]
-        if not (np.all(np.isfinite(components)) and np.all(np.isfinite(mean))):
-            raise _damaged(path, f"/{prefix}/{name} has non-finite components or mean")
+        if not (_sane(components) and _sane(mean)):
+            raise _damaged(path, f"/{prefix}/{name} has non-finite components or mean (or beyond "
+                           f"{MAX_ABS_VALUE:g})")
         out[d] = _Projection.from_state({"method": method, "n_components": d, "random_state": int(random_state),
                                          "components": components, "mean": mean})
     return out
@@ -729,7 +758,10 @@ class Catalog:
 
     @staticmethod
     def _positions(sorted_ids: np.ndarray, ids) -> np.ndarray:
-        ids = np.asarray(ids, np.int64).reshape(-1)
+        try:
+            ids = np.asarray(ids, np.int64).reshape(-1)
+        except OverflowError:  # an id beyond int64 (from a request) is no id of the index
+            ids = np.array([i if -(1 << 63) <= i < (1 << 63) else -1 for i in map(int, np.ravel(ids))], np.int64)
         if len(sorted_ids) == 0:
             return np.full(len(ids), -1, np.int64)
         pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
@@ -776,8 +808,9 @@ class Catalog:
                 if np.any(rows < 0):
                     raise IndexFileError(f"{self.path} was compacted or changed since it was opened; open it again")
                 vectors = f[f"image/projections/{dims}/vectors"][()][rows]
-                if not np.all(np.isfinite(vectors)):
-                    raise _damaged(self.path, f"/image/projections/{dims}/vectors holds non-finite values")
+                if not _sane(vectors):
+                    raise _damaged(self.path, f"/image/projections/{dims}/vectors holds non-finite values (or "
+                                   f"beyond {MAX_ABS_VALUE:g})")
                 return vectors
 
             self._image_vectors[dims] = self._read(load)
@@ -799,8 +832,8 @@ class Catalog:
             unique, inverse = np.unique(rows, return_inverse=True)
             out = f["image/features"][unique][inverse] if len(unique) else \
                 np.zeros((0, int(self.image_recipe["n_features"])), np.float32)
-            if not np.all(np.isfinite(out)):
-                raise _damaged(self.path, "/image/features holds non-finite values")
+            if not _sane(out):
+                raise _damaged(self.path, f"/image/features holds non-finite values (or beyond {MAX_ABS_VALUE:g})")
             return out
 
         return self._read(load)
@@ -815,8 +848,9 @@ class Catalog:
                 if np.any(rows < 0):
                     raise IndexFileError(f"{self.path} was compacted since it was opened; open it again")
                 vectors = f[f"projections/{dims}/vectors"][()][rows]
-                if not np.all(np.isfinite(vectors)):
-                    raise _damaged(self.path, f"/projections/{dims}/vectors holds non-finite values")
+                if not _sane(vectors):
+                    raise _damaged(self.path, f"/projections/{dims}/vectors holds non-finite values (or beyond "
+                                   f"{MAX_ABS_VALUE:g})")
                 return vectors
 
             self._vectors[dims] = self._read(load)
@@ -841,8 +875,8 @@ class Catalog:
                 raise IndexFileError(f"{self.path} was compacted since it was opened; open it again")
             unique, inverse = np.unique(rows, return_inverse=True)  # h5py wants increasing unique indices
             out = f["objects/features"][unique][inverse]
-            if not np.all(np.isfinite(out)):
-                raise _damaged(self.path, "/objects/features holds non-finite values")
+            if not _sane(out):
+                raise _damaged(self.path, f"/objects/features holds non-finite values (or beyond {MAX_ABS_VALUE:g})")
             return out
 
         return self._read(load)
@@ -1000,7 +1034,11 @@ def _fill_vectors(f, d: int, proj: _Projection, chunk: int = STREAM_ROWS, prefix
     feats, out = f[source], f[f"{prefix}/{d}/vectors"]
     for start in range(0, feats.shape[0], chunk):
         stop = min(start + chunk, feats.shape[0])
-        out[start:stop] = proj.transform(feats[start:stop])
+        rows = feats[start:stop]
+        if not _sane(rows):  # the transaction is rolled back
+            raise IndexFileError(f"/{source} holds non-finite values (or beyond {MAX_ABS_VALUE:g}): the index is "
+                                 f"damaged")
+        out[start:stop] = proj.transform(rows)
 
 
 @dataclass
@@ -1246,7 +1284,11 @@ class CatalogWriter:
                 stop = min(start + chunk, feats.shape[0])
                 keep = alive[start:stop] == 1
                 if keep.any():
-                    yield ids[start:stop][keep], feats[start:stop][keep]
+                    rows = feats[start:stop][keep]
+                    if not _sane(rows):
+                        raise _damaged(self.path, f"/objects/features holds non-finite values (or beyond "
+                                       f"{MAX_ABS_VALUE:g})")
+                    yield ids[start:stop][keep], rows
 
     # -- buffering
     def add(self, record: MediaRecord) -> tuple[int, np.ndarray]:
