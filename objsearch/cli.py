@@ -119,6 +119,9 @@ def _progress_bar(total: int, desc: str):
 GroupWindowOpt = Annotated[float, typer.Option("--group-window", min=0.0, help="Seconds: hits from one video, of one "
                                               "class, this close in time are one moment, shown by its best frame.")]
 NoGroupOpt = Annotated[bool, typer.Option("--no-group", help="Show every video frame on its own (no moments).")]
+BaseDirOpt = Annotated[Optional[list[str]], typer.Option(
+    "--base-dir", show_default=False, help="Where the indexed images live now: FOLDER moves the first root (the "
+                                           "folder analyzed), OLD=NEW or N=NEW another; repeatable.")]
 BackendOpt = Annotated[str, typer.Option("--backend", "--search", help="Vector search: auto (the fastest exact "
                                           "method for this index), kdtree, faiss, numpy (exact), hnsw "
                                           "(approximate, hnswlib; its graph is kept beside the index), or milvus "
@@ -366,6 +369,21 @@ def sync(
 
 @app.command()
 @handle_errors
+def trust(
+    index: Annotated[Path, typer.Argument(help="Index file.")],
+    base_dir: BaseDirOpt = None,
+) -> None:
+    """Record an index's image folders as yours, so that its images are read from them without --base-dir: for an
+    index made on another machine or by an older objsearch. Only the folders it names are read (docs/security.md)."""
+    from objsearch.analysis import trust as run_trust
+    from objsearch.types import printable
+
+    folders = run_trust(index, base_dir)
+    typer.echo(f"{index}: recorded as yours: " + ", ".join(f"root {i} {printable(f)}" for i, f in enumerate(folders)))
+
+
+@app.command()
+@handle_errors
 def compact(index: Annotated[Path, typer.Argument(help="Index file.")]) -> None:
     """Rewrite an index without its removed rows (ids stay the same)."""
     from objsearch.analysis import compact as run_compact
@@ -475,7 +493,7 @@ def query(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per query image (JSON Lines).")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write a result picture (JPEG/PNG; one query image).")] = None,
     weights: WeightsOpt = None,
-    base_dir: Annotated[Optional[Path], typer.Option(help="Where the indexed images live now.")] = None,
+    base_dir: BaseDirOpt = None,
     device: DeviceOpt = None,
     conf: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Minimum detection confidence.")] = None,
     backend: BackendOpt = "auto",
@@ -707,6 +725,10 @@ def info(index: Annotated[Path, typer.Argument(help="Index file.")]) -> None:
         in_videos = f", {int(frames.sum())} of them frames of {videos} videos" if videos else ""
         typer.echo(f"images     {len(f.media_id)}{in_videos} (skipped {len(f.skipped)}), base dir "
                    f"{printable(str(f.base_dir))}")
+        from objsearch.roots import Roots
+
+        for line in Roots.of(f).describe():
+            typer.echo(f"folders    {line}")
         typer.echo(f"objects    {len(f.object_id)} in {int((counts > 0).sum())} classes: {top}")
         typer.echo(f"features   {f.attrs.get('feature_recipe')}")
         typer.echo(f"projection {cfg.get('projection', '?')} to dims {f.dims} (seed {cfg.get('seed', '?')})")
@@ -987,7 +1009,7 @@ def desktop_app(
                                                   "in this folder or the project's, when the demo made one).")] = None,
     source: Annotated[Optional[str], typer.Option(help="Start with: random, webcam[:N], screen, or an image or "
                                                   "video file.")] = None,
-    base_dir: Annotated[Optional[Path], typer.Option(help="Where the indexed images live now.")] = None,
+    base_dir: BaseDirOpt = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = None,
     backend: BackendOpt = "auto",
@@ -1038,7 +1060,7 @@ def serve(
                                            "127.0.0.1).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 7860,
     backend: BackendOpt = "auto",
-    base_dir: Annotated[Optional[Path], typer.Option(help="Where the indexed images live now.")] = None,
+    base_dir: BaseDirOpt = None,
     dims: Annotated[Optional[int], typer.Option(help="Projection dimension searched by default.")] = None,
     allow_private_urls: Annotated[bool, typer.Option(help="Let URL queries reach loopback, private and link-local "
                                                           "addresses (refused by default).")] = False,

@@ -9,11 +9,16 @@ Layout of ``INDEX.h5`` (``format_version`` 2)::
                 format="objsearch-index", format_version=2, uuid (32 hex digits), created, generation (+1 per
                 commit), state ("ready" | "analyzing"), weights_sha256, weights_name, feature_recipe (JSON),
                 config (JSON), class_names (JSON list), base_dir, n_features (D), next_media_id, next_object_id,
-                any extra attribute of the caller, json_attrs (JSON list of the attributes stored as JSON),
-                attrs_sha256 (digest of every other attribute, checked on open)
+                roots (JSON list: every root folder, roots[0] == base_dir; absent: [base_dir]), root_macs (JSON
+                list, one per root: HMAC-SHA256 hex with which this machine's user recorded that root, "" when
+                none; see ``objsearch.roots``), any extra attribute of the caller, json_attrs (JSON list of the
+                attributes stored as JSON), attrs_sha256 (digest of every other attribute, checked on open)
     /media/id             (M,) int64, stable id, strictly increasing with the row, never reused
     /media/path_offset    (M,) int64 and /media/path_length (M,) int32: a slice of /media/path_bytes
-    /media/path_bytes     (P,) uint8, paths relative to base_dir as os.fsencode bytes, back to back
+    /media/path_bytes     (P,) uint8, paths relative to their root as os.fsencode bytes, back to back
+    /media/root           (M,) int32, the root (an index into ``roots``) of each path; optional: absent, every
+                          path is relative to roots[0] (files made before several roots; written from the first
+                          commit that adds a media item under another root)
     /media/width, height  (M,) int32 pixels
     /media/frame_index    (M,) int64, -1 for an image
     /media/timestamp_s    (M,) float64, -1.0 for an image
@@ -85,7 +90,8 @@ FEATURE_CHUNK_ROWS = 1024
 IMAGE_FEATURE_CHUNK_ROWS = 256  # media rows are fewer than object rows: a smaller first chunk (~0.5 MB at F=528)
 STREAM_ROWS = 65536
 _STATES = ("ready", "analyzing")
-_JSON_ATTRS = ("feature_recipe", "config", "class_names", "image_recipe")
+_JSON_ATTRS = ("feature_recipe", "config", "class_names", "image_recipe", "roots", "root_macs")
+MAX_ROOTS = 1 << 16
 _META_ATTRS = ("json_attrs", "attrs_sha256")
 
 # name -> (dtype, trailing shape, chunk rows)
@@ -182,6 +188,13 @@ class _Tables:
     skipped: list[SkippedFile] = field(default_factory=list)
     image_projections: dict[int, _Projection] | None = None  # None: the file has no /image group
     n_image_features: int = 0
+    media_root: np.ndarray | None = None  # (M,) int32, every media row's root; None: all 0 (no /media/root)
+
+    def roots_of(self, rows: np.ndarray) -> np.ndarray:
+        """The root of each media row in ``rows``: (n,) int32."""
+        if self.media_root is None:
+            return np.zeros(len(rows), np.int32)
+        return self.media_root[rows]
 
     @property
     def has_image(self) -> bool:
@@ -190,6 +203,19 @@ class _Tables:
     def media_paths(self, rows: np.ndarray) -> list[str]:
         off, length, blob = self.media["path_offset"], self.media["path_length"], self.path_bytes
         return [os.fsdecode(blob[off[r]:off[r] + length[r]]) for r in rows]
+
+
+def _skipped_from_json(item) -> SkippedFile:
+    """[path, reason] or [path, reason, root] -> SkippedFile (TypeError/ValueError for anything else)."""
+    if not isinstance(item, list) or len(item) not in (2, 3) or not all(isinstance(x, str) for x in item[:2]) \
+            or (len(item) == 3 and (not isinstance(item[2], int) or isinstance(item[2], bool) or item[2] < 0)):
+        raise ValueError("not [path, reason] or [path, reason, root]")
+    return SkippedFile(item[0], item[1], int(item[2]) if len(item) == 3 else 0)
+
+
+def _skipped_to_json(skipped: list[SkippedFile]) -> bytes:
+    return json.dumps([[s.path, s.reason] + ([int(s.root)] if s.root else []) for s in skipped]).encode(
+        "utf-8", "surrogateescape")
 
 
 def _damaged(path: Path, why: str) -> IndexFileError:
@@ -244,12 +270,53 @@ def _check_ids(ids: np.ndarray, next_id: int, what: str, path: Path) -> None:
         raise _damaged(path, f"{what} ids are not strictly increasing in [0, next_{what}_id={next_id})")
 
 
+def roots_of(attrs: dict) -> tuple[list[str], list[str]]:
+    """(root folders, their MACs) as an index's attributes record them: ``roots`` and ``root_macs``, or for a file
+    made before several roots, ``[base_dir]`` with no MAC."""
+    roots = attrs.get("roots")
+    if roots is None:
+        return [str(attrs.get("base_dir", ""))], [""]
+    macs = attrs.get("root_macs")
+    return list(roots), list(macs) if isinstance(macs, list) else [""] * len(roots)
+
+
+def _check_roots(attrs: dict, path: Path) -> None:
+    """``roots`` a non-empty JSON list of folder strings (no NUL) whose first is ``base_dir``; ``root_macs`` as long,
+    each "" or 64 hex digits."""
+    if "roots" not in attrs and "root_macs" not in attrs:
+        return
+    roots, macs = attrs.get("roots"), attrs.get("root_macs", [])
+    if not isinstance(roots, list) or not roots or len(roots) > MAX_ROOTS \
+            or not all(isinstance(r, str) and "\x00" not in r and len(r.encode("utf-8", "surrogateescape"))
+                       <= MAX_PATH_BYTES for r in roots):
+        raise _damaged(path, f"root attribute roots is not a JSON list of 1 to {MAX_ROOTS} folder names")
+    if roots[0] != str(attrs.get("base_dir", "")):
+        raise _damaged(path, "root attribute roots does not start with base_dir")
+    if not isinstance(macs, list) or len(macs) != len(roots) or not all(
+            isinstance(m, str) and (m == "" or (len(m) == 64 and all(c in "0123456789abcdef" for c in m)))
+            for m in macs):
+        raise _damaged(path, "root attribute root_macs is not one MAC (64 hex digits, or empty) per root")
+
+
+def _load_media_root(f: h5py.File, n_media: int, n_roots: int, path: Path) -> np.ndarray | None:
+    """/media/root (optional) checked: int32, one per media row, each an index into the roots."""
+    if "media/root" not in f:
+        return None
+    roots = _dataset(f, "media/root", "<i4", (), path)[()]
+    if len(roots) != n_media:
+        raise _damaged(path, f"/media/root has {len(roots)} rows, expected {n_media} (one per media row)")
+    if len(roots) and (roots.min() < 0 or roots.max() >= n_roots):
+        raise _damaged(path, f"a media root is outside [0, {n_roots}) (the roots)")
+    return roots
+
+
 def _check_structures(attrs: dict, path: Path) -> None:
     """The JSON attributes every reader relies on are mappings: ``config`` and ``feature_recipe`` (their contents
     are checked by whoever uses them: ``objsearch.analysis.index_config``)."""
     config = attrs.get("config", {})
     if not isinstance(config, dict):
         raise _damaged(path, f"root attribute config is not a JSON mapping (got {type(config).__name__})")
+    _check_roots(attrs, path)
     recipe = attrs.get("feature_recipe", {})
     if not isinstance(recipe, dict):
         raise _damaged(path, f"root attribute feature_recipe is not a JSON mapping (got {type(recipe).__name__})")
@@ -376,14 +443,18 @@ def _load_v2(f: h5py.File, path: Path) -> tuple[dict, _Tables]:
     skipped_raw = _dataset(f, "skipped", "u1", (), path)[()].tobytes()
     try:
         skipped_list = json.loads(skipped_raw.decode("utf-8", "surrogateescape")) if skipped_raw else []
-        skipped = [SkippedFile(str(p), str(r)) for p, r in skipped_list]
+        skipped = [_skipped_from_json(item) for item in skipped_list]
     except (ValueError, TypeError):
-        raise _damaged(path, "/skipped is not a JSON list of [path, reason]") from None
+        raise _damaged(path, "/skipped is not a JSON list of [path, reason] or [path, reason, root]") from None
     _check_ids(media["id"], ints["next_media_id"], "media", path)
     _check_ids(objects["id"], ints["next_object_id"], "object", path)
     objects["class_id"] = objects["class_id"].astype(np.int64)
-    tables = _Tables(media, path_bytes, objects, n_thumb, skipped=skipped)
+    tables = _Tables(media, path_bytes, objects, n_thumb, skipped=skipped,
+                     media_root=_load_media_root(f, len(media["id"]), len(roots_of(attrs)[0]), path))
     _check_values(tables, len(names), path)
+    n_roots = len(roots_of(attrs)[0])
+    if any(s.root >= n_roots for s in skipped):
+        raise _damaged(path, f"a skipped file's root is outside [0, {n_roots}) (the roots)")
     tables.projections = _load_projections(f, ints["n_features"], n_objects, path, checksum=True)
     _load_image(f, attrs, tables, path)
     return attrs, tables
@@ -605,9 +676,13 @@ class Catalog:
     class_names : list of str
     n_features : int, D
     weights_sha256, base_dir : str
+    roots : list of str, the root folders media paths are relative to (roots[0] == base_dir; see
+        ``objsearch.roots`` for which of them may be read)
+    root_macs : list of str, one per root: how this machine's user recorded it ("" when not)
     dims : list of int, the stored projection dimensions
     media_id : ndarray of shape (M,), int64, live media items in increasing id order
-    media_path : list of M str, relative to ``base_dir`` (non-UTF-8 bytes as surrogate escapes)
+    media_path : list of M str, relative to their root (non-UTF-8 bytes as surrogate escapes)
+    media_root : ndarray of shape (M,), int32, which root each path is relative to
     media_width, media_height : ndarray of shape (M,), int32 pixels
     media_frame_index : ndarray of shape (M,), int64 (-1 for an image)
     media_timestamp_s : ndarray of shape (M,), float64 seconds (-1.0 for an image)
@@ -672,6 +747,7 @@ class Catalog:
         self.n_features = int(attrs["n_features"])
         self.weights_sha256 = str(attrs.get("weights_sha256", ""))
         self.base_dir = str(attrs.get("base_dir", ""))
+        self.roots, self.root_macs = roots_of(attrs)
         self._projections = tables.projections
         self.dims = sorted(tables.projections)
         self.skipped = tables.skipped
@@ -685,6 +761,7 @@ class Catalog:
         self._image_vectors: dict[int, np.ndarray] = {}
         self.media_id = m["id"][media_rows]
         self.media_path = tables.media_paths(media_rows)
+        self.media_root = tables.roots_of(media_rows)
         self.media_width, self.media_height = m["width"][media_rows], m["height"][media_rows]
         self.media_frame_index, self.media_timestamp_s = m["frame_index"][media_rows], m["timestamp_s"][media_rows]
         self.media_file_size, self.media_file_mtime_ns = m["file_size"][media_rows], m["file_mtime_ns"][media_rows]
@@ -753,7 +830,7 @@ class Catalog:
             path=self.media_path[row], width=int(self.media_width[row]), height=int(self.media_height[row]),
             media_id=int(self.media_id[row]), frame_index=int(self.media_frame_index[row]),
             timestamp_s=float(self.media_timestamp_s[row]), file_size=int(self.media_file_size[row]),
-            file_mtime_ns=int(self.media_file_mtime_ns[row]),
+            file_mtime_ns=int(self.media_file_mtime_ns[row]), root=int(self.media_root[row]),
         )
 
     @staticmethod
@@ -990,7 +1067,8 @@ def _extend(ds, data) -> int:
 def _append(f, media: dict, paths: list[bytes], objects: dict, features: np.ndarray, thumbs: list[bytes],
             vectors: dict[int, np.ndarray], image_features: np.ndarray | None = None,
             image_vectors: dict[int, np.ndarray] | None = None) -> None:
-    """Append rows to every dataset: media columns (without path_* and with ``paths`` bytes), object columns
+    """Append rows to every dataset: media columns (without path_* and with ``paths`` bytes; ``root`` optional, 0
+    when not given: /media/root is made when a row has another), object columns
     (without thumb_*, with ``thumbs`` JPEG bytes), features (n, D) and vectors {d: (n, d)}; when the file has
     /image, ``image_features`` (n_media, F) and ``image_vectors`` {d: (n_media, d)}."""
     n_media, n_obj = len(paths), len(thumbs)
@@ -1001,6 +1079,12 @@ def _append(f, media: dict, paths: list[bytes], objects: dict, features: np.ndar
         for d, vec in (image_vectors or {}).items():
             _extend(f[f"image/projections/{d}/vectors"], np.asarray(vec, np.float32))
     if n_media:
+        roots = np.asarray(media.get("root", np.zeros(n_media)), np.int32)
+        if "media/root" not in f and np.any(roots != 0):  # the first item under another root than the first
+            _create_dataset(f, "media/root", "<i4", (), MEDIA_COLUMNS["id"][2]).resize(f["media/id"].shape[0],
+                                                                                       axis=0)
+        if "media/root" in f:
+            _extend(f["media/root"], roots)
         lengths = np.array([len(p) for p in paths], np.int64)
         base = _extend(f["media/path_bytes"], np.frombuffer(b"".join(paths), np.uint8))
         media = {**media, "path_length": lengths.astype(np.int32),
@@ -1104,8 +1188,9 @@ class CatalogWriter:
 
         Parameters
         ----------
-        attrs : root attributes (weights_sha256, weights_name, feature_recipe, config, class_names, base_dir, ...;
-            ``image_recipe`` with an integer ``n_features`` F when ``image_projections`` is given).
+        attrs : root attributes (weights_sha256, weights_name, feature_recipe, config, class_names, base_dir, roots,
+            root_macs, ...; ``image_recipe`` with an integer ``n_features`` F when ``image_projections`` is given;
+            ``uuid`` (32 hex digits) when the caller made it, e.g. to record its roots; otherwise one is made).
         n_features : D, the raw feature length (>= 1).
         projections : fitted projections with ``n_features_in_ == D``, one per stored dimension.
         image_projections : fitted projections with ``n_features_in_ == F`` of the whole-image features: every
@@ -1119,6 +1204,9 @@ class CatalogWriter:
         path = Path(path)
         if int(n_features) < 1:
             raise ValueError(f"n_features must be >= 1, got {n_features}")
+        uid = str(attrs.get("uuid") or uuid_module.uuid4().hex)
+        if len(uid) != 32 or any(c not in "0123456789abcdef" for c in uid):
+            raise ValueError(f"uuid must be 32 hex digits, got {uid!r}")
         for proj in projections:
             _check_projection(proj, int(n_features))
         if image_projections is not None:
@@ -1136,7 +1224,7 @@ class CatalogWriter:
                 undo.unlink()  # a killed writer's transaction on the file being replaced
             full = {"state": "ready", "weights_sha256": "", "weights_name": "", "feature_recipe": {}, "config": {},
                     "class_names": [], "base_dir": "", **attrs,
-                    "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "uuid": uuid_module.uuid4().hex,
+                    "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "uuid": uid,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "generation": 0,
                     "n_features": int(n_features), "next_media_id": 0, "next_object_id": 0}
             tmp = path.with_name(path.name + ".tmp")
@@ -1204,6 +1292,16 @@ class CatalogWriter:
         return str(self.attrs.get("weights_sha256", ""))
 
     @property
+    def roots(self) -> list[str]:
+        """The root folders (committed, or set since with ``set_attrs(roots=...)``)."""
+        return roots_of({**self.attrs, **self._pending.attrs})[0]
+
+    @property
+    def root_macs(self) -> list[str]:
+        """One MAC per root ("" when none; committed, or set since)."""
+        return roots_of({**self.attrs, **self._pending.attrs})[1]
+
+    @property
     def skipped(self) -> list[SkippedFile]:
         """The skipped files, committed ones or those set since."""
         return list(self._pending.skipped if self._pending.skipped is not None else self._t.skipped)
@@ -1255,6 +1353,10 @@ class CatalogWriter:
         return self._t.media_paths(self._live_media())
 
     @property
+    def media_root(self) -> np.ndarray:
+        return self._t.roots_of(self._live_media())
+
+    @property
     def media_file_size(self) -> np.ndarray:
         return self._t.media["file_size"][self._live_media()]
 
@@ -1297,7 +1399,8 @@ class CatalogWriter:
         Parameters
         ----------
         record : ``record.detections`` with features (n, D) float32, finite boxes and confidences and class ids
-            in [0, len(class_names)); ``record.media.path`` relative to ``base_dir``.
+            in [0, len(class_names)); ``record.media.path`` relative to its root ``record.media.root`` (an index
+            into ``roots``).
 
         Returns
         -------
@@ -1333,6 +1436,8 @@ class CatalogWriter:
             raise ValueError(f"a media path is longer than {MAX_PATH_BYTES} bytes")
         if not np.isfinite(ref.timestamp_s) or ref.frame_index < -1 or ref.width < 0 or ref.height < 0:
             raise ValueError(f"invalid media fields: {ref}")
+        if not 0 <= int(ref.root) < len(self.roots):
+            raise ValueError(f"media root must be in [0, {len(self.roots)}) (the roots), got {ref.root}")
         media_id = self.next_media_id
         object_ids = np.arange(self.next_object_id, self.next_object_id + n, dtype=np.int64)
         self._pending.media.append(record)
@@ -1364,7 +1469,7 @@ class CatalogWriter:
 
     def set_skipped(self, skipped: list[SkippedFile]) -> None:
         """Replace the list of skipped files at the next commit."""
-        self._pending.skipped = [SkippedFile(str(s.path), str(s.reason)) for s in skipped]
+        self._pending.skipped = [SkippedFile(str(s.path), str(s.reason), int(s.root)) for s in skipped]
 
     def set_attrs(self, **attrs) -> None:
         """Set root attributes at the next commit (the format's own bookkeeping attributes cannot be set)."""
@@ -1377,6 +1482,14 @@ class CatalogWriter:
             raise ValueError(f"state must be one of {_STATES}, got {attrs['state']!r}")
         if "class_names" in attrs and not all(isinstance(n, str) for n in attrs["class_names"]):
             raise ValueError("class_names must be a list of str")
+        if "roots" in attrs or "root_macs" in attrs or "base_dir" in attrs:
+            merged = {**self.attrs, **self._pending.attrs, **attrs}
+            try:
+                _check_roots(merged, self.path)
+            except IndexFileError as exc:
+                raise ValueError(str(exc).split(": ", 1)[-1]) from None
+            if len(roots_of(merged)[0]) < len(self.roots):
+                raise ValueError("roots cannot be taken away (media items are relative to them)")
         self._pending.attrs.update(attrs)
 
     def set_projection(self, proj: _Projection) -> None:
@@ -1493,6 +1606,7 @@ class CatalogWriter:
             "file_size": np.array([r.media.file_size for r in recs], np.int64),
             "file_mtime_ns": np.array([r.media.file_mtime_ns for r in recs], np.int64),
             "alive": np.ones(len(recs), np.uint8),
+            "root": np.array([r.media.root for r in recs], np.int32),
         }
         paths = [os.fsencode(r.media.path) for r in recs]
         det = Detections.concat([r.detections for r in recs]) if recs else Detections.empty(D)
@@ -1545,7 +1659,7 @@ class CatalogWriter:
             _write_alive(f["media/alive"], media_rows)
             _write_alive(f["objects/alive"], obj_rows)
             if p.skipped is not None:
-                blob = json.dumps([[s.path, s.reason] for s in p.skipped]).encode("utf-8", "surrogateescape")
+                blob = _skipped_to_json(p.skipped)
                 ds = f["skipped"]
                 ds.resize(len(blob), axis=0)
                 if blob:
@@ -1570,6 +1684,8 @@ class CatalogWriter:
         o_new["thumb_offset"] = thumb_base + np.concatenate([[0], np.cumsum(tl)[:-1]]).astype(np.int64)[:len(thumbs)]
         o_new["class_id"] = o_new["class_id"].astype(np.int64)
         media = {k: np.concatenate([t.media[k], np.asarray(m_new[k], t.media[k].dtype)]) for k in t.media}
+        media_root = None if t.media_root is None and not np.any(m_new["root"]) else np.concatenate(
+            [t.roots_of(np.arange(len(t.media["id"]))), m_new["root"]])
         objects = {k: np.concatenate([t.objects[k], np.asarray(o_new[k], t.objects[k].dtype)]) for k in t.objects}
         media["alive"][media_rows] = 0
         objects["alive"][obj_rows] = 0
@@ -1579,7 +1695,7 @@ class CatalogWriter:
                          image_projections=None if image_projections is None else
                          {int(proj.n_components): proj for proj in image_projections},
                          n_image_features=int(p.image[0]["n_features"]) if p.image is not None
-                         else t.n_image_features)
+                         else t.n_image_features, media_root=media_root)
         return _decode_attrs(encoded, self.path), tables
 
     # -- compaction
@@ -1662,7 +1778,8 @@ def _copy_live(src: h5py.File, dst: Path, attrs: dict, t: _Tables, version: int)
         if t.has_image:
             image_feats = src["image/features"][()][media_rows]
             image_vectors = {d: src[f"image/projections/{d}/vectors"][()][media_rows] for d in t.image_projections}
-        _append(f, {k: v[media_rows] for k, v in m.items()}, [os.fsencode(p) for p in t.media_paths(media_rows)],
+        _append(f, {**{k: v[media_rows] for k, v in m.items()}, "root": t.roots_of(media_rows)},
+                [os.fsencode(p) for p in t.media_paths(media_rows)],
                 {}, np.zeros((0, n_features), np.float32), [], {}, image_feats, image_vectors)
         feats = src["objects/features"]
         for start in range(0, len(obj_rows), STREAM_ROWS):
@@ -1681,8 +1798,7 @@ def _copy_live(src: h5py.File, dst: Path, attrs: dict, t: _Tables, version: int)
             _append(f, {}, [], {k: o[k][rows] for k in ("id", "media_id", "xyxy", "confidence", "class_id", "alive")},
                     block, thumbs, vectors)
         if t.skipped:
-            blob = json.dumps([[s.path, s.reason] for s in t.skipped]).encode("utf-8", "surrogateescape")
-            _extend(f["skipped"], np.frombuffer(blob, np.uint8))
+            _extend(f["skipped"], np.frombuffer(_skipped_to_json(t.skipped), np.uint8))
 
 
 def compact(path: str | Path, *, description: str = "objsearch compact") -> tuple[int, int]:

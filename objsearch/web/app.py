@@ -53,6 +53,7 @@ from starlette.exceptions import HTTPException
 from objsearch.errors import ImageReadError, IndexFileError, ObjsearchError
 from objsearch.media import DEFAULT_MAX_PIXELS, decode_image, make_thumbnail, read_image, read_video_frame
 from objsearch.moments import DEFAULT_GROUP_S
+from objsearch.roots import UntrustedRootError
 from objsearch.types import MediaRef, printable
 from objsearch.web.fetch import DEFAULT_TIMEOUT_S, UrlFetchError, fetch_image_url
 
@@ -246,7 +247,10 @@ def create_app(engine, settings: WebSettings | None = None) -> FastAPI:
             ref = engine.media(media_id)
         except KeyError:
             raise _ApiError(404, f"no indexed image has id {media_id}") from None
-        path = engine.media_path(media_id)
+        try:
+            path = engine.media_path(media_id)
+        except UntrustedRootError as exc:  # a root the user did not choose (a crafted index names "/")
+            raise _ApiError(403, str(exc)) from None
         if path is None:
             raise _ApiError(403, f"the indexed path of media {media_id} leaves the base directory; refused")
         try:
@@ -335,6 +339,8 @@ def create_app(engine, settings: WebSettings | None = None) -> FastAPI:
     async def info():
         await cpu(follow_index)
         data = index_info(engine.catalog, engine.catalog.path)
+        data.update(roots=[{"path": printable(str(folder)), "readable": bool(ok)}
+                           for folder, ok in zip(engine.roots.folders, engine.roots.trusted)])
         data.update(backend=engine.method, search_dims=int(engine.dims), conf=engine.conf, modes=modes_of(engine),
                     max_upload_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels,
                     allow_private_urls=settings.allow_private_urls)
