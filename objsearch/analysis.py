@@ -881,13 +881,9 @@ def _new_roots(roots: Roots, paths: list[Path]) -> list[str]:
     """The folders ``add`` makes new roots for: each path the user named that no readable root holds gives one (a
     folder itself, a file its folder), unless another new one holds it; a missing path gives none (it is reported
     as skipped)."""
-    candidates = sorted({os.path.abspath(p if p.is_dir() else p.parent) for p in paths
-                         if (p.exists() or p.is_symlink()) and roots.locate(p) is None}, key=len)
-    chosen: list[str] = []
-    for folder in candidates:
-        if not any(is_under(folder, c) for c in chosen):
-            chosen.append(folder)
-    return chosen
+    candidates = list(dict.fromkeys(os.path.abspath(p if p.is_dir() else p.parent) for p in paths
+                                    if (p.exists() or p.is_symlink()) and roots.locate(p) is None))
+    return [c for c in candidates if not any(o != c and is_under(c, o) for o in candidates)]  # in the order given
 
 
 def add(index: str | Path, paths: Iterable[str | Path], *, weights: str | None = None, device: str | None = None,
