@@ -1026,10 +1026,10 @@ def desktop_app(
                                                  or os.environ.get("QT_QPA_PLATFORM")):
         raise ObjsearchError("no display to open a window on (DISPLAY is not set); run it in a desktop session, "
                              "or under xvfb-run")
-    if index is not None and not index.is_file():
-        from objsearch.errors import IndexFileError
+    if index is not None:  # a damaged or foreign index named here: one line, before any window opens
+        from objsearch.catalog import Catalog
 
-        raise IndexFileError(f"index file {index} does not exist")
+        Catalog(index).close()
     index = index or find_demo_index()
     try:
         from objsearch.gui.display import drop_opencv_plugin_path, probe_display

@@ -355,10 +355,11 @@ class _Killer:
         monkeypatch.setattr(catalog_hdf5, "_fsync_path", k_fsync_path)
 
 
-def _kill_and_resume(tmp_path, monkeypatch, points_per_step: int | None) -> None:
+def _kill_and_resume(tmp_path, monkeypatch, points_per_step: int | None, recover=None) -> None:
     """Kill a writer running the sequence at chosen events (``points_per_step`` spread over each step's events, or
-    every event when None); after each kill, a reader must see exactly the state after some step, and running the
-    remaining steps must end in the uninterrupted run's final state."""
+    every event when None); after each kill (and ``recover(path)`` when given, e.g. ``objsearch repair``), a reader
+    must see exactly the state after some step, and running the remaining steps must end in the uninterrupted
+    run's final state."""
     ref_path = tmp_path / "ref.h5"
     counter = _Killer(None)
     counter.install(monkeypatch)
@@ -392,6 +393,8 @@ def _kill_and_resume(tmp_path, monkeypatch, points_per_step: int | None) -> None
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, \
             f"kill point {kill_at}/{total}: the writer exited with status {status}"
         counter.kill_at = None
+        if recover is not None and path.exists():
+            recover(path)
         if not path.exists():  # killed inside create, before its rename: no index yet
             gen = -1
         else:

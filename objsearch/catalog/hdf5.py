@@ -1562,11 +1562,15 @@ class CatalogWriter:
                 jfile = txn.JournaledFile(fd, undo)
                 try:
                     new_attrs, new_tables = self._apply(jfile)
+                    if jfile.failed is not None:  # a write failed (a full disk): never past the commit point
+                        raise jfile.failed
                     if self._fsync:
                         os.fsync(fd)
-                except BaseException:
+                except BaseException as exc:
                     undo.close()
                     self._restore(fd, undo)
+                    if jfile.failed is not None and exc is not jfile.failed:
+                        raise jfile.failed from None  # the cause, not what HDF5 made of the unwritten bytes
                     raise
                 undo.remove()  # the commit point
             finally:

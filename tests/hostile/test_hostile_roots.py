@@ -107,7 +107,7 @@ def test_a_crafted_index_cannot_choose_what_serve_reads(name, tiny_index, shared
         assert client.post("/api/search?k=2", content=BUS.read_bytes(),
                            headers={"content-type": "image/jpeg"}).status_code == 200  # search still works
     assert "Traceback" not in caplog.text
-    record("refused (403)")
+    record("refused (403)", "crafted roots")
 
 
 @pytest.mark.parametrize("name", sorted(CRAFTS))
@@ -129,7 +129,7 @@ def test_a_crafted_index_is_searched_on_the_command_line_without_reading_outside
     warnings = [r.getMessage() for r in caplog.records if "not recorded by you" in r.getMessage()]
     assert len(warnings) == 1, warnings  # once, not once per picture
     assert json.loads(result.stdout)["neighbors"]
-    record("ok")
+    record("ok", "crafted roots")
 
 
 def test_the_same_index_uncrafted_is_served(tiny_index, shared_detector, tmp_path):
@@ -145,7 +145,7 @@ def test_the_same_index_uncrafted_is_served(tiny_index, shared_detector, tmp_pat
         client = TestClient(create_app(engine, WebSettings()), raise_server_exceptions=False)
         response = client.get(f"/api/media/{int(engine.catalog.media_id[0])}")
         assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
-    record("ok")
+    record("ok", "crafted roots")
 
 
 def test_a_crafted_root_named_with_base_dir_reads_only_under_that_folder(tiny_index, shared_detector, secret_image,
@@ -164,4 +164,4 @@ def test_a_crafted_root_named_with_base_dir_reads_only_under_that_folder(tiny_in
         client = TestClient(create_app(engine, WebSettings()), raise_server_exceptions=False)
         response = client.get(f"/api/media/{int(engine.catalog.media_id[0])}")
         assert response.status_code == 404 and SECRET not in response.content
-    record("refused (404)")
+    record("refused (404)", "crafted roots")
