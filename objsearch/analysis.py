@@ -796,7 +796,7 @@ def finish_analysis(run: _Run, summary: JobSummary) -> None:
     writer.set_attrs(state="ready")
     run.finish()
     summary.n_images = len(writer.media_id)
-    summary.n_objects = len(writer.object_id)
+    summary.n_objects = writer.n_objects
     summary.n_added = summary.n_images
 
 
@@ -877,6 +877,19 @@ def _abs_keys(roots: Roots, keys) -> set[str]:
     return {os.path.abspath(os.path.join(roots.folders[r], rel)) for r, rel in keys}
 
 
+def _keys_of(roots: Roots, path: Path) -> list[tuple[int, str]]:
+    """(root, path relative to it) of ``path`` under every root folder that holds it, the deepest readable one
+    (where ``add`` puts it) first."""
+    first = roots.locate(path)
+    keys = [first] if first is not None else []
+    for i, folder in enumerate(roots.folders):
+        if is_under(path, folder):
+            key = (i, Path(os.path.abspath(path)).relative_to(os.path.abspath(folder)).as_posix())
+            if key not in keys:
+                keys.append(key)
+    return keys
+
+
 def _new_roots(roots: Roots, paths: list[Path]) -> list[str]:
     """The folders ``add`` makes new roots for: each path the user named that no readable root holds gives one (a
     folder itself, a file its folder), unless another new one holds it; a missing path gives none (it is reported
@@ -938,16 +951,25 @@ def add(index: str | Path, paths: Iterable[str | Path], *, weights: str | None =
 
         run = _Run(writer, detector, cfg, locate, summary, progress=progress, cancel=cancel)
         stack.callback(run.abandon)
-        covered = _abs_keys(roots, run.replay())
-        indexed = _abs_keys(roots, media_keys(writer))
-        resume = run.video_in_progress()
-        resume = None if resume is None else (next(iter(_abs_keys(roots, [resume[0]]))), resume[1])
-        summary.n_already = sum(1 for p in files if (a := os.path.abspath(p)) in indexed and a not in covered
-                                and not (resume and a == resume[0]))
-        todo, starts = _todo(files, os.path.abspath, indexed | covered, resume)
+        # a file is known under every root whose folder holds it (an older root may hold it too): looked up for
+        # the files named only, never by going through every indexed item
+        keys = {p: _keys_of(roots, p) for p in files}
+        found = writer.find_media([k for ks in keys.values() for k in ks])
+        covered, resume = run.replay(), run.video_in_progress()
+
+        def key_of(path: Path):
+            ks = keys[path]
+            if resume is not None and resume[0] in ks:
+                return resume[0]
+            return next((k for k in ks if k in covered or k in found), ks[0])
+
+        indexed = {key_of(p) for p in files if any(k in found for k in keys[p])}
+        summary.n_already = sum(1 for p in files if key_of(p) in indexed and key_of(p) not in covered
+                                and not (resume and key_of(p) == resume[0]))
+        todo, starts = _todo(files, key_of, indexed | covered, resume)
         run.run(todo, starts)
         run.finish()
-        summary.n_images, summary.n_objects = len(writer.media_id), len(writer.object_id)
+        summary.n_images, summary.n_objects = len(writer.media_id), writer.n_objects
     summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -974,22 +996,26 @@ def remove(index: str | Path, paths: Iterable[str | Path] = (), *, missing: bool
     writer = CatalogWriter.open(index)
     try:
         roots = Roots.of(writer, base_dir)
-        targets = [os.path.abspath(p) for p in paths]
-        media_roots = writer.media_root.tolist()
+        gone = []
+        for target in (os.path.abspath(p) for p in paths):  # strings only: no file is read
+            for r, folder in enumerate(roots.folders):
+                if is_under(target, folder):  # the target is in this root (or is it)
+                    rel = Path(target).relative_to(os.path.abspath(folder)).as_posix()
+                    gone.extend(writer.media_under(r, rel).tolist())
+                elif is_under(folder, target):  # the whole root is in the target
+                    gone.extend(writer.media_under(r, "").tolist())
         if missing:
+            media_roots = writer.media_root.tolist()
             for r in sorted(set(media_roots)):
                 roots.folder(r)  # refused before anything is looked at or removed
-        gone = []
-        for i, (r, rel) in enumerate(zip(media_roots, writer.media_path)):
-            where = os.path.abspath(os.path.join(roots.folders[r], rel))
-            hit = any(is_under(where, t) for t in targets)
-            if hit or (missing and not ((found := roots.resolve(r, rel)) is not None and found.is_file())):
-                gone.append(int(writer.media_id[i]))
+            for i, (r, rel) in enumerate(zip(media_roots, writer.media_path)):
+                if not ((found := roots.resolve(r, rel)) is not None and found.is_file()):
+                    gone.append(int(writer.media_id[i]))
         if gone:
             summary.n_removed_objects = writer.remove_media(np.asarray(sorted(set(gone)), np.int64))
             summary.n_removed = len(set(gone))
             writer.commit()
-        summary.n_images, summary.n_objects = len(writer.media_id), len(writer.object_id)
+        summary.n_images, summary.n_objects = len(writer.media_id), writer.n_objects
     finally:
         writer.close()
     summary.seconds = time.perf_counter() - t0
@@ -1069,7 +1095,7 @@ def sync(index: str | Path, folder: str | Path | None = None, *, weights: str | 
         run.run(todo, starts)
         run.finish()
         summary.n_added -= summary.n_changed
-        summary.n_images, summary.n_objects = len(writer.media_id), len(writer.object_id)
+        summary.n_images, summary.n_objects = len(writer.media_id), writer.n_objects
     summary.seconds = time.perf_counter() - t0
     return summary
 

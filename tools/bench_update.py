@@ -36,6 +36,10 @@ def main() -> None:
     from objsearch.config import load_config
     from objsearch.engine import detector_for_index
     from objsearch.media import list_images
+    try:
+        from objsearch.roots import sign_root
+    except ImportError:  # an objsearch from before roots (to measure it): base_dir alone
+        sign_root = None
 
     new_images = list_images(DATA / "coco_extra_dev" / "images")[: 5 * args.repeats]
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
@@ -50,8 +54,10 @@ def main() -> None:
         t0 = time.perf_counter()
         shutil.copyfile(args.large, tmp / "large.h5")
         writer = CatalogWriter.open(tmp / "large.h5")
-        try:
-            writer.set_attrs(base_dir=str(large_dir))
+        try:  # its folder is the empty one here, recorded as this user's root (so add makes no second root)
+            roots = {} if sign_root is None else {
+                "roots": [str(large_dir)], "root_macs": [sign_root(writer.attrs["uuid"], str(large_dir))]}
+            writer.set_attrs(base_dir=str(large_dir), **roots)
             writer.commit()
         finally:
             writer.close()

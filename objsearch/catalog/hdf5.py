@@ -57,6 +57,7 @@ are transactions made crash-safe by a rollback journal (see ``objsearch.catalog.
 from __future__ import annotations
 
 import contextlib
+import bisect
 import hashlib
 import json
 import logging
@@ -182,13 +183,14 @@ class _Tables:
 
     media: dict[str, np.ndarray]
     path_bytes: bytes
-    objects: dict[str, np.ndarray]
+    objects: dict[str, np.ndarray] | None  # None: not loaded (a writer's open reads the media rows only)
     n_thumb_bytes: int
     projections: dict[int, _Projection] = field(default_factory=dict)
     skipped: list[SkippedFile] = field(default_factory=list)
     image_projections: dict[int, _Projection] | None = None  # None: the file has no /image group
     n_image_features: int = 0
     media_root: np.ndarray | None = None  # (M,) int32, every media row's root; None: all 0 (no /media/root)
+    n_object_rows: int = 0  # rows of /objects (live and dead)
 
     def roots_of(self, rows: np.ndarray) -> np.ndarray:
         """The root of each media row in ``rows``: (n,) int32."""
@@ -203,6 +205,57 @@ class _Tables:
     def media_paths(self, rows: np.ndarray) -> list[str]:
         off, length, blob = self.media["path_offset"], self.media["path_length"], self.path_bytes
         return [os.fsdecode(blob[off[r]:off[r] + length[r]]) for r in rows]
+
+    def _rows_starting_with(self, rows: np.ndarray, prefix: bytes, chunk: int = 1 << 18) -> np.ndarray:
+        """The rows of ``rows`` (each path at least ``len(prefix)`` bytes) whose path starts with ``prefix``:
+        compared as an (n, len(prefix)) byte matrix, ``chunk`` rows at a time (numpy, no Python loop per row)."""
+        if not len(prefix) or not len(rows):
+            return rows
+        blob = np.frombuffer(self.path_bytes, np.uint8)
+        want, cols = np.frombuffer(prefix, np.uint8), np.arange(len(prefix))
+        keep = [part[(blob[self.media["path_offset"][part][:, None] + cols] == want).all(1)]
+                for part in (rows[i:i + chunk] for i in range(0, len(rows), chunk))]
+        return np.concatenate(keep)
+
+    def find_paths(self, keys: list[tuple[int, bytes]]) -> dict[tuple[int, bytes], int]:
+        """{(root, path bytes): row} of the live media rows among ``keys`` (numpy over the rows whose path has the
+        length of some key, one pass per length; O(M) comparisons and no Python work per indexed item)."""
+        m = self.media
+        live = m["alive"] == 1
+        roots = self.roots_of(np.arange(len(m["id"])))
+        found: dict[tuple[int, bytes], int] = {}
+        by_length: dict[int, set[tuple[int, bytes]]] = {}
+        for root, rel in keys:
+            by_length.setdefault(len(rel), set()).add((int(root), bytes(rel)))
+        blob = np.frombuffer(self.path_bytes, np.uint8)
+        for length, group in by_length.items():
+            rows = np.flatnonzero(live & (m["path_length"] == length))
+            if not len(rows):
+                continue
+            if length == 0:
+                names = np.zeros(len(rows), "S1")
+            else:
+                matrix = blob[m["path_offset"][rows][:, None] + np.arange(length)]
+                names = np.ascontiguousarray(matrix).view(f"S{length}").ravel()
+            wanted = np.array(sorted({rel for _, rel in group}), dtype=f"S{max(length, 1)}")
+            for row in rows[np.isin(names, wanted)]:
+                key = (int(roots[row]), self.path_bytes[m["path_offset"][row]:m["path_offset"][row] + length])
+                if key in group:
+                    found[key] = int(row)
+        return found
+
+    def rows_under(self, root: int, folder: bytes) -> np.ndarray:
+        """Live media rows of ``root`` whose path is ``folder`` or lies under it (``b""``: every one of the root)."""
+        m = self.media
+        rows = np.flatnonzero((m["alive"] == 1) & (self.roots_of(np.arange(len(m["id"]))) == int(root)))
+        folder = folder.rstrip(b"/")
+        if folder in (b"", b"."):
+            return rows
+        exact = rows[m["path_length"][rows] == len(folder)]
+        exact = self._rows_starting_with(exact, folder)
+        inner = rows[m["path_length"][rows] > len(folder)]
+        inner = self._rows_starting_with(inner, folder + b"/")
+        return np.union1d(exact, inner)
 
 
 def _skipped_from_json(item) -> SkippedFile:
@@ -323,11 +376,16 @@ def _check_structures(attrs: dict, path: Path) -> None:
 
 
 def _check_values(t: _Tables, n_classes: int, path: Path) -> None:
-    """The value checks common to both formats."""
-    m, o = t.media, t.objects
-    for name in ("alive",):
-        if np.any(m[name] > 1) or np.any(o[name] > 1):
-            raise _damaged(path, "an alive flag is neither 0 nor 1")
+    """The value checks common to both formats (the object ones when the objects are loaded)."""
+    _check_media_values(t, path)
+    if t.objects is not None:
+        _check_object_values(t, n_classes, path)
+
+
+def _check_media_values(t: _Tables, path: Path) -> None:
+    m = t.media
+    if np.any(m["alive"] > 1):
+        raise _damaged(path, "an alive flag is neither 0 nor 1")
     if np.any(m["width"] < 0) or np.any(m["height"] < 0) or np.any(m["width"] > MAX_SIDE) \
             or np.any(m["height"] > MAX_SIDE):
         raise _damaged(path, f"a media width or height is outside [0, {MAX_SIDE}] pixels")
@@ -340,6 +398,17 @@ def _check_values(t: _Tables, n_classes: int, path: Path) -> None:
     if np.any(m["path_offset"] < 0) or np.any(m["path_length"] < 0) or np.any(m["path_length"] > MAX_PATH_BYTES) \
             or (len(end) and end.max() > len(t.path_bytes)):
         raise _damaged(path, "a media path lies outside /media/path_bytes")
+    if np.any(frame >= 0):
+        video = {s.lower() for s in VIDEO_SUFFIXES}
+        names = t.media_paths(np.flatnonzero(frame >= 0))
+        if any(os.path.splitext(name)[1].lower() not in video for name in names):
+            raise _damaged(path, "a media item of an image file has a video frame index")
+
+
+def _check_object_values(t: _Tables, n_classes: int, path: Path) -> None:
+    m, o = t.media, t.objects
+    if np.any(o["alive"] > 1):
+        raise _damaged(path, "an alive flag is neither 0 nor 1")
     if not np.all(np.isfinite(o["xyxy"])) or not np.all(np.isfinite(o["confidence"])):
         raise _damaged(path, "an object box or confidence is not finite")
     if np.any(o["confidence"] < 0) or np.any(o["confidence"] > 1):
@@ -358,11 +427,6 @@ def _check_values(t: _Tables, n_classes: int, path: Path) -> None:
                                                                   | (x2 > width + BOX_SLACK)
                                                                   | (y2 > height + BOX_SLACK))):
             raise _damaged(path, "an object box is inverted or lies outside its media item")
-    if np.any(frame >= 0):
-        video = {s.lower() for s in VIDEO_SUFFIXES}
-        names = t.media_paths(np.flatnonzero(frame >= 0))
-        if any(os.path.splitext(name)[1].lower() not in video for name in names):
-            raise _damaged(path, "a media item of an image file has a video frame index")
     if len(o["alive"]) and np.any((o["alive"] == 1) & (m["alive"][rows] == 0)):
         raise _damaged(path, "a live object belongs to a removed media item")
     end = o["thumb_offset"] + o["thumb_length"]
@@ -409,7 +473,9 @@ def _load_projections(f: h5py.File, n_features: int, n_objects: int, path: Path,
     return out
 
 
-def _load_v2(f: h5py.File, path: Path) -> tuple[dict, _Tables]:
+def _load_v2(f: h5py.File, path: Path, *, objects: bool = True) -> tuple[dict, _Tables]:
+    """Validate and load a format 2 file; with ``objects`` False the object rows are not read (their datasets'
+    types, shapes and checksums are checked; a writer reads the rows it changes)."""
     attrs = _decode_attrs(dict(f.attrs.items()), path)
     ints = {}
     for key in ("n_features", "next_media_id", "next_object_id", "generation"):
@@ -429,12 +495,13 @@ def _load_v2(f: h5py.File, path: Path) -> tuple[dict, _Tables]:
         raise _damaged(path, "root attribute n_features must be >= 1")
     _check_structures(attrs, path)
     media = {k: _dataset(f, f"media/{k}", dt, shp, path)[()] for k, (dt, shp, _) in MEDIA_COLUMNS.items()}
-    objects = {k: _dataset(f, f"objects/{k}", dt, shp, path)[()] for k, (dt, shp, _) in OBJECT_COLUMNS.items()}
-    for group, cols in (("media", media), ("objects", objects)):
-        lengths = {len(v) for v in cols.values()}
+    object_sets = {k: _dataset(f, f"objects/{k}", dt, shp, path) for k, (dt, shp, _) in OBJECT_COLUMNS.items()}
+    columns = {k: ds[()] for k, ds in object_sets.items()} if objects else None
+    for group, lengths in (("media", {len(v) for v in media.values()}),
+                           ("objects", {ds.shape[0] for ds in object_sets.values()})):
         if len(lengths) > 1:
             raise _damaged(path, f"the /{group} arrays have different lengths {sorted(lengths)}")
-    n_objects = len(objects["id"])
+    n_objects = object_sets["id"].shape[0]
     feats = _dataset(f, "objects/features", "<f4", (ints["n_features"],), path)
     if feats.shape[0] != n_objects:
         raise _damaged(path, f"/objects/features has {feats.shape[0]} rows, expected {n_objects}")
@@ -447,10 +514,12 @@ def _load_v2(f: h5py.File, path: Path) -> tuple[dict, _Tables]:
     except (ValueError, TypeError):
         raise _damaged(path, "/skipped is not a JSON list of [path, reason] or [path, reason, root]") from None
     _check_ids(media["id"], ints["next_media_id"], "media", path)
-    _check_ids(objects["id"], ints["next_object_id"], "object", path)
-    objects["class_id"] = objects["class_id"].astype(np.int64)
-    tables = _Tables(media, path_bytes, objects, n_thumb, skipped=skipped,
-                     media_root=_load_media_root(f, len(media["id"]), len(roots_of(attrs)[0]), path))
+    if columns is not None:
+        _check_ids(columns["id"], ints["next_object_id"], "object", path)
+        columns["class_id"] = columns["class_id"].astype(np.int64)
+    tables = _Tables(media, path_bytes, columns, n_thumb, skipped=skipped,
+                     media_root=_load_media_root(f, len(media["id"]), len(roots_of(attrs)[0]), path),
+                     n_object_rows=n_objects)
     _check_values(tables, len(names), path)
     n_roots = len(roots_of(attrs)[0])
     if any(s.root >= n_roots for s in skipped):
@@ -541,7 +610,7 @@ def _load_v1(f: h5py.File, path: Path) -> tuple[dict, _Tables]:
         raise _damaged(path, "attribute skipped is not a list of [path, reason]") from None
     attrs.setdefault("n_features", int(feats.shape[1]))
     _check_structures(attrs, path)
-    tables = _Tables(media, b"".join(paths), objects, 0, skipped=skipped)
+    tables = _Tables(media, b"".join(paths), objects, 0, skipped=skipped, n_object_rows=n)
     _check_values(tables, len(names), path)
     tables.projections = _load_projections(f, int(feats.shape[1]), n, path, checksum=False)
     return attrs, tables
@@ -561,12 +630,13 @@ def _format_version(f: h5py.File, path: Path) -> int:
     return int(version)
 
 
-def _load(f: h5py.File, path: Path) -> tuple[int, dict, _Tables]:
-    """Validate and load an open file; every failure is an IndexFileError with one line."""
+def _load(f: h5py.File, path: Path, *, objects: bool = True) -> tuple[int, dict, _Tables]:
+    """Validate and load an open file (``objects``: also the object rows, see ``_load_v2``); every failure is an
+    IndexFileError with one line."""
     try:
         version = _format_version(f, path)
         _check_links(f, path)
-        attrs, tables = (_load_v1 if version == 1 else _load_v2)(f, path)
+        attrs, tables = _load_v1(f, path) if version == 1 else _load_v2(f, path, objects=objects)
         return version, attrs, tables
     except IndexFileError:
         raise
@@ -1131,7 +1201,8 @@ class _Pending:
     media_ids: list[int] = field(default_factory=list)
     object_ids: list[np.ndarray] = field(default_factory=list)
     remove_media: set[int] = field(default_factory=set)
-    remove_objects: set[int] = field(default_factory=set)
+    remove_objects: set[int] = field(default_factory=set)  # ids of live objects (committed or pending) to remove
+    remove_object_rows: set[int] = field(default_factory=set)  # file rows of the committed ones among them
     skipped: list[SkippedFile] | None = None
     attrs: dict = field(default_factory=dict)
     projections: dict[int, _Projection] = field(default_factory=dict)
@@ -1254,10 +1325,12 @@ class CatalogWriter:
         return cls(path, lock, fsync=fsync)
 
     def _reload(self) -> None:
+        """Load the attributes, the media rows and the object datasets' shapes; object rows are read when a change
+        needs them (``_object_rows``), so opening costs O(media), not O(objects)."""
         with txn.FileLock(self.path, exclusive=False):
             f = _open_read(self.path)
             try:
-                version, attrs, tables = _load(f, self.path)
+                version, attrs, tables = _load(f, self.path, objects=False)
             finally:
                 _close(f)
         if version != FORMAT_VERSION:
@@ -1265,6 +1338,52 @@ class CatalogWriter:
                                  f"{self.path} NEW.h5` to get a format {FORMAT_VERSION} index that can be updated")
         self.attrs, self._t = attrs, tables
         self._size = os.path.getsize(self.path)
+        self._n_live_objects: int | None = None  # counted from /objects/alive when first asked
+
+    # -- object rows, read from the file on demand
+    def _object_column(self, name: str, rows: slice | np.ndarray | None = None) -> np.ndarray:
+        """/objects/<name> of the committed rows (all, or a slice)."""
+        with txn.FileLock(self.path, exclusive=False), _reading(self.path) as f:
+            ds = f[f"objects/{name}"]
+            return ds[()] if rows is None else ds[rows]
+
+    def _object_rows(self, column: str, values) -> np.ndarray:
+        """File rows (sorted) of the committed objects whose ``column`` (``id``: strictly increasing with the row;
+        ``media_id``: non-decreasing, as objects are appended with their media item) is in ``values``: a binary
+        search on the file per value (a few chunk reads), or one read of the column when the values are many."""
+        values = np.unique(np.asarray(values, np.int64).reshape(-1))
+        n = self._t.n_object_rows
+        if not len(values) or not n:
+            return np.zeros(0, np.int64)
+        with txn.FileLock(self.path, exclusive=False), _reading(self.path) as f:
+            ds = f[f"objects/{column}"]
+            if len(values) * 64 >= n // 1024:
+                col = ds[()]
+                lo, hi = np.searchsorted(col, values, "left"), np.searchsorted(col, values, "right")
+            else:
+                class _Column:  # what bisect needs: len and one element at a time (HDF5 caches the chunk)
+                    def __len__(self):
+                        return n
+
+                    def __getitem__(self, i):
+                        return int(ds[i])
+
+                column_view = _Column()
+                lo = np.array([bisect.bisect_left(column_view, int(v)) for v in values], np.int64)
+                hi = np.array([bisect.bisect_right(column_view, int(v)) for v in values], np.int64)
+            rows = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)]) if len(lo) else np.zeros(0, np.int64)
+            if len(rows):  # the range found is checked: a file out of order gives no wrong row
+                lo_r, hi_r = int(rows.min()), int(rows.max()) + 1
+                got = ds[lo_r:hi_r][rows - lo_r]
+                rows = rows[np.isin(got, values)]
+        return rows.astype(np.int64)
+
+    @property
+    def n_objects(self) -> int:
+        """Live objects, committed (counted from /objects/alive once, 1 byte per object row, then kept)."""
+        if self._n_live_objects is None:
+            self._n_live_objects = int(np.count_nonzero(self._object_column("alive")))
+        return self._n_live_objects
 
     # -- committed state
     @property
@@ -1342,7 +1461,7 @@ class CatalogWriter:
         return np.flatnonzero(self._t.media["alive"])
 
     def _live_objects(self) -> np.ndarray:
-        return np.flatnonzero(self._t.objects["alive"])
+        return np.flatnonzero(self._object_column("alive"))
 
     @property
     def media_id(self) -> np.ndarray:
@@ -1370,18 +1489,30 @@ class CatalogWriter:
 
     @property
     def object_id(self) -> np.ndarray:
-        return self._t.objects["id"][self._live_objects()]
+        """Live object ids (read from the file: O(objects); ``n_objects`` counts them)."""
+        return self._object_column("id")[self._live_objects()]
 
     @property
     def object_media_id(self) -> np.ndarray:
-        return self._t.objects["media_id"][self._live_objects()]
+        return self._object_column("media_id")[self._live_objects()]
+
+    def find_media(self, keys) -> dict[tuple[int, str], int]:
+        """{(root, path): media id} of the live committed media items among ``keys`` ((root, path relative to it)
+        pairs), found without a Python object per indexed item (``_Tables.find_paths``)."""
+        encoded = {(int(r), os.fsencode(rel)): (int(r), rel) for r, rel in keys}
+        found = self._t.find_paths(list(encoded))
+        return {encoded[key]: int(self._t.media["id"][row]) for key, row in found.items()}
+
+    def media_under(self, root: int, folder: str) -> np.ndarray:
+        """Ids of the live committed media items of ``root`` whose path is ``folder`` or lies under it ("" or
+        ".": all of the root)."""
+        return self._t.media["id"][self._t.rows_under(root, os.fsencode(folder))]
 
     def iter_features(self, chunk: int = STREAM_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(object_ids (n,) int64, features (n, D) float32)`` of the committed live objects, ``chunk`` rows
         of the file at a time (memory O(chunk)), e.g. for a streaming PCA fit."""
-        alive, ids = self._t.objects["alive"], self._t.objects["id"]
         with txn.FileLock(self.path, exclusive=False), _reading(self.path) as f:
-            feats = f["objects/features"]
+            feats, alive, ids = f["objects/features"], f["objects/alive"], f["objects/id"]
             for start in range(0, feats.shape[0], chunk):
                 stop = min(start + chunk, feats.shape[0])
                 keep = alive[start:stop] == 1
@@ -1449,22 +1580,42 @@ class CatalogWriter:
         """Buffer the removal of media items and all their objects; returns the number of objects removed.
         Unknown or already removed ids are ignored."""
         ids = {int(i) for i in np.asarray(media_ids, np.int64).reshape(-1)}
-        live = set(self.media_id.tolist()) | set(self._pending.media_ids)
-        ids = (ids & live) - self._pending.remove_media
-        self._pending.remove_media |= ids
-        obj_media = np.concatenate([self.object_media_id] + [
-            np.full(len(oid), mid, np.int64) for mid, oid in zip(self._pending.media_ids, self._pending.object_ids)])
-        obj_ids = np.concatenate([self.object_id] + self._pending.object_ids)
-        hit = set(obj_ids[np.isin(obj_media, list(ids))].tolist()) - self._pending.remove_objects
-        self._pending.remove_objects |= hit
+        p = self._pending
+        pending = set(p.media_ids)
+        committed = np.asarray(sorted(ids - pending), np.int64)
+        committed = committed[np.isin(committed, self.media_id)]  # live ones only
+        ids = (set(committed.tolist()) | (ids & pending)) - p.remove_media
+        p.remove_media |= ids
+        rows, found = self._live_object_rows(self._object_rows("media_id", sorted(ids - pending)))
+        hit = set(found.tolist())
+        for mid, oid in zip(p.media_ids, p.object_ids):
+            if mid in ids:
+                hit |= set(oid.tolist())
+        hit -= p.remove_objects
+        p.remove_objects |= hit
+        p.remove_object_rows |= set(rows.tolist())
         return len(hit)
+
+    def _live_object_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, ids), aligned, of the live objects among committed file ``rows`` (sorted)."""
+        if not len(rows):
+            return rows, rows
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        with txn.FileLock(self.path, exclusive=False), _reading(self.path) as f:
+            alive = f["objects/alive"][lo:hi][rows - lo]
+            ids = f["objects/id"][lo:hi][rows - lo]
+        keep = alive == 1
+        return rows[keep], ids[keep]
 
     def remove_objects(self, object_ids) -> int:
         """Buffer the removal of objects; returns how many were live. Unknown or removed ids are ignored."""
         ids = {int(i) for i in np.asarray(object_ids, np.int64).reshape(-1)}
-        live = set(self.object_id.tolist()) | {int(i) for oid in self._pending.object_ids for i in oid}
-        hit = (ids & live) - self._pending.remove_objects
-        self._pending.remove_objects |= hit
+        p = self._pending
+        pending = {int(i) for oid in p.object_ids for i in oid}
+        rows, live = self._live_object_rows(self._object_rows("id", sorted(ids - pending)))
+        hit = (set(live.tolist()) | (ids & pending)) - p.remove_objects
+        p.remove_objects |= hit
+        p.remove_object_rows |= set(rows[np.isin(live, list(hit))].tolist())
         return len(hit)
 
     def set_skipped(self, skipped: list[SkippedFile]) -> None:
@@ -1579,6 +1730,8 @@ class CatalogWriter:
             os.close(fd)
         self.attrs, self._t = new_attrs, new_tables
         self._size = os.path.getsize(self.path)
+        if self._n_live_objects is not None:
+            self._n_live_objects += sum(len(ids) for ids in p.object_ids) - len(p.remove_objects)
         self._pending = _Pending()
         self.last_commit_stats = {"seconds": time.perf_counter() - started, "writes": jfile.n_writes,
                                   "bytes_written": jfile.bytes_written, "undo_bytes": len(jfile._saved) * txn.PAGE}
@@ -1635,7 +1788,7 @@ class CatalogWriter:
             image_vectors = {int(proj.n_components): proj.transform(image_feats) for proj in image_projections}
         with h5py.File(jfile, "r+", libver=LIBVER, locking=False) as f:
             n_media0, n_obj0 = f["media/id"].shape[0], f["objects/id"].shape[0]
-            if n_media0 != len(t.media["id"]) or n_obj0 != len(t.objects["id"]):
+            if n_media0 != len(t.media["id"]) or n_obj0 != t.n_object_rows:
                 raise IndexFileError(f"{self.path} changed while this writer held it; open it again")
             path_base = f["media/path_bytes"].shape[0]
             thumb_base = f["thumbnails"].shape[0]
@@ -1657,9 +1810,9 @@ class CatalogWriter:
                 _fill_vectors(f, d, proj)
             # tombstones (rows of committed and just appended items)
             all_media_ids = np.concatenate([t.media["id"], m_new["id"]])
-            all_obj_ids = np.concatenate([t.objects["id"], o_new["id"]])
             media_rows = np.flatnonzero(np.isin(all_media_ids, list(p.remove_media)))
-            obj_rows = np.flatnonzero(np.isin(all_obj_ids, list(p.remove_objects)))
+            new_rows = n_obj0 + np.flatnonzero(np.isin(o_new["id"], list(p.remove_objects)))
+            obj_rows = np.union1d(np.asarray(sorted(p.remove_object_rows), np.int64), new_rows).astype(np.int64)
             _write_alive(f["media/alive"], media_rows)
             _write_alive(f["objects/alive"], obj_rows)
             if p.skipped is not None:
@@ -1690,16 +1843,15 @@ class CatalogWriter:
         media = {k: np.concatenate([t.media[k], np.asarray(m_new[k], t.media[k].dtype)]) for k in t.media}
         media_root = None if t.media_root is None and not np.any(m_new["root"]) else np.concatenate(
             [t.roots_of(np.arange(len(t.media["id"]))), m_new["root"]])
-        objects = {k: np.concatenate([t.objects[k], np.asarray(o_new[k], t.objects[k].dtype)]) for k in t.objects}
         media["alive"][media_rows] = 0
-        objects["alive"][obj_rows] = 0
-        tables = _Tables(media, t.path_bytes + b"".join(paths), objects, thumb_base + int(tl.sum()),
+        tables = _Tables(media, t.path_bytes + b"".join(paths), None, thumb_base + int(tl.sum()),
                          projections={**kept, **p.projections},
                          skipped=list(t.skipped) if p.skipped is None else list(p.skipped),
                          image_projections=None if image_projections is None else
                          {int(proj.n_components): proj for proj in image_projections},
                          n_image_features=int(p.image[0]["n_features"]) if p.image is not None
-                         else t.n_image_features, media_root=media_root)
+                         else t.n_image_features, media_root=media_root,
+                         n_object_rows=n_obj0 + len(o_new["id"]))
         return _decode_attrs(encoded, self.path), tables
 
     # -- compaction
@@ -1710,12 +1862,13 @@ class CatalogWriter:
         """
         if self._pending:
             raise ValueError("commit or drop the buffered changes before compacting")
-        before = len(self._t.objects["id"])
+        before = self._t.n_object_rows
         tmp = self.path.with_name(self.path.name + ".tmp")
         attrs = {**self.attrs, "generation": self.generation + 1}
         with _removed_on_failure(tmp):
             with txn.FileLock(self.path, exclusive=False), _reading(self.path) as src:
-                _copy_live(src, tmp, attrs, self._t, 2)
+                _, _, full = _load(src, self.path)  # every row: compaction is O(objects) anyway
+                _copy_live(src, tmp, attrs, full, 2)
             _fsync_path(tmp)
             fd = os.open(self.path, os.O_RDONLY)
             try:
@@ -1725,7 +1878,7 @@ class CatalogWriter:
             finally:
                 os.close(fd)
         self._reload()
-        return before, len(self._t.objects["id"])
+        return before, self._t.n_object_rows
 
     def close(self) -> None:
         """Drop anything uncommitted and release the writer lock."""
