@@ -996,14 +996,18 @@ def remove(index: str | Path, paths: Iterable[str | Path] = (), *, missing: bool
     writer = CatalogWriter.open(index)
     try:
         roots = Roots.of(writer, base_dir)
-        gone = []
-        for target in (os.path.abspath(p) for p in paths):  # strings only: no file is read
+        gone, exact = [], []
+        for path in map(Path, paths):  # matched as strings: no indexed file is read
+            target = os.path.abspath(path)
             for r, folder in enumerate(roots.folders):
                 if is_under(target, folder):  # the target is in this root (or is it)
                     rel = Path(target).relative_to(os.path.abspath(folder)).as_posix()
-                    gone.extend(writer.media_under(r, rel).tolist())
+                    exact.append((r, rel))
+                    if not path.is_file():  # a folder, or a name no longer on disk: what lies under it too
+                        gone.extend(writer.media_under(r, rel).tolist())
                 elif is_under(folder, target):  # the whole root is in the target
                     gone.extend(writer.media_under(r, "").tolist())
+        gone.extend(writer.find_media(exact).values())  # every file named, in one pass
         if missing:
             media_roots = writer.media_root.tolist()
             for r in sorted(set(media_roots)):

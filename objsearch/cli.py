@@ -68,7 +68,7 @@ INTERRUPTED = dict.fromkeys(
 # a full disk, a read-only or forbidden folder, a file too large: one line, not a traceback (what was committed stays)
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
 
-NO_TORCH_COMMANDS = {"info"}  # these do not pay for importing torch (about 2.5 s) just to set its threads
+NO_TORCH_COMMANDS = {"info", "trust"}  # these do not pay for importing torch (about 2.5 s) just to set its threads
 
 
 def _print_version(value: bool) -> None:

@@ -182,6 +182,43 @@ def test_round_trip_stable_ids_and_compact(tmp_path):
         w.commit()
 
 
+def test_a_writer_reads_the_object_rows_it_changes_not_all_of_them(tmp_path, monkeypatch):
+    """Issue 18: opening the writer read every object row (a remove cost 231 ms at 376k objects against 15 ms at
+    coco128). Now opening reads no /objects row, and removing one image reads a few chunks of the columns it
+    searches, not whole columns; what is removed is exactly that image's objects."""
+    path = tmp_path / "INDEX.h5"
+    n_media, per_media = 8000, 5  # 40,000 objects: 5 chunks of /objects/id
+    rng = np.random.default_rng(11)
+    with new_catalog(path) as w:
+        for i in range(n_media):
+            n = per_media
+            xyxy = np.tile(np.array([[1, 2, 30, 40]], np.float32), (n, 1))
+            det = Detections(xyxy=xyxy, confidence=np.full(n, 0.5, np.float32), class_id=np.zeros(n, np.int64),
+                             features=rng.normal(size=(n, D)).astype(np.float32))
+            w.add(MediaRecord(MediaRef(path=f"m/{i}.jpg", width=100, height=100), det, [b"j"] * n))
+        w.commit()
+    read: dict[str, int] = {}
+    original = h5py.Dataset.__getitem__
+
+    def counting(self, selection):
+        out = original(self, selection)
+        if self.name.startswith("/objects/"):
+            read[self.name] = read.get(self.name, 0) + int(np.asarray(out).shape[0] if np.ndim(out) else 1)
+        return out
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", counting)
+    with CatalogWriter.open(path, fsync=False) as w:
+        assert read == {}, read  # opening: no object row
+        victim = int(w.media_id[4321])
+        assert w.remove_media([victim]) == per_media
+        assert max(read.values()) < 3 * 8192, read  # a few chunks, not the 40,000 rows
+        w.commit()
+    monkeypatch.undo()
+    with Catalog(path) as cat:
+        assert len(cat.object_id) == n_media * per_media - per_media
+        assert victim not in set(cat.object_media_id.tolist()) and victim not in set(cat.media_id.tolist())
+
+
 def test_writer_accessors_projection_and_skipped(tmp_path):
     path = tmp_path / "INDEX.h5"
     rng = np.random.default_rng(1)

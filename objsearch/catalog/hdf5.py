@@ -1350,14 +1350,15 @@ class CatalogWriter:
     def _object_rows(self, column: str, values) -> np.ndarray:
         """File rows (sorted) of the committed objects whose ``column`` (``id``: strictly increasing with the row;
         ``media_id``: non-decreasing, as objects are appended with their media item) is in ``values``: a binary
-        search on the file per value (a few chunk reads), or one read of the column when the values are many."""
+        search on the file per value (a few chunk reads), or one read of the column when there are more values than
+        the column has chunks."""
         values = np.unique(np.asarray(values, np.int64).reshape(-1))
         n = self._t.n_object_rows
         if not len(values) or not n:
             return np.zeros(0, np.int64)
         with txn.FileLock(self.path, exclusive=False), _reading(self.path) as f:
             ds = f[f"objects/{column}"]
-            if len(values) * 64 >= n // 1024:
+            if len(values) > -(-n // ds.chunks[0]):
                 col = ds[()]
                 lo, hi = np.searchsorted(col, values, "left"), np.searchsorted(col, values, "right")
             else:
