@@ -107,9 +107,9 @@ class _Deadline:
         return remaining
 
 
-class _DeadlineSocket(socket.socket):
-    """A TCP socket whose every receive and send waits at most until the fetch's deadline (a socket timeout alone is
-    per call: a server sending one byte a second would never trip it)."""
+class _DeadlineIO:
+    """Every receive and send of a socket waits at most until the fetch's deadline (a socket timeout alone is per
+    call: a server sending one byte a second would never trip it). Mixed into a socket class before it."""
 
     deadline: _Deadline
 
@@ -126,26 +126,16 @@ class _DeadlineSocket(socket.socket):
         return super().sendall(*args)
 
 
-class _DeadlineSSLSocket(ssl.SSLSocket):
-    """The TLS counterpart of ``_DeadlineSocket`` (``SSLContext.sslsocket_class``)."""
+class _DeadlineSocket(_DeadlineIO, socket.socket):
+    """A TCP socket held to the fetch's deadline."""
 
-    deadline: _Deadline
 
-    def recv(self, *args):
-        self.settimeout(self.deadline.left())
-        return super().recv(*args)
-
-    def recv_into(self, *args):
-        self.settimeout(self.deadline.left())
-        return super().recv_into(*args)
+class _DeadlineSSLSocket(_DeadlineIO, ssl.SSLSocket):
+    """A TLS socket held to the fetch's deadline (``SSLContext.sslsocket_class``)."""
 
     def read(self, *args):
         self.settimeout(self.deadline.left())
         return super().read(*args)
-
-    def sendall(self, *args):
-        self.settimeout(self.deadline.left())
-        return super().sendall(*args)
 
 
 def _connect(address: str, port: int, deadline: _Deadline) -> _DeadlineSocket:

@@ -74,15 +74,20 @@ def _remount(where: Path, options: str) -> None:
     subprocess.run(["mount", "-o", f"remount,{options}", str(where)], check=True)
 
 
-def full_disk(work: Path) -> dict:
-    run = _cli()
+def _disk_with_images(work: Path, size: str, n: int) -> tuple[Path, Path, Path]:
+    """(tmpfs folder, its images/ with the first ``n`` coco128 images, the index path in it)."""
     disk = work / "disk"
-    _mount_tmpfs(disk, "2m")
+    _mount_tmpfs(disk, size)
     images = disk / "images"
     images.mkdir()
-    for p in IMAGES[:4]:
+    for p in IMAGES[:n]:
         shutil.copy(p, images / p.name)
-    index = disk / "index.h5"
+    return disk, images, disk / "index.h5"
+
+
+def full_disk(work: Path) -> dict:
+    run = _cli()
+    disk, images, index = _disk_with_images(work, "2m", 4)
     out = {"first": run("analyze", images, "-o", index, "-w", WEIGHTS, "--dims", "16")}
     _remount(disk, "size=64m")
     out["again"] = run("analyze", images, "-o", index, "-w", WEIGHTS, "--dims", "16")
@@ -106,13 +111,7 @@ def full_disk(work: Path) -> dict:
 
 def read_only(work: Path) -> dict:
     run = _cli()
-    disk = work / "disk"
-    _mount_tmpfs(disk, "64m")
-    images = disk / "images"
-    images.mkdir()
-    for p in IMAGES[:3]:
-        shutil.copy(p, images / p.name)
-    index = disk / "index.h5"
+    disk, images, index = _disk_with_images(work, "64m", 3)
     out = {"analyze": run("analyze", images, "-o", index, "-w", WEIGHTS, "--dims", "16")}
     (work / "extra").mkdir()
     shutil.copy(IMAGES[5], work / "extra" / IMAGES[5].name)

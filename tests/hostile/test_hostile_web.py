@@ -30,9 +30,8 @@ from testdata import run_cli  # noqa: E402
 pytest.importorskip("fastapi", reason="the web extra is not installed (pip install 'objsearch[web]')")
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
 
-from fastapi.testclient import TestClient  # noqa: E402
-
 from objsearch.web.fetch import UrlFetchError, fetch_image_url  # noqa: E402
+from test_web import _client, _one_line_error  # noqa: E402  (the web suite's helpers)
 
 
 @pytest.fixture(scope="module")
@@ -43,24 +42,9 @@ def engine(tiny_index, shared_detector):
         yield e
 
 
-def _client(engine, **settings):
-    from objsearch.web import WebSettings, create_app
-
-    return TestClient(create_app(engine, WebSettings(**settings)), raise_server_exceptions=False)
-
-
 @pytest.fixture(scope="module")
 def client(engine):
     return _client(engine)
-
-
-def _one_line_error(response, status: int) -> str:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"} and body["error"] and "\n" not in body["error"]
-    assert "Traceback" not in body["error"]
-    return body["error"]
 
 
 @pytest.mark.parametrize("method, url, body", [
@@ -236,7 +220,9 @@ def test_the_deadline_leaves_a_fast_answer_alone(drip):
     assert body == BUS.read_bytes()
 
 
-def test_a_server_that_accepts_and_never_answers_is_cut_at_the_deadline():
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_server_that_accepts_and_never_answers_is_cut_at_the_deadline(scheme):
+    """Over https the deadline holds the TLS handshake too (the server never sends its hello)."""
     import socket
 
     with socket.socket() as listener:
@@ -245,7 +231,7 @@ def test_a_server_that_accepts_and_never_answers_is_cut_at_the_deadline():
         port = listener.getsockname()[1]
         t0 = time.monotonic()
         with pytest.raises(UrlFetchError, match="longer than 1 s"):
-            fetch_image_url(f"http://127.0.0.1:{port}/x.jpg", allow_private=True, timeout_s=1)
+            fetch_image_url(f"{scheme}://127.0.0.1:{port}/x.jpg", allow_private=True, timeout_s=1)
         assert 1.0 <= time.monotonic() - t0 <= 2.0
     record("refused (deadline)", "fetch deadline")
 
