@@ -149,7 +149,10 @@ def handle_errors(func):
             if exc.errno not in STORAGE_ERRNOS:
                 raise
             where = f" ({exc.filename})" if exc.filename else ""
-            _err(f"{exc.strerror}{where}; an analysis resumes where it stopped when run again")
+            # only a job that journals its work resumes, and only once there is room again: a read-only or
+            # forbidden place needs another place, not a second try
+            resumes = func.__name__ in INTERRUPTED and exc.errno in SPACE_ERRNOS
+            _err(f"{exc.strerror}{where}" + ("; an analysis resumes where it stopped when run again" if resumes else ""))
             raise typer.Exit(ExitCode.CANNOT_WRITE) from None
 
     return wrapper
@@ -160,9 +163,10 @@ INTERRUPTED = dict.fromkeys(
     ["analyze", "add", "sync", "demo"], "interrupted (an analysis resumes when run again with the same command)")
 
 # a full disk, a read-only or forbidden folder, a file too large: one line, not a traceback (what was committed stays)
-STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
+SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
+STORAGE_ERRNOS = SPACE_ERRNOS | {errno.EROFS, errno.EACCES, errno.EPERM}
 
-NO_TORCH_COMMANDS = {"info"}  # these do not pay for importing torch (about 2.5 s) just to set its threads
+NO_TORCH_COMMANDS = {"info", "trust"}  # these do not pay for importing torch (about 2.5 s) just to set its threads
 
 
 def _print_version(value: bool) -> None:
@@ -213,6 +217,9 @@ def _progress_bar(total: int, desc: str):
 GroupWindowOpt = Annotated[float, typer.Option("--group-window", min=0.0, help="Seconds: hits from one video, of one "
                                               "class, this close in time are one moment, shown by its best frame.")]
 NoGroupOpt = Annotated[bool, typer.Option("--no-group", help="Show every video frame on its own (no moments).")]
+BaseDirOpt = Annotated[Optional[list[str]], typer.Option(
+    "--base-dir", show_default=False, help="Where the indexed images live now: FOLDER moves the first root (the "
+                                           "folder analyzed), OLD=NEW or N=NEW another; repeatable.")]
 BackendOpt = Annotated[Literal[BACKENDS], typer.Option("--backend", "--search", case_sensitive=False, help="Vector search: auto (the fastest exact "
                                           "method for this index), kdtree, faiss, numpy (exact), hnsw "
                                           "(approximate, hnswlib; its graph is kept beside the index), or milvus "
@@ -476,6 +483,21 @@ def sync(
 
 @app.command()
 @handle_errors
+def trust(
+    index: IndexArg,
+    base_dir: BaseDirOpt = None,
+) -> None:
+    """Record an index's image folders as yours, so that its images are read from them without --base-dir: for an
+    index made on another machine or by an older objsearch. Only the folders it names are read (docs/security.md)."""
+    from objsearch.analysis import trust as run_trust
+    from objsearch.types import printable
+
+    folders = run_trust(index, base_dir)
+    typer.echo(f"{index}: recorded as yours: " + ", ".join(f"root {i} {printable(f)}" for i, f in enumerate(folders)))
+
+
+@app.command()
+@handle_errors
 def compact(index: IndexArg) -> None:
     """Rewrite an index without its removed rows (ids stay the same)."""
     from objsearch.analysis import compact as run_compact
@@ -589,7 +611,7 @@ def query(
     save: Annotated[bool, typer.Option("--save", help="Without --out: write one picture per query image into "
                                        "runs/query/N, a new numbered folder.")] = False,
     weights: WeightsOpt = None,
-    base_dir: Annotated[Optional[Path], typer.Option(help="Where the indexed images live now.")] = None,
+    base_dir: BaseDirOpt = None,
     device: DeviceOpt = None,
     conf: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Minimum detection confidence.")] = None,
     backend: BackendOpt = "auto",
@@ -883,6 +905,10 @@ def info(index: IndexArg) -> None:
         in_videos = f", {int(frames.sum())} of them frames of {videos} videos" if videos else ""
         typer.echo(f"images     {len(f.media_id)}{in_videos} (skipped {len(f.skipped)}), base dir "
                    f"{printable(str(f.base_dir))}")
+        from objsearch.roots import Roots
+
+        for line in Roots.of(f).describe():
+            typer.echo(f"folders    {line}")
         typer.echo(f"objects    {len(f.object_id)} in {int((counts > 0).sum())} classes: {top}")
         typer.echo(f"features   {f.attrs.get('feature_recipe')}")
         typer.echo(f"projection {cfg.get('projection', '?')} to dims {f.dims} (seed {cfg.get('seed', '?')})")
@@ -1163,7 +1189,7 @@ def desktop_app(
                                                   "when the demo made one).")] = None,
     source: Annotated[Optional[str], typer.Option(help="Start with: random, webcam[:N], screen, or an image or "
                                                   "video file.")] = None,
-    base_dir: Annotated[Optional[Path], typer.Option(help="Where the indexed images live now.")] = None,
+    base_dir: BaseDirOpt = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = None,
     backend: BackendOpt = "auto",
@@ -1180,10 +1206,10 @@ def desktop_app(
                                                  or os.environ.get("QT_QPA_PLATFORM")):
         raise ObjsearchError("no display to open a window on (DISPLAY is not set); run it in a desktop session, "
                              "or under xvfb-run")
-    if index is not None and not index.is_file():
-        from objsearch.errors import IndexFileError
+    if index is not None:  # a damaged or foreign index named here: one line, before any window opens
+        from objsearch.catalog import Catalog
 
-        raise IndexFileError(f"index file {index} does not exist")
+        Catalog(index).close()
     index = index or find_demo_index()
     try:
         from objsearch.gui.display import drop_opencv_plugin_path, probe_display
@@ -1214,7 +1240,7 @@ def serve(
                                            "127.0.0.1).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 7860,
     backend: BackendOpt = "auto",
-    base_dir: Annotated[Optional[Path], typer.Option(help="Where the indexed images live now.")] = None,
+    base_dir: BaseDirOpt = None,
     dims: Annotated[Optional[int], typer.Option(help="Projection dimension searched by default.")] = None,
     allow_private_urls: Annotated[bool, typer.Option(help="Let URL queries reach loopback, private and link-local "
                                                           "addresses (refused by default).")] = False,
@@ -1224,6 +1250,9 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="Searches that run at once (more wait).")] = 2,
     weights: WeightsOpt = None,
     device: DeviceOpt = None,
+    token: Annotated[Optional[str], typer.Option(envvar="OBJSEARCH_TOKEN", show_default=False, help="Secret every "
+                                                 "API request must carry (required when --host is not loopback); "
+                                                 "open the page once as /?token=SECRET.")] = None,
 ) -> None:
     """Serve a web page and a JSON API (POST /api/search, GET /api/thumbnail/ID, GET /api/info) over an index."""
     if not index.is_file():
@@ -1234,8 +1263,11 @@ def serve(
         from objsearch.web import WebSettings, serve as run_server
     except ImportError as exc:
         raise ObjsearchError(f"the web server needs fastapi and uvicorn (pip install 'objsearch[web]'): {exc}") from None
+    from objsearch.web.app import check_token
+
+    check_token(host, token)  # before the index and the detector load
     settings = WebSettings(max_upload_bytes=int(max_upload_mb * (1 << 20)), max_pixels=max_pixels,
-                           allow_private_urls=allow_private_urls, workers=workers)
+                           allow_private_urls=allow_private_urls, workers=workers, token=token)
     run_server(index, host=host, port=port, backend=backend, base_dir=base_dir, weights=weights, device=device,
                dims=dims, settings=settings, echo=lambda line: typer.echo(line, err=True))
 

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from objsearch.config import ConfigError, load_config
-from objsearch.errors import ImageReadError, IndexFileError, ObjsearchError, WeightsMismatchError, WeightsNotFoundError
+from objsearch.errors import ImageReadError, IndexFileError, WeightsMismatchError, WeightsNotFoundError
 from objsearch.media import DEFAULT_MAX_PIXELS, read_image
 from objsearch.moments import DEFAULT_GROUP_S, group_neighbors
+from objsearch.roots import Roots, UntrustedRootError, safe_path  # noqa: F401 (safe_path: imported from here too)
 from objsearch.types import (Detections, Hits, ImageNeighbor, ImageSearchResult, MediaRef, Neighbor, SearchResult,
                              printable)
 from objsearch.weights import resolve_weights, trusted_weights
@@ -105,23 +106,6 @@ def detector_for_index(catalog, cfg: dict, *, weights: str | None = None, detect
     return detector
 
 
-def safe_path(base_dir: str | Path, relative: str) -> Path | None:
-    """``base_dir / relative`` when it stays inside ``base_dir`` (a path read from an index is data: absolute paths,
-    ``..`` and links out of the folder are refused); None otherwise."""
-    base = Path(os.path.abspath(base_dir))
-    rel = Path(relative)
-    if rel.is_absolute() or ".." in rel.parts:
-        return None
-    path = base / rel
-    try:
-        real = Path(os.path.realpath(path))
-        if real != Path(os.path.realpath(base)) and Path(os.path.realpath(base)) not in real.parents:
-            return None
-    except (OSError, ValueError):
-        return None
-    return path
-
-
 class Engine:
     """Search an index with images.
 
@@ -130,7 +114,10 @@ class Engine:
     index_path : an index file (format 2, or format 1 read-only).
     weights : detector checkpoint; None: the first trusted checkpoint whose sha256 matches the index's
         (see ``detector_for_index``).
-    base_dir : where the indexed images live now (when the folder moved); None: the recorded one.
+    base_dir : where the indexed images live now, when they moved: a folder (moves the first root, the folder
+        analyzed) or a list of ``--base-dir`` values (``NEW``, ``OLD=NEW`` or ``N=NEW``; see
+        ``objsearch.roots.parse_base_dirs``). None: the recorded roots. Media files are read only under roots the
+        user chose (recorded by this user, or named here): see ``objsearch.roots``.
     dims : projection dimension to search; None: 32 when stored, else the smallest stored.
     device, conf : override the index's recorded settings.
     runtime : what runs the detector network (``torch``, ``onnx``, ``openvino``, ``auto``); None: the
@@ -191,9 +178,8 @@ class Engine:
             self._milvus = {"milvus_uri": milvus_uri, "milvus_collection": milvus_collection,
                             "milvus_index": milvus_index}
             self.dims = int(dims) if dims is not None else (32 if 32 in self.catalog.dims else self.catalog.dims[0])
-            if base_dir is not None and not Path(base_dir).is_dir():
-                raise ObjsearchError(f"--base-dir {printable(str(base_dir))} is not a folder")
-            self.base_dir = Path(base_dir) if base_dir is not None else Path(self.catalog.base_dir)
+            self.roots = Roots.of(self.catalog, base_dir)
+            self._warned_untrusted: set[int] = set()
             self.max_pixels = int(max_pixels)
             self._lock = threading.RLock()
             self._stores: dict[int, object] = {}
@@ -215,9 +201,20 @@ class Engine:
         """The index's detection threshold (each search may pass its own)."""
         return float(self.cfg["conf"])
 
+    @property
+    def base_dir(self) -> Path:
+        """Where the first root (the folder analyzed) is now."""
+        return self.roots.folders[0]
+
+    @base_dir.setter
+    def base_dir(self, folder) -> None:
+        """The first root is at ``folder`` now, as the user said (the app's Image folder…)."""
+        self.roots.move(0, Path(folder))
+
     def _load_lookups(self) -> None:
         c = self.catalog
-        self._path_to_media = {p: int(i) for p, i, f in zip(c.media_path, c.media_id, c.media_frame_index) if f < 0}
+        self._path_to_media = {(int(r), p): int(i) for r, p, i, f in zip(c.media_root, c.media_path, c.media_id,
+                                                                          c.media_frame_index) if f < 0}
         self._has_frames = bool(np.any(c.media_frame_index >= 0))
         self._class_counts = np.bincount(c.class_id, minlength=len(c.class_names)) if len(c.class_id) else \
             np.zeros(len(c.class_names), np.int64)
@@ -315,18 +312,27 @@ class Engine:
             for store in self._image_stores.values():  # few rows: rebuilt on the next image search
                 store.close()
             self._image_stores.clear()
+            if (new.roots, new.root_macs) != (old.roots, old.root_macs):  # another writer added or trusted a root
+                roots = Roots.of(new)
+                for i, folder in self.roots.moved.items():  # the folders the user named stay named
+                    roots.move(i, folder)
+                self.roots = roots
             self.catalog = new
             self._load_lookups()
             old.close()
             return True
 
     def media_id_of(self, path: str | Path) -> int:
-        """Media id of an indexed image at ``path`` (resolved against the base directory), or -1."""
-        try:
-            rel = Path(os.path.abspath(path)).relative_to(Path(os.path.abspath(self.base_dir))).as_posix()
-        except ValueError:
-            return -1
-        return self._path_to_media.get(rel, -1)
+        """Media id of an indexed image at ``path`` (found under the roots), or -1."""
+        for root, folder in enumerate(self.roots.folders):
+            try:
+                rel = Path(os.path.abspath(path)).relative_to(Path(os.path.abspath(folder))).as_posix()
+            except ValueError:
+                continue
+            found = self._path_to_media.get((root, rel), -1)
+            if found >= 0:
+                return found
+        return -1
 
     def media(self, media_id: int) -> MediaRef:
         """The record of an indexed media item.
@@ -339,13 +345,22 @@ class Engine:
         return self.catalog.media(int(media_id))
 
     def media_path(self, media_id: int) -> Path | None:
-        """Where an indexed media item's file lives now, or None when its stored path would leave the base directory
-        (a warning is logged: paths read from an index are data)."""
-        rel = self.media(media_id).path
-        path = safe_path(self.base_dir, rel)
+        """Where an indexed media item's file lives now, or None when its stored path would leave its root folder
+        (a warning is logged: paths read from an index are data).
+
+        Raises
+        ------
+        KeyError
+            For an id that is not in the index.
+        UntrustedRootError
+            When the item's root was not chosen by the user (see ``objsearch.roots``): pass ``base_dir``, or trust
+            the index.
+        """
+        media = self.media(media_id)
+        path = self.roots.resolve(media.root, media.path)
         if path is None:
-            LOGGER.warning("refusing the indexed path %s: it leaves the base directory %s", printable(rel),
-                           self.base_dir)
+            LOGGER.warning("refusing the indexed path %s: it leaves the base directory %s", printable(media.path),
+                           self.roots.folders[media.root])
         return path
 
     def read_media(self, media_id: int) -> np.ndarray:
@@ -359,6 +374,8 @@ class Engine:
         ImageReadError
             When the file is gone, unreadable, or its stored path leaves the base directory (VideoReadError, a
             subclass, for a video or a frame it no longer has).
+        UntrustedRootError
+            When the item's root was not chosen by the user.
         """
         from objsearch.analysis import _read_media
 
@@ -388,6 +405,12 @@ class Engine:
 
         try:
             image = self.read_media(media_id)
+        except UntrustedRootError as exc:
+            root = self.media(media_id).root
+            if root not in self._warned_untrusted:  # once per root: each picture would say the same
+                self._warned_untrusted.add(root)
+                LOGGER.warning("%s", exc)
+            return None
         except (KeyError, ImageReadError, OSError):
             return None
         return make_thumbnail(image, np.array([0, 0, image.shape[1], image.shape[0]], np.float32), size)
@@ -486,7 +509,7 @@ class Engine:
                 m = int(media_rows[q, j])
                 media = MediaRef(path=c.media_path[m], width=int(c.media_width[m]), height=int(c.media_height[m]),
                                  media_id=int(c.media_id[m]), frame_index=int(c.media_frame_index[m]),
-                                 timestamp_s=float(c.media_timestamp_s[m]))
+                                 timestamp_s=float(c.media_timestamp_s[m]), root=int(c.media_root[m]))
                 row.append(Neighbor(object_id=int(c.object_id[r]), media=media, xyxy=c.xyxy[r],
                                     class_id=int(c.class_id[r]), confidence=float(c.confidence[r]),
                                     distance=float(hits.distances[q, j])))

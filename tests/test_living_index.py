@@ -101,11 +101,6 @@ def test_analyze_of_an_indexed_folder_points_at_sync(grown):
     assert f"objsearch sync {folder} -i {index}" in line
 
 
-def test_add_outside_the_base_dir_is_one_line(grown, tmp_path):
-    folder, index, extra = grown
-    one_line_error(invoke("add", extra, "-i", index, "-w", WEIGHTS), 1, "not under the index's base directory")
-
-
 def test_compact_keeps_ids_and_drops_removed_rows(grown):
     folder, index, _ = grown
     before, _, _ = state(index)

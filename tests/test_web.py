@@ -185,7 +185,7 @@ def test_thumbnails_media_examples_and_info(client, engine):
     assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
     assert response.content == engine.thumbnail(oid)
     assert "no indexed object" in _one_line_error(client.get(f"/api/thumbnail/{int(c.object_id.max()) + 1}"), 404)
-    _one_line_error(client.get("/api/thumbnail/-1"), 404)
+    _one_line_error(client.get("/api/thumbnail/-1"), 400)
     _one_line_error(client.get("/api/thumbnail/abc"), 400)
     mid = int(c.media_id[0])
     response = client.get(f"/api/media/{mid}")
