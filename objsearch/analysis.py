@@ -891,18 +891,35 @@ def remove(index: str | Path, paths: Iterable[str | Path] = (), *, missing: bool
     return summary
 
 
-def sync(index: str | Path, folder: str | Path | None = None, *, weights: str | None = None,
-         device: str | None = None, runtime: str | None = None, progress: ProgressFn | None = None,
-         cancel: threading.Event | None = None, detector=None) -> JobSummary:
+def _in_scope(prefixes: list[str]) -> Callable[[str], bool]:
+    """Whether an indexed path (relative to the base directory) lies at or under one of ``prefixes`` (relative
+    paths of files or folders; ``""`` is the whole base directory)."""
+    if any(p == "" for p in prefixes):
+        return lambda rel: True
+    exact = set(prefixes)
+    folders = tuple(p + "/" for p in prefixes)
+    return lambda rel: rel in exact or rel.startswith(folders)
+
+
+def sync(index: str | Path, folder: str | Path | None = None, *, paths: Iterable[str | Path] | None = None,
+         weights: str | None = None, device: str | None = None, runtime: str | None = None,
+         progress: ProgressFn | None = None, cancel: threading.Event | None = None, detector=None,
+         defer: Callable[[Path], bool] | None = None) -> JobSummary:
     """Bring ``index`` in step with its folder (default: its base directory): remove indexed images whose file is
     gone, re-analyze changed ones (size or modification time differ), add new ones.
+
+    ``paths`` narrows the job to some files and folders under the base directory, present or gone (what a watcher
+    saw change; ``objsearch.watch``): only indexed items at or under them are compared, and only media files under
+    those that exist are listed. ``sync(index, folder)`` is ``sync(index, paths=[folder])``. ``defer(path)``, when
+    given, is asked about every media file found; a file it answers True for (one still being written) is left as
+    it is this time: neither analyzed nor removed.
 
     Raises
     ------
     IndexFileError
         When the index cannot be opened for writing.
     ObjsearchError
-        When ``folder`` is not under the index's base directory.
+        When ``folder`` or one of ``paths`` is not under the index's base directory.
     """
     t0 = time.perf_counter()
     index = Path(index)
@@ -911,19 +928,28 @@ def sync(index: str | Path, folder: str | Path | None = None, *, weights: str | 
     with contextlib.ExitStack() as stack:
         stack.callback(writer.close)
         base = Path(writer.base_dir)
-        folder = Path(folder) if folder is not None else base
-        prefix = _relative(folder, base)
-        prefix = "" if prefix in ("", ".") else prefix.rstrip("/") + "/"
-        listing = list_media(folder, videos=True)
+        if paths is None:
+            scope = [Path(folder) if folder is not None else base]
+        else:
+            scope = [Path(p) for p in paths] + ([Path(folder)] if folder is not None else [])
+        prefixes = []
+        for p in scope:
+            rel = _relative(p, base)
+            prefixes.append("" if rel in ("", ".") else rel.rstrip("/"))
+        in_scope = _in_scope(prefixes)
+        listing = list_media([p for p in scope if p.exists() or p.is_symlink()], videos=True)
         summary.skipped += listing.skipped
         summary.n_other_files = listing.n_other
         run = _Run(writer, detector, cfg, base, summary, progress=progress, cancel=cancel)
         stack.callback(run.abandon)
         covered = run.replay()
         on_disk = {_relative(p, base): p for p in _media_files(listing)}
+        deferred = {rel for rel, p in on_disk.items() if defer(p)} if defer is not None else set()
+        for rel in deferred:
+            del on_disk[rel]
         stale = []
         for i, rel in enumerate(writer.media_path):
-            if not rel.startswith(prefix):
+            if not in_scope(rel) or rel in deferred:
                 continue
             path = on_disk.get(rel)
             if path is None:

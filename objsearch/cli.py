@@ -63,7 +63,7 @@ def handle_errors(func):
 
 # what Ctrl-C prints, by command function: only the commands that run an analysis job resume it
 INTERRUPTED = dict.fromkeys(
-    ["analyze", "add", "sync", "demo"], "interrupted (an analysis resumes when run again with the same command)")
+    ["analyze", "add", "sync", "watch", "demo"], "interrupted (an analysis resumes when run again with the same command)")
 
 # a full disk, a read-only or forbidden folder, a file too large: one line, not a traceback (what was committed stays)
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
@@ -362,6 +362,54 @@ def sync(
         close()
     _print_summary("synced: added", summary)
     _milvus_follow(index, milvus_uri, milvus_collection, previous)
+
+
+@app.command()
+@handle_errors
+def watch(
+    folders: Annotated[Optional[list[Path]], typer.Argument(help="Folders to watch, recursively (default: the "
+                                                            "index's base directory).")] = None,
+    index: Annotated[Path, typer.Option("--index", "-i", help="Index file.")] = Path("index.h5"),
+    once: Annotated[bool, typer.Option("--once", help="Catch up once and exit (the same as sync).")] = False,
+    settle: Annotated[float, typer.Option("--settle", min=0.0, help="Seconds a file must be quiet (and closed) "
+                                                                    "before it is analyzed.")] = 0.5,
+    polling: Annotated[bool, typer.Option("--polling", help="Poll the folders instead of listening to the "
+                                                            "system's file events (network file systems).")] = False,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = None,
+    runtime: RuntimeOpt = None,
+) -> None:
+    """Keep an index in step with its folders: analyze new and changed images and videos as they arrive, remove
+    deleted ones (Ctrl-C stops; the next start catches up)."""
+    import threading
+
+    from objsearch.types import printable
+    from objsearch.watch import Watcher, WatchSettings
+
+    def report(summary) -> None:
+        if summary.n_added or summary.n_removed or summary.n_changed or summary.skipped:
+            _print_summary(time.strftime("%H:%M:%S") + " added", summary)
+
+    watcher = Watcher(index, folders, weights=weights, device=device, runtime=runtime,
+                      settings=WatchSettings(settle_s=settle, polling=polling))
+    if once:
+        progress, close = _job_progress("sync")
+        try:
+            summary = watcher.catch_up(progress=progress)
+        finally:
+            close()
+        _print_summary("synced: added", summary)
+        return
+    try:
+        watcher.start()
+        _print_summary("synced: added", watcher.catch_up())
+        watcher.on_job = report
+        typer.echo(f"watching {', '.join(printable(str(f)) for f in watcher.folders)} -> {index} (Ctrl-C stops)",
+                   err=True)
+        watcher.run(threading.Event(), catch_up=False)
+    except KeyboardInterrupt:
+        watcher.stop()
+        typer.echo("stopped watching", err=True)
 
 
 @app.command()
