@@ -414,6 +414,61 @@ def watch(
 
 @app.command()
 @handle_errors
+def duplicates(
+    index: Annotated[Path, typer.Option("--index", "-i", help="Index file.")],
+    objects: Annotated[bool, typer.Option("--objects", help="Groups of the same object seen in several images or "
+                                                            "frames.")] = False,
+    images: Annotated[bool, typer.Option("--images", help="Groups of near-identical images and frames (the "
+                                                          "default).")] = False,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", min=0.0, help="Largest distance between two "
+                                                       "near-duplicates (default: 0.12 images, 0.25 objects).")] = None,
+    dims: Annotated[Optional[int], typer.Option(help="Projection dimension compared (default 32).")] = None,
+    backend: BackendOpt = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print every group as one JSON object.")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder to write one picture per group into.")] = None,
+    limit: Annotated[int, typer.Option(min=0, help="Groups printed (--json and --out: all).")] = 20,
+    base_dir: Annotated[Optional[Path], typer.Option(help="Where the indexed images live now (for --out).")] = None,
+) -> None:
+    """Find near-duplicate images (resized, re-encoded, cropped a little; consecutive video frames) or objects in
+    an index, in groups with a representative each."""
+    from objsearch.catalog import Catalog
+    from objsearch.duplicates import find_duplicates, report_to_dict, write_group_pictures
+
+    if objects and images:
+        raise ObjsearchError("pass --objects or --images, not both")
+    kind = "objects" if objects else "images"
+    with Catalog(index) as catalog:
+        try:
+            report = find_duplicates(catalog, kind=kind, threshold=threshold, dims=dims, backend=backend)
+        except ValueError as exc:
+            raise ObjsearchError(str(exc)) from None
+        if out is not None:
+            written = write_group_pictures(report, catalog, out, base_dir=base_dir)
+            typer.echo(f"wrote {len(written)} pictures to {out}", err=True)
+        if as_json:
+            typer.echo(json.dumps(report_to_dict(report, catalog)))
+            return
+        data = report_to_dict(report, catalog, limit=limit)
+    unit = "images" if kind == "images" else "objects"
+    typer.echo(f"{data['n_groups']} groups of near-duplicate {unit} ({data['n_duplicates']} duplicates) among "
+               f"{data['n_items']} {unit}; threshold {report.threshold:g} at {report.dims} dims, {report.method}, "
+               f"in {report.seconds:.1f} s")
+
+    def name(item: dict) -> str:
+        where = f" @ {item['timestamp_s']:.1f}s" if "timestamp_s" in item else ""
+        what = f" {item['label']} #{item['object_id']}" if "object_id" in item else ""
+        return f"{item['path']}{where}{what}"
+
+    for n, group in enumerate(data["groups"], 1):
+        typer.echo(f"group {n} ({1 + len(group['members'])}): {name(group['representative'])}")
+        for item in group["members"]:
+            typer.echo(f"    {name(item)}  d={item['distance']:.3f}")
+    if data["n_groups"] > len(data["groups"]):
+        typer.echo(f"... and {data['n_groups'] - len(data['groups'])} more groups (--json lists them all)")
+
+
+@app.command()
+@handle_errors
 def compact(index: Annotated[Path, typer.Argument(help="Index file.")]) -> None:
     """Rewrite an index without its removed rows (ids stay the same)."""
     from objsearch.analysis import compact as run_compact
