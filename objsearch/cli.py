@@ -1151,8 +1151,13 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="Searches that run at once (more wait).")] = 2,
     weights: WeightsOpt = None,
     device: DeviceOpt = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Keep the index in step with its folder while serving (as "
+                                                        "objsearch watch); the page shows new items.")] = False,
+    settle: Annotated[float, typer.Option("--settle", min=0.0, help="With --watch: seconds a file must be quiet "
+                                                                    "before it is analyzed.")] = 0.5,
 ) -> None:
-    """Serve a web page and a JSON API (POST /api/search, GET /api/thumbnail/ID, GET /api/info) over an index."""
+    """Serve a web page and a JSON API (POST /api/search, GET /api/thumbnail/ID, GET /api/info, GET /api/map) over
+    an index."""
     if not index.is_file():
         from objsearch.errors import IndexFileError
 
@@ -1163,8 +1168,11 @@ def serve(
         raise ObjsearchError(f"the web server needs fastapi and uvicorn (pip install 'objsearch[web]'): {exc}") from None
     settings = WebSettings(max_upload_bytes=int(max_upload_mb * (1 << 20)), max_pixels=max_pixels,
                            allow_private_urls=allow_private_urls, workers=workers)
+    from objsearch.watch import WatchSettings
+
     run_server(index, host=host, port=port, backend=backend, base_dir=base_dir, weights=weights, device=device,
-               dims=dims, settings=settings, echo=lambda line: typer.echo(line, err=True))
+               dims=dims, settings=settings, echo=lambda line: typer.echo(line, err=True),
+               watch=[] if watch else None, watch_settings=WatchSettings(settle_s=settle))
 
 
 def default_demo_folder() -> Path:
