@@ -39,7 +39,19 @@ class CountingDetector:
 
 
 @pytest.fixture
-def watched(tmp_path, cfg, detector):
+def one_torch_thread():
+    """torch at one thread while the test runs (at two, on a box busy with other processes, OpenMP's threads wait on
+    each other: the detector ran 20x slower in the burst; the CLI sets this through objsearch.threads)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def watched(tmp_path, cfg, detector, one_torch_thread):
     """(folder, index, watcher, counting detector): an index of 2 coco128 images, and a started watcher on it."""
     from objsearch.analysis import analyze
     from objsearch.watch import Watcher, WatchSettings
@@ -139,7 +151,7 @@ def test_a_file_still_being_written_is_analyzed_once_when_complete(watched):
 
 
 @pytest.mark.slow
-def test_a_burst_of_500_small_files_nothing_missed_nothing_twice(tmp_path, cfg):
+def test_a_burst_of_500_small_files_nothing_missed_nothing_twice(tmp_path, cfg, one_torch_thread):
     """500 small images (80 px, made from coco128) written as fast as possible, some into new subfolders."""
     from objsearch.analysis import analyze
     from objsearch.engine import load_detector

@@ -18,7 +18,7 @@ sweep of thresholds; the defaults of ``objsearch.duplicates.DEFAULT_THRESHOLD`` 
 
 Usage::
 
-    python tools/eval_duplicates.py [--n-sources 64] [--video-fps 2] [--large /tmp/large.h5] [--keep DIR]
+    python tools/eval_duplicates.py [--n-sources 64] [--video-fps 1] [--large /tmp/large.h5] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -149,10 +149,19 @@ def sweep(catalog, kind: str, true_pairs: set, thresholds, default: float, pair_
         print(f"  {t:9.3f} {len(report.groups):6d} {len(predicted):6d} {p:9.3f} {r:6.3f}{mark}")
 
 
+def _ready(index: Path) -> bool:
+    from objsearch.catalog import Catalog
+
+    if not index.exists():
+        return False
+    with Catalog(index) as catalog:
+        return catalog.state == "ready"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-sources", type=int, default=64)
-    parser.add_argument("--video-fps", type=float, default=2.0)
+    parser.add_argument("--video-fps", type=float, default=1.0)
     parser.add_argument("--large", type=Path, help="a large index for the timing at scale")
     parser.add_argument("--keep", type=Path, help="build the folders and indexes here (reused when present)")
     parser.add_argument("--skip-video", action="store_true")
@@ -167,9 +176,10 @@ def main() -> None:
     root = args.keep or Path(tmp.name)
     folder, index = root / "made", root / "made.h5"
     truth_file = root / "made-truth.json"
-    if not index.exists():
+    if not truth_file.exists():
         truth = build_folder(folder, args.n_sources)
         truth_file.write_text(json.dumps(truth))
+    if not _ready(index):  # analysed now, or an interrupted analysis resumed
         t0 = time.perf_counter()
         summary = analyze(folder, index, load_config(None))
         print(f"made folder: {summary.n_images} images, {summary.n_objects} objects, analyzed in "
@@ -179,11 +189,11 @@ def main() -> None:
         image_groups, object_groups = truth_groups(catalog, truth)
         print(f"\nmade folder ({len(catalog.media_id)} images, {len(image_groups)} true groups of "
               f"{1 + len(VARIANTS)}; {len(catalog.object_id)} objects, {len(object_groups)} true object groups)")
-        print(" images (whole-image vectors, 32 dims):")
-        sweep(catalog, "images", pairs_of(image_groups), [0.04, 0.06, 0.08, 0.1, 0.12, 0.14, 0.16, 0.2],
+        print(" images (raw whole-image features):")
+        sweep(catalog, "images", pairs_of(image_groups), [0.14, 0.18, 0.2, 0.24, 0.26, 0.3],
               DEFAULT_THRESHOLD["images"])
         print(" objects (object vectors, 32 dims, same class, other image):")
-        sweep(catalog, "objects", pairs_of(object_groups), [0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5],
+        sweep(catalog, "objects", pairs_of(object_groups), [0.15, 0.2, 0.25, 0.35, 0.4, 0.5],
               DEFAULT_THRESHOLD["objects"])
         for variant in VARIANTS:  # recall per kind of copy at the default thresholds
             from objsearch.duplicates import find_duplicates
@@ -196,11 +206,12 @@ def main() -> None:
 
     if not args.skip_video:
         vfolder, vindex = root / "video", root / "video.h5"
-        if not vindex.exists():
-            vfolder.mkdir(parents=True, exist_ok=True)
+        if not vfolder.exists():
+            vfolder.mkdir(parents=True)
             for p in sorted((DATA / "video").glob("*.mp4")):
                 shutil.copy(p, vfolder / p.name)
             shutil.copytree(DATA / "coco128" / "images" / "train2017", vfolder / "coco128")
+        if not _ready(vindex):
             t0 = time.perf_counter()
             summary = analyze(vfolder, vindex, load_config(None, video_fps=args.video_fps))
             print(f"\nvideo folder: {summary.n_images} media items analyzed in {time.perf_counter() - t0:.0f} s")
@@ -223,7 +234,7 @@ def main() -> None:
             print(f"\nreal video frames ({int((clip != '').sum())} frames of 3 clips at {args.video_fps} fps, "
                   f"{int((clip == '').sum())} coco128 images as distractors; precision: pairs from one clip, "
                   f"recall: consecutive frames)")
-            sweep(catalog, "images", set(), [0.04, 0.06, 0.08, 0.1, 0.12, 0.14, 0.16, 0.2],
+            sweep(catalog, "images", set(), [0.1, 0.14, 0.18, 0.2, 0.24, 0.26, 0.3],
                   DEFAULT_THRESHOLD["images"], pair_filter=video_score)
 
     if args.large:
