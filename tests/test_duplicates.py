@@ -36,8 +36,8 @@ class FakeCatalog:
     def require_image_vectors(self):
         pass
 
-    def image_vectors(self, dims):  # one vector per media item: its first object's
-        return self._vectors[np.searchsorted(self.object_media_id, self.media_id)]
+    def image_features(self, media_ids):  # one vector per media item: its first object's
+        return self._vectors[np.searchsorted(self.object_media_id, np.asarray(media_ids))]
 
 
 def oracle(vectors, class_id, media_of, threshold):
@@ -174,8 +174,9 @@ def test_duplicates_command_json_pictures_and_errors(made, tmp_path):
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["kind"] == "images" and data["n_groups"] == 2 and data["n_duplicates"] == 6
-    members = {m["path"] for g in data["groups"] for m in g["members"]}
-    assert members == set(truth)
+    members = {m["path"] for g in data["groups"] for m in [g["representative"], *g["members"]]}
+    assert members == set(truth) | set(truth.values())
+    assert all(g["members"][0]["distance"] > 0 for g in data["groups"])
     assert sorted(p.name for p in (tmp_path / "groups").iterdir()) == ["group-0001.jpg", "group-0002.jpg"]
     picture = cv2.imread(str(tmp_path / "groups" / "group-0001.jpg"))
     assert picture is not None and picture.shape[1] >= 4 * 128

@@ -203,6 +203,15 @@ def main() -> None:
                      if how is not None and name.endswith(f"-{variant}.jpg")}
             got = pairs_of(g.ids for g in find_duplicates(catalog, kind="images").groups)
             print(f"  images, {variant}: recall {len(got & pairs) / len(pairs):.3f} (original-copy pairs)")
+        objects_found = pairs_of(g.ids for g in find_duplicates(catalog, kind="objects").groups)
+        media_of_object = dict(zip(catalog.object_id.tolist(), catalog.object_media_id.tolist()))
+        path_of = dict(zip(catalog.media_id.tolist(), catalog.media_path))
+        for variant in VARIANTS:  # objects: pairs of an original's object and its copy in this kind of copy
+            pairs = {p for p in pairs_of(object_groups)
+                     if {path_of[media_of_object[i]].endswith(f"-{variant}.jpg") for i in p} == {False, True}
+                     and any(truth[path_of[media_of_object[i]]][1] is None for i in p)}
+            print(f"  objects, {variant}: recall {len(objects_found & pairs) / max(len(pairs), 1):.3f} "
+                  f"({len(pairs)} original-copy pairs)")
 
     if not args.skip_video:
         vfolder, vindex = root / "video", root / "video.h5"

@@ -776,10 +776,12 @@ async function pollStatus() {
     if (response.ok) {
       const s = await response.json();
       state.classNames = s.class_names;
-      if (live.generation !== null && s.generation !== live.generation) {
+      if (s.generation !== live.generation) {
         setInfo(s);
-        setupExamples();
-        if (map.open) pollMap();
+        if (live.generation !== null) {  // something was added or removed since the page loaded
+          setupExamples();
+          if (map.open) pollMap();
+        }
       }
       live.generation = s.generation;
       document.body.dataset.generation = String(s.generation);
