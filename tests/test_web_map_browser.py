@@ -13,21 +13,13 @@ import urllib.request
 
 import pytest
 
-from test_web_browser import ARGS, CHROMIUM, TIMEOUT_MS, _open_page, _serving, _wait_for_query, sync_api  # noqa: F401
+from test_web_browser import _open_page, _serving, _wait_for_query, browser  # noqa: F401 (browser: a fixture)
 from testdata import coco_images, copy_images
 
 
 def _get_json(url: str):
     with urllib.request.urlopen(url, timeout=30) as response:
         return json.loads(response.read())
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,12 @@ headless), clicks *Map* and measures, in the page: from the click to the first f
 in the same run: the same page fetching the same points without drawing them (``fetch`` + ``arrayBuffer``), so the
 ratio is what parsing, laying out on screen and painting cost. Three rounds (a reload each).
 
+With ``--searches N`` it first times N searches of bus.jpg with no layout running and N while a new layout of the
+map runs (the sidecar moved aside and laid out again): the layout must not hold searches up.
+
 Usage::
 
-    python tools/bench_map_paint.py -i /tmp/large.h5     # tools/make_large_index.py's SYNTHETIC 376k-object index
+    python tools/bench_map_paint.py -i /tmp/large.h5 [--searches 10]   # make_large_index.py's 376k-object index
 """
 
 from __future__ import annotations
@@ -18,8 +21,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,16 +28,53 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _common import ROOT
+from _common import ROOT, free_port, stop_process
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-default-apps"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _search_s(base: str, data: bytes) -> float:
+    request = urllib.request.Request(f"{base}/api/search?k=8", data=data, headers={"Content-Type": "image/jpeg"})
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=120) as r:
+        r.read()
+    return time.perf_counter() - t0
+
+
+def searches_during_layout(base: str, index: Path, n: int) -> None:
+    """Search bus.jpg ``n`` times with no layout running, then ``n`` times while a new layout of the objects runs
+    (its sidecar moved aside, then the new one kept); prints both medians and their ratio."""
+    from _common import DATA
+    from objsearch.layout_map import sidecar_path
+
+    data = (DATA / "samples" / "bus.jpg").read_bytes()
+    _search_s(base, data)  # warm
+    idle = [_search_s(base, data) for _ in range(n)]
+    sidecar = sidecar_path(index, "objects", 32)
+    aside = sidecar.with_name(sidecar.name + ".aside")
+    sidecar.rename(aside)
+    try:
+        urllib.request.urlopen(f"{base}/api/map?points=false&kind=objects", timeout=60).read()  # starts it
+        busy = []
+        while len(busy) < n:
+            with urllib.request.urlopen(f"{base}/api/map?points=false&kind=objects", timeout=60) as r:
+                status = json.loads(r.read())
+            if status["state"] != "computing":
+                break
+            busy.append(_search_s(base, data))
+        while status["state"] == "computing":
+            time.sleep(2)
+            with urllib.request.urlopen(f"{base}/api/map?points=false&kind=objects", timeout=60) as r:
+                status = json.loads(r.read())
+    finally:
+        if not sidecar.exists():
+            aside.rename(sidecar)
+        else:
+            aside.unlink(missing_ok=True)
+    m_idle, m_busy = statistics.median(idle), statistics.median(busy) if busy else float("nan")
+    print(f"search of bus.jpg: {m_idle * 1000:.0f} ms with no layout running, {m_busy * 1000:.0f} ms while the "
+          f"layout runs in its child process ({len(busy)} searches); ratio {m_busy / m_idle:.2f}")
 
 
 def main() -> None:
@@ -44,6 +82,8 @@ def main() -> None:
     parser.add_argument("-i", "--index", type=Path, required=True)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--searches", type=int, default=0, help="also time this many searches with and without "
+                                                                "a layout running (lays the map out again)")
     args = parser.parse_args()
 
     from objsearch.catalog import Catalog
@@ -58,7 +98,7 @@ def main() -> None:
                        check=True, stdout=subprocess.DEVNULL)
         print(f"layout of {n_objects} objects (openTSNE on landmarks, the rest placed): "
               f"{time.perf_counter() - t0:.0f} s")
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "objsearch", "serve", "-i", str(args.index), "--port", str(port)],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -75,6 +115,8 @@ def main() -> None:
             if time.monotonic() > deadline:
                 raise SystemExit("the server did not answer in 600 s")
             time.sleep(1)
+        if args.searches:
+            searches_during_layout(base, args.index, args.searches)
         from playwright.sync_api import sync_playwright
 
         paint, click, fetch_only = [], [], []
@@ -104,13 +146,7 @@ def main() -> None:
               f"request -> painted {m_paint / 1000:.2f} s; the fetch alone {m_fetch / 1000:.2f} s; "
               f"paint / fetch = {m_paint / m_fetch:.2f}")
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process(proc, 30)
 
 
 if __name__ == "__main__":

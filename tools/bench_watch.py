@@ -24,8 +24,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,15 +32,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _common import DATA, ROOT
+from _common import DATA, ROOT, free_port, stop_process
 
 COCO = sorted((DATA / "coco128" / "images" / "train2017").glob("*.jpg"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str) -> dict:
@@ -68,13 +60,7 @@ def _process(args: list[str], log: Path):
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process(proc)
 
 
 def _make_index(root: Path, n: int) -> tuple[Path, Path]:
@@ -94,7 +80,7 @@ def latency(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         folder, index = _make_index(root, 8)
-        port = _free_port()
+        port = free_port()
         base = f"http://127.0.0.1:{port}"
         log = root / "serve.log"
         with _process(["serve", "-i", str(index), "--port", str(port), "--watch", "--settle", str(args.settle)],
