@@ -250,3 +250,28 @@ def test_watch_outside_the_base_dir_is_one_line(tmp_path, small_index):
     proc = run_cli("watch", tmp_path, "-i", small_index[0], "--once", timeout=120)
     assert proc.returncode == 5
     assert proc.stderr.count("\n") == 1 and "not under the index's base directory" in proc.stderr
+
+
+def test_the_polling_observer_finds_a_new_file_once(tmp_path, cfg, detector, one_torch_thread):
+    """--polling (network file systems): watchdog's polling observer, no close events; a copied file is analyzed once."""
+    from objsearch.analysis import analyze
+    from objsearch.watch import Watcher, WatchSettings
+
+    folder = copy_images(coco_images(1), tmp_path / "photos")
+    index = tmp_path / "photos.h5"
+    analyze(folder, index, cfg, detector=detector)
+    counting = CountingDetector(detector)
+    watcher = Watcher(index, detector=counting, settings=WatchSettings(settle_s=SETTLE_S, poll_s=0.05, polling=True,
+                                                                       polling_interval_s=0.2))
+    watcher.start()
+    try:
+        source = coco_images(2)[1]
+        shutil.copy(source, folder / source.name)
+        deadline = time.monotonic() + 30
+        while source.name not in indexed(index) and time.monotonic() < deadline:
+            watcher.step()
+            time.sleep(0.05)
+        settle(watcher)
+    finally:
+        watcher.stop()
+    assert counting.n_images == 1 and set(indexed(index)) == {p.name for p in coco_images(2)}
