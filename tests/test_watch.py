@@ -136,12 +136,13 @@ def test_a_file_still_being_written_is_analyzed_once_when_complete(watched):
         out.flush()
         deadline = time.monotonic() + 3 * SETTLE_S
         while time.monotonic() < deadline:
-            watcher.step()  # a truncated JPEG decodes (grey bottom): it must not be analyzed now
+            watcher.step()  # the writer still has it open: no job may look at it now
             time.sleep(0.05)
-        assert counting.n_images == 0
+        assert counting.n_images == 0 and watcher.stats.n_jobs == 0
         out.write(data[len(data) // 2:])
     settle(watcher)
-    assert counting.n_images == 1
+    assert counting.n_images == 1 and watcher.stats.n_jobs == 1
+    assert watcher.stats.n_skipped == 0  # never seen half-written (it would have been skipped as unreadable)
     from objsearch.catalog import Catalog
 
     with Catalog(index) as c:
