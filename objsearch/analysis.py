@@ -1037,11 +1037,18 @@ def remove(index: str | Path, paths: Iterable[str | Path] = (), *, missing: bool
     return summary
 
 
-def sync(index: str | Path, folder: str | Path | None = None, *, weights: str | None = None,
-         device: str | None = None, runtime: str | None = None, progress: ProgressFn | None = None,
-         cancel: threading.Event | None = None, detector=None) -> JobSummary:
+def sync(index: str | Path, folder: str | Path | None = None, *, paths: Iterable[str | Path] | None = None,
+         weights: str | None = None, device: str | None = None, runtime: str | None = None,
+         progress: ProgressFn | None = None, cancel: threading.Event | None = None, detector=None,
+         defer: Callable[[Path], bool] | None = None) -> JobSummary:
     """Bring ``index`` in step with its folders (default: every root; or ``folder``, under one of them): remove
     indexed images whose file is gone, re-analyze changed ones (size or modification time differ), add new ones.
+
+    ``paths`` narrows the job to some files and folders under the index's roots, present or gone (what a watcher
+    saw change; ``objsearch.watch``): only indexed items at or under them are compared, and only media files under
+    those that exist are listed. ``sync(index, folder)`` is ``sync(index, paths=[folder])``. ``defer(path)``, when
+    given, is asked about every media file found; a file it answers True for (one still being written) is left as
+    it is this time: neither analyzed nor removed.
 
     Raises
     ------
@@ -1049,7 +1056,7 @@ def sync(index: str | Path, folder: str | Path | None = None, *, weights: str | 
         When the index cannot be opened for writing; ``UntrustedRootError`` when a folder to read is under a root
         the user did not choose (``objsearch trust`` records it).
     ObjsearchError
-        When ``folder`` is under none of the index's roots (``objsearch add`` makes it one).
+        When ``folder`` or one of ``paths`` is under none of the index's roots (``objsearch add`` makes it one).
     """
     t0 = time.perf_counter()
     index = Path(index)
@@ -1058,18 +1065,21 @@ def sync(index: str | Path, folder: str | Path | None = None, *, weights: str | 
     with contextlib.ExitStack() as stack:
         stack.callback(writer.close)
         roots = Roots.of(writer)
-        if folder is None:
+        scope = [] if paths is None else [Path(p) for p in paths]
+        if folder is not None:
+            scope.append(Path(folder))
+        if paths is None and folder is None:
             folders = [roots.folder(r) for r in range(len(roots.recorded))]  # refused when one is not the user's
         else:
-            folder = Path(folder)
-            if roots.locate(folder) is None:
-                holder = next((r for r, f in enumerate(roots.folders) if is_under(folder, f)), None)
-                if holder is not None:
-                    raise roots.refusal(holder)
-                raise ObjsearchError(f"{folder} is not under the index's folders "
-                                     f"({', '.join(map(str, roots.folders))}); `objsearch add` it to make it one")
-            folders = [folder]
-        listing = list_media(folders, videos=True)
+            for path in scope:
+                if roots.locate(path) is None:
+                    holder = next((r for r, f in enumerate(roots.folders) if is_under(path, f)), None)
+                    if holder is not None:
+                        raise roots.refusal(holder)
+                    raise ObjsearchError(f"{path} is not under the index's folders "
+                                         f"({', '.join(map(str, roots.folders))}); `objsearch add` it to make it one")
+            folders = scope
+        listing = list_media([f for f in folders if f.exists() or f.is_symlink()], videos=True)
         summary.skipped += listing.skipped
         summary.n_other_files = listing.n_other
 
@@ -1083,10 +1093,13 @@ def sync(index: str | Path, folder: str | Path | None = None, *, weights: str | 
         stack.callback(run.abandon)
         covered = _abs_keys(roots, run.replay())
         on_disk = {os.path.abspath(p): p for p in _media_files(listing)}
+        deferred = {where for where, p in on_disk.items() if defer(p)} if defer is not None else set()
+        for where in deferred:
+            del on_disk[where]
         stale = []
         for i, (r, rel) in enumerate(zip(writer.media_root.tolist(), writer.media_path)):
             where = os.path.abspath(os.path.join(roots.folders[r], rel))
-            if not any(is_under(where, f) for f in folders):
+            if where in deferred or not any(is_under(where, f) for f in folders):
                 continue
             path = on_disk.get(where)
             if path is None:

@@ -160,7 +160,7 @@ def handle_errors(func):
 
 # what Ctrl-C prints, by command function: only the commands that run an analysis job resume it
 INTERRUPTED = dict.fromkeys(
-    ["analyze", "add", "sync", "demo"], "interrupted (an analysis resumes when run again with the same command)")
+    ["analyze", "add", "sync", "watch", "demo"], "interrupted (an analysis resumes when run again with the same command)")
 
 # a full disk, a read-only or forbidden folder, a file too large: one line, not a traceback (what was committed stays)
 SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
@@ -494,6 +494,109 @@ def trust(
 
     folders = run_trust(index, base_dir)
     typer.echo(f"{index}: recorded as yours: " + ", ".join(f"root {i} {printable(f)}" for i, f in enumerate(folders)))
+
+
+@app.command()
+@handle_errors
+def watch(
+    index: IndexOpt,
+    folders: Annotated[Optional[list[Path]], typer.Argument(help="Folders to watch, recursively (default: every "
+                                                            "folder of the index).")] = None,
+    once: Annotated[bool, typer.Option("--once", help="Catch up once and exit (the same as sync).")] = False,
+    settle: Annotated[float, typer.Option("--settle", min=0.0, help="Seconds a file must be quiet (and closed) "
+                                                                    "before it is analyzed.")] = 0.5,
+    polling: Annotated[bool, typer.Option("--polling", help="Poll the folders instead of listening to the "
+                                                            "system's file events (network file systems).")] = False,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = None,
+    runtime: RuntimeOpt = None,
+) -> None:
+    """Keep an index in step with its folders: analyze new and changed images and videos as they arrive, remove
+    deleted ones (Ctrl-C stops; the next start catches up)."""
+    import threading
+
+    from objsearch.types import printable
+    from objsearch.watch import Watcher, WatchSettings
+
+    def report(summary) -> None:
+        if summary.n_added or summary.n_removed or summary.n_changed or summary.skipped:
+            _print_summary(time.strftime("%H:%M:%S") + " added", summary)
+
+    watcher = Watcher(index, folders, weights=weights, device=device, runtime=runtime,
+                      settings=WatchSettings(settle_s=settle, polling=polling))
+    if once:
+        progress, close = _job_progress("sync")
+        try:
+            summary = watcher.catch_up(progress=progress)
+        finally:
+            close()
+        _print_summary("synced: added", summary)
+        return
+    try:
+        watcher.start()
+        _print_summary("synced: added", watcher.catch_up())
+        watcher.on_job = report
+        typer.echo(f"watching {', '.join(printable(str(f)) for f in watcher.folders)} -> {index} (Ctrl-C stops)",
+                   err=True)
+        watcher.run(threading.Event(), catch_up=False)
+    except KeyboardInterrupt:
+        watcher.stop()
+        typer.echo("stopped watching", err=True)
+
+
+@app.command()
+@handle_errors
+def duplicates(
+    index: IndexOpt,
+    objects: Annotated[bool, typer.Option("--objects", help="Groups of the same object seen in several images or "
+                                                            "frames.")] = False,
+    images: Annotated[bool, typer.Option("--images", help="Groups of near-identical images and frames (the "
+                                                          "default).")] = False,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", min=0.0, help="Largest distance between two "
+                                                       "near-duplicates (default: 0.12 images, 0.25 objects).")] = None,
+    dims: Annotated[Optional[int], typer.Option(help="Projection dimension compared (default 32).")] = None,
+    backend: BackendOpt = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print every group as one JSON object.")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder to write one picture per group into.")] = None,
+    limit: Annotated[int, typer.Option(min=0, help="Groups printed (--json and --out: all).")] = 20,
+    base_dir: BaseDirOpt = None,
+) -> None:
+    """Find near-duplicate images (resized, re-encoded, cropped a little; consecutive video frames) or objects in
+    an index, in groups with a representative each."""
+    from objsearch.catalog import Catalog
+    from objsearch.duplicates import find_duplicates, report_to_dict, write_group_pictures
+
+    if objects and images:
+        raise ObjsearchError("pass --objects or --images, not both")
+    kind = "objects" if objects else "images"
+    with Catalog(index) as catalog:
+        try:
+            report = find_duplicates(catalog, kind=kind, threshold=threshold, dims=dims, backend=backend)
+        except ValueError as exc:
+            raise ObjsearchError(str(exc)) from None
+        if out is not None:
+            written = write_group_pictures(report, catalog, out, base_dir=base_dir)
+            typer.echo(f"wrote {len(written)} pictures to {out}", err=True)
+        if as_json:
+            typer.echo(json.dumps(report_to_dict(report, catalog)))
+            return
+        data = report_to_dict(report, catalog, limit=limit)
+    unit = "images" if kind == "images" else "objects"
+    typer.echo(f"{data['n_groups']} groups of near-duplicate {unit} ({data['n_duplicates']} duplicates) among "
+               f"{data['n_items']} {unit}; threshold {report.threshold:g} at {report.dims} dims, {report.method}, "
+               f"in {report.seconds:.1f} s")
+
+    def name(item: dict) -> str:
+        where = f" @ {item['timestamp_s']:.1f}s" if "timestamp_s" in item else ""
+        what = f" {item['label']} #{item['object_id']}" if "object_id" in item else ""
+        return f"{item['path']}{where}{what}"
+
+    for n, group in enumerate(data["groups"], 1):
+        typer.echo(f"group {n} ({1 + len(group['members'])}): {name(group['representative'])}")
+        for item in group["members"]:
+            typer.echo(f"    {name(item)}  d={item['distance']:.3f}")
+    if data["n_groups"] > len(data["groups"]):
+        typer.echo(f"... and {data['n_groups'] - len(data['groups'])} more groups (--json lists them all)")
 
 
 @app.command()
@@ -1253,8 +1356,13 @@ def serve(
     token: Annotated[Optional[str], typer.Option(envvar="OBJSEARCH_TOKEN", show_default=False, help="Secret every "
                                                  "API request must carry (required when --host is not loopback); "
                                                  "open the page once as /?token=SECRET.")] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Keep the index in step with its folder while serving (as "
+                                                        "objsearch watch); the page shows new items.")] = False,
+    settle: Annotated[float, typer.Option("--settle", min=0.0, help="With --watch: seconds a file must be quiet "
+                                                                    "before it is analyzed.")] = 0.5,
 ) -> None:
-    """Serve a web page and a JSON API (POST /api/search, GET /api/thumbnail/ID, GET /api/info) over an index."""
+    """Serve a web page and a JSON API (POST /api/search, GET /api/thumbnail/ID, GET /api/info, GET /api/map) over
+    an index."""
     if not index.is_file():
         from objsearch.errors import IndexFileError
 
@@ -1268,8 +1376,11 @@ def serve(
     check_token(host, token)  # before the index and the detector load
     settings = WebSettings(max_upload_bytes=int(max_upload_mb * (1 << 20)), max_pixels=max_pixels,
                            allow_private_urls=allow_private_urls, workers=workers, token=token)
+    from objsearch.watch import WatchSettings
+
     run_server(index, host=host, port=port, backend=backend, base_dir=base_dir, weights=weights, device=device,
-               dims=dims, settings=settings, echo=lambda line: typer.echo(line, err=True))
+               dims=dims, settings=settings, echo=lambda line: typer.echo(line, err=True),
+               watch=[] if watch else None, watch_settings=WatchSettings(settle_s=settle))
 
 
 def default_demo_folder() -> Path:

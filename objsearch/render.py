@@ -585,3 +585,19 @@ def annotate_frame(image: np.ndarray, result: SearchResult, thumbnails: dict, *,
         x, y = strip.rect[:2]
         cv2.rectangle(out, (x, y), (x + sw - 1, y + sh - 1), strip.color, 2, cv2.LINE_8)
     return out
+
+
+def compose_grid(cells: list[tuple[np.ndarray | bytes | None, str, tuple[int, int, int]]], *, size: int = 128,
+                 columns: int = 8, gap: int = 3) -> np.ndarray:
+    """Tiles in a grid, left to right then down: each cell is (picture as (h, w, 3) uint8 BGR or JPEG bytes or
+    None, caption, caption colour BGR), drawn as ``_cell`` draws a neighbour. Returns (H, W, 3) uint8 BGR (one picture
+    per near-duplicate group of ``objects duplicates --out``)."""
+    columns = max(1, min(int(columns), len(cells) or 1))
+    tile_h, tile_w = size + 16, size
+    n_rows = max(1, -(-len(cells) // columns))
+    out = np.full((n_rows * (tile_h + gap) - gap, columns * (tile_w + gap) - gap, 3), 24, np.uint8)
+    for i, (picture, text, color) in enumerate(cells):
+        r, c = divmod(i, columns)
+        y, x = r * (tile_h + gap), c * (tile_w + gap)
+        out[y:y + tile_h, x:x + tile_w] = _cell(_decode(picture), size, text, color)
+    return out

@@ -49,14 +49,14 @@ def _get_json(url: str):
 
 
 @contextlib.contextmanager
-def _serving(index: Path, log: Path):
-    """`objsearch serve` on ``index`` at a free 127.0.0.1 port (private URLs allowed for the local image server);
-    yields its base URL; stopped by its pid."""
+def _serving(index: Path, log: Path, extra=()):
+    """`objsearch serve` on ``index`` at a free 127.0.0.1 port (private URLs allowed for the local image server;
+    ``extra``: more arguments); yields its base URL; stopped by its pid."""
     port = _free_port()
     env = dict(os.environ, YOLO_OFFLINE="1", PYTHONPATH=str(ROOT))
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "objsearch", "serve", "-i", str(index), "--port",
-                                 str(port), "--allow-private-urls"], cwd=ROOT, env=env, stdout=out,
+                                 str(port), "--allow-private-urls", *extra], cwd=ROOT, env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:

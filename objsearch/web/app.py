@@ -192,13 +192,14 @@ def modes_of(engine) -> list[str]:
     return [m for m in MODES if m == "objects" or engine.catalog.has_image_vectors]
 
 
-def create_app(engine, settings: WebSettings | None = None) -> FastAPI:
+def create_app(engine, settings: WebSettings | None = None, *, watch_stats=None) -> FastAPI:
     """The FastAPI app serving ``engine`` (an ``objsearch.engine.Engine``, shared by every request).
 
     Parameters
     ----------
     engine : Engine, re-entrant; searches run at most ``settings.workers`` at once.
     settings : limits and permissions (defaults: ``WebSettings()``).
+    watch_stats : the ``objsearch.watch.WatchStats`` of a watcher running beside the server (``GET /api/status``).
     """
     settings = settings or WebSettings()
     app = FastAPI(title="objsearch", docs_url=None, redoc_url=None, openapi_url=None)
@@ -483,6 +484,9 @@ def create_app(engine, settings: WebSettings | None = None) -> FastAPI:
 
         return await cpu(work)
 
+    from objsearch.web.map_routes import add_map_routes  # the map and the live status (issue 22)
+
+    add_map_routes(app, engine, follow_index=follow_index, api_error=_ApiError, watch_stats=watch_stats)
     app.state.engine = engine
     app.state.settings = settings
     return app
@@ -516,8 +520,11 @@ def check_token(host: str, token: str | None) -> None:
 
 
 def serve(index, *, host: str = "127.0.0.1", port: int = 7860, backend: str = "auto", base_dir=None, weights=None,
-          device=None, dims=None, settings: WebSettings | None = None, echo=print) -> None:
-    """Open ``index`` and serve the page and the API until interrupted.
+          device=None, dims=None, settings: WebSettings | None = None, echo=print, watch=None,
+          watch_settings=None) -> None:
+    """Open ``index`` and serve the page and the API until interrupted. With ``watch`` (a list of folders; empty:
+    the index's base directory) an ``objsearch.watch.Watcher`` keeps the index in step with them meanwhile, with the
+    server's detector, and the page shows what it adds (``watch_settings``: its ``WatchSettings``).
 
     Raises
     ------
@@ -545,9 +552,16 @@ def serve(index, *, host: str = "127.0.0.1", port: int = 7860, backend: str = "a
         raise ObjsearchError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     engine = Engine(index, weights=weights, base_dir=base_dir, dims=dims, device=device, backend=backend,
                     max_pixels=settings.max_pixels)
+    stop_watch = watcher = app = None
     try:
+        if watch is not None:
+            from objsearch.watch import Watcher, watch_in_background
+
+            watcher = Watcher(index, list(watch) or None, detector=engine.detector, settings=watch_settings)
         engine.detector.warmup((480, 640, 3))
-        app = create_app(engine, settings)
+        app = create_app(engine, settings, watch_stats=None if watcher is None else watcher.stats)
+        if watcher is not None:
+            _, stop_watch = watch_in_background(watcher)
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                 timeout_keep_alive=5, limit_concurrency=256, server_header=False)
         server = uvicorn.Server(config)
@@ -557,6 +571,13 @@ def serve(index, *, host: str = "127.0.0.1", port: int = 7860, backend: str = "a
         if not is_loopback(host):
             echo(f"note: listening on {host}: other machines can reach this page; every API request needs the "
                  f"token (open http://HOST:{port}/?token=… once in a browser)")
+        if watcher is not None:
+            echo(f"watching {', '.join(printable(str(f)) for f in watcher.folders)}")
         server.run()
     finally:
+        if stop_watch is not None:
+            stop_watch.set()
+        if app is not None:
+            for service in app.state.maps.values():  # a layout still running in its child process
+                service.close()
         engine.close()
