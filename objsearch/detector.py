@@ -1,7 +1,7 @@
 """The YOLO detector and per-object features from one detector pass.
 
-This is the only module that imports torch, torchvision and ultralytics. ``Detector`` runs an ultralytics
-``DetectionModel`` once per image (or batch), keeps the head's intermediate maps with forward hooks, runs
+This is the only module that imports torch and ultralytics (torchvision is never imported: see ``objsearch.roi``).
+``Detector`` runs an ultralytics ``DetectionModel`` once per image (or batch), keeps the head's intermediate maps with forward hooks, runs
 ultralytics' NMS with ``return_idxs=True`` to learn which anchor cell produced each kept box, and pools a feature
 vector for each object from the maps the head already computed. No second network runs.
 
@@ -15,8 +15,8 @@ the index so queries use the same one):
     The class logits (before the sigmoid) at that cell, one per class, minus their mean (they share a large negative
     offset that would otherwise dominate the direction).
 ``cls_roi``
-    ``torchvision.ops.roi_align`` of the box over the class branch's penultimate map of the detection's level,
-    averaged to 1x1.
+    RoIAlign (``objsearch.roi.roi_align_1x1``: torchvision's ``roi_align`` without torchvision) of the box over the
+    class branch's penultimate map of the detection's level, averaged to 1x1.
 ``box_cell``
     The box branch's penultimate activations (``Detect.cv2[level][-2]``) at the anchor cell.
 ``neck_roi``
@@ -341,15 +341,10 @@ class Detector:
         self._warmup()
 
     def _warmup(self) -> None:
-        """One tiny forward pass and one ``roi_align`` call, so the first real query does not pay for lazy
-        initialisation (the first ``roi_align`` costs about 0.7 s on a CPU)."""
-        from torchvision.ops import roi_align
-
+        """One tiny forward pass, so the first real query does not pay for lazy initialisation."""
         torch = self._torch
         with torch.inference_mode():
             self.backend.forward(torch.zeros((1, 3, 64, 64), device=self.device))
-            roi_align(torch.zeros((1, 1, 4, 4), device=self.device), [torch.tensor([[0.0, 0.0, 2.0, 2.0]],
-                      device=self.device)], 1, 1.0, 2, aligned=True)
 
     def warmup(self, image_shape: tuple[int, ...], passes: int = 2) -> float:
         """Run ``passes`` untimed forward passes at the network input shape an image of ``image_shape`` (H, W[, 3])
@@ -556,7 +551,7 @@ class Detector:
     def _pool(self, preds: dict, captured: dict, b: int, xyxy_lb, anchor_idx) -> np.ndarray:
         """Features of batch item ``b`` for boxes ``xyxy_lb`` (letterboxed pixels) made at ``anchor_idx``."""
         torch = self._torch
-        from torchvision.ops import roi_align
+        from objsearch.roi import roi_align_1x1
 
         n = len(anchor_idx)
         if n == 0:
@@ -584,16 +579,11 @@ class Detector:
                 for lv, m in enumerate(maps):
                     sel = level == lv
                     if sel.any():
-                        rois = xyxy_lb[sel].float()
-                        pooled = roi_align(m[b : b + 1], [rois], 1, 1.0 / self.strides[lv], 2, aligned=True)
-                        block[sel] = pooled.flatten(1)
+                        block[sel] = roi_align_1x1(m[b], xyxy_lb[sel].float(), 1.0 / self.strides[lv])
             elif name == "neck_roi":
-                rois = [xyxy_lb.float()]
-                parts = [
-                    torch.nn.functional.normalize(
-                        roi_align(f[b : b + 1], rois, 1, 1.0 / s, 2, aligned=True).flatten(1).float(), dim=1)
-                    for f, s in zip(feats_maps, self.strides)
-                ]
+                rois = xyxy_lb.float()
+                parts = [torch.nn.functional.normalize(roi_align_1x1(f[b], rois, 1.0 / s).float(), dim=1)
+                         for f, s in zip(feats_maps, self.strides)]
                 blocks.append(torch.cat(parts, 1) * self.recipe[name])  # each level has norm 1
                 continue
             block = torch.nn.functional.normalize(block.float(), dim=1) * self.recipe[name]
