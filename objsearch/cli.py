@@ -114,8 +114,9 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML config
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, 0 (a GPU index: cuda:0), cuda, cuda:1, mps.")]
 RuntimeOpt = Annotated[Optional[Literal[(*RUNTIMES, "auto")]], typer.Option(
     "--runtime", case_sensitive=False,
-    help="What runs the detector: torch; onnx or openvino (CPU; same boxes and features; pip install "
-         "'objsearch[fast]'); or auto (the fastest installed). Default: the config's runtime key.")]
+    help="What runs the detector: auto (onnx on the CPU once its exported graph matched torch, else torch); torch; "
+         "onnx or openvino (CPU only; the same boxes and features; openvino: pip install 'objsearch[fast]'). "
+         "Default: the config's runtime key (auto).")]
 
 
 def _index_file(value: Path | None) -> Path | None:
@@ -186,7 +187,25 @@ def _setup(
     from objsearch.threads import set_threads
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    _show_one_time_work()
     set_threads(threads, load=ctx.invoked_subcommand not in NO_TORCH_COMMANDS)  # before any work
+
+
+class _EchoHandler(logging.Handler):
+    """Log records as ``objsearch: message`` lines on the current stderr (the one a test's runner captures too)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(f"objsearch: {record.getMessage()}", err=True)
+
+
+def _show_one_time_work() -> None:
+    """Let the user see what runs once and takes seconds: the export of the detector for the default ``auto``
+    runtime (``objsearch.runtimes.EXPORT_LOGGER``), shown as plain lines whatever ``--verbose`` says."""
+    log = logging.getLogger("objsearch.runtimes.export")
+    if not any(isinstance(h, _EchoHandler) for h in log.handlers):
+        log.addHandler(_EchoHandler())
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 @app.command("threads", hidden=True)

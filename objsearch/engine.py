@@ -40,7 +40,7 @@ def load_detector(cfg: dict, weights: str | None = None):
     chosen, looked = resolve_weights(weights or cfg.get("weights"))
     try:
         return Detector(chosen, imgsz=cfg["imgsz"], conf=cfg["conf"], iou=cfg["iou"], max_det=cfg["max_det"],
-                        device=cfg["device"], recipe=cfg["feature_recipe"], runtime=cfg.get("runtime", "torch"))
+                        device=cfg["device"], recipe=cfg["feature_recipe"], runtime=cfg.get("runtime", "auto"))
     except WeightsNotFoundError as exc:
         raise WeightsNotFoundError(f"{exc} (looked in: {'; '.join(looked)})") from None
 
