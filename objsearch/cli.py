@@ -233,9 +233,11 @@ GroupWindowOpt = Annotated[float, typer.Option("--group-window", min=0.0, help="
                                               "class, this close in time are one moment, shown by its best frame.")]
 NoGroupOpt = Annotated[bool, typer.Option("--no-group", help="Show every video frame on its own (no moments).")]
 BackendOpt = Annotated[Literal[BACKENDS], typer.Option("--backend", "--search", case_sensitive=False, help="Vector search: auto (the fastest exact "
-                                          "method for this index), kdtree, faiss, numpy (exact), hnsw "
-                                          "(approximate, hnswlib; its graph is kept beside the index), or milvus "
-                                          "(a Milvus collection: see --milvus-uri; pip install 'objsearch[milvus]').")]
+                                          "method for this index; torch on a GPU for 50,000 objects or more), "
+                                          "kdtree, faiss, numpy (exact), hnsw (approximate, hnswlib; its graph is "
+                                          "kept beside the index), torch (exact, the vectors on --device: a GPU's "
+                                          "memory with --device 0), or milvus (a Milvus collection: see "
+                                          "--milvus-uri; pip install 'objsearch[milvus]').")]
 MilvusUriOpt = Annotated[Optional[str], typer.Option("--milvus-uri", help="Milvus Lite database (a path ending in "
                                                      ".db) or server URI (http://host:19530); default with --backend "
                                                      "milvus: INDEX.h5.milvus.db.")]

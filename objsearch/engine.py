@@ -136,8 +136,10 @@ class Engine:
     runtime : what runs the detector network (``torch``, ``onnx``, ``openvino``, ``auto``); None: the
         configuration's, or the given ``detector``'s. The index does not record it: every runtime gives the same
         features.
-    backend : vector store: ``auto`` (the fastest exact in-memory method, timed on open), ``kdtree``, ``faiss``,
-        ``numpy`` (exact), ``hnsw`` (approximate; its graph is kept beside the index), ``milvus`` (a Milvus
+    backend : vector store: ``auto`` (the fastest exact in-memory method, timed on open; on a CUDA device ``torch``
+        for a large index, see ``objsearch.vectors.resolve_backend``), ``kdtree``, ``faiss``, ``numpy`` (exact),
+        ``hnsw`` (approximate; its graph is kept beside the index), ``torch`` (exact, the vectors in torch tensors on
+        ``device``: a GPU's memory with ``--device 0``), ``milvus`` (a Milvus
         collection, brought in step with the index when opened and on ``refresh``; see ``objsearch.vectors.milvus``).
     milvus_uri : the ``milvus`` backend's Milvus Lite path (``*.db``) or server URI; None: ``INDEX.h5.milvus.db``.
     milvus_collection : its collection; None: ``objsearch_<index uuid[:12]>_d<dims>``.
@@ -236,7 +238,8 @@ class Engine:
                 self._projections[dims] = c.projection(dims)
                 cache = Path(f"{c.path}.hnsw{dims}") if self.backend == "hnsw" else None
                 try:
-                    self._stores[dims] = open_store(self.backend, c, dims, hnsw_cache=cache, **self._milvus)
+                    self._stores[dims] = open_store(self.backend, c, dims, hnsw_cache=cache, device=self.cfg["device"],
+                                                    **self._milvus)
                 except ValueError as exc:
                     raise ConfigError(str(exc)) from None
             return self._stores[dims]
@@ -257,7 +260,7 @@ class Engine:
         with self._lock:
             if dims not in self._image_stores:
                 from objsearch.analysis import image_vectors_stale
-                from objsearch.vectors import memory_store
+                from objsearch.vectors import vector_store
 
                 c = self.catalog
                 c.require_image_vectors()
@@ -266,13 +269,13 @@ class Engine:
                                          f"`objsearch sync -i {c.path}` to make them again")
                 if self.backend == "milvus":
                     raise ConfigError("the milvus backend does not support --mode image (whole-image vectors are "
-                                      "searched in memory): use --backend auto, kdtree, faiss, numpy or hnsw")
+                                      "searched in memory): use --backend auto, kdtree, faiss, numpy, hnsw or torch")
                 vectors = c.image_vectors(dims)
                 cache = Path(f"{c.path}.image-hnsw{dims}") if self.backend == "hnsw" else None
                 try:
-                    self._image_stores[dims] = memory_store(self.backend, c.media_id, vectors,
+                    self._image_stores[dims] = vector_store(self.backend, c.media_id, vectors,
                                                             np.zeros(len(c.media_id), np.int64), c.media_id,
-                                                            hnsw_cache=cache)
+                                                            device=self.cfg["device"], hnsw_cache=cache)
                 except ValueError as exc:
                     raise ConfigError(str(exc)) from None
             return self._image_stores[dims]

@@ -30,6 +30,7 @@ import logging
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 from objsearch.errors import ExitCode, ObjsearchError
@@ -233,7 +234,10 @@ def export_onnx(detector, maps: bool) -> Path:
                        path.parent)
     t0 = time.perf_counter()
     try:
-        with torch.inference_mode(False), torch.no_grad():
+        # the TorchScript exporter (dynamo=False) is deprecated since torch 2.9, and its DeprecationWarnings are
+        # expected here; the dynamo exporter needs onnxscript, which objsearch does not install
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
             torch.onnx.export(wrapper, (torch.zeros((1, 3, 640, 480)),), tmp, input_names=["images"],
                               output_names=names, dynamic_axes=dynamic, opset_version=OPSET, dynamo=False,
                               do_constant_folding=True)
