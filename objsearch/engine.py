@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,10 @@ from objsearch.types import (Detections, Hits, ImageNeighbor, ImageSearchResult,
 from objsearch.weights import resolve_weights, trusted_weights
 
 LOGGER = logging.getLogger(__name__)
+
+# the image sizes a server or the app warms besides the index's own (``Engine.warmup``): a 4:3 camera or photo either
+# way up and 16:9 video (letterboxed at 640: 480x640, 640x480 and 384x640 network inputs)
+STANDARD_SHAPES = ((480, 640, 3), (640, 480, 3), (720, 1280, 3))
 
 
 def load_detector(cfg: dict, weights: str | None = None):
@@ -201,6 +206,7 @@ class Engine:
             self._stores: dict[int, object] = {}
             self._projections: dict[int, object] = {}
             self._image_stores: dict[int, object] = {}
+            self._warm_stores: weakref.WeakSet = weakref.WeakSet()  # the stores a warm-up searched once
             self._load_lookups()
             self.store(self.dims)
         except BaseException:
@@ -511,9 +517,51 @@ class Engine:
                 notes.append("")
         return notes
 
-    def _query_file(self, path, image: np.ndarray | None, warmup: bool) -> tuple[np.ndarray, float, float]:
+    # ------------------------------------------------------------------------------------------------- warm-up
+    def common_shapes(self, n: int = 4) -> list[tuple[int, int, int]]:
+        """The ``n`` most frequent image sizes among the indexed media, as (H, W, 3), the most frequent first (ties:
+        the smaller height, then width, first): the shapes a search of indexed images (the app's random image, a
+        video of the index) will see."""
+        c = self.catalog
+        if not len(c.media_id):
+            return []
+        sizes, counts = np.unique(np.stack([c.media_height, c.media_width], 1), axis=0, return_counts=True)
+        order = np.lexsort((sizes[:, 1], sizes[:, 0], -counts))[: int(n)]
+        return [(int(sizes[i, 0]), int(sizes[i, 1]), 3) for i in order]
+
+    def warmup(self, image_shapes=None, *, dims: int | None = None, passes: int = 1) -> float:
+        """Run, untimed, what a first search would pay for once: the detector's whole path at each image shape
+        (``Detector.warmup``: forward, NMS and pooling, once per letterbox shape) and one search of the vector store
+        (its structures built, its kernels loaded on a GPU). Returns the milliseconds spent (0 when all was warm).
+
+        Parameters
+        ----------
+        image_shapes : iterable of (H, W[, 3]), optional
+            None: the index's ``common_shapes()`` and ``STANDARD_SHAPES``.
+        dims : stored projection dimension whose store is warmed; None: the engine's.
+        passes : forward passes per shape. One pays the first-use costs (kernels loaded, algorithms chosen; with
+            onnxruntime on a CPU a new shape's first pass measured no slower than the next ones); a one-off query
+            warms its own shape with two (``search_file``), for torch's oneDNN on a CPU.
+        """
+        t0 = time.perf_counter()
+        shapes = [*self.common_shapes(), *STANDARD_SHAPES] if image_shapes is None else list(image_shapes)
+        for shape in shapes:
+            self.detector.warmup(tuple(shape), passes=passes)
+        self._warm_store(self.store(self.dims if dims is None else int(dims)))
+        return (time.perf_counter() - t0) * 1e3
+
+    def _warm_store(self, store) -> None:
+        """One search of ``store`` with a stored-size vector of zeros, once per store."""
+        if store in self._warm_stores or not len(store):
+            return
+        with self._lock:
+            store.search(np.zeros((1, store.dims), np.float32), 1)
+        self._warm_stores.add(store)
+
+    def _query_file(self, path, image: np.ndarray | None, warmup: bool, store=None) -> tuple[np.ndarray, float, float]:
         """(the query file's pixels, decode ms, untimed warm-up ms): ``image`` when the caller decoded it already;
-        with ``warmup`` a first pass at this input size runs first.
+        with ``warmup`` the detector's whole path runs first at this input size, and the vector store ``store()``
+        (a function: it is opened only once the image was read) is searched once.
 
         Raises
         ------
@@ -524,7 +572,14 @@ class Engine:
         if image is None:
             image = read_image(path, max_pixels=self.max_pixels)
         decode = (time.perf_counter() - t0) * 1e3
-        return image, decode, (self.detector.warmup(image.shape) if warmup else 0.0)
+        if not warmup:
+            return image, decode, 0.0
+        t1 = time.perf_counter()
+        warm = self.detector.warmup(image.shape)
+        if store is not None and store() not in self._warm_stores:
+            self._warm_store(store())
+            warm = (time.perf_counter() - t1) * 1e3
+        return image, decode, warm
 
     def search_file(self, path: str | Path, *, k: int = 16, conf: float | None = None, same_class: bool = False,
                     exclude_self: bool = True, dims: int | None = None, warmup: bool = False,
@@ -539,7 +594,8 @@ class Engine:
         ImageReadError
             When the file cannot be read as an image.
         """
-        image, decode, warm = self._query_file(path, image, warmup)
+        image, decode, warm = self._query_file(path, image, warmup,
+                                               store=lambda: self.store(self.dims if dims is None else int(dims)))
         exclude = self.media_id_of(path) if exclude_self else -1
         result = self.search(image, k=k, conf=conf, same_class=same_class, exclude_media_id=exclude, dims=dims,
                              query=MediaRef(path=str(path), media_id=exclude), timings={"decode": decode},
@@ -605,7 +661,8 @@ class Engine:
         ImageReadError
             When the file cannot be read as an image.
         """
-        image, decode, warm = self._query_file(path, image, warmup)
+        image, decode, warm = self._query_file(path, image, warmup,
+                                               store=lambda: self.image_store(self.dims if dims is None else int(dims)))
         media_id = self.media_id_of(path)
         result = self.search_image(image, k=k, dims=dims, exclude_media_id=media_id if exclude_self else -1,
                                    query=MediaRef(path=str(path), media_id=media_id), timings={"decode": decode})
@@ -614,6 +671,7 @@ class Engine:
         return result
 
     def close(self) -> None:
+        self._warm_stores.clear()
         for store in list(self._stores.values()) + list(self._image_stores.values()):
             store.close()
         self._stores.clear()

@@ -263,5 +263,5 @@ def follow_index(index: str | os.PathLike, milvus_uri: str | os.PathLike, *, col
     return done
 
 
-__all__ = ["BACKENDS", "DEVICE_BACKENDS", "MEMORY_BACKENDS", "VectorStore", "follow_index", "memory_store", "open_store",
-           "resolve_backend", "vector_store"]
+__all__ = ["BACKENDS", "DEVICE_BACKENDS", "MEMORY_BACKENDS", "VectorStore", "follow_index", "memory_store",
+           "open_store", "resolve_backend", "vector_store"]

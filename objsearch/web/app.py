@@ -456,7 +456,7 @@ def serve(index, *, host: str = "127.0.0.1", port: int = 7860, backend: str = "a
     engine = Engine(index, weights=weights, base_dir=base_dir, dims=dims, device=device, backend=backend,
                     max_pixels=settings.max_pixels)
     try:
-        engine.detector.warmup((480, 640, 3))
+        engine.warmup()  # the index's common image sizes and a camera's, and the vector store: no cold first search
         app = create_app(engine, settings)
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                 timeout_keep_alive=5, limit_concurrency=256, server_header=False)
