@@ -114,8 +114,9 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML config
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, 0 (a GPU index: cuda:0), cuda, cuda:1, mps.")]
 RuntimeOpt = Annotated[Optional[Literal[(*RUNTIMES, "auto")]], typer.Option(
     "--runtime", case_sensitive=False,
-    help="What runs the detector: torch; onnx or openvino (CPU; same boxes and features; pip install "
-         "'objsearch[fast]'); or auto (the fastest installed). Default: the config's runtime key.")]
+    help="What runs the detector: auto (onnx on the CPU once its exported graph matched torch, else torch); torch; "
+         "onnx or openvino (CPU only; the same boxes and features; openvino: pip install 'objsearch[fast]'). "
+         "Default: the config's runtime key (auto).")]
 
 
 def _index_file(value: Path | None) -> Path | None:
@@ -190,7 +191,25 @@ def _setup(
     from objsearch.threads import set_threads
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    _show_one_time_work()
     set_threads(threads, load=ctx.invoked_subcommand not in NO_TORCH_COMMANDS)  # before any work
+
+
+class _EchoHandler(logging.Handler):
+    """Log records as ``objsearch: message`` lines on the current stderr (the one a test's runner captures too)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(f"objsearch: {record.getMessage()}", err=True)
+
+
+def _show_one_time_work() -> None:
+    """Let the user see what runs once and takes seconds: the export of the detector for the default ``auto``
+    runtime (``objsearch.runtimes.EXPORT_LOGGER``), shown as plain lines whatever ``--verbose`` says."""
+    log = logging.getLogger("objsearch.runtimes.export")
+    if not any(isinstance(h, _EchoHandler) for h in log.handlers):
+        log.addHandler(_EchoHandler())
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 @app.command("threads", hidden=True)
@@ -221,9 +240,11 @@ BaseDirOpt = Annotated[Optional[list[str]], typer.Option(
     "--base-dir", show_default=False, help="Where the indexed images live now: FOLDER moves the first root (the "
                                            "folder analyzed), OLD=NEW or N=NEW another; repeatable.")]
 BackendOpt = Annotated[Literal[BACKENDS], typer.Option("--backend", "--search", case_sensitive=False, help="Vector search: auto (the fastest exact "
-                                          "method for this index), kdtree, faiss, numpy (exact), hnsw "
-                                          "(approximate, hnswlib; its graph is kept beside the index), or milvus "
-                                          "(a Milvus collection: see --milvus-uri; pip install 'objsearch[milvus]').")]
+                                          "method for this index; torch on a GPU for 50,000 objects or more), "
+                                          "kdtree, faiss, numpy (exact), hnsw (approximate, hnswlib; its graph is "
+                                          "kept beside the index), torch (exact, the vectors on --device: a GPU's "
+                                          "memory with --device 0), or milvus (a Milvus collection: see "
+                                          "--milvus-uri; pip install 'objsearch[milvus]').")]
 MilvusUriOpt = Annotated[Optional[str], typer.Option("--milvus-uri", help="Milvus Lite database (a path ending in "
                                                      ".db) or server URI (http://host:19530); default with --backend "
                                                      "milvus: INDEX.h5.milvus.db.")]

@@ -35,7 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "thumb_quality": 85,
     "k": 16,
     "batch": 1,
-    "runtime": "torch",
+    "runtime": "auto",  # onnxruntime on the CPU when its export matches torch, else torch (objsearch.runtimes)
     "video_fps": 1.0,
     "video_stride": None,
 }

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,10 @@ from objsearch.weights import resolve_weights, trusted_weights
 
 LOGGER = logging.getLogger(__name__)
 
+# the image sizes a server or the app warms besides the index's own (``Engine.warmup``): a 4:3 camera or photo either
+# way up and 16:9 video (letterboxed at 640: 480x640, 640x480 and 384x640 network inputs)
+STANDARD_SHAPES = ((480, 640, 3), (640, 480, 3), (720, 1280, 3))
+
 
 def load_detector(cfg: dict, weights: str | None = None):
     """A ``Detector`` for the resolved configuration; ``weights`` overrides ``cfg["weights"]``.
@@ -41,7 +46,7 @@ def load_detector(cfg: dict, weights: str | None = None):
     chosen, looked = resolve_weights(weights or cfg.get("weights"))
     try:
         return Detector(chosen, imgsz=cfg["imgsz"], conf=cfg["conf"], iou=cfg["iou"], max_det=cfg["max_det"],
-                        device=cfg["device"], recipe=cfg["feature_recipe"], runtime=cfg.get("runtime", "torch"))
+                        device=cfg["device"], recipe=cfg["feature_recipe"], runtime=cfg.get("runtime", "auto"))
     except WeightsNotFoundError as exc:
         raise WeightsNotFoundError(f"{exc} (looked in: {'; '.join(looked)})") from None
 
@@ -123,8 +128,10 @@ class Engine:
     runtime : what runs the detector network (``torch``, ``onnx``, ``openvino``, ``auto``); None: the
         configuration's, or the given ``detector``'s. The index does not record it: every runtime gives the same
         features.
-    backend : vector store: ``auto`` (the fastest exact in-memory method, timed on open), ``kdtree``, ``faiss``,
-        ``numpy`` (exact), ``hnsw`` (approximate; its graph is kept beside the index), ``milvus`` (a Milvus
+    backend : vector store: ``auto`` (the fastest exact in-memory method, timed on open; on a CUDA device ``torch``
+        for a large index, see ``objsearch.vectors.resolve_backend``), ``kdtree``, ``faiss``, ``numpy`` (exact),
+        ``hnsw`` (approximate; its graph is kept beside the index), ``torch`` (exact, the vectors in torch tensors on
+        ``device``: a GPU's memory with ``--device 0``), ``milvus`` (a Milvus
         collection, brought in step with the index when opened and on ``refresh``; see ``objsearch.vectors.milvus``).
     milvus_uri : the ``milvus`` backend's Milvus Lite path (``*.db``) or server URI; None: ``INDEX.h5.milvus.db``.
     milvus_collection : its collection; None: ``objsearch_<index uuid[:12]>_d<dims>``.
@@ -185,6 +192,7 @@ class Engine:
             self._stores: dict[int, object] = {}
             self._projections: dict[int, object] = {}
             self._image_stores: dict[int, object] = {}
+            self._warm_stores: weakref.WeakSet = weakref.WeakSet()  # the stores a warm-up searched once
             self._load_lookups()
             self.store(self.dims)
         except BaseException:
@@ -233,7 +241,8 @@ class Engine:
                 self._projections[dims] = c.projection(dims)
                 cache = Path(f"{c.path}.hnsw{dims}") if self.backend == "hnsw" else None
                 try:
-                    self._stores[dims] = open_store(self.backend, c, dims, hnsw_cache=cache, **self._milvus)
+                    self._stores[dims] = open_store(self.backend, c, dims, hnsw_cache=cache, device=self.cfg["device"],
+                                                    **self._milvus)
                 except ValueError as exc:
                     raise ConfigError(str(exc)) from None
             return self._stores[dims]
@@ -254,7 +263,7 @@ class Engine:
         with self._lock:
             if dims not in self._image_stores:
                 from objsearch.analysis import image_vectors_stale
-                from objsearch.vectors import memory_store
+                from objsearch.vectors import vector_store
 
                 c = self.catalog
                 c.require_image_vectors()
@@ -263,13 +272,13 @@ class Engine:
                                          f"`objsearch sync -i {c.path}` to make them again")
                 if self.backend == "milvus":
                     raise ConfigError("the milvus backend does not support --mode image (whole-image vectors are "
-                                      "searched in memory): use --backend auto, kdtree, faiss, numpy or hnsw")
+                                      "searched in memory): use --backend auto, kdtree, faiss, numpy, hnsw or torch")
                 vectors = c.image_vectors(dims)
                 cache = Path(f"{c.path}.image-hnsw{dims}") if self.backend == "hnsw" else None
                 try:
-                    self._image_stores[dims] = memory_store(self.backend, c.media_id, vectors,
+                    self._image_stores[dims] = vector_store(self.backend, c.media_id, vectors,
                                                             np.zeros(len(c.media_id), np.int64), c.media_id,
-                                                            hnsw_cache=cache)
+                                                            device=self.cfg["device"], hnsw_cache=cache)
                 except ValueError as exc:
                     raise ConfigError(str(exc)) from None
             return self._image_stores[dims]
@@ -531,9 +540,51 @@ class Engine:
                 notes.append("")
         return notes
 
-    def _query_file(self, path, image: np.ndarray | None, warmup: bool) -> tuple[np.ndarray, float, float]:
+    # ------------------------------------------------------------------------------------------------- warm-up
+    def common_shapes(self, n: int = 4) -> list[tuple[int, int, int]]:
+        """The ``n`` most frequent image sizes among the indexed media, as (H, W, 3), the most frequent first (ties:
+        the smaller height, then width, first): the shapes a search of indexed images (the app's random image, a
+        video of the index) will see."""
+        c = self.catalog
+        if not len(c.media_id):
+            return []
+        sizes, counts = np.unique(np.stack([c.media_height, c.media_width], 1), axis=0, return_counts=True)
+        order = np.lexsort((sizes[:, 1], sizes[:, 0], -counts))[: int(n)]
+        return [(int(sizes[i, 0]), int(sizes[i, 1]), 3) for i in order]
+
+    def warmup(self, image_shapes=None, *, dims: int | None = None, passes: int = 1) -> float:
+        """Run, untimed, what a first search would pay for once: the detector's whole path at each image shape
+        (``Detector.warmup``: forward, NMS and pooling, once per letterbox shape) and one search of the vector store
+        (its structures built, its kernels loaded on a GPU). Returns the milliseconds spent (0 when all was warm).
+
+        Parameters
+        ----------
+        image_shapes : iterable of (H, W[, 3]), optional
+            None: the index's ``common_shapes()`` and ``STANDARD_SHAPES``.
+        dims : stored projection dimension whose store is warmed; None: the engine's.
+        passes : forward passes per shape. One pays the first-use costs (kernels loaded, algorithms chosen; with
+            onnxruntime on a CPU a new shape's first pass measured no slower than the next ones); a one-off query
+            warms its own shape with two (``search_file``), for torch's oneDNN on a CPU.
+        """
+        t0 = time.perf_counter()
+        shapes = [*self.common_shapes(), *STANDARD_SHAPES] if image_shapes is None else list(image_shapes)
+        for shape in shapes:
+            self.detector.warmup(tuple(shape), passes=passes)
+        self._warm_store(self.store(self.dims if dims is None else int(dims)))
+        return (time.perf_counter() - t0) * 1e3
+
+    def _warm_store(self, store) -> None:
+        """One search of ``store`` with a stored-size vector of zeros, once per store."""
+        if store in self._warm_stores or not len(store):
+            return
+        with self._lock:
+            store.search(np.zeros((1, store.dims), np.float32), 1)
+        self._warm_stores.add(store)
+
+    def _query_file(self, path, image: np.ndarray | None, warmup: bool, store=None) -> tuple[np.ndarray, float, float]:
         """(the query file's pixels, decode ms, untimed warm-up ms): ``image`` when the caller decoded it already;
-        with ``warmup`` a first pass at this input size runs first.
+        with ``warmup`` the detector's whole path runs first at this input size, and the vector store ``store()``
+        (a function: it is opened only once the image was read) is searched once.
 
         Raises
         ------
@@ -544,7 +595,14 @@ class Engine:
         if image is None:
             image = read_image(path, max_pixels=self.max_pixels)
         decode = (time.perf_counter() - t0) * 1e3
-        return image, decode, (self.detector.warmup(image.shape) if warmup else 0.0)
+        if not warmup:
+            return image, decode, 0.0
+        t1 = time.perf_counter()
+        warm = self.detector.warmup(image.shape)
+        if store is not None and store() not in self._warm_stores:
+            self._warm_store(store())
+            warm = (time.perf_counter() - t1) * 1e3
+        return image, decode, warm
 
     def search_file(self, path: str | Path, *, k: int = 16, conf: float | None = None, same_class: bool = False,
                     exclude_self: bool = True, dims: int | None = None, warmup: bool = False,
@@ -559,7 +617,8 @@ class Engine:
         ImageReadError
             When the file cannot be read as an image.
         """
-        image, decode, warm = self._query_file(path, image, warmup)
+        image, decode, warm = self._query_file(path, image, warmup,
+                                               store=lambda: self.store(self.dims if dims is None else int(dims)))
         exclude = self.media_id_of(path) if exclude_self else -1
         result = self.search(image, k=k, conf=conf, same_class=same_class, exclude_media_id=exclude, dims=dims,
                              query=MediaRef(path=str(path), media_id=exclude), timings={"decode": decode},
@@ -625,7 +684,8 @@ class Engine:
         ImageReadError
             When the file cannot be read as an image.
         """
-        image, decode, warm = self._query_file(path, image, warmup)
+        image, decode, warm = self._query_file(path, image, warmup,
+                                               store=lambda: self.image_store(self.dims if dims is None else int(dims)))
         media_id = self.media_id_of(path)
         result = self.search_image(image, k=k, dims=dims, exclude_media_id=media_id if exclude_self else -1,
                                    query=MediaRef(path=str(path), media_id=media_id), timings={"decode": decode})
@@ -634,6 +694,7 @@ class Engine:
         return result
 
     def close(self) -> None:
+        self._warm_stores.clear()
         for store in list(self._stores.values()) + list(self._image_stores.values()):
             store.close()
         self._stores.clear()

@@ -220,5 +220,5 @@ def test_help_reads_at_80_columns(help_texts, name):
 def test_help_names_the_extras(help_texts):
     assert "'objsearch[fast]'" in help_texts["query"] and "'objsearch[milvus]'" in help_texts["query"]
     assert "'objsearch[ray]'" in help_texts["analyze"]
-    assert re.search(r"--backend, --search\s+<auto\|kdtree\|faiss\|numpy\|hnsw\|milvus>", help_texts["query"])
+    assert re.search(r"--backend, --search\s+<auto\|kdtree\|faiss\|numpy\|hnsw\|torch\|milvus>", help_texts["query"])
     assert re.search(r"^  --version\s+Print the version", help_texts[""], flags=re.M)

@@ -558,7 +558,7 @@ def serve(index, *, host: str = "127.0.0.1", port: int = 7860, backend: str = "a
             from objsearch.watch import Watcher, watch_in_background
 
             watcher = Watcher(index, list(watch) or None, detector=engine.detector, settings=watch_settings)
-        engine.detector.warmup((480, 640, 3))
+        engine.warmup()  # the index's common image sizes and a camera's, and the vector store: no cold first search
         app = create_app(engine, settings, watch_stats=None if watcher is None else watcher.stats)
         if watcher is not None:
             _, stop_watch = watch_in_background(watcher)
