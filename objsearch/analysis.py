@@ -36,10 +36,12 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from objsearch.errors import EmptyFolderError, ImageReadError, IndexFileError, ObjsearchError, VideoReadError
+from objsearch.errors import (EmptyFolderError, ExitCode, ImageReadError, IndexFileError, ObjsearchError,
+                              VideoReadError)
 from objsearch.media import (VIDEO_SUFFIXES, list_media, make_thumbnail, read_image, read_video_frame, read_video_frames,
                              video_info)
 from objsearch.projection import PCAProjection, make_projection
+from objsearch.roots import Roots, UntrustedRootError, is_under, sign_root
 from objsearch.types import Detections, MediaRecord, MediaRef, SkippedFile
 
 LOGGER = logging.getLogger(__name__)
@@ -53,33 +55,49 @@ COMMIT_EVERY_SECONDS = 5.0
 class JobCancelled(ObjsearchError):
     """The job was cancelled; the journal keeps what was finished, and running it again resumes."""
 
-    exit_code = 130
+    exit_code = ExitCode.INTERRUPTED
 
 
 @dataclass(frozen=True)
 class VideoEnd:
-    """The end of one video's frames in a job: ``path`` (relative to the base directory), ``n_frames`` sampled
+    """The end of one video's frames in a job: ``path`` (relative to its root ``root``), ``n_frames`` sampled
     frames analysed, and ``reason`` when the video was broken or truncated (its frames read before are kept)."""
 
     path: str
     n_frames: int
     reason: str = ""
+    root: int = 0
+
+
+Locate = Callable[[Path], "tuple[int, str]"]  # a file -> (its root, its path relative to that root)
+
+
+def _key(record) -> tuple[int, str]:
+    """(root, path) of a journal record (a MediaRecord, SkippedFile or VideoEnd): what identifies its file."""
+    if isinstance(record, MediaRecord):
+        return int(record.media.root), record.media.path
+    return int(record.root), record.path
+
+
+def media_keys(catalog) -> set[tuple[int, str]]:
+    """(root, path) of every live media item of ``catalog`` (a Catalog or CatalogWriter)."""
+    return set(zip(catalog.media_root.tolist(), catalog.media_path))
 
 
 # ----------------------------------------------------------------------------------------------------- journal
 def _record_to_bytes(seq: int, record: MediaRecord | SkippedFile | VideoEnd) -> bytes:
     buf = io.BytesIO()
     if isinstance(record, (SkippedFile, VideoEnd)):
-        meta = ({"seq": seq, "kind": "skipped", "path": record.path, "reason": record.reason}
+        meta = ({"seq": seq, "kind": "skipped", "path": record.path, "reason": record.reason, "root": record.root}
                 if isinstance(record, SkippedFile) else
                 {"seq": seq, "kind": "video_end", "path": record.path, "n_frames": record.n_frames,
-                 "reason": record.reason})
+                 "reason": record.reason, "root": record.root})
         np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
         return buf.getvalue()
     m, d = record.media, record.detections
     meta = {"seq": seq, "kind": "media", "path": m.path, "width": m.width, "height": m.height,
             "frame_index": m.frame_index, "timestamp_s": m.timestamp_s, "file_size": m.file_size,
-            "file_mtime_ns": m.file_mtime_ns}
+            "file_mtime_ns": m.file_mtime_ns, "root": m.root}
     thumbs = np.frombuffer(b"".join(record.thumbnails), np.uint8)
     offsets = np.cumsum([0] + [len(t) for t in record.thumbnails]).astype(np.int64)
     extra = {} if d.image_feature is None else {"image_feature": d.image_feature}
@@ -92,14 +110,15 @@ def _record_to_bytes(seq: int, record: MediaRecord | SkippedFile | VideoEnd) -> 
 def _record_from_bytes(payload: bytes) -> tuple[int, MediaRecord | SkippedFile]:
     with np.load(io.BytesIO(payload), allow_pickle=False) as z:
         meta = json.loads(z["meta"].tobytes().decode())
+        root = int(meta.get("root", 0))
         if meta["kind"] == "skipped":
-            return meta["seq"], SkippedFile(meta["path"], meta["reason"])
+            return meta["seq"], SkippedFile(meta["path"], meta["reason"], root)
         if meta["kind"] == "video_end":
-            return meta["seq"], VideoEnd(meta["path"], int(meta["n_frames"]), meta["reason"])
+            return meta["seq"], VideoEnd(meta["path"], int(meta["n_frames"]), meta["reason"], root)
         thumbs, offsets = z["thumbs"].tobytes(), z["offsets"]
         media = MediaRef(path=meta["path"], width=meta["width"], height=meta["height"],
                          frame_index=meta["frame_index"], timestamp_s=meta["timestamp_s"],
-                         file_size=meta["file_size"], file_mtime_ns=meta["file_mtime_ns"])
+                         file_size=meta["file_size"], file_mtime_ns=meta["file_mtime_ns"], root=root)
         dets = Detections(z["xyxy"], z["confidence"], z["class_id"], z["features"],
                           image_feature=z["image_feature"] if "image_feature" in z.files else None)
         return meta["seq"], MediaRecord(media, dets, [thumbs[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)])
@@ -223,6 +242,7 @@ class JobSummary:
     n_objects: int = 0
     n_added_frames: int = 0
     n_videos: int = 0
+    not_indexed: list[str] = field(default_factory=list)  # paths given to remove that matched no indexed media
 
 
 ProgressFn = Callable[[int, int, int], None]
@@ -359,29 +379,36 @@ def job_settings(detector, cfg: dict) -> dict:
     }
 
 
-class _Run:
-    """One job's pass over files: detect, journal, commit in transactions. Used by analyze, add and sync."""
+def in_folder(folder: Path) -> Locate:
+    """The ``Locate`` of a job on one folder, root 0 (analyze): ``(0, path relative to folder)``."""
+    return lambda path: (0, _relative(path, folder))
 
-    def __init__(self, writer, detector, cfg: dict, base_dir: Path, summary: JobSummary, *,
+
+class _Run:
+    """One job's pass over files: detect, journal, commit in transactions. Used by analyze, add and sync.
+
+    ``locate`` gives each file its root and path relative to it (``in_folder``, or ``roots.Roots.locate``)."""
+
+    def __init__(self, writer, detector, cfg: dict, locate: Locate, summary: JobSummary, *,
                  progress: ProgressFn | None, cancel: threading.Event | None):
-        self.writer, self.detector, self.cfg, self.base_dir = writer, detector, cfg, base_dir
+        self.writer, self.detector, self.cfg, self.locate = writer, detector, cfg, locate
         self.summary, self.progress, self.cancel = summary, progress, cancel or threading.Event()
         settings = job_settings(detector, cfg)
         self.journal = Journal(Path(str(writer.path) + ".journal"), settings)
         self.skipped = list(writer.skipped)
         self.n_done = self.n_total = self.n_objects = 0
-        self._video: str | None = None  # the video whose frames are being added (its end not applied yet)
+        self._video: tuple[int, str] | None = None  # the video whose frames are being added (its end not applied)
         self._last_commit = time.perf_counter()
         self._uncommitted = 0
 
-    def replay(self) -> set[str]:
-        """Apply what a killed job journaled and did not commit; returns the paths it covered."""
+    def replay(self) -> set[tuple[int, str]]:
+        """Apply what a killed job journaled and did not commit; returns the (root, path) it covered."""
         applied = str(self.writer.attrs.get("journal", ""))
         last_id, _, last_seq = applied.partition(":")
         paths = set()
         records = self.journal.pending
         for seq, record in records:
-            paths.add(record.media.path if isinstance(record, MediaRecord) else record.path)
+            paths.add(_key(record))
             if last_id == self.journal.journal_id and seq <= int(last_seq or 0):
                 continue
             self._apply(record)
@@ -390,10 +417,11 @@ class _Run:
             self._commit(self.journal.next_seq - 1)
         return paths
 
-    def video_in_progress(self) -> tuple[str, int] | None:
-        """(path, next frame number) of the video an interrupted job was in the middle of, or None. The index keeps
-        the media id of that video's first committed frame in the attribute ``video_in_progress`` (set with its
-        frames, cleared with its end, in the same transactions), so a resumed job goes on after its last frame."""
+    def video_in_progress(self) -> tuple[tuple[int, str], int] | None:
+        """((root, path), next frame number) of the video an interrupted job was in the middle of, or None. The
+        index keeps the media id of that video's first committed frame in the attribute ``video_in_progress`` (set
+        with its frames, cleared with its end, in the same transactions), so a resumed job goes on after its last
+        frame."""
         media_id = int(self.writer.attrs.get("video_in_progress", -1))
         if media_id < 0:
             return None
@@ -401,13 +429,14 @@ class _Run:
         row = np.flatnonzero(ids == media_id)
         if not len(row):
             return None
-        path = self.writer.media_path[int(row[0])]
-        frames = self.writer.media_frame_index[[i for i, p in enumerate(self.writer.media_path) if p == path]]
-        return path, int(frames.max()) + 1
+        paths, roots = self.writer.media_path, self.writer.media_root
+        key = (int(roots[int(row[0])]), paths[int(row[0])])
+        frames = self.writer.media_frame_index[[i for i, k in enumerate(zip(roots.tolist(), paths)) if k == key]]
+        return key, int(frames.max()) + 1
 
     def _apply(self, record) -> None:
         if isinstance(record, SkippedFile):
-            self.skipped = [s for s in self.skipped if s.path != record.path] + [record]
+            self.skipped = [s for s in self.skipped if _key(s) != _key(record)] + [record]
             self.writer.set_skipped(self.skipped)
             self.summary.skipped.append(record)
             return
@@ -415,9 +444,9 @@ class _Run:
             self.writer.set_attrs(video_in_progress=-1)
             self._video = None
             self.summary.n_videos += 1
-            kept = [s for s in self.skipped if s.path != record.path]
+            kept = [s for s in self.skipped if _key(s) != _key(record)]
             if record.reason:
-                kept.append(SkippedFile(record.path, record.reason))
+                kept.append(SkippedFile(record.path, record.reason, record.root))
                 self.summary.skipped.append(kept[-1])
             if kept != self.skipped:
                 self.skipped = kept
@@ -426,9 +455,9 @@ class _Run:
         media_id, _ = self.writer.add(record)
         if record.media.is_video_frame:
             self.summary.n_added_frames += 1
-            if self._video != record.media.path:
+            if self._video != _key(record):
                 self.writer.set_attrs(video_in_progress=int(media_id))
-                self._video = record.media.path
+                self._video = _key(record)
         n = len(record.detections)
         self.summary.n_added += 1
         self.summary.n_added_objects += n
@@ -498,10 +527,12 @@ class _Run:
                 if isinstance(image, VideoEnd):
                     if image.reason:
                         LOGGER.warning("%s", image.reason)
-                    self._finish_one(VideoEnd(_relative(path, self.base_dir), image.n_frames, image.reason))
+                    root, rel = self.locate(path)
+                    self._finish_one(VideoEnd(rel, image.n_frames, image.reason, root))
                     continue
                 LOGGER.warning("skipping %s", image)
-                self._finish_one(SkippedFile(_relative(path, self.base_dir), str(image)))
+                root, rel = self.locate(path)
+                self._finish_one(SkippedFile(rel, str(image), root))
                 continue
             shape = self.detector.letterbox_shape(image.shape) if batch > 1 else None
             if pending and shape != pending_shape:
@@ -517,9 +548,9 @@ class _Run:
         size, mtime = _file_identity(path)
         thumbs = [make_thumbnail(image, b, self.cfg["thumb_size"], self.cfg["thumb_quality"]) for b in dets.xyxy]
         frame_index, timestamp_s = where if where is not None else (-1, -1.0)
-        media = MediaRef(path=_relative(path, self.base_dir), width=image.shape[1], height=image.shape[0],
-                         frame_index=int(frame_index), timestamp_s=float(timestamp_s),
-                         file_size=size, file_mtime_ns=mtime)
+        root, rel = self.locate(path)
+        media = MediaRef(path=rel, width=image.shape[1], height=image.shape[0], frame_index=int(frame_index),
+                         timestamp_s=float(timestamp_s), file_size=size, file_mtime_ns=mtime, root=root)
         return MediaRecord(media, dets, thumbs)
 
     def flush(self) -> None:
@@ -543,17 +574,18 @@ def _media_files(listing) -> list[Path]:
     return sorted(listing.images + listing.videos)
 
 
-def _todo(files: list[Path], base: Path, done: set[str], resume: tuple[str, int] | None) \
+def _todo(files: list[Path], key_of: Callable[[Path], object], done: set, resume: tuple | None) \
         -> tuple[list[Path], dict[Path, int]]:
-    """The files of ``files`` still to analyse (their path relative to ``base`` not in ``done``), and the frame to
-    start at of the video an interrupted job left half done (``resume``: (relative path, next frame))."""
+    """The files of ``files`` still to analyse (their ``key_of`` not in ``done``: (root, path) pairs, or absolute
+    paths), and the frame to start at of the video an interrupted job left half done (``resume``: (its key, next
+    frame))."""
     todo, starts = [], {}
     for p in files:
-        rel = _relative(p, base)
-        if resume is not None and rel == resume[0]:
+        key = key_of(p)
+        if resume is not None and key == resume[0]:
             starts[p] = resume[1]
             todo.append(p)
-        elif rel not in done:
+        elif key not in done:
             todo.append(p)
     return todo, starts
 
@@ -576,7 +608,7 @@ def _fit_pending_projections(run: _Run, n_features: int) -> None:
     stored = writer.attrs["config"]
     for d in pending:
         if stored.get("rerank_dims") is not None and int(d) == int(stored["rerank_dims"]):
-            proj = fit_rerank_projection(writer, run.detector, stored, base_dir=run.base_dir)
+            proj = fit_rerank_projection(writer, run.detector, stored)
             if proj is None:
                 continue
         else:
@@ -587,12 +619,13 @@ def _fit_pending_projections(run: _Run, n_features: int) -> None:
         writer.set_attrs(pending_projections=[])
 
 
-def fit_rerank_projection(writer, detector, cfg: dict, *, base_dir: Path):
+def fit_rerank_projection(writer, detector, cfg: dict, *, roots: Roots | None = None):
     """The index's rerank projection (``objsearch.rerank``): ``MirrorWhitenedProjection`` to ``cfg["rerank_dims"]``
     of the stored features reweighted by ``cfg["rerank_recipe"]``, whitened with the mirror pairs of up to
     ``MIRROR_SAMPLE_IMAGES`` indexed media items spread over the index (read again, one detector pass each on the
-    image and its mirror image). None (logged) when fewer than 2 objects are found in them: the index is then
-    searched without reranking.
+    image and its mirror image) under the index's ``roots`` (default: its roots as recorded; an item under a root
+    this user did not choose is passed over, as one whose path leaves its root). None (logged) when fewer than 2
+    objects are found in them: the index is then searched without reranking.
     """
     from objsearch.detector import parse_recipe
     from objsearch.projection import MirrorWhitenedProjection
@@ -601,11 +634,16 @@ def fit_rerank_projection(writer, detector, cfg: dict, *, base_dir: Path):
     rows = sample_positions(len(writer.media_id))
     max_pixels = int(cfg.get("max_pixels", 100_000_000))
 
-    from objsearch.engine import safe_path
+    roots = Roots.of(writer) if roots is None else roots
+    media_roots = writer.media_root
 
     def images():
         for r in rows:
-            path = safe_path(base_dir, writer.media_path[int(r)])
+            try:
+                path = roots.resolve(int(media_roots[int(r)]), writer.media_path[int(r)])
+            except UntrustedRootError as exc:
+                LOGGER.warning("rerank projection: skipping an item: %s", exc)
+                continue
             if path is None:
                 continue
             try:
@@ -640,22 +678,22 @@ def add_image_vectors(writer, detector, *, max_pixels: int = 100_000_000, progre
     ------
     ObjsearchError
         When an indexed file cannot be read any more (run ``objsearch sync`` after fixing it, or remove it).
+    UntrustedRootError
+        When an item lies under a root the user did not choose (see ``objsearch.roots``).
     JobCancelled
         When ``cancel`` was set (nothing was written).
     """
-    from objsearch.engine import safe_path
-
     ids = writer.media_id
-    paths, frames = writer.media_path, writer.media_frame_index
-    base = Path(writer.base_dir)
+    paths, frames, media_roots = writer.media_path, writer.media_frame_index, writer.media_root
+    roots = Roots.of(writer)
     cfg = index_config(writer)
     feats = np.zeros((len(ids), detector.n_image_features), np.float32)
-    for i, (rel, frame) in enumerate(zip(paths, frames)):
+    for i, (rel, frame, root) in enumerate(zip(paths, frames, media_roots.tolist())):
         if cancel is not None and cancel.is_set():
             raise JobCancelled("cancelled before the image vectors were written; run `objsearch sync` again")
-        path = safe_path(base, rel)
+        path = roots.resolve(root, rel)
         if path is None:
-            raise ObjsearchError(f"cannot make the image vector of {rel!r}: its path leaves {base}")
+            raise ObjsearchError(f"cannot make the image vector of {rel!r}: its path leaves {roots.folders[root]}")
         try:
             image = _read_media(path, int(frame), max_pixels)
         except ImageReadError as exc:
@@ -702,8 +740,6 @@ def analyze(folder: str | Path, output: str | Path, cfg: dict, *, weights: str |
     JobCancelled
         When ``cancel`` was set.
     """
-    from objsearch.catalog import CatalogWriter
-
     t0 = time.perf_counter()
     folder, output = Path(folder), Path(output)
     if not folder.is_dir():
@@ -725,7 +761,7 @@ def analyze(folder: str | Path, output: str | Path, cfg: dict, *, weights: str |
             hint = (f"run `objsearch sync {folder} -i {output}` to add new, changed and removed images" if same
                     else f"it indexes {existing.base_dir}")
             raise IndexFileError(f"{output} already exists ({hint}); pass --overwrite to analyze everything again")
-        writer = CatalogWriter.open(output)
+        writer = resume_analysis(output, folder)
     try:
         detector = _load_detector(cfg, weights, detector)
     except BaseException:
@@ -746,9 +782,9 @@ def analyze(folder: str | Path, output: str | Path, cfg: dict, *, weights: str |
     summary = JobSummary(index=output, n_other_files=listing.n_other, skipped=list(listing.skipped))
     run = None
     try:
-        run = _Run(writer, detector, cfg, folder, summary, progress=progress, cancel=cancel)
-        covered = run.replay() | set(writer.media_path) | {s.path for s in writer.skipped}
-        todo, starts = _todo(_media_files(listing), folder, covered, run.video_in_progress())
+        run = _Run(writer, detector, cfg, in_folder(folder), summary, progress=progress, cancel=cancel)
+        covered = run.replay() | media_keys(writer) | {(s.root, s.path) for s in writer.skipped}
+        todo, starts = _todo(_media_files(listing), in_folder(folder), covered, run.video_in_progress())
         summary.n_resumed = len(writer.media_id) + len(writer.skipped)
         run.n_done = summary.n_resumed
         run.run(todo, starts)
@@ -759,6 +795,32 @@ def analyze(folder: str | Path, output: str | Path, cfg: dict, *, weights: str |
         writer.close()
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def resume_analysis(output: Path, folder: Path):
+    """The writer of the unfinished analysis ``output`` of ``folder``, its folder recorded as this user's root 0
+    (the user names it again).
+
+    Raises
+    ------
+    IndexFileError
+        When the unfinished analysis is of another folder.
+    """
+    from objsearch.catalog import CatalogWriter
+
+    writer = CatalogWriter.open(output)
+    try:
+        if os.path.abspath(writer.base_dir) != os.path.abspath(folder):
+            raise IndexFileError(f"{output} is an unfinished analysis of {writer.base_dir}; run analyze on that "
+                                 f"folder to finish it, or pass --overwrite to start over")
+        mac = sign_root(writer.attrs["uuid"], writer.base_dir)
+        roots, macs = writer.roots, writer.root_macs
+        if mac and macs[0] != mac:
+            writer.set_attrs(roots=roots, root_macs=[mac] + macs[1:])
+    except BaseException:
+        writer.close()
+        raise
+    return writer
 
 
 def create_index(output: Path, detector, cfg: dict, folder: Path, overwrite: bool):
@@ -788,21 +850,26 @@ def finish_analysis(run: _Run, summary: JobSummary) -> None:
     writer.set_attrs(state="ready")
     run.finish()
     summary.n_images = len(writer.media_id)
-    summary.n_objects = len(writer.object_id)
+    summary.n_objects = writer.n_objects
     summary.n_added = summary.n_images
 
 
 def index_attrs(detector, cfg: dict, folder: Path, pending_projections: list[int]) -> dict:
-    """Root attributes of a new index."""
+    """Root attributes of a new index (its uuid made here, so that ``folder`` is recorded as this user's root 0)."""
     weights = Path(str(detector.weights_path))
+    uid = uuid.uuid4().hex
+    folder = os.path.abspath(folder)
     return {
+        "uuid": uid,
+        "roots": [folder],
+        "root_macs": [sign_root(uid, folder)],
         "state": "analyzing",
         "weights_sha256": detector.weights_sha256,
         "weights_name": weights.name,
         "feature_recipe": detector.feature_recipe(),
         "config": {**cfg, "weights": weights.name},
         "class_names": detector.names,
-        "base_dir": os.path.abspath(folder),
+        "base_dir": folder,
         "pending_projections": list(pending_projections),
         "image_recipe": detector.image_feature_recipe(),
     }
@@ -859,21 +926,51 @@ def _open_for_job(index: Path, cfg_overrides: dict, weights, detector):
     return writer, detector, cfg
 
 
+def _abs_keys(roots: Roots, keys) -> set[str]:
+    """Absolute paths of (root, path) pairs under the roots' folders (strings only: nothing is read)."""
+    return {os.path.abspath(os.path.join(roots.folders[r], rel)) for r, rel in keys}
+
+
+def _keys_of(roots: Roots, path: Path) -> list[tuple[int, str]]:
+    """(root, path relative to it) of ``path`` under every root folder that holds it, the deepest readable one
+    (where ``add`` puts it) first."""
+    first = roots.locate(path)
+    keys = [first] if first is not None else []
+    for i, folder in enumerate(roots.folders):
+        if is_under(path, folder):
+            key = (i, Path(os.path.abspath(path)).relative_to(os.path.abspath(folder)).as_posix())
+            if key not in keys:
+                keys.append(key)
+    return keys
+
+
+def _new_roots(roots: Roots, paths: list[Path]) -> list[str]:
+    """The folders ``add`` makes new roots for: each path the user named that no readable root holds gives one (a
+    folder itself, a file its folder), unless another new one holds it; a missing path gives none (it is reported
+    as skipped)."""
+    candidates = list(dict.fromkeys(os.path.abspath(p if p.is_dir() else p.parent) for p in paths
+                                    if (p.exists() or p.is_symlink()) and roots.locate(p) is None))
+    return [c for c in candidates if not any(o != c and is_under(c, o) for o in candidates)]  # in the order given
+
+
 def add(index: str | Path, paths: Iterable[str | Path], *, weights: str | None = None, device: str | None = None,
         runtime: str | None = None, progress: ProgressFn | None = None, cancel: threading.Event | None = None,
         detector=None) -> JobSummary:
     """Analyze image files (or the images under folders) and add them to ``index`` with its own weights, recipe and
     projection. Files already indexed are left as they are (``n_already``; ``sync`` re-analyzes changed ones).
 
+    A path under none of the index's roots (that the user chose: see ``objsearch.roots``) makes its folder a new
+    root, recorded as this user's, so an index can grow from several places; paths are stored relative to the
+    deepest root that holds them. The new roots are committed before any image is, so a killed job resumes.
+
     Raises
     ------
     IndexFileError
         When the index cannot be opened for writing (missing, damaged, locked by another writer, unfinished).
-    ObjsearchError
-        When a path is outside the index's base directory.
     """
     t0 = time.perf_counter()
     index = Path(index)
+    paths = [Path(p) for p in paths]
     writer, detector, cfg = _open_for_job(index, {"device": device, "runtime": runtime}, weights, detector)
     if writer.has_image_vectors and image_vectors_stale(writer, detector):  # never mix two image recipes
         writer.close()
@@ -882,22 +979,51 @@ def add(index: str | Path, paths: Iterable[str | Path], *, weights: str | None =
     summary = JobSummary(index=index)
     with contextlib.ExitStack() as stack:
         stack.callback(writer.close)
-        base = Path(writer.base_dir)
-        listing = list_media(list(paths), videos=True)
+        roots = Roots.of(writer)
+        fresh = _new_roots(roots, paths)
+        if fresh:
+            uid = writer.attrs["uuid"]
+            writer.set_attrs(roots=writer.roots + fresh, root_macs=writer.root_macs + [sign_root(uid, f)
+                                                                                       for f in fresh])
+            writer.commit()  # before any image under them is journaled
+            for folder in fresh:
+                LOGGER.info("%s: new root %s", index, folder)
+            roots = Roots.of(writer)
+            for i, folder in enumerate(roots.recorded):
+                if folder in fresh:
+                    roots.move(i, folder)  # named now, even when no key could record it
+        listing = list_media(paths, videos=True)
         summary.skipped += listing.skipped
         summary.n_other_files = listing.n_other
-        run = _Run(writer, detector, cfg, base, summary, progress=progress, cancel=cancel)
-        stack.callback(run.abandon)
-        covered = run.replay()
-        indexed = set(writer.media_path)
-        resume = run.video_in_progress()
         files = _media_files(listing)
-        summary.n_already = sum(1 for p in files if (rel := _relative(p, base)) in indexed and rel not in covered
-                                and not (resume and rel == resume[0]))
-        todo, starts = _todo(files, base, indexed | covered, resume)
+
+        def locate(path: Path) -> tuple[int, str]:
+            found = roots.locate(path)
+            if found is None:  # every listed file lies under a path the user named, so under a root
+                raise ObjsearchError(f"{path} is under none of the index's folders")
+            return found
+
+        run = _Run(writer, detector, cfg, locate, summary, progress=progress, cancel=cancel)
+        stack.callback(run.abandon)
+        # a file is known under every root whose folder holds it (an older root may hold it too): looked up for
+        # the files named only, never by going through every indexed item
+        keys = {p: _keys_of(roots, p) for p in files}
+        found = writer.find_media([k for ks in keys.values() for k in ks])
+        covered, resume = run.replay(), run.video_in_progress()
+
+        def key_of(path: Path):
+            ks = keys[path]
+            if resume is not None and resume[0] in ks:
+                return resume[0]
+            return next((k for k in ks if k in covered or k in found), ks[0])
+
+        indexed = {key_of(p) for p in files if any(k in found for k in keys[p])}
+        summary.n_already = sum(1 for p in files if key_of(p) in indexed and key_of(p) not in covered
+                                and not (resume and key_of(p) == resume[0]))
+        todo, starts = _todo(files, key_of, indexed | covered, resume)
         run.run(todo, starts)
         run.finish()
-        summary.n_images, summary.n_objects = len(writer.media_id), len(writer.object_id)
+        summary.n_images, summary.n_objects = len(writer.media_id), writer.n_objects
     summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -905,12 +1031,17 @@ def add(index: str | Path, paths: Iterable[str | Path], *, weights: str | None =
 def remove(index: str | Path, paths: Iterable[str | Path] = (), *, missing: bool = False,
            base_dir: str | Path | None = None) -> JobSummary:
     """Remove indexed images (given as files or folders, present on disk or not) from ``index`` in one transaction;
-    with ``missing``, also every indexed image whose file is gone. Ids are never reused.
+    with ``missing``, also every indexed image whose file is gone. Ids are never reused. A path that names no
+    indexed media item is listed in the summary's ``not_indexed`` (the others are removed all the same).
+
+    ``base_dir`` moves roots as ``--base-dir`` does (``objsearch.roots.parse_base_dirs``). Naming paths reads no
+    file; ``missing`` looks for each indexed file, so it needs every root to be one the user chose.
 
     Raises
     ------
     IndexFileError
-        When the index cannot be opened for writing.
+        When the index cannot be opened for writing; ``UntrustedRootError`` for ``missing`` with an item under a
+        root the user did not choose (nothing is removed).
     """
     from objsearch.catalog import CatalogWriter
 
@@ -919,36 +1050,65 @@ def remove(index: str | Path, paths: Iterable[str | Path] = (), *, missing: bool
     summary = JobSummary(index=index)
     writer = CatalogWriter.open(index)
     try:
-        base = Path(base_dir) if base_dir is not None else Path(writer.base_dir)
-        rels = [_relative(Path(p), base) for p in paths]
-        gone = []
-        for i, rel in enumerate(writer.media_path):
-            hit = any(rel == r or rel.startswith(r.rstrip("/") + "/") or r in ("", ".") for r in rels)
-            if hit or (missing and not (base / rel).is_file()):
-                gone.append(int(writer.media_id[i]))
+        roots = Roots.of(writer, base_dir)
+        gone, exact, hit = [], [], []  # hit[j]: did the j-th path name anything indexed
+        paths = [Path(p) for p in paths]
+        for j, path in enumerate(paths):  # matched as strings: no indexed file is read
+            target = os.path.abspath(path)
+            n_before = len(gone)
+            for r, folder in enumerate(roots.folders):
+                if is_under(target, folder):  # the target is in this root (or is it)
+                    rel = Path(target).relative_to(os.path.abspath(folder)).as_posix()
+                    exact.append((r, rel, j))
+                    if not path.is_file():  # a folder, or a name no longer on disk: what lies under it too
+                        gone.extend(writer.media_under(r, rel).tolist())
+                elif is_under(folder, target):  # the whole root is in the target
+                    gone.extend(writer.media_under(r, "").tolist())
+            hit.append(len(gone) > n_before)
+        found = writer.find_media([(r, rel) for r, rel, _ in exact])  # every file named, in one pass
+        for r, rel, j in exact:
+            if (r, rel) in found:
+                gone.append(found[(r, rel)])
+                hit[j] = True
+        summary.not_indexed = [str(p) for p, h in zip(paths, hit) if not h]
+        if missing:
+            media_roots = writer.media_root.tolist()
+            for r in sorted(set(media_roots)):
+                roots.folder(r)  # refused before anything is looked at or removed
+            for i, (r, rel) in enumerate(zip(media_roots, writer.media_path)):
+                if not ((found_path := roots.resolve(r, rel)) is not None and found_path.is_file()):
+                    gone.append(int(writer.media_id[i]))
         if gone:
             summary.n_removed_objects = writer.remove_media(np.asarray(sorted(set(gone)), np.int64))
             summary.n_removed = len(set(gone))
             writer.commit()
-        summary.n_images, summary.n_objects = len(writer.media_id), len(writer.object_id)
+        summary.n_images, summary.n_objects = len(writer.media_id), writer.n_objects
     finally:
         writer.close()
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
-def sync(index: str | Path, folder: str | Path | None = None, *, weights: str | None = None,
-         device: str | None = None, runtime: str | None = None, progress: ProgressFn | None = None,
-         cancel: threading.Event | None = None, detector=None) -> JobSummary:
-    """Bring ``index`` in step with its folder (default: its base directory): remove indexed images whose file is
-    gone, re-analyze changed ones (size or modification time differ), add new ones.
+def sync(index: str | Path, folder: str | Path | None = None, *, paths: Iterable[str | Path] | None = None,
+         weights: str | None = None, device: str | None = None, runtime: str | None = None,
+         progress: ProgressFn | None = None, cancel: threading.Event | None = None, detector=None,
+         defer: Callable[[Path], bool] | None = None) -> JobSummary:
+    """Bring ``index`` in step with its folders (default: every root; or ``folder``, under one of them): remove
+    indexed images whose file is gone, re-analyze changed ones (size or modification time differ), add new ones.
+
+    ``paths`` narrows the job to some files and folders under the index's roots, present or gone (what a watcher
+    saw change; ``objsearch.watch``): only indexed items at or under them are compared, and only media files under
+    those that exist are listed. ``sync(index, folder)`` is ``sync(index, paths=[folder])``. ``defer(path)``, when
+    given, is asked about every media file found; a file it answers True for (one still being written) is left as
+    it is this time: neither analyzed nor removed.
 
     Raises
     ------
     IndexFileError
-        When the index cannot be opened for writing.
+        When the index cannot be opened for writing; ``UntrustedRootError`` when a folder to read is under a root
+        the user did not choose (``objsearch trust`` records it).
     ObjsearchError
-        When ``folder`` is not under the index's base directory.
+        When ``folder`` or one of ``paths`` is under none of the index's roots (``objsearch add`` makes it one).
     """
     t0 = time.perf_counter()
     index = Path(index)
@@ -956,27 +1116,49 @@ def sync(index: str | Path, folder: str | Path | None = None, *, weights: str | 
     summary = JobSummary(index=index)
     with contextlib.ExitStack() as stack:
         stack.callback(writer.close)
-        base = Path(writer.base_dir)
-        folder = Path(folder) if folder is not None else base
-        prefix = _relative(folder, base)
-        prefix = "" if prefix in ("", ".") else prefix.rstrip("/") + "/"
-        listing = list_media(folder, videos=True)
+        roots = Roots.of(writer)
+        scope = [] if paths is None else [Path(p) for p in paths]
+        if folder is not None:
+            scope.append(Path(folder))
+        if paths is None and folder is None:
+            folders = [roots.folder(r) for r in range(len(roots.recorded))]  # refused when one is not the user's
+        else:
+            for path in scope:
+                if roots.locate(path) is None:
+                    holder = next((r for r, f in enumerate(roots.folders) if is_under(path, f)), None)
+                    if holder is not None:
+                        raise roots.refusal(holder)
+                    raise ObjsearchError(f"{path} is not under the index's folders "
+                                         f"({', '.join(map(str, roots.folders))}); `objsearch add` it to make it one")
+            folders = scope
+        listing = list_media([f for f in folders if f.exists() or f.is_symlink()], videos=True)
         summary.skipped += listing.skipped
         summary.n_other_files = listing.n_other
-        run = _Run(writer, detector, cfg, base, summary, progress=progress, cancel=cancel)
+
+        def locate(path: Path) -> tuple[int, str]:
+            found = roots.locate(path)
+            if found is None:
+                raise ObjsearchError(f"{path} is under none of the index's folders")
+            return found
+
+        run = _Run(writer, detector, cfg, locate, summary, progress=progress, cancel=cancel)
         stack.callback(run.abandon)
-        covered = run.replay()
-        on_disk = {_relative(p, base): p for p in _media_files(listing)}
+        covered = _abs_keys(roots, run.replay())
+        on_disk = {os.path.abspath(p): p for p in _media_files(listing)}
+        deferred = {where for where, p in on_disk.items() if defer(p)} if defer is not None else set()
+        for where in deferred:
+            del on_disk[where]
         stale = []
-        for i, rel in enumerate(writer.media_path):
-            if not rel.startswith(prefix):
+        for i, (r, rel) in enumerate(zip(writer.media_root.tolist(), writer.media_path)):
+            where = os.path.abspath(os.path.join(roots.folders[r], rel))
+            if where in deferred or not any(is_under(where, f) for f in folders):
                 continue
-            path = on_disk.get(rel)
+            path = on_disk.get(where)
             if path is None:
                 stale.append(i)
                 summary.n_removed += 1
-            elif rel not in covered and _file_identity(path) != (int(writer.media_file_size[i]),
-                                                                int(writer.media_file_mtime_ns[i])):
+            elif where not in covered and _file_identity(path) != (int(writer.media_file_size[i]),
+                                                                  int(writer.media_file_mtime_ns[i])):
                 stale.append(i)
                 summary.n_changed += 1
         if stale:
@@ -985,20 +1167,21 @@ def sync(index: str | Path, folder: str | Path | None = None, *, weights: str | 
         if image_vectors_stale(writer, detector):
             summary.n_image_vectors = add_image_vectors(writer, detector, max_pixels=int(cfg.get("max_pixels", 100_000_000)),
                                                         progress=progress, cancel=cancel)
-        indexed = set(writer.media_path)
+        indexed = _abs_keys(roots, media_keys(writer))
         resume = run.video_in_progress()
-        todo, starts = _todo([p for _, p in sorted(on_disk.items())], base, indexed | covered, resume)
-        summary.n_unchanged = sum(1 for rel in on_disk if rel in indexed and not (resume and rel == resume[0]))
+        resume = None if resume is None else (next(iter(_abs_keys(roots, [resume[0]]))), resume[1])
+        todo, starts = _todo([p for _, p in sorted(on_disk.items())], os.path.abspath, indexed | covered, resume)
+        summary.n_unchanged = sum(1 for a in on_disk if a in indexed and not (resume and a == resume[0]))
         run.run(todo, starts)
         run.finish()
-        summary.rerank_dims = add_rerank_vectors(writer, detector, cfg, base_dir=base)
+        summary.rerank_dims = add_rerank_vectors(writer, detector, cfg, roots=roots)
         summary.n_added -= summary.n_changed
-        summary.n_images, summary.n_objects = len(writer.media_id), len(writer.object_id)
+        summary.n_images, summary.n_objects = len(writer.media_id), writer.n_objects
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
-def add_rerank_vectors(writer, detector, cfg: dict, *, base_dir: Path) -> int | None:
+def add_rerank_vectors(writer, detector, cfg: dict, *, roots: Roots | None = None) -> int | None:
     """Give an index made before reranking (its stored configuration has no ``rerank_dims`` key) the rerank vectors
     of the default configuration (``objsearch.rerank``; one commit; its search vectors are kept as they are).
     Returns their dimension, None when nothing was made (the index has them, was made with ``rerank_dims: null``,
@@ -1012,7 +1195,7 @@ def add_rerank_vectors(writer, detector, cfg: dict, *, base_dir: Path) -> int | 
     if defaults["rerank_dims"] is None:
         return None
     settings = {**cfg, "rerank_dims": defaults["rerank_dims"], "rerank_recipe": defaults["rerank_recipe"]}
-    proj = fit_rerank_projection(writer, detector, settings, base_dir=base_dir)
+    proj = fit_rerank_projection(writer, detector, settings, roots=roots)
     if proj is None:
         return None
     writer.set_projection(proj)
@@ -1020,6 +1203,40 @@ def add_rerank_vectors(writer, detector, cfg: dict, *, base_dir: Path) -> int | 
                              "rerank_recipe": settings["rerank_recipe"]})
     writer.commit()
     return int(settings["rerank_dims"])
+
+
+def trust(index: str | Path, base_dir=None) -> list[str]:
+    """Record every root folder of ``index`` as chosen by this user (``objsearch trust``), after moving roots as
+    ``base_dir`` says (``--base-dir`` values: the new folders are recorded); returns the folders recorded.
+
+    For an index made on another machine or before roots were recorded: objsearch then reads its images under those
+    folders (and only there) without ``--base-dir``. Nothing else changes.
+
+    Raises
+    ------
+    IndexFileError
+        When the index cannot be opened for writing (format 1: convert it first).
+    ObjsearchError
+        When a root has no folder recorded and none is given, or the user's key cannot be made.
+    """
+    from objsearch.catalog import CatalogWriter
+    from objsearch.roots import user_key
+
+    writer = CatalogWriter.open(Path(index), description="objsearch trust")
+    try:
+        roots = Roots.of(writer, base_dir)
+        for i, recorded in enumerate(roots.recorded):
+            if not os.path.isabs(recorded) and i not in roots.moved:
+                raise ObjsearchError(f"root {i} of {index} records no folder ({recorded!r}); name it with "
+                                     f"--base-dir {i}=FOLDER")
+        user_key(create=True)  # say why, rather than record nothing
+        uid = writer.attrs["uuid"]
+        folders = [os.path.abspath(f) for f in roots.folders]
+        writer.set_attrs(base_dir=folders[0], roots=folders, root_macs=[sign_root(uid, f) for f in folders])
+        writer.commit()
+    finally:
+        writer.close()
+    return folders
 
 
 def image_vectors_stale(catalog, detector) -> bool:

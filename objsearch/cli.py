@@ -13,33 +13,128 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from objsearch.config import PROJECT_ROOT, find_demo_index, load_config, parse_dims
-from objsearch.errors import ObjsearchError
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Object-level reverse image search: YOLO detections, their own features, a KD-tree.")
-
-SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
-
-ModeOpt = Annotated[str, typer.Option("--mode", help="objects (each object's neighbours) or image (whole images).")]
-WeightsOpt = Annotated[Optional[str], typer.Option("--weights", "-w", help="Detector checkpoint (.pt).")]
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML config (default: cfg/default.yaml).")]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, 0 (a GPU index: cuda:0), cuda, cuda:1, mps.")]
-RuntimeOpt = Annotated[Optional[str], typer.Option(
-    "--runtime", help="What runs the detector: torch, onnx, openvino (CPU; same boxes and features; pip "
-                      "install objsearch[fast]) or auto (the fastest installed). Default: the config's runtime key.")]
+from objsearch.errors import ExitCode, ObjsearchError
+from objsearch.projection import PROJECTION_METHODS
+from objsearch.runtimes import RUNTIMES
+from objsearch.vectors import BACKENDS
 
 
 def _err(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
 
 
+# click's exceptions, from the module that holds typer's public BadParameter (typer >= 0.29 carries its own copy of
+# click; older ones used click itself)
+click_errors = sys.modules[typer.BadParameter.__module__]
+
+
+def _flag_name(param) -> str:
+    """How a parameter is spelled on the command line: ``-k/--k/--top-k``, ``--index/-i``, ``IMAGES``."""
+    if param is None:
+        return "a value"
+    if getattr(param, "param_type_name", "") == "option":
+        return "/".join(param.opts)
+    return (param.name or "an argument").upper()
+
+
+def usage_line(exc) -> str:
+    """One line for an error of the command line that click found (an unknown flag, a value outside its range or
+    choices, a missing argument), naming the flag, the value and what is allowed, with where the help is; click's
+    own form is a boxed, multi-line usage panel."""
+    import re
+    import shlex
+
+    from objsearch.types import printable
+
+    ctx = getattr(exc, "ctx", None)
+    where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+    cause = exc.__cause__  # typer checks values with pydantic: its error holds the value given
+    errors = cause.errors() if hasattr(cause, "errors") else []
+    if isinstance(exc, click_errors.BadParameter) and errors and "input" in errors[0]:
+        value = shlex.quote(printable(str(errors[0]["input"])))
+        rule = str(errors[0].get("msg", exc.message))
+        if rule.startswith("Input should be "):
+            rule = "must be " + rule[len("Input should be "):].split(",")[0]
+        elif rule.startswith("Value error, "):
+            rule = rule[len("Value error, "):]
+            choices = re.match(r"'.*' is not one of (.+)$", rule)
+            if choices:
+                rule = "must be one of " + choices.group(1).replace("'", "")
+        text = f"{_flag_name(exc.param)} {value}: {rule}"
+    elif isinstance(exc, click_errors.BadParameter) and not isinstance(exc, click_errors.MissingParameter):
+        text = f"invalid value for {_flag_name(exc.param)}: {exc.message}"
+    else:
+        text = exc.format_message()
+        text = text[:1].lower() + text[1:]
+    return " ".join(text.split()).rstrip(".") + where
+
+
+class Commands(TyperGroup):
+    """objsearch's command group: click's own errors (unknown flags, values outside their range) end like every
+    other user error, in one ``error:`` line and the usage exit code (``ExitCode.USAGE``), not in a usage panel."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:  # named objsearch however it was started (python -m objsearch, a test's runner)
+            code = super().main(args=args, prog_name=prog_name or self.name or "objsearch",
+                                complete_var=complete_var, standalone_mode=False, **extra)
+        except click_errors.NoArgsIsHelpError as exc:  # bare `objsearch`: the help, as a usage error
+            typer.echo(exc.ctx.get_help())
+            code = ExitCode.USAGE
+        except click_errors.ClickException as exc:
+            _err(usage_line(exc))
+            code = ExitCode.USAGE
+        except (click_errors.Abort, typer.Abort):
+            _err("interrupted")
+            code = ExitCode.INTERRUPTED
+        code = code if isinstance(code, int) else ExitCode.OK
+        if standalone_mode:
+            sys.exit(int(code))
+        return int(code)
+
+
+# rich_markup_mode=None: plain help text, wrapped to the terminal (rich markup ate "[fast]" and "[milvus]")
+app = typer.Typer(name="objsearch", cls=Commands, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
+                  help="Object-level reverse image search: YOLO detections, their own features, a KD-tree.")
+
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+
+
+# a flag with a fixed set of values is a Literal (case-insensitive): a value outside it is a usage error naming them
+ModeOpt = Annotated[Literal["objects", "image"], typer.Option(
+    "--mode", case_sensitive=False, help="objects (each object's neighbours) or image (whole images).")]
+WeightsOpt = Annotated[Optional[str], typer.Option("--weights", "-w", help="Detector checkpoint (.pt).")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML config (default: cfg/default.yaml).")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, 0 (a GPU index: cuda:0), cuda, cuda:1, mps.")]
+RuntimeOpt = Annotated[Optional[Literal[(*RUNTIMES, "auto")]], typer.Option(
+    "--runtime", case_sensitive=False,
+    help="What runs the detector: auto (onnx on the CPU once its exported graph matched torch, else torch); torch; "
+         "onnx or openvino (CPU only; the same boxes and features; openvino: pip install 'objsearch[fast]'). "
+         "Default: the config's runtime key (auto).")]
+
+
+def _index_file(value: Path | None) -> Path | None:
+    """An index path as given, refused at once when it names something other than a file (a folder, a device, a
+    FIFO): a usage error naming the flag. A missing file is left to the catalog (exit 3, "does not exist")."""
+    if value is not None and value.exists() and not value.is_file():
+        kind = "a folder" if value.is_dir() else "not a regular file"
+        raise typer.BadParameter(f"{value} is {kind}; an index is a file (.h5)")
+    return value
+
+
+IndexOpt = Annotated[Path, typer.Option("--index", "-i", callback=_index_file, help="Index file (.h5).")]
+IndexArg = Annotated[Path, typer.Argument(callback=_index_file, help="Index file (.h5).")]
+
+
 def handle_errors(func):
-    """Turn user errors into one line and an exit code; Ctrl-C into exit 130."""
+    """Turn user errors into one line and their exit code (``objsearch.errors.ExitCode``); Ctrl-C into 130; a full
+    disk or a forbidden folder into ``CANNOT_WRITE``."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -50,25 +145,29 @@ def handle_errors(func):
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             _err(INTERRUPTED.get(func.__name__, "interrupted"))
-            raise typer.Exit(130) from None
+            raise typer.Exit(ExitCode.INTERRUPTED) from None
         except OSError as exc:
             if exc.errno not in STORAGE_ERRNOS:
                 raise
             where = f" ({exc.filename})" if exc.filename else ""
-            _err(f"{exc.strerror}{where}; an analysis resumes where it stopped when run again")
-            raise typer.Exit(1) from None
+            # only a job that journals its work resumes, and only once there is room again: a read-only or
+            # forbidden place needs another place, not a second try
+            resumes = func.__name__ in INTERRUPTED and exc.errno in SPACE_ERRNOS
+            _err(f"{exc.strerror}{where}" + ("; an analysis resumes where it stopped when run again" if resumes else ""))
+            raise typer.Exit(ExitCode.CANNOT_WRITE) from None
 
     return wrapper
 
 
 # what Ctrl-C prints, by command function: only the commands that run an analysis job resume it
 INTERRUPTED = dict.fromkeys(
-    ["analyze", "add", "sync", "demo"], "interrupted (an analysis resumes when run again with the same command)")
+    ["analyze", "add", "sync", "watch", "demo"], "interrupted (an analysis resumes when run again with the same command)")
 
 # a full disk, a read-only or forbidden folder, a file too large: one line, not a traceback (what was committed stays)
-STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
+SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
+STORAGE_ERRNOS = SPACE_ERRNOS | {errno.EROFS, errno.EACCES, errno.EPERM}
 
-NO_TORCH_COMMANDS = {"info"}  # these do not pay for importing torch (about 2.5 s) just to set its threads
+NO_TORCH_COMMANDS = {"info", "trust"}  # these do not pay for importing torch (about 2.5 s) just to set its threads
 
 
 def _print_version(value: bool) -> None:
@@ -92,7 +191,25 @@ def _setup(
     from objsearch.threads import set_threads
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    _show_one_time_work()
     set_threads(threads, load=ctx.invoked_subcommand not in NO_TORCH_COMMANDS)  # before any work
+
+
+class _EchoHandler(logging.Handler):
+    """Log records as ``objsearch: message`` lines on the current stderr (the one a test's runner captures too)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(f"objsearch: {record.getMessage()}", err=True)
+
+
+def _show_one_time_work() -> None:
+    """Let the user see what runs once and takes seconds: the export of the detector for the default ``auto``
+    runtime (``objsearch.runtimes.EXPORT_LOGGER``), shown as plain lines whatever ``--verbose`` says."""
+    log = logging.getLogger("objsearch.runtimes.export")
+    if not any(isinstance(h, _EchoHandler) for h in log.handlers):
+        log.addHandler(_EchoHandler())
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 @app.command("threads", hidden=True)
@@ -119,10 +236,15 @@ def _progress_bar(total: int, desc: str):
 GroupWindowOpt = Annotated[float, typer.Option("--group-window", min=0.0, help="Seconds: hits from one video, of one "
                                               "class, this close in time are one moment, shown by its best frame.")]
 NoGroupOpt = Annotated[bool, typer.Option("--no-group", help="Show every video frame on its own (no moments).")]
-BackendOpt = Annotated[str, typer.Option("--backend", "--search", help="Vector search: auto (the fastest exact "
-                                          "method for this index), kdtree, faiss, numpy (exact), hnsw "
-                                          "(approximate, hnswlib; its graph is kept beside the index), or milvus "
-                                          "(a Milvus collection: see --milvus-uri; pip install 'objsearch[milvus]').")]
+BaseDirOpt = Annotated[Optional[list[str]], typer.Option(
+    "--base-dir", show_default=False, help="Where the indexed images live now: FOLDER moves the first root (the "
+                                           "folder analyzed), OLD=NEW or N=NEW another; repeatable.")]
+BackendOpt = Annotated[Literal[BACKENDS], typer.Option("--backend", "--search", case_sensitive=False, help="Vector search: auto (the fastest exact "
+                                          "method for this index; torch on a GPU for 50,000 objects or more), "
+                                          "kdtree, faiss, numpy (exact), hnsw (approximate, hnswlib; its graph is "
+                                          "kept beside the index), torch (exact, the vectors on --device: a GPU's "
+                                          "memory with --device 0), or milvus (a Milvus collection: see "
+                                          "--milvus-uri; pip install 'objsearch[milvus]').")]
 MilvusUriOpt = Annotated[Optional[str], typer.Option("--milvus-uri", help="Milvus Lite database (a path ending in "
                                                      ".db) or server URI (http://host:19530); default with --backend "
                                                      "milvus: INDEX.h5.milvus.db.")]
@@ -154,15 +276,15 @@ def _catalog_state(index: Path, uri: str | None):
 
 def _print_summary(verb: str, summary, output=None) -> None:
     frames = getattr(summary, "n_added_frames", 0)
-    what = (f"{summary.n_added - frames} images and {frames} frames of {summary.n_videos} videos" if frames
-            else f"{summary.n_added} images")
-    parts = [f"{verb} {what} ({summary.n_added_objects} objects)"]
+    what = (f"{_count(summary.n_added - frames, 'image')} and {_count(frames, 'frame')} of "
+            f"{_count(summary.n_videos, 'video')}" if frames else _count(summary.n_added, "image"))
+    parts = [f"{verb} {what} ({_count(summary.n_added_objects, 'object')})"]
     if summary.n_resumed:
         parts.append(f"{summary.n_resumed} resumed from an interrupted run")
     if summary.n_changed:
         parts.append(f"{summary.n_changed} changed and analyzed again")
     if summary.n_removed:
-        parts.append(f"removed {summary.n_removed} images ({summary.n_removed_objects} objects)")
+        parts.append(f"removed {_count(summary.n_removed, 'image')} ({_count(summary.n_removed_objects, 'object')})")
     if summary.n_already:
         parts.append(f"{summary.n_already} already indexed")
     if summary.n_unchanged:
@@ -176,7 +298,7 @@ def _print_summary(verb: str, summary, output=None) -> None:
     if summary.n_other_files:
         parts.append(f"{summary.n_other_files} other files ignored")
     typer.echo(", ".join(parts) + f", in {summary.seconds:.1f} s -> {output or summary.index} "
-               f"({summary.n_images} images, {summary.n_objects} objects)")
+               f"({_count(summary.n_images, 'image')}, {_count(summary.n_objects, 'object')})")
     from objsearch.types import printable
 
     for item in summary.skipped:
@@ -207,15 +329,17 @@ def analyze(
     output: Annotated[Path, typer.Option("--output", "-o", help="Index file to write (.h5).")],
     weights: WeightsOpt = None,
     dims: Annotated[Optional[str], typer.Option(help="Projection dims, e.g. 32 or 16,32,64,128,256.")] = None,
-    projection: Annotated[Optional[str], typer.Option(help="random or pca.")] = None,
-    conf: Annotated[Optional[float], typer.Option(help="Minimum detection confidence.")] = None,
-    imgsz: Annotated[Optional[int], typer.Option(help="Inference size, pixels.")] = None,
+    projection: Annotated[Optional[Literal[PROJECTION_METHODS]], typer.Option(
+        case_sensitive=False, help="random or pca (default: the config's).")] = None,
+    conf: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Minimum detection confidence.")] = None,
+    imgsz: Annotated[Optional[int], typer.Option(min=32, help="Inference size, pixels.")] = None,
     device: DeviceOpt = None,
     recipe: Annotated[Optional[str], typer.Option(help="Feature blocks, e.g. cls_logits:1.5,neck_roi:1.")] = None,
     config: ConfigOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing index file.")] = False,
-    batch: Annotated[Optional[int], typer.Option(help="Images per detector forward pass (same input shape only).")] = None,
-    engine: Annotated[str, typer.Option("--engine", help="local (this process), or ray (Ray Data: reading, "
+    batch: Annotated[Optional[int], typer.Option(min=1, help="Images per detector forward pass (same input shape "
+                                                 "only).")] = None,
+    engine: Annotated[Literal["local", "ray"], typer.Option("--engine", case_sensitive=False, help="local (this process), or ray (Ray Data: reading, "
                                         "decoding and detection as stages, one detector actor per GPU; pip install "
                                         "'objsearch[ray]').")] = "local",
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to run on (host:6379 or "
@@ -228,7 +352,7 @@ def analyze(
 ) -> None:
     """Analyze every image and video (.mp4 .mov .avi .mkv .webm) under FOLDER into a new index file; each sampled
     video frame is one media item. An interrupted run resumes when run again (in the middle of a video too); a
-    finished index is brought up to date with `objsearch sync`."""
+    finished index is brought up to date with 'objsearch sync'."""
     if engine not in ("local", "ray"):
         raise ObjsearchError(f"--engine must be local or ray, got {engine!r}")
     if ray_address is not None and engine != "ray":
@@ -291,13 +415,14 @@ def _check_index_output(output: Path) -> None:
         raise ObjsearchError(f"cannot write the index {output}: not a regular file")
     if output.suffix.lower() in MEDIA_SUFFIXES:
         raise ObjsearchError(f"cannot write the index {output}: that is an image or video name; use a .h5 name")
+    check_output_folder(output, "the index")
 
 
 @app.command()
 @handle_errors
 def add(
     paths: Annotated[list[Path], typer.Argument(help="Image and video files or folders (under the index's base directory).")],
-    index: Annotated[Path, typer.Option("--index", "-i", help="Index file.")],
+    index: IndexOpt,
     weights: WeightsOpt = None,
     device: DeviceOpt = None,
     milvus_uri: MilvusUriOpt = None,
@@ -322,31 +447,44 @@ def add(
 @app.command()
 @handle_errors
 def remove(
+    index: IndexOpt,
     paths: Annotated[Optional[list[Path]], typer.Argument(help="Indexed images or folders to remove.")] = None,
-    index: Annotated[Path, typer.Option("--index", "-i", help="Index file.")] = Path("index.h5"),
     missing: Annotated[bool, typer.Option(help="Also remove every indexed image whose file is gone.")] = False,
     milvus_uri: MilvusUriOpt = None,
     milvus_collection: MilvusCollectionOpt = None,
 ) -> None:
-    """Remove images (and their objects) from an index; their ids are never reused. `objsearch compact` reclaims
-    the space."""
+    """Remove images and videos (and their objects) from an index; their ids are never reused. A path the index
+    does not hold is named (exit code 2 at the end). 'objsearch compact' reclaims the space."""
     from objsearch.analysis import remove as run_remove
 
     if not paths and not missing:
         raise ObjsearchError("name images or folders to remove, or pass --missing")
+    from objsearch.types import printable
+
     previous = _catalog_state(index, milvus_uri)
     summary = run_remove(index, paths or [], missing=missing)
-    typer.echo(f"removed {summary.n_removed} images ({summary.n_removed_objects} objects) from {index} "
-               f"({summary.n_images} images, {summary.n_objects} objects left) in {summary.seconds:.1f} s")
+    for path in summary.not_indexed:
+        _err(f"{printable(path)} is not in {printable(str(index))} (no indexed image or video is that file or under "
+             f"that folder)")
+    typer.echo(f"removed {_count(summary.n_removed, 'image')} ({_count(summary.n_removed_objects, 'object')}) from "
+               f"{index} ({_count(summary.n_images, 'image')}, {_count(summary.n_objects, 'object')} left) in "
+               f"{summary.seconds:.1f} s")
     _milvus_follow(index, milvus_uri, milvus_collection, previous)
+    if summary.not_indexed:
+        raise typer.Exit(ExitCode.UNREADABLE_INPUT)
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 image``, ``2 images``, ``0 images``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 @app.command()
 @handle_errors
 def sync(
+    index: IndexOpt,
     folder: Annotated[Optional[Path], typer.Argument(help="Folder to bring the index in step with (default: its "
                                                      "base directory).")] = None,
-    index: Annotated[Path, typer.Option("--index", "-i", help="Index file.")] = Path("index.h5"),
     weights: WeightsOpt = None,
     device: DeviceOpt = None,
     milvus_uri: MilvusUriOpt = None,
@@ -368,7 +506,125 @@ def sync(
 
 @app.command()
 @handle_errors
-def compact(index: Annotated[Path, typer.Argument(help="Index file.")]) -> None:
+def trust(
+    index: IndexArg,
+    base_dir: BaseDirOpt = None,
+) -> None:
+    """Record an index's image folders as yours, so that its images are read from them without --base-dir: for an
+    index made on another machine or by an older objsearch. Only the folders it names are read (docs/security.md)."""
+    from objsearch.analysis import trust as run_trust
+    from objsearch.types import printable
+
+    folders = run_trust(index, base_dir)
+    typer.echo(f"{index}: recorded as yours: " + ", ".join(f"root {i} {printable(f)}" for i, f in enumerate(folders)))
+
+
+@app.command()
+@handle_errors
+def watch(
+    index: IndexOpt,
+    folders: Annotated[Optional[list[Path]], typer.Argument(help="Folders to watch, recursively (default: every "
+                                                            "folder of the index).")] = None,
+    once: Annotated[bool, typer.Option("--once", help="Catch up once and exit (the same as sync).")] = False,
+    settle: Annotated[float, typer.Option("--settle", min=0.0, help="Seconds a file must be quiet (and closed) "
+                                                                    "before it is analyzed.")] = 0.5,
+    polling: Annotated[bool, typer.Option("--polling", help="Poll the folders instead of listening to the "
+                                                            "system's file events (network file systems).")] = False,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = None,
+    runtime: RuntimeOpt = None,
+) -> None:
+    """Keep an index in step with its folders: analyze new and changed images and videos as they arrive, remove
+    deleted ones (Ctrl-C stops; the next start catches up)."""
+    import threading
+
+    from objsearch.types import printable
+    from objsearch.watch import Watcher, WatchSettings
+
+    def report(summary) -> None:
+        if summary.n_added or summary.n_removed or summary.n_changed or summary.skipped:
+            _print_summary(time.strftime("%H:%M:%S") + " added", summary)
+
+    watcher = Watcher(index, folders, weights=weights, device=device, runtime=runtime,
+                      settings=WatchSettings(settle_s=settle, polling=polling))
+    if once:
+        progress, close = _job_progress("sync")
+        try:
+            summary = watcher.catch_up(progress=progress)
+        finally:
+            close()
+        _print_summary("synced: added", summary)
+        return
+    try:
+        watcher.start()
+        _print_summary("synced: added", watcher.catch_up())
+        watcher.on_job = report
+        typer.echo(f"watching {', '.join(printable(str(f)) for f in watcher.folders)} -> {index} (Ctrl-C stops)",
+                   err=True)
+        watcher.run(threading.Event(), catch_up=False)
+    except KeyboardInterrupt:
+        watcher.stop()
+        typer.echo("stopped watching", err=True)
+
+
+@app.command()
+@handle_errors
+def duplicates(
+    index: IndexOpt,
+    objects: Annotated[bool, typer.Option("--objects", help="Groups of the same object seen in several images or "
+                                                            "frames.")] = False,
+    images: Annotated[bool, typer.Option("--images", help="Groups of near-identical images and frames (the "
+                                                          "default).")] = False,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", min=0.0, help="Largest distance between two "
+                                                       "near-duplicates (default: 0.12 images, 0.25 objects).")] = None,
+    dims: Annotated[Optional[int], typer.Option(help="Projection dimension compared (default 32).")] = None,
+    backend: BackendOpt = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print every group as one JSON object.")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder to write one picture per group into.")] = None,
+    limit: Annotated[int, typer.Option(min=0, help="Groups printed (--json and --out: all).")] = 20,
+    base_dir: BaseDirOpt = None,
+) -> None:
+    """Find near-duplicate images (resized, re-encoded, cropped a little; consecutive video frames) or objects in
+    an index, in groups with a representative each."""
+    from objsearch.catalog import Catalog
+    from objsearch.duplicates import find_duplicates, report_to_dict, write_group_pictures
+
+    if objects and images:
+        raise ObjsearchError("pass --objects or --images, not both")
+    kind = "objects" if objects else "images"
+    with Catalog(index) as catalog:
+        try:
+            report = find_duplicates(catalog, kind=kind, threshold=threshold, dims=dims, backend=backend)
+        except ValueError as exc:
+            raise ObjsearchError(str(exc)) from None
+        if out is not None:
+            written = write_group_pictures(report, catalog, out, base_dir=base_dir)
+            typer.echo(f"wrote {len(written)} pictures to {out}", err=True)
+        if as_json:
+            typer.echo(json.dumps(report_to_dict(report, catalog)))
+            return
+        data = report_to_dict(report, catalog, limit=limit)
+    unit = "images" if kind == "images" else "objects"
+    typer.echo(f"{data['n_groups']} groups of near-duplicate {unit} ({data['n_duplicates']} duplicates) among "
+               f"{data['n_items']} {unit}; threshold {report.threshold:g} at {report.dims} dims, {report.method}, "
+               f"in {report.seconds:.1f} s")
+
+    def name(item: dict) -> str:
+        where = f" @ {item['timestamp_s']:.1f}s" if "timestamp_s" in item else ""
+        what = f" {item['label']} #{item['object_id']}" if "object_id" in item else ""
+        return f"{item['path']}{where}{what}"
+
+    for n, group in enumerate(data["groups"], 1):
+        typer.echo(f"group {n} ({1 + len(group['members'])}): {name(group['representative'])}")
+        for item in group["members"]:
+            typer.echo(f"    {name(item)}  d={item['distance']:.3f}")
+    if data["n_groups"] > len(data["groups"]):
+        typer.echo(f"... and {data['n_groups'] - len(data['groups'])} more groups (--json lists them all)")
+
+
+@app.command()
+@handle_errors
+def compact(index: IndexArg) -> None:
     """Rewrite an index without its removed rows (ids stay the same)."""
     from objsearch.analysis import compact as run_compact
 
@@ -379,7 +635,7 @@ def compact(index: Annotated[Path, typer.Argument(help="Index file.")]) -> None:
 
 @app.command()
 @handle_errors
-def repair(index: Annotated[Path, typer.Argument(help="Index file.")]) -> None:
+def repair(index: IndexArg) -> None:
     """Roll back a transaction that a killed writer left unfinished (any command that writes does it too)."""
     from objsearch.catalog import repair as run_repair
 
@@ -469,15 +725,19 @@ def _read_query(item: str | Path):
 def query(
     images: Annotated[list[str], typer.Argument(help="Query images: files, folders, glob patterns ('*.jpg') or "
                                                      "http(s) URLs.")],
-    index: Annotated[Path, typer.Option("--index", "-i", help="Index file.")],
+    index: IndexOpt,
     k: Annotated[int, typer.Option("-k", "--k", "--top-k", min=1, help="Neighbours per object.")] = 16,
     same_class: Annotated[bool, typer.Option(help="Only neighbours of the object's detected class.")] = False,
     include_self: Annotated[bool, typer.Option(help="Keep objects of the query image itself when it is indexed.")] = False,
     dims: Annotated[Optional[int], typer.Option(help="Projection dimension to search (stored in the index).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per query image (JSON Lines).")] = False,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Write a result picture (JPEG/PNG; one query image).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write the result picture (.jpg or .png); an "
+                                                 "existing folder: one picture per query image, named after "
+                                                 "it.")] = None,
+    save: Annotated[bool, typer.Option("--save", help="Without --out: write one picture per query image into "
+                                       "runs/query/N, a new numbered folder.")] = False,
     weights: WeightsOpt = None,
-    base_dir: Annotated[Optional[Path], typer.Option(help="Where the indexed images live now.")] = None,
+    base_dir: BaseDirOpt = None,
     device: DeviceOpt = None,
     conf: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Minimum detection confidence.")] = None,
     backend: BackendOpt = "auto",
@@ -489,21 +749,19 @@ def query(
     no_group: NoGroupOpt = False,
     mode: ModeOpt = "objects",
 ) -> None:
-    """Find the nearest indexed objects of every object in each query image (``--mode image``: the most similar
-    whole images, one row). With several images, one that cannot be read prints an error line and the others go on
-    (exit code 2 at the end)."""
+    """Find the nearest indexed objects of every object in each query image (--mode image: the most similar
+    whole images, one row). Prints each object with its k neighbours; --json prints JSON Lines; --out writes a
+    picture (a folder: one picture per query image), --save one per image into runs/query/N. With several images,
+    one that cannot be read prints an error line and the others go on (exit code 2 at the end)."""
     from objsearch.engine import Engine
     from objsearch.errors import ImageReadError
 
-    mode = _mode(mode)
     if mode == "image" and same_class:
         raise ObjsearchError("--same-class applies to --mode objects (whole images have no one class)")
     items = expand_query_inputs(list(images))
-    if out is not None:
-        if len(items) != 1:
-            raise ObjsearchError(f"--out writes one picture, but {len(items)} query images were given")
-        _check_not_input(out, [*(i for i in items if isinstance(i, Path)), *_index_files(index)])
-        _check_picture_path(out)
+    pictures = _picture_paths(items, out, save)
+    for target in pictures.values():
+        _check_not_input(target, [*(i for i in items if isinstance(i, Path)), *_index_files(index)])
     try:
         first = _read_query(items[0])  # decoded once; a bad only image fails before the detector loads
     except ImageReadError as exc:
@@ -533,27 +791,80 @@ def query(
                                             exclude_self=not include_self and isinstance(item, Path),
                                             warmup=True, image=picture,  # once per input shape
                                             group_s=None if no_group else group_window)
-            if out is not None:
-                _write_picture(engine, picture, result, out)
+            if n in pictures:
+                _write_picture(engine, picture, result, pictures[n])
             if as_json:
                 typer.echo(json.dumps(result.to_dict()))
             elif mode == "image":
                 _print_image_result(item, result)
             else:
                 _print_result(item, result)
-    if out is not None and not as_json:
-        typer.echo(f"wrote {out}")
+    if pictures and not as_json:
+        written = sorted({p.parent for p in pictures.values()})
+        typer.echo(f"wrote {pictures[0]}" if len(items) == 1 and 0 in pictures else
+                   f"wrote {len(pictures) - n_failed} pictures to {', '.join(map(str, written))}")
     if n_failed:
-        raise typer.Exit(2)
+        raise typer.Exit(ExitCode.UNREADABLE_INPUT)
 
 
-def _mode(mode: str) -> str:
-    from objsearch.types import printable
+def _picture_paths(items: list, out: Path | None, save: bool) -> dict[int, Path]:
+    """Where ``query`` writes each query image's picture, by its position in ``items``: ``out`` itself for one
+    image; for a folder ``out`` (which must exist) one file per image named after it; with ``save`` and no ``out``
+    a new numbered folder ``runs/query/N`` (as ``yolo predict`` numbers its runs). Refused before any work: a
+    missing folder, several images and a file name, a name OpenCV cannot write."""
+    from objsearch.errors import UsageError
 
-    mode = str(mode).strip().lower()
-    if mode not in ("objects", "image"):
-        raise ObjsearchError(f"--mode must be objects or image, got {printable(mode)!r}")
-    return mode
+    if out is None and not save:
+        return {}
+    if out is not None and not out.is_dir():
+        if len(items) != 1:
+            raise UsageError(f"--out {out}: {len(items)} query images write one picture each into a folder, and "
+                             f"{out} is not one (name an existing folder)")
+        _check_picture_path(out)
+        return {0: out}
+    folder = out if out is not None else _next_run_folder(Path("runs") / "query")
+    names: dict[int, Path] = {}
+    taken: set[str] = set()
+    for n, item in enumerate(items):
+        stem = _picture_stem(item, n)
+        name, i = f"{stem}.jpg", 1
+        while name.lower() in taken:  # the same file name from two folders
+            i += 1
+            name = f"{stem}-{i}.jpg"
+        taken.add(name.lower())
+        names[n] = folder / name
+    return names
+
+
+def _picture_stem(item, n: int) -> str:
+    """A file-name stem for the picture of query ``item``: the image's own stem, or the URL's last path part;
+    characters other than letters, digits, ``.-_`` become ``_``."""
+    import re
+    from urllib.parse import urlsplit
+
+    raw = Path(urlsplit(item).path).stem if isinstance(item, str) else Path(item).stem
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", raw).strip("._") or f"query{n + 1}"
+    return stem[:100]
+
+
+def _next_run_folder(parent: Path) -> Path:
+    """``parent/N`` for the next free N (1, 2, ...), made now (so that two runs never share one)."""
+    from objsearch.errors import CannotWriteError
+
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CannotWriteError(f"cannot make {parent}: {exc.strerror}") from None
+    numbers = [int(p.name) for p in parent.iterdir() if p.name.isdigit()]
+    n = max(numbers, default=0) + 1
+    while True:
+        try:
+            (parent / str(n)).mkdir()
+            return parent / str(n)
+        except FileExistsError:
+            n += 1
+        except OSError as exc:
+            raise CannotWriteError(f"cannot make {parent / str(n)}: {exc.strerror}") from None
 
 
 def _print_image_result(item, result) -> None:
@@ -576,7 +887,7 @@ def _print_result(item, result) -> None:
                f"(detect {t['detect']:.0f}, features {t['features']:.1f}, search {t['search']:.1f}){warm}")
     for i in range(len(result.detections)):
         nbs = ", ".join(f"{result.label(n.class_id)} d={n.distance:.2f} ({_neighbor_place(n)})"
-                        for n in result.neighbors[i][:5])
+                        for n in result.neighbors[i])
         box = [round(float(v)) for v in result.detections.xyxy[i]]
         note = f"  [{result.notes[i]}]" if result.notes[i] else ""
         typer.echo(f"  {result.label(result.detections.class_id[i])} {result.detections.confidence[i]:.2f} "
@@ -600,18 +911,28 @@ VIDEO_ONLY_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm"}
 MEDIA_SUFFIXES = PICTURE_SUFFIXES | {".jfif", ".pbm", ".pgm", ".ppm"} | VIDEO_ONLY_SUFFIXES
 
 
+def check_output_folder(path: Path, what: str) -> None:
+    """Refuse before any work an output whose folder does not exist or is a file: one rule for every output
+    (``--out``, ``--jsonl``, ``-o``); objsearch makes only the folders it names itself (``runs/...``)."""
+    from objsearch.errors import UsageError
+
+    parent = path.parent
+    if parent.is_dir():
+        return
+    if parent.exists():
+        raise UsageError(f"cannot write {what} {path}: {parent} is a file, not a folder")
+    raise UsageError(f"cannot write {what} {path}: the folder {parent} does not exist (objsearch makes no folder "
+                     f"for an output)")
+
+
 def _check_picture_path(out: Path) -> None:
-    """Refuse before any work a picture path OpenCV cannot write: no image suffix, a folder, a parent that is a
-    file."""
+    """Refuse before any work a picture path OpenCV cannot write: no image suffix, a folder, a missing folder or
+    one that is a file."""
     if out.is_dir():
         raise ObjsearchError(f"cannot write picture {out}: it is a folder")
     if out.suffix.lower() not in PICTURE_SUFFIXES:
         raise ObjsearchError(f"cannot write picture {out}: use a name ending in .jpg or .png")
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if parent.exists() and not parent.is_dir():
-        raise ObjsearchError(f"cannot write picture {out}: {parent} is a file, not a folder")
+    check_output_folder(out, "picture")
 
 
 def _write_picture(engine, image, result, out: Path) -> None:
@@ -629,13 +950,14 @@ def _write_picture(engine, image, result, out: Path) -> None:
                                                       for nb in result.neighbors})
     else:
         picture = render_result(image, result, {i: engine.thumbnail(i) for i in result.object_ids()})
+    from objsearch.errors import CannotWriteError
+
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
         ok = cv2.imwrite(str(out), picture)
     except (OSError, cv2.error) as exc:
-        raise ObjsearchError(f"cannot write picture {out}: {exc}") from None
+        raise CannotWriteError(f"cannot write picture {out}: {exc}") from None
     if not ok:
-        raise ObjsearchError(f"cannot write picture {out} (use a .jpg or .png name in a writable folder)")
+        raise CannotWriteError(f"cannot write picture {out} (a full disk, or a folder this user cannot write)")
 
 
 def _evaluate_images(data_dir: Path, cfg: dict, dim_list: list[int], *, as_json: bool, limit: int | None,
@@ -689,7 +1011,7 @@ def _evaluate_images(data_dir: Path, cfg: dict, dim_list: list[int], *, as_json:
 
 @app.command()
 @handle_errors
-def info(index: Annotated[Path, typer.Argument(help="Index file.")]) -> None:
+def info(index: IndexArg) -> None:
     """Counts, dims, model, classes and size on disk of an index file."""
     import numpy as np
 
@@ -709,6 +1031,10 @@ def info(index: Annotated[Path, typer.Argument(help="Index file.")]) -> None:
         in_videos = f", {int(frames.sum())} of them frames of {videos} videos" if videos else ""
         typer.echo(f"images     {len(f.media_id)}{in_videos} (skipped {len(f.skipped)}), base dir "
                    f"{printable(str(f.base_dir))}")
+        from objsearch.roots import Roots
+
+        for line in Roots.of(f).describe():
+            typer.echo(f"folders    {line}")
         typer.echo(f"objects    {len(f.object_id)} in {int((counts > 0).sum())} classes: {top}")
         typer.echo(f"features   {f.attrs.get('feature_recipe')}")
         typer.echo(f"projection {cfg.get('projection', '?')} to dims {f.dims} (seed {cfg.get('seed', '?')}), "
@@ -728,9 +1054,11 @@ def evaluate(
     queries: Annotated[Optional[Path], typer.Option(
         help="A second labeled folder whose objects query the index (realistic protocol); without it the index's "
              "own objects query it, leaving their own image out.")] = None,
-    protocol: Annotated[str, typer.Option(help="realistic, matched or both.")] = "both",
+    protocol: Annotated[Literal["realistic", "matched", "both"], typer.Option(
+        case_sensitive=False, help="realistic, matched or both.")] = "both",
     dims: Annotated[str, typer.Option(help="Comma-separated projection dims.")] = "16,32,64,128,256",
-    projection: Annotated[Optional[str], typer.Option(help="random or pca.")] = None,
+    projection: Annotated[Optional[Literal[PROJECTION_METHODS]], typer.Option(
+        case_sensitive=False, help="random or pca (default: the config's).")] = None,
     weights: WeightsOpt = None,
     recipe: Annotated[Optional[str], typer.Option(help="Feature blocks, e.g. cls_logits:1.5,neck_roi:1.")] = None,
     device: DeviceOpt = None,
@@ -745,13 +1073,12 @@ def evaluate(
 
     The realistic protocol indexes every detection analyze would keep and counts a neighbour right only when it
     matches a labeled object of the query's class; the matched protocol indexes only detections that match a
-    labeled object (see objsearch/evaluate.py). ``--mode image``: whole-image precision@1/5/10 and instance
-    recall@1, against ultralytics' ``YOLO.embed()``."""
+    labeled object (see objsearch/evaluate.py). --mode image: whole-image precision@1/5/10 and instance
+    recall@1, against ultralytics' YOLO.embed()."""
     from objsearch import evaluate as ev
     from objsearch.engine import load_detector
     from objsearch.errors import EmptyFolderError
 
-    mode = _mode(mode)
     cfg = load_config(config, projection=projection, device=device, feature_recipe=recipe, weights=weights,
                       runtime=runtime)
     if protocol not in ("realistic", "matched", "both"):
@@ -882,7 +1209,7 @@ def _eval_rows(results: list[dict]):
 @handle_errors
 def video(
     file: Annotated[Path, typer.Argument(help="Video file.")],
-    index: Annotated[Path, typer.Option("--index", "-i", help="Index file.")],
+    index: IndexOpt,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write an annotated H.264 video (.mp4).")] = None,
     jsonl: Annotated[Optional[Path], typer.Option("--jsonl", help="Write one JSON line per analyzed frame ('-': stdout).")] = None,
     stride: Annotated[int, typer.Option("--stride", min=1, help="Analyze every N-th frame.")] = 1,
@@ -906,7 +1233,7 @@ def video(
     as_json: Annotated[bool, typer.Option("--json", help="With --summary: print the summary as one JSON object.")] = False,
 ) -> None:
     """Search the objects of a video's frames without a display. Each analyzed frame is one JSON line: the
-    ``query --json`` object plus ``frame`` (number in the file) and ``timestamp_s``. With --summary, the indexed
+    'query --json' object plus "frame" (its number in the file) and "timestamp_s". With --summary, the indexed
     videos the query video matches, ranked, with their moments (reverse video search)."""
     from objsearch.engine import Engine
     from objsearch.live import QuerySettings, ThumbnailCache, search_video
@@ -919,9 +1246,10 @@ def video(
         jsonl = Path("-")
     if out is not None and out.suffix.lower() != ".mp4":
         raise ObjsearchError(f"cannot write video {out}: use a name ending in .mp4 (H.264)")
-    for target in (out, jsonl if jsonl != Path("-") else None):
+    for target, what in ((out, "video"), (jsonl if jsonl != Path("-") else None, "JSON lines")):
         if target is not None:
             _check_not_input(target, [file, *_index_files(index)])
+            check_output_folder(target, what)
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(VideoFileSource(file))
         engine = stack.enter_context(Engine(index, weights=weights, dims=dims, device=device, conf=conf,
@@ -989,24 +1317,21 @@ def _print_video_summary(file: Path, results, window_s: float, as_json: bool, n_
 
 @contextlib.contextmanager
 def _open_for_writing(path: Path):
+    from objsearch.errors import CannotWriteError
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path, "w", encoding="utf-8")
     except OSError as exc:
-        raise ObjsearchError(f"cannot write {path}: {exc.strerror}") from None
+        raise CannotWriteError(f"cannot write {path}: {exc.strerror}") from None
     with handle:
         yield handle
 
 
 @contextlib.contextmanager
 def _video_writer(path: Path, fps: float):
-    """An H.264 MP4 writer (``objsearch.media.VideoWriter``) with its folder made."""
+    """An H.264 MP4 writer (``objsearch.media.VideoWriter``)."""
     from objsearch.media import VideoWriter
 
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ObjsearchError(f"cannot write video {path}: {exc.strerror}") from None
     with VideoWriter(path, fps) as writer:
         yield writer
 
@@ -1014,11 +1339,12 @@ def _video_writer(path: Path, fps: float):
 @app.command("app")
 @handle_errors
 def desktop_app(
-    index: Annotated[Optional[Path], typer.Option("--index", "-i", help="Index file (default: runs/demo/coco128.h5 "
-                                                  "in this folder or the project's, when the demo made one).")] = None,
+    index: Annotated[Optional[Path], typer.Option("--index", "-i", callback=_index_file, help="Index file "
+                                                  "(default: runs/demo/coco128.h5 in this folder or the project's, "
+                                                  "when the demo made one).")] = None,
     source: Annotated[Optional[str], typer.Option(help="Start with: random, webcam[:N], screen, or an image or "
                                                   "video file.")] = None,
-    base_dir: Annotated[Optional[Path], typer.Option(help="Where the indexed images live now.")] = None,
+    base_dir: BaseDirOpt = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = None,
     backend: BackendOpt = "auto",
@@ -1035,10 +1361,10 @@ def desktop_app(
                                                  or os.environ.get("QT_QPA_PLATFORM")):
         raise ObjsearchError("no display to open a window on (DISPLAY is not set); run it in a desktop session, "
                              "or under xvfb-run")
-    if index is not None and not index.is_file():
-        from objsearch.errors import IndexFileError
+    if index is not None:  # a damaged or foreign index named here: one line, before any window opens
+        from objsearch.catalog import Catalog
 
-        raise IndexFileError(f"index file {index} does not exist")
+        Catalog(index).close()
     index = index or find_demo_index()
     try:
         from objsearch.gui.display import drop_opencv_plugin_path, probe_display
@@ -1064,12 +1390,12 @@ def _backend(backend: str, milvus_uri: str | None) -> str:
 @app.command()
 @handle_errors
 def serve(
-    index: Annotated[Path, typer.Option("--index", "-i", help="Index file.")],
+    index: IndexOpt,
     host: Annotated[str, typer.Option(help="Address to listen on (other machines reach it only when this is not "
                                            "127.0.0.1).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 7860,
     backend: BackendOpt = "auto",
-    base_dir: Annotated[Optional[Path], typer.Option(help="Where the indexed images live now.")] = None,
+    base_dir: BaseDirOpt = None,
     dims: Annotated[Optional[int], typer.Option(help="Projection dimension searched by default.")] = None,
     allow_private_urls: Annotated[bool, typer.Option(help="Let URL queries reach loopback, private and link-local "
                                                           "addresses (refused by default).")] = False,
@@ -1079,8 +1405,16 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="Searches that run at once (more wait).")] = 2,
     weights: WeightsOpt = None,
     device: DeviceOpt = None,
+    token: Annotated[Optional[str], typer.Option(envvar="OBJSEARCH_TOKEN", show_default=False, help="Secret every "
+                                                 "API request must carry (required when --host is not loopback); "
+                                                 "open the page once as /?token=SECRET.")] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Keep the index in step with its folder while serving (as "
+                                                        "objsearch watch); the page shows new items.")] = False,
+    settle: Annotated[float, typer.Option("--settle", min=0.0, help="With --watch: seconds a file must be quiet "
+                                                                    "before it is analyzed.")] = 0.5,
 ) -> None:
-    """Serve a web page and a JSON API (POST /api/search, GET /api/thumbnail/ID, GET /api/info) over an index."""
+    """Serve a web page and a JSON API (POST /api/search, GET /api/thumbnail/ID, GET /api/info, GET /api/map) over
+    an index."""
     if not index.is_file():
         from objsearch.errors import IndexFileError
 
@@ -1089,10 +1423,16 @@ def serve(
         from objsearch.web import WebSettings, serve as run_server
     except ImportError as exc:
         raise ObjsearchError(f"the web server needs fastapi and uvicorn (pip install 'objsearch[web]'): {exc}") from None
+    from objsearch.web.app import check_token
+
+    check_token(host, token)  # before the index and the detector load
     settings = WebSettings(max_upload_bytes=int(max_upload_mb * (1 << 20)), max_pixels=max_pixels,
-                           allow_private_urls=allow_private_urls, workers=workers)
+                           allow_private_urls=allow_private_urls, workers=workers, token=token)
+    from objsearch.watch import WatchSettings
+
     run_server(index, host=host, port=port, backend=backend, base_dir=base_dir, weights=weights, device=device,
-               dims=dims, settings=settings, echo=lambda line: typer.echo(line, err=True))
+               dims=dims, settings=settings, echo=lambda line: typer.echo(line, err=True),
+               watch=[] if watch else None, watch_settings=WatchSettings(settle_s=settle))
 
 
 def default_demo_folder() -> Path:

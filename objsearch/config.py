@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from objsearch.errors import ObjsearchError
+from objsearch.errors import ExitCode, ObjsearchError
 from objsearch.projection import ALLOWED_DIMS, PROJECTION_METHODS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -37,16 +37,16 @@ DEFAULTS: dict[str, Any] = {
     "thumb_quality": 85,
     "k": 16,
     "batch": 1,
-    "runtime": "torch",
+    "runtime": "auto",  # onnxruntime on the CPU when its export matches torch, else torch (objsearch.runtimes)
     "video_fps": 1.0,
     "video_stride": None,
 }
 
 
 class ConfigError(ObjsearchError):
-    """A configuration file or value is invalid."""
+    """A configuration file or value is invalid (a usage error)."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 def parse_dims(value) -> list[int]:

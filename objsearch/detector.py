@@ -1,9 +1,9 @@
 """The YOLO detector and per-object features from one detector pass.
 
-This is the only module that imports torch, torchvision and ultralytics. ``Detector`` runs an ultralytics
-``DetectionModel`` once per image (or batch), keeps the head's intermediate maps with forward hooks, runs
-ultralytics' NMS with ``return_idxs=True`` to learn which anchor cell produced each kept box, and pools a feature
-vector for each object from the maps the head already computed. No second network runs.
+This is the only module that imports torch and ultralytics (torchvision is never imported: see ``objsearch.roi``).
+``Detector`` runs an ultralytics ``DetectionModel`` once per image (or batch), keeps the head's intermediate maps
+with forward hooks, runs ultralytics' NMS with ``return_idxs=True`` to learn which anchor cell produced each kept box,
+and pools a feature vector for each object from the maps the head already computed. No second network runs.
 
 Feature blocks (each is L2-normalised on its own, multiplied by its weight and concatenated; the recipe is stored in
 the index so queries use the same one):
@@ -15,8 +15,8 @@ the index so queries use the same one):
     The class logits (before the sigmoid) at that cell, one per class, minus their mean (they share a large negative
     offset that would otherwise dominate the direction).
 ``cls_roi``
-    ``torchvision.ops.roi_align`` of the box over the class branch's penultimate map of the detection's level,
-    averaged to 1x1.
+    RoIAlign (``objsearch.roi.roi_align_1x1``: torchvision's ``roi_align`` without torchvision) of the box over the
+    class branch's penultimate map of the detection's level, averaged to 1x1.
 ``box_cell``
     The box branch's penultimate activations (``Detect.cv2[level][-2]``) at the anchor cell.
 ``neck_roi``
@@ -50,7 +50,7 @@ DEFAULT_RECIPE: dict[str, float] = {"cls_logits": 2.5, "neck_roi": 1.0}  # docs/
 # whole-image feature (one vector per media item, from the same forward pass; see ``image_blocks``)
 IMAGE_RECIPE_VERSION = 1  # bump when an image block's definition changes: such indexes need `objsearch sync`
 IMAGE_BLOCKS = ("neck_gap", "neck_gmp", "cls_gap", "cls_max", "cls_sum")
-DEFAULT_IMAGE_RECIPE: dict[str, float] = {"neck_gap": 1.0, "cls_sum": 0.5}  # chosen by `eval --mode image`, see README
+DEFAULT_IMAGE_RECIPE: dict[str, float] = {"neck_gap": 1.0, "cls_sum": 0.5}  # chosen by `eval --mode image`, see docs/quality.md
 
 
 def file_sha256(path: str | Path) -> str:
@@ -328,7 +328,7 @@ class Detector:
         self.weights_sha256 = file_sha256(self.weights_path) if Path(self.weights_path).is_file() else ""
         self._local = threading.local()  # per-thread captures of the head's intermediate maps
         self._forward_lock = threading.Lock()
-        self._warm_shapes: set[tuple[int, int]] = set()
+        self._warm_shapes: set[tuple[int, int, int]] = set()  # (height, width, batch) warmed by ``warmup``
         for level in range(self.head.nl):
             self.head.cv3[level][-2].register_forward_hook(self._hook("cls", level))
             self.head.cv2[level][-2].register_forward_hook(self._hook("box", level))
@@ -341,31 +341,54 @@ class Detector:
         self._warmup()
 
     def _warmup(self) -> None:
-        """One tiny forward pass and one ``roi_align`` call, so the first real query does not pay for lazy
-        initialisation (the first ``roi_align`` costs about 0.7 s on a CPU)."""
-        from torchvision.ops import roi_align
-
+        """One tiny forward pass, so the first real query does not pay for lazy initialisation."""
         torch = self._torch
         with torch.inference_mode():
             self.backend.forward(torch.zeros((1, 3, 64, 64), device=self.device))
-            roi_align(torch.zeros((1, 1, 4, 4), device=self.device), [torch.tensor([[0.0, 0.0, 2.0, 2.0]],
-                      device=self.device)], 1, 1.0, 2, aligned=True)
 
-    def warmup(self, image_shape: tuple[int, ...], passes: int = 2) -> float:
-        """Run ``passes`` untimed forward passes at the network input shape an image of ``image_shape`` (H, W[, 3])
-        gets, once per shape: the first passes at a new shape are 2-4x slower on a CPU (oneDNN builds its kernels),
-        and a one-off query would otherwise report that as detection time. Returns the milliseconds spent (0 when
-        the shape was warm already)."""
+    def warmup(self, image_shape: tuple[int, ...], passes: int = 2, batch: int = 1) -> float:
+        """Run the whole detection path untimed at the network input shape an image of ``image_shape`` (H, W[, 3])
+        gets, once per shape and batch size: ``passes`` forward passes of ``batch`` blank images, then NMS on the
+        output and the pooling of two boxes (the object features and the whole-image feature), so that every kernel
+        a real call runs has run once at this shape.
+
+        Why: on a CPU the first passes at a new shape are 2-4x slower (oneDNN builds its kernels), and a one-off
+        query would report that as detection time. On a GPU CUDA loads each kernel on its first use (convolutions,
+        NMS, the gathers and interpolation of pooling) and cuDNN chooses its convolution algorithms per shape: the
+        first query of a process took 173-207 ms against 22 ms warm on an H200 after a forward-only warm-up
+        (``../shared/notes/measured-facts.md``). cuDNN's benchmark mode stays off (torch's default): with it, every
+        new letterbox shape would pay an autotuning run. Returns the milliseconds spent (0 when this shape and batch
+        size were warm already).
+
+        Raises
+        ------
+        ValueError
+            For ``passes`` or ``batch`` < 1.
+        """
+        if int(passes) < 1 or int(batch) < 1:
+            raise ValueError(f"passes and batch must be >= 1, got {passes} and {batch}")
         shape = self.letterbox_shape(image_shape)
-        if shape in self._warm_shapes:
+        key = (*shape, int(batch))
+        if key in self._warm_shapes:
             return 0.0
+        from ultralytics.utils.nms import non_max_suppression
+
         torch = self._torch
         t0 = time.perf_counter()
-        x = torch.zeros((1, 3, *shape), device=self.device)
-        with torch.inference_mode(), self._forward_lock:
-            for _ in range(passes):
-                self.backend.forward(x)
-        self._warm_shapes.add(shape)
+        x = torch.zeros((int(batch), 3, *shape), device=self.device)
+        with torch.inference_mode():
+            with self._forward_lock:
+                for _ in range(int(passes)):
+                    y, preds, captured = self.backend.forward(x)
+            non_max_suppression(y, self.conf, self.iou, max_det=self.max_det, nc=len(self.names), return_idxs=True)
+            h, w = shape
+            boxes = torch.tensor([[0.0, 0.0, w / 2, h / 2], [w / 4, h / 4, float(w), float(h)]], device=y.device)
+            anchors = torch.tensor([0, int(preds["scores"].shape[2]) - 1], device=y.device)  # first and last level
+            self._pool(preds, captured, 0, boxes, anchors)
+            self._image_feature(preds, captured, 0, letterbox_window(shape, (h, w)))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._warm_shapes.add(key)
         return (time.perf_counter() - t0) * 1e3
 
     def _hook(self, kind: str, level: int):
@@ -564,7 +587,7 @@ class Detector:
     def _pool(self, preds: dict, captured: dict, b: int, xyxy_lb, anchor_idx) -> np.ndarray:
         """Features of batch item ``b`` for boxes ``xyxy_lb`` (letterboxed pixels) made at ``anchor_idx``."""
         torch = self._torch
-        from torchvision.ops import roi_align
+        from objsearch.roi import roi_align_1x1
 
         n = len(anchor_idx)
         if n == 0:
@@ -592,16 +615,11 @@ class Detector:
                 for lv, m in enumerate(maps):
                     sel = level == lv
                     if sel.any():
-                        rois = xyxy_lb[sel].float()
-                        pooled = roi_align(m[b : b + 1], [rois], 1, 1.0 / self.strides[lv], 2, aligned=True)
-                        block[sel] = pooled.flatten(1)
+                        block[sel] = roi_align_1x1(m[b], xyxy_lb[sel].float(), 1.0 / self.strides[lv])
             elif name == "neck_roi":
-                rois = [xyxy_lb.float()]
-                parts = [
-                    torch.nn.functional.normalize(
-                        roi_align(f[b : b + 1], rois, 1, 1.0 / s, 2, aligned=True).flatten(1).float(), dim=1)
-                    for f, s in zip(feats_maps, self.strides)
-                ]
+                rois = xyxy_lb.float()
+                parts = [torch.nn.functional.normalize(roi_align_1x1(f[b], rois, 1.0 / s).float(), dim=1)
+                         for f, s in zip(feats_maps, self.strides)]
                 blocks.append(torch.cat(parts, 1) * self.recipe[name])  # each level has norm 1
                 continue
             block = torch.nn.functional.normalize(block.float(), dim=1) * self.recipe[name]

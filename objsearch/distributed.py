@@ -35,7 +35,8 @@ from typing import Iterator
 import numpy as np
 
 from objsearch.analysis import (JobSummary, ProgressFn, _load_detector, _record_from_bytes, _record_to_bytes,
-                                _relative, _Run, create_index, detect_for_index, finish_analysis, job_settings)
+                                _key, _relative, _Run, create_index, detect_for_index, finish_analysis, in_folder,
+                                job_settings, media_keys, resume_analysis)
 from objsearch.errors import EmptyFolderError, ImageReadError, IndexFileError, ObjsearchError
 from objsearch.media import list_media, make_thumbnail, read_image
 from objsearch.types import MediaRecord, MediaRef, SkippedFile
@@ -224,8 +225,6 @@ def analyze(folder: str | Path, output: str | Path, cfg: dict, *, weights: str |
     ObjsearchError
         When Ray is not installed or the cluster cannot be reached.
     """
-    from objsearch.catalog import CatalogWriter
-
     t0 = time.perf_counter()
     folder, output = Path(folder), Path(output)
     if not folder.is_dir():
@@ -243,7 +242,7 @@ def analyze(folder: str | Path, output: str | Path, cfg: dict, *, weights: str |
         if state == "ready":
             raise IndexFileError(f"{output} already exists; pass --overwrite to analyze everything again (or "
                                  f"`objsearch sync` to bring it up to date)")
-        writer = CatalogWriter.open(output)
+        writer = resume_analysis(output, folder)
     detector = _load_detector(cfg, weights, detector)
     weights_path = str(detector.weights_path)
     if writer is None:
@@ -257,9 +256,10 @@ def analyze(folder: str | Path, output: str | Path, cfg: dict, *, weights: str |
     summary = JobSummary(index=output, n_other_files=listing.n_other, skipped=list(listing.skipped))
     run = None
     try:
-        run = _Run(writer, detector, cfg, folder, summary, progress=progress, cancel=cancel)
+        run = _Run(writer, detector, cfg, in_folder(folder), summary, progress=progress, cancel=cancel)
         rels = [_relative(p, folder) for p in listing.images]
-        covered = run.replay() | set(writer.media_path) | {s.path for s in writer.skipped}
+        covered = {rel for root, rel in run.replay() | media_keys(writer) | {(s.root, s.path) for s in writer.skipped}
+                   if root == 0}
         in_shards = _shard_coverage(shards, settings)
         todo = [i for i, rel in enumerate(rels) if rel not in covered and i not in in_shards]
         summary.n_resumed = len(rels) - len(todo)
@@ -324,8 +324,7 @@ def _merge(run: _Run, shards: Path, settings: dict, covered: set[str]) -> int:
             continue
         last = position
         _, record = _record_from_bytes(payload)
-        path = record.path if isinstance(record, SkippedFile) else record.media.path
-        if path in covered:
+        if _key(record)[1] in covered:  # an analysis has one root
             continue
         run._finish_one(record)  # journaled, applied, committed every few seconds; progress and cancel checked
         merged += 1

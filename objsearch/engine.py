@@ -12,19 +12,25 @@ import logging
 import os
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
 
 from objsearch.config import ConfigError, load_config
-from objsearch.errors import ImageReadError, IndexFileError, ObjsearchError, WeightsMismatchError, WeightsNotFoundError
+from objsearch.errors import ImageReadError, IndexFileError, WeightsMismatchError, WeightsNotFoundError
 from objsearch.media import DEFAULT_MAX_PIXELS, read_image
 from objsearch.moments import DEFAULT_GROUP_S, group_neighbors
+from objsearch.roots import Roots, UntrustedRootError, safe_path  # noqa: F401 (safe_path: imported from here too)
 from objsearch.types import (Detections, Hits, ImageNeighbor, ImageSearchResult, MediaRef, Neighbor, SearchResult,
                              printable)
 from objsearch.weights import resolve_weights, trusted_weights
 
 LOGGER = logging.getLogger(__name__)
+
+# the image sizes a server or the app warms besides the index's own (``Engine.warmup``): a 4:3 camera or photo either
+# way up and 16:9 video (letterboxed at 640: 480x640, 640x480 and 384x640 network inputs)
+STANDARD_SHAPES = ((480, 640, 3), (640, 480, 3), (720, 1280, 3))
 
 
 def load_detector(cfg: dict, weights: str | None = None):
@@ -40,7 +46,7 @@ def load_detector(cfg: dict, weights: str | None = None):
     chosen, looked = resolve_weights(weights or cfg.get("weights"))
     try:
         return Detector(chosen, imgsz=cfg["imgsz"], conf=cfg["conf"], iou=cfg["iou"], max_det=cfg["max_det"],
-                        device=cfg["device"], recipe=cfg["feature_recipe"], runtime=cfg.get("runtime", "torch"))
+                        device=cfg["device"], recipe=cfg["feature_recipe"], runtime=cfg.get("runtime", "auto"))
     except WeightsNotFoundError as exc:
         raise WeightsNotFoundError(f"{exc} (looked in: {'; '.join(looked)})") from None
 
@@ -105,23 +111,6 @@ def detector_for_index(catalog, cfg: dict, *, weights: str | None = None, detect
     return detector
 
 
-def safe_path(base_dir: str | Path, relative: str) -> Path | None:
-    """``base_dir / relative`` when it stays inside ``base_dir`` (a path read from an index is data: absolute paths,
-    ``..`` and links out of the folder are refused); None otherwise."""
-    base = Path(os.path.abspath(base_dir))
-    rel = Path(relative)
-    if rel.is_absolute() or ".." in rel.parts:
-        return None
-    path = base / rel
-    try:
-        real = Path(os.path.realpath(path))
-        if real != Path(os.path.realpath(base)) and Path(os.path.realpath(base)) not in real.parents:
-            return None
-    except (OSError, ValueError):
-        return None
-    return path
-
-
 class Engine:
     """Search an index with images.
 
@@ -130,14 +119,19 @@ class Engine:
     index_path : an index file (format 2, or format 1 read-only).
     weights : detector checkpoint; None: the first trusted checkpoint whose sha256 matches the index's
         (see ``detector_for_index``).
-    base_dir : where the indexed images live now (when the folder moved); None: the recorded one.
+    base_dir : where the indexed images live now, when they moved: a folder (moves the first root, the folder
+        analyzed) or a list of ``--base-dir`` values (``NEW``, ``OLD=NEW`` or ``N=NEW``; see
+        ``objsearch.roots.parse_base_dirs``). None: the recorded roots. Media files are read only under roots the
+        user chose (recorded by this user, or named here): see ``objsearch.roots``.
     dims : projection dimension to search; None: 32 when stored, else the smallest stored.
     device, conf : override the index's recorded settings.
     runtime : what runs the detector network (``torch``, ``onnx``, ``openvino``, ``auto``); None: the
         configuration's, or the given ``detector``'s. The index does not record it: every runtime gives the same
         features.
-    backend : vector store: ``auto`` (the fastest exact in-memory method, timed on open), ``kdtree``, ``faiss``,
-        ``numpy`` (exact), ``hnsw`` (approximate; its graph is kept beside the index), ``milvus`` (a Milvus
+    backend : vector store: ``auto`` (the fastest exact in-memory method, timed on open; on a CUDA device ``torch``
+        for a large index, see ``objsearch.vectors.resolve_backend``), ``kdtree``, ``faiss``, ``numpy`` (exact),
+        ``hnsw`` (approximate; its graph is kept beside the index), ``torch`` (exact, the vectors in torch tensors on
+        ``device``: a GPU's memory with ``--device 0``), ``milvus`` (a Milvus
         collection, brought in step with the index when opened and on ``refresh``; see ``objsearch.vectors.milvus``).
     milvus_uri : the ``milvus`` backend's Milvus Lite path (``*.db``) or server URI; None: ``INDEX.h5.milvus.db``.
     milvus_collection : its collection; None: ``objsearch_<index uuid[:12]>_d<dims>``.
@@ -191,15 +185,15 @@ class Engine:
             self._milvus = {"milvus_uri": milvus_uri, "milvus_collection": milvus_collection,
                             "milvus_index": milvus_index}
             self.dims = int(dims) if dims is not None else (32 if 32 in self.catalog.dims else self.catalog.dims[0])
-            if base_dir is not None and not Path(base_dir).is_dir():
-                raise ObjsearchError(f"--base-dir {printable(str(base_dir))} is not a folder")
-            self.base_dir = Path(base_dir) if base_dir is not None else Path(self.catalog.base_dir)
+            self.roots = Roots.of(self.catalog, base_dir)
+            self._warned_untrusted: set[int] = set()
             self.max_pixels = int(max_pixels)
             self._lock = threading.RLock()
             self._stores: dict[int, object] = {}
             self._projections: dict[int, object] = {}
             self._image_stores: dict[int, object] = {}
             self._rerank_vectors: np.ndarray | None = None  # (N, rerank_dims) aligned with catalog.object_id
+            self._warm_stores: weakref.WeakSet = weakref.WeakSet()  # the stores a warm-up searched once
             self._load_lookups()
             self.store(self.dims)
         except BaseException:
@@ -216,9 +210,20 @@ class Engine:
         """The index's detection threshold (each search may pass its own)."""
         return float(self.cfg["conf"])
 
+    @property
+    def base_dir(self) -> Path:
+        """Where the first root (the folder analyzed) is now."""
+        return self.roots.folders[0]
+
+    @base_dir.setter
+    def base_dir(self, folder) -> None:
+        """The first root is at ``folder`` now, as the user said (the app's Image folder…)."""
+        self.roots.move(0, Path(folder))
+
     def _load_lookups(self) -> None:
         c = self.catalog
-        self._path_to_media = {p: int(i) for p, i, f in zip(c.media_path, c.media_id, c.media_frame_index) if f < 0}
+        self._path_to_media = {(int(r), p): int(i) for r, p, i, f in zip(c.media_root, c.media_path, c.media_id,
+                                                                          c.media_frame_index) if f < 0}
         self._has_frames = bool(np.any(c.media_frame_index >= 0))
         self._class_counts = np.bincount(c.class_id, minlength=len(c.class_names)) if len(c.class_id) else \
             np.zeros(len(c.class_names), np.int64)
@@ -229,15 +234,16 @@ class Engine:
         with self._lock:
             if dims not in self._stores:
                 if dims not in self.catalog.dims:
-                    raise IndexFileError(f"{self.catalog.path} holds projections to {self.catalog.dims} dims, not "
-                                         f"{dims}")
+                    raise ConfigError(f"--dims {dims}: {self.catalog.path} holds projections to "
+                                      f"{' or '.join(map(str, self.catalog.dims))} dims, not {dims}")
                 from objsearch.vectors import open_store
 
                 c = self.catalog
                 self._projections[dims] = c.projection(dims)
                 cache = Path(f"{c.path}.hnsw{dims}") if self.backend == "hnsw" else None
                 try:
-                    self._stores[dims] = open_store(self.backend, c, dims, hnsw_cache=cache, **self._milvus)
+                    self._stores[dims] = open_store(self.backend, c, dims, hnsw_cache=cache, device=self.cfg["device"],
+                                                    **self._milvus)
                 except ValueError as exc:
                     raise ConfigError(str(exc)) from None
             return self._stores[dims]
@@ -258,7 +264,7 @@ class Engine:
         with self._lock:
             if dims not in self._image_stores:
                 from objsearch.analysis import image_vectors_stale
-                from objsearch.vectors import memory_store
+                from objsearch.vectors import vector_store
 
                 c = self.catalog
                 c.require_image_vectors()
@@ -267,13 +273,13 @@ class Engine:
                                          f"`objsearch sync -i {c.path}` to make them again")
                 if self.backend == "milvus":
                     raise ConfigError("the milvus backend does not support --mode image (whole-image vectors are "
-                                      "searched in memory): use --backend auto, kdtree, faiss, numpy or hnsw")
+                                      "searched in memory): use --backend auto, kdtree, faiss, numpy, hnsw or torch")
                 vectors = c.image_vectors(dims)
                 cache = Path(f"{c.path}.image-hnsw{dims}") if self.backend == "hnsw" else None
                 try:
-                    self._image_stores[dims] = memory_store(self.backend, c.media_id, vectors,
+                    self._image_stores[dims] = vector_store(self.backend, c.media_id, vectors,
                                                             np.zeros(len(c.media_id), np.int64), c.media_id,
-                                                            hnsw_cache=cache)
+                                                            device=self.cfg["device"], hnsw_cache=cache)
                 except ValueError as exc:
                     raise ConfigError(str(exc)) from None
             return self._image_stores[dims]
@@ -317,18 +323,27 @@ class Engine:
                 store.close()
             self._image_stores.clear()
             self._rerank_vectors = None  # read again on the next search
+            if (new.roots, new.root_macs) != (old.roots, old.root_macs):  # another writer added or trusted a root
+                roots = Roots.of(new)
+                for i, folder in self.roots.moved.items():  # the folders the user named stay named
+                    roots.move(i, folder)
+                self.roots = roots
             self.catalog = new
             self._load_lookups()
             old.close()
             return True
 
     def media_id_of(self, path: str | Path) -> int:
-        """Media id of an indexed image at ``path`` (resolved against the base directory), or -1."""
-        try:
-            rel = Path(os.path.abspath(path)).relative_to(Path(os.path.abspath(self.base_dir))).as_posix()
-        except ValueError:
-            return -1
-        return self._path_to_media.get(rel, -1)
+        """Media id of an indexed image at ``path`` (found under the roots), or -1."""
+        for root, folder in enumerate(self.roots.folders):
+            try:
+                rel = Path(os.path.abspath(path)).relative_to(Path(os.path.abspath(folder))).as_posix()
+            except ValueError:
+                continue
+            found = self._path_to_media.get((root, rel), -1)
+            if found >= 0:
+                return found
+        return -1
 
     def media(self, media_id: int) -> MediaRef:
         """The record of an indexed media item.
@@ -341,13 +356,22 @@ class Engine:
         return self.catalog.media(int(media_id))
 
     def media_path(self, media_id: int) -> Path | None:
-        """Where an indexed media item's file lives now, or None when its stored path would leave the base directory
-        (a warning is logged: paths read from an index are data)."""
-        rel = self.media(media_id).path
-        path = safe_path(self.base_dir, rel)
+        """Where an indexed media item's file lives now, or None when its stored path would leave its root folder
+        (a warning is logged: paths read from an index are data).
+
+        Raises
+        ------
+        KeyError
+            For an id that is not in the index.
+        UntrustedRootError
+            When the item's root was not chosen by the user (see ``objsearch.roots``): pass ``base_dir``, or trust
+            the index.
+        """
+        media = self.media(media_id)
+        path = self.roots.resolve(media.root, media.path)
         if path is None:
-            LOGGER.warning("refusing the indexed path %s: it leaves the base directory %s", printable(rel),
-                           self.base_dir)
+            LOGGER.warning("refusing the indexed path %s: it leaves the base directory %s", printable(media.path),
+                           self.roots.folders[media.root])
         return path
 
     def read_media(self, media_id: int) -> np.ndarray:
@@ -361,6 +385,8 @@ class Engine:
         ImageReadError
             When the file is gone, unreadable, or its stored path leaves the base directory (VideoReadError, a
             subclass, for a video or a frame it no longer has).
+        UntrustedRootError
+            When the item's root was not chosen by the user.
         """
         from objsearch.analysis import _read_media
 
@@ -390,6 +416,12 @@ class Engine:
 
         try:
             image = self.read_media(media_id)
+        except UntrustedRootError as exc:
+            root = self.media(media_id).root
+            if root not in self._warned_untrusted:  # once per root: each picture would say the same
+                self._warned_untrusted.add(root)
+                LOGGER.warning("%s", exc)
+            return None
         except (KeyError, ImageReadError, OSError):
             return None
         return make_thumbnail(image, np.array([0, 0, image.shape[1], image.shape[0]], np.float32), size)
@@ -522,7 +554,7 @@ class Engine:
                 m = int(media_rows[q, j])
                 media = MediaRef(path=c.media_path[m], width=int(c.media_width[m]), height=int(c.media_height[m]),
                                  media_id=int(c.media_id[m]), frame_index=int(c.media_frame_index[m]),
-                                 timestamp_s=float(c.media_timestamp_s[m]))
+                                 timestamp_s=float(c.media_timestamp_s[m]), root=int(c.media_root[m]))
                 row.append(Neighbor(object_id=int(c.object_id[r]), media=media, xyxy=c.xyxy[r],
                                     class_id=int(c.class_id[r]), confidence=float(c.confidence[r]),
                                     distance=float(hits.distances[q, j])))
@@ -544,9 +576,51 @@ class Engine:
                 notes.append("")
         return notes
 
-    def _query_file(self, path, image: np.ndarray | None, warmup: bool) -> tuple[np.ndarray, float, float]:
+    # ------------------------------------------------------------------------------------------------- warm-up
+    def common_shapes(self, n: int = 4) -> list[tuple[int, int, int]]:
+        """The ``n`` most frequent image sizes among the indexed media, as (H, W, 3), the most frequent first (ties:
+        the smaller height, then width, first): the shapes a search of indexed images (the app's random image, a
+        video of the index) will see."""
+        c = self.catalog
+        if not len(c.media_id):
+            return []
+        sizes, counts = np.unique(np.stack([c.media_height, c.media_width], 1), axis=0, return_counts=True)
+        order = np.lexsort((sizes[:, 1], sizes[:, 0], -counts))[: int(n)]
+        return [(int(sizes[i, 0]), int(sizes[i, 1]), 3) for i in order]
+
+    def warmup(self, image_shapes=None, *, dims: int | None = None, passes: int = 1) -> float:
+        """Run, untimed, what a first search would pay for once: the detector's whole path at each image shape
+        (``Detector.warmup``: forward, NMS and pooling, once per letterbox shape) and one search of the vector store
+        (its structures built, its kernels loaded on a GPU). Returns the milliseconds spent (0 when all was warm).
+
+        Parameters
+        ----------
+        image_shapes : iterable of (H, W[, 3]), optional
+            None: the index's ``common_shapes()`` and ``STANDARD_SHAPES``.
+        dims : stored projection dimension whose store is warmed; None: the engine's.
+        passes : forward passes per shape. One pays the first-use costs (kernels loaded, algorithms chosen; with
+            onnxruntime on a CPU a new shape's first pass measured no slower than the next ones); a one-off query
+            warms its own shape with two (``search_file``), for torch's oneDNN on a CPU.
+        """
+        t0 = time.perf_counter()
+        shapes = [*self.common_shapes(), *STANDARD_SHAPES] if image_shapes is None else list(image_shapes)
+        for shape in shapes:
+            self.detector.warmup(tuple(shape), passes=passes)
+        self._warm_store(self.store(self.dims if dims is None else int(dims)))
+        return (time.perf_counter() - t0) * 1e3
+
+    def _warm_store(self, store) -> None:
+        """One search of ``store`` with a stored-size vector of zeros, once per store."""
+        if store in self._warm_stores or not len(store):
+            return
+        with self._lock:
+            store.search(np.zeros((1, store.dims), np.float32), 1)
+        self._warm_stores.add(store)
+
+    def _query_file(self, path, image: np.ndarray | None, warmup: bool, store=None) -> tuple[np.ndarray, float, float]:
         """(the query file's pixels, decode ms, untimed warm-up ms): ``image`` when the caller decoded it already;
-        with ``warmup`` a first pass at this input size runs first.
+        with ``warmup`` the detector's whole path runs first at this input size, and the vector store ``store()``
+        (a function: it is opened only once the image was read) is searched once.
 
         Raises
         ------
@@ -557,7 +631,14 @@ class Engine:
         if image is None:
             image = read_image(path, max_pixels=self.max_pixels)
         decode = (time.perf_counter() - t0) * 1e3
-        return image, decode, (self.detector.warmup(image.shape) if warmup else 0.0)
+        if not warmup:
+            return image, decode, 0.0
+        t1 = time.perf_counter()
+        warm = self.detector.warmup(image.shape)
+        if store is not None and store() not in self._warm_stores:
+            self._warm_store(store())
+            warm = (time.perf_counter() - t1) * 1e3
+        return image, decode, warm
 
     def search_file(self, path: str | Path, *, k: int = 16, conf: float | None = None, same_class: bool = False,
                     exclude_self: bool = True, dims: int | None = None, warmup: bool = False,
@@ -572,7 +653,8 @@ class Engine:
         ImageReadError
             When the file cannot be read as an image.
         """
-        image, decode, warm = self._query_file(path, image, warmup)
+        image, decode, warm = self._query_file(path, image, warmup,
+                                               store=lambda: self.store(self.dims if dims is None else int(dims)))
         exclude = self.media_id_of(path) if exclude_self else -1
         result = self.search(image, k=k, conf=conf, same_class=same_class, exclude_media_id=exclude, dims=dims,
                              query=MediaRef(path=str(path), media_id=exclude), timings={"decode": decode},
@@ -638,7 +720,8 @@ class Engine:
         ImageReadError
             When the file cannot be read as an image.
         """
-        image, decode, warm = self._query_file(path, image, warmup)
+        image, decode, warm = self._query_file(path, image, warmup,
+                                               store=lambda: self.image_store(self.dims if dims is None else int(dims)))
         media_id = self.media_id_of(path)
         result = self.search_image(image, k=k, dims=dims, exclude_media_id=media_id if exclude_self else -1,
                                    query=MediaRef(path=str(path), media_id=media_id), timings={"decode": decode})
@@ -647,6 +730,7 @@ class Engine:
         return result
 
     def close(self) -> None:
+        self._warm_stores.clear()
         for store in list(self._stores.values()) + list(self._image_stores.values()):
             store.close()
         self._stores.clear()

@@ -95,9 +95,13 @@ def place_labels(boxes: np.ndarray, sizes: list[tuple[int, int]], width: int,
     return out
 
 
-def _cell(img: np.ndarray | None, size: int, text: str, color, strip: int = 16) -> np.ndarray:
+LINE_HEIGHT = 14  # pixels of one line of tile text (a strip of one line is 16 px high)
+
+
+def _cell(img: np.ndarray | None, size: int, text: str | list[str], color, strip: int = 16) -> np.ndarray:
     """A (size + strip, size, 3) tile: ``img`` fitted and centred in a square, ``text`` in a strip below (none when
-    ``strip`` is 0)."""
+    ``strip`` is 0). ``text`` is one line fitted by ``fit_text``, or a list of lines already fitted (each drawn at
+    ``MIN_TEXT_SCALE`` or larger, ``LINE_HEIGHT`` pixels apart)."""
     tile = np.full((size + strip, size, 3), 32, np.uint8)
     if img is not None and img.size:
         scale = size / max(img.shape[:2])
@@ -108,12 +112,36 @@ def _cell(img: np.ndarray | None, size: int, text: str, color, strip: int = 16) 
     if not strip:
         return tile
     tile[size:] = color
-    text, scale = fit_text(text, size - 4)
-    cv2.putText(tile, text, (2, size + strip - 4), _FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    lines = [fit_text(text, size - 4)] if isinstance(text, str) else [(t, TILE_TEXT_SCALE) for t in text]
+    for i, (line, scale) in enumerate(lines):
+        cv2.putText(tile, line, (2, size + 12 + i * LINE_HEIGHT), _FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
     return tile
 
 
 MIN_TEXT_SCALE = 0.33  # smaller Hershey text is not readable
+TILE_TEXT_SCALE = 0.38  # the font scale of tile text that fits
+
+
+def text_width(text: str, scale: float = TILE_TEXT_SCALE) -> int:
+    """Pixels ``text`` takes at font ``scale`` (thickness 1)."""
+    return cv2.getTextSize(text, _FONT, scale, 1)[0][0]
+
+
+def fit_tail(text: str, width: int, scale: float = TILE_TEXT_SCALE) -> str:
+    """``text`` as it fits ``width`` pixels at ``scale``: whole when it fits, else its end after ``...`` (a file
+    name keeps its number and extension: ``...0000532.jpg``)."""
+    if text_width(text, scale) <= width:
+        return text
+    for start in range(1, len(text)):
+        if text_width("..." + text[start:], scale) <= width:
+            return "..." + text[start:]
+    return "..."
+
+
+def image_tile_lines(name: str, distance: float, width: int) -> list[str]:
+    """The two lines under a whole-image neighbour's tile ``width`` pixels wide: its distance (``d=0.52``, always
+    whole) and its file name (``fit_tail``: whole when it fits, else its end)."""
+    return [f"d={distance:.2f}", fit_tail(name, width)]
 NOTE_COLOR = (80, 200, 255)  # BGR amber: the index cannot answer this row well
 
 
@@ -209,11 +237,27 @@ def draw_boxes(image: np.ndarray, result: SearchResult, scale: float = 1.0, thic
     return image
 
 
+NOTE_BAND = 18  # pixels of the line above a row that holds its note
+
+
+def note_band(text: str, width: int, height: int = NOTE_BAND, scale: float = 0.4) -> np.ndarray:
+    """A (height, width, 3) uint8 BGR band with ``text`` (a ``SearchResult`` note) in amber on dark grey on one line,
+    ending in ``...`` where it does not fit."""
+    band = np.full((height, width, 3), 24, np.uint8)
+    if text_width(text, scale) > width - 8:
+        while text and text_width(text + "...", scale) > width - 8:
+            text = text[:-1]
+        text += "..."
+    cv2.putText(band, text, (4, height - 5), _FONT, scale, NOTE_COLOR, 1, cv2.LINE_AA)
+    return band
+
+
 def compose_rows(image: np.ndarray, result: SearchResult, thumbnails: dict, *, thumb_height: int = 96,
                  gap: int = 3, separator: int = 12) -> tuple[np.ndarray, list[Tile]]:
-    """One row per query object: its crop from ``image``, then its neighbours' thumbnails, each labeled; a row whose
-    object has a note (the index holds none or few objects of its class) shows it (``note_cell``) as a banner across
-    the top of its neighbours, or in their place when there are none.
+    """One row per query object: its crop from ``image``, then its neighbours' thumbnails, each labeled. A row whose
+    object has a note (the index holds none or few objects of its class) shows it on a line of its own above the
+    row's thumbnails (``note_band``: never over a thumbnail), or in place of the neighbours when there are none
+    (``note_cell``).
 
     Parameters
     ----------
@@ -232,37 +276,39 @@ def compose_rows(image: np.ndarray, result: SearchResult, thumbnails: dict, *, t
     tiles: list[Tile] = []
     rows = []
     dets = result.detections
+    y = 0
     for r in range(len(dets)):
-        y = r * (tile_h + 4)
+        note = result.notes[r] if r < len(result.notes) else ""
+        band = NOTE_BAND if note and result.neighbors[r] else 0
         x1, y1, x2, y2 = (int(round(float(v))) for v in dets.xyxy[r])
         crop = image[max(0, y1):max(y1 + 1, y2), max(0, x1):max(x1 + 1, x2)]
         parts = [_cell(crop, size, f"{result.label(dets.class_id[r])} {dets.confidence[r]:.2f}",
                        _color(dets.class_id[r]))]
-        tiles.append(Tile(0, y, size, tile_h, r, -1, -1))
+        tiles.append(Tile(0, y + band, size, tile_h, r, -1, -1))
         x = size + separator
         parts.append(np.full((tile_h, separator, 3), 24, np.uint8))
         for c, nb in enumerate(result.neighbors[r]):
             thumb = _decode(thumbnails.get(nb.object_id))
             parts += [_cell(thumb, size, f"{result.label(nb.class_id)} d={nb.distance:.2f}", _color(nb.class_id)),
                       np.full((tile_h, gap, 3), 24, np.uint8)]
-            tiles.append(Tile(x, y, size, tile_h, r, c, int(nb.object_id)))
+            tiles.append(Tile(x, y + band, size, tile_h, r, c, int(nb.object_id)))
             x += size + gap
-        note = result.notes[r] if r < len(result.notes) else ""
         if note and not result.neighbors[r]:  # nothing to show: the note takes the row
             parts.append(note_cell(note, tile_h, 2 * size))
         row = np.hstack(parts)
-        if note and result.neighbors[r]:  # the index holds none or few of this class: a banner over the row
+        if band:  # the index holds none or few of this class: a line above the row's thumbnails
             start = size + separator
-            banner = note_cell(note, min(tile_h, 34), row.shape[1] - start)
-            row[:banner.shape[0], start:] = banner
-        rows.append(row)
+            line = np.full((band, row.shape[1], 3), 24, np.uint8)
+            line[:, start:] = note_band(note, row.shape[1] - start, band)
+            row = np.vstack([line, row])
+        rows.append((y, row))
+        y += row.shape[0] + 4
     if not rows:
         return np.zeros((0, 0, 3), np.uint8), tiles
-    width = max(r.shape[1] for r in rows)
-    picture = np.full((len(rows) * (tile_h + 4) - 4, width, 3), 24, np.uint8)
-    for r, row in enumerate(rows):
-        y = r * (tile_h + 4)
-        picture[y:y + tile_h, :row.shape[1]] = row
+    width = max(row.shape[1] for _, row in rows)
+    picture = np.full((y - 4, width, 3), 24, np.uint8)
+    for top, row in rows:
+        picture[top:top + row.shape[0], :row.shape[1]] = row
     return picture, tiles
 
 
@@ -305,9 +351,25 @@ def render_result(image: np.ndarray, result: dict, thumbnails: dict, *, header_h
     return np.vstack(parts)
 
 
+IMAGE_STRIP = 2 * LINE_HEIGHT + 2  # the two text lines under a whole-image tile (distance, file name)
+
+
+def _image_cells(image: np.ndarray, result, pictures: dict, size: int) -> list[np.ndarray]:
+    """The query's tile, then one tile per whole-image neighbour: its picture, ``d=0.52`` and its file name under it
+    (``image_tile_lines``), each (size + IMAGE_STRIP, size, 3) uint8 BGR."""
+    cells = [_cell(image, size, ["query", ""], (200, 200, 200), strip=IMAGE_STRIP)]
+    for nb in result.neighbors:
+        name = nb.media.display_name() if hasattr(nb.media, "display_name") else str(nb.media.path)
+        name = name.rsplit("/", 1)[-1]  # the file name (and a video frame's time), not its folders
+        cells.append(_cell(_decode(pictures.get(nb.media.media_id)), size,
+                           image_tile_lines(name, nb.distance, size - 4), (170, 210, 170), strip=IMAGE_STRIP))
+    return cells
+
+
 def compose_image_row(image: np.ndarray, result, pictures: dict, *, thumb_height: int = 96, gap: int = 3,
                       separator: int = 12) -> tuple[np.ndarray, list[Tile]]:
-    """One row for a whole-image search (``ImageSearchResult``): the query, then each neighbour's whole picture.
+    """One row for a whole-image search (``ImageSearchResult``): the query, then each neighbour's whole picture
+    with its distance and file name under it.
 
     Parameters
     ----------
@@ -317,37 +379,67 @@ def compose_image_row(image: np.ndarray, result, pictures: dict, *, thumb_height
 
     Returns
     -------
-    picture : (thumb_height + 16, C, 3) uint8 BGR.
+    picture : (thumb_height + IMAGE_STRIP, C, 3) uint8 BGR.
     tiles : where each tile is (``row`` 0; ``column`` -1 for the query; ``object_id`` holds the media id).
     """
-    size, strip = int(thumb_height), 16
-    tile_h = size + strip
-    parts = [_cell(image, size, "query", (200, 200, 200)), np.full((tile_h, separator, 3), 24, np.uint8)]
+    size = int(thumb_height)
+    tile_h = size + IMAGE_STRIP
+    cells = _image_cells(image, result, pictures, size)
+    parts = [cells[0], np.full((tile_h, separator, 3), 24, np.uint8)]
     tiles = [Tile(0, 0, size, tile_h, 0, -1, -1)]
     x = size + separator
-    for c, nb in enumerate(result.neighbors):
-        name = nb.media.display_name() if hasattr(nb.media, "display_name") else nb.media.path
-        parts += [_cell(_decode(pictures.get(nb.media.media_id)), size, f"d={nb.distance:.2f} {name}",
-                        (170, 210, 170)), np.full((tile_h, gap, 3), 24, np.uint8)]
+    for c, (nb, cell) in enumerate(zip(result.neighbors, cells[1:])):
+        parts += [cell, np.full((tile_h, gap, 3), 24, np.uint8)]
         tiles.append(Tile(x, 0, size, tile_h, 0, c, int(nb.media.media_id)))
         x += size + gap
     return np.hstack(parts), tiles
 
 
+def image_grid_columns(n: int, query_width: int, size: int, gap: int = 3, min_columns: int = 4) -> int:
+    """How many whole-image tiles of ``size`` pixels go in one row of the ``query --mode image --out`` picture: as
+    many as the query's width holds (at least ``min_columns``, at most ``n``), so that the query fills the header
+    and the tiles wrap under it instead of running past it."""
+    fits = max(1, (int(query_width) + gap) // (size + gap))
+    return max(1, min(n, max(fits, min_columns)))
+
+
 def render_image_result(image: np.ndarray, result, pictures: dict, *, header_height: int = 480,
-                        thumb_height: int = 128) -> np.ndarray:
-    """Draw a whole-image search: the query scaled to ``header_height`` on top, one row of similar images below
-    (see ``compose_image_row``). Returns (H2, W2, 3) uint8 BGR."""
-    row, _ = compose_image_row(image, result, pictures, thumb_height=thumb_height)
+                        thumb_height: int = 128, gap: int = 3) -> np.ndarray:
+    """Draw a whole-image search: the query scaled to ``header_height`` on top, the similar images below in rows as
+    wide as the query (``image_grid_columns``), nearest first, each with its distance and file name.
+
+    Returns
+    -------
+    (H2, W2, 3) uint8 BGR.
+    """
+    return render_image_layout(image, result, pictures, header_height=header_height, thumb_height=thumb_height,
+                               gap=gap)[0]
+
+
+def render_image_layout(image: np.ndarray, result, pictures: dict, *, header_height: int = 480,
+                        thumb_height: int = 128, gap: int = 3) -> tuple[np.ndarray, tuple, list[Tile]]:
+    """``render_image_result``'s picture, with where the query sits (``(x, y, w, h)`` pixels) and where each
+    neighbour's tile sits (``Tile``, ``column`` its rank)."""
+    size = int(thumb_height)
+    tile_h = size + IMAGE_STRIP
     h, w = image.shape[:2]
     scale = header_height / h
     fitted = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    width = max(fitted.shape[1], row.shape[1])
-
-    def pad_to(img):
-        return np.hstack([img, np.full((img.shape[0], width - img.shape[1], 3), 24, np.uint8)])
-
-    return np.vstack([pad_to(fitted), np.full((4, width, 3), 24, np.uint8), pad_to(row)])
+    cells = _image_cells(image, result, pictures, size)[1:]
+    cols = image_grid_columns(len(cells), fitted.shape[1], size, gap)
+    grid_w = cols * (size + gap) - gap if cells else 0
+    width = max(fitted.shape[1], grid_w)
+    n_rows = -(-len(cells) // cols) if cells else 0
+    top = fitted.shape[0] + 4
+    picture = np.full((top + n_rows * (tile_h + gap), width, 3), 24, np.uint8)
+    left = (width - fitted.shape[1]) // 2
+    picture[:fitted.shape[0], left:left + fitted.shape[1]] = fitted
+    tiles = []
+    for c, (nb, cell) in enumerate(zip(result.neighbors, cells)):
+        x, y = (c % cols) * (size + gap), top + (c // cols) * (tile_h + gap)
+        picture[y:y + tile_h, x:x + size] = cell
+        tiles.append(Tile(x, y, size, tile_h, c // cols, c, int(nb.media.media_id)))
+    return picture, (left, 0, fitted.shape[1], fitted.shape[0]), tiles
 
 
 def place_insets(boxes: np.ndarray, size: tuple[int, int], width: int, height: int, *,
@@ -396,16 +488,48 @@ def place_insets(boxes: np.ndarray, size: tuple[int, int], width: int, height: i
     return out
 
 
-def annotate_frame(image: np.ndarray, result: SearchResult, thumbnails: dict, *, n_neighbors: int = 3,
-                   thumb_size: int = 48) -> np.ndarray:
-    """A copy of a video frame (H, W, 3) uint8 BGR with a labeled box per object and, next to each box, a strip of
-    its first ``n_neighbors`` neighbours' thumbnails (``thumbnails`` by object id, JPEG bytes or arrays). Strips go
-    outside every box and label (``place_insets``), so they do not hide the objects in a crowd; an object with no free
-    spot near it gets one thumbnail, or none. Used by ``objsearch video --out``."""
-    h, w = image.shape[:2]
-    rects = label_rects(result, w, h)
-    out = draw_boxes(image.copy(), result, 1.0, max(2, image.shape[1] // 400), rects=rects)
+def object_color(r: int) -> tuple[int, int, int]:
+    """A bright BGR colour for the ``r``-th object of a frame, far in hue from its neighbours in the list (golden-
+    ratio hue steps): it ties a box to its neighbour strip when every box has the same class colour."""
+    hue = int((r * 0.618033988749895 % 1.0) * 180)
+    bgr = cv2.cvtColor(np.uint8([[[hue, 230, 255]]]), cv2.COLOR_HSV2BGR)[0, 0]
+    return tuple(int(v) for v in bgr)
+
+
+def _closest_points(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[tuple, tuple]:
+    """The closest points of two rectangles ``(x1, y1, x2, y2)`` (inclusive pixels), one on each border: where their
+    spans overlap, the middle of the overlap; else the facing edges."""
+    def span(lo1, hi1, lo2, hi2):
+        if max(lo1, lo2) <= min(hi1, hi2):
+            mid = (max(lo1, lo2) + min(hi1, hi2)) // 2
+            return mid, mid
+        return (hi1, lo2) if hi1 < lo2 else (lo1, hi2)
+
+    (ax, bx), (ay, by) = span(a[0], a[2], b[0], b[2]), span(a[1], a[3], b[1], b[3])
+    return (ax, ay), (bx, by)
+
+
+@dataclass
+class Strip:
+    """One box's strip of neighbour thumbnails in an annotated video frame: the object's row ``r``, the strip's
+    place ``(x, y, w, h)`` in pixels, how many thumbnails it holds, its ``color`` (BGR; the frame around the strip,
+    the leader line and the dot on the box) and the leader line's ends (``start`` on the strip's border, ``end`` on
+    the box's)."""
+
+    r: int
+    rect: tuple[int, int, int, int]
+    n_thumbnails: int
+    color: tuple[int, int, int]
+    start: tuple[int, int]
+    end: tuple[int, int]
+
+
+def strip_layout(result: SearchResult, width: int, height: int, *, n_neighbors: int = 3, thumb_size: int = 48,
+                 label_rects_: list | None = None) -> list[Strip]:
+    """Where ``annotate_frame`` puts each box's strip (outside every box and label: ``place_insets``; a shorter strip
+    where the full one does not fit, none where nothing fits) and how it joins its box."""
     dets = result.detections
+    rects = label_rects_ if label_rects_ is not None else label_rects(result, width, height)
     labels = [(x, y, x + lw, y + lh) for x, y, lw, lh in filter(None, rects)]
     counts = [min(n_neighbors, len(result.neighbors[r])) for r in range(len(dets))]
     n = max(counts, default=0)
@@ -415,21 +539,65 @@ def annotate_frame(image: np.ndarray, result: SearchResult, thumbnails: dict, *,
         todo = [r for r in range(len(dets)) if spots[r] is None and counts[r] >= size]
         if not todo:
             continue
-        width = size * (thumb_size + 2) - 2
+        strip_w = size * (thumb_size + 2) - 2
         others = np.vstack([taken, dets.xyxy.astype(np.float64)])
-        found = place_insets(dets.xyxy[todo], (width, thumb_size), w, h, obstacles=others)
+        found = place_insets(dets.xyxy[todo], (strip_w, thumb_size), width, height, obstacles=others)
         for r, spot in zip(todo, found):
             if spot is not None:
                 spots[r] = (spot, size)
                 taken = np.vstack([taken, [[spot[0], spot[1], spot[0] + spot[2], spot[1] + spot[3]]]])
+    strips = []
     for r, placed in enumerate(spots):
         if placed is None:
             continue
-        (x, y, _, _), size = placed
-        for nb in result.neighbors[r][:size]:
+        (x, y, w, h), size = placed
+        x1, y1, x2, y2 = (int(round(float(v))) for v in dets.xyxy[r])
+        box = (min(max(x1, 0), width - 1), min(max(y1, 0), height - 1), min(max(x2, 0), width - 1),
+               min(max(y2, 0), height - 1))  # the part of the box inside the frame
+        start, end = _closest_points((x, y, x + w - 1, y + h - 1), box)
+        strips.append(Strip(r, (x, y, w, h), size, object_color(r), start, end))
+    return strips
+
+
+def annotate_frame(image: np.ndarray, result: SearchResult, thumbnails: dict, *, n_neighbors: int = 3,
+                   thumb_size: int = 48) -> np.ndarray:
+    """A copy of a video frame (H, W, 3) uint8 BGR with a labeled box per object and, next to each box, a strip of
+    its first ``n_neighbors`` neighbours' thumbnails (``thumbnails`` by object id, JPEG bytes or arrays). Strips go
+    outside every box and label (``strip_layout``), so they do not hide the objects in a crowd; an object with no free
+    spot near it gets one thumbnail, or none. Each strip is framed in a colour of its own and joined to its box by a
+    leader line of that colour ending in a dot on the box, so that in a crowd of one class (one box colour) every
+    strip says whose it is. Used by ``objsearch video --out``."""
+    h, w = image.shape[:2]
+    rects = label_rects(result, w, h)
+    out = draw_boxes(image.copy(), result, 1.0, max(2, image.shape[1] // 400), rects=rects)
+    strips = strip_layout(result, w, h, n_neighbors=n_neighbors, thumb_size=thumb_size, label_rects_=rects)
+    for strip in strips:  # the leader lines first, then their dots: thumbnails stay on top
+        cv2.line(out, strip.start, strip.end, strip.color, 2, cv2.LINE_8)
+    for strip in strips:
+        cv2.circle(out, strip.end, 4, strip.color, -1, cv2.LINE_8)
+    for strip in strips:
+        x, y, sw, sh = strip.rect
+        for nb in result.neighbors[strip.r][:strip.n_thumbnails]:
             thumb = _decode(thumbnails.get(nb.object_id))
             if thumb is not None:
                 out[y:y + thumb_size, x:x + thumb_size] = _cell(thumb, thumb_size, "", None, strip=0)
-                cv2.rectangle(out, (x, y), (x + thumb_size - 1, y + thumb_size - 1), _color(nb.class_id), 1)
             x += thumb_size + 2
+        x, y = strip.rect[:2]
+        cv2.rectangle(out, (x, y), (x + sw - 1, y + sh - 1), strip.color, 2, cv2.LINE_8)
+    return out
+
+
+def compose_grid(cells: list[tuple[np.ndarray | bytes | None, str, tuple[int, int, int]]], *, size: int = 128,
+                 columns: int = 8, gap: int = 3) -> np.ndarray:
+    """Tiles in a grid, left to right then down: each cell is (picture as (h, w, 3) uint8 BGR or JPEG bytes or
+    None, caption, caption colour BGR), drawn as ``_cell`` draws a neighbour. Returns (H, W, 3) uint8 BGR (one picture
+    per near-duplicate group of ``objects duplicates --out``)."""
+    columns = max(1, min(int(columns), len(cells) or 1))
+    tile_h, tile_w = size + 16, size
+    n_rows = max(1, -(-len(cells) // columns))
+    out = np.full((n_rows * (tile_h + gap) - gap, columns * (tile_w + gap) - gap, 3), 24, np.uint8)
+    for i, (picture, text, color) in enumerate(cells):
+        r, c = divmod(i, columns)
+        y, x = r * (tile_h + gap), c * (tile_w + gap)
+        out[y:y + tile_h, x:x + tile_w] = _cell(_decode(picture), size, text, color)
     return out

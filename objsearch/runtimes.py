@@ -7,12 +7,18 @@ that feed the head) and ``scores`` (class logits, (B, nc, A)), and ``captured`` 
 detector runs NMS and pools features on these tensors the same way whatever the runtime.
 
 The onnx and openvino backends run a graph exported once from the torch model with these extra outputs, with dynamic
-height and width so rectangular letterboxes work (the anchors are computed in the graph). The export is cached beside
-the weights (``<weights>.objsearch-<sha12>-<key>.onnx`` and ``.xml``/``.bin``), or under ``~/.cache/objsearch/``
-when that folder is not writable, keyed by the weights' sha256 and the export recipe; written to a temporary name and
-renamed, so a crash never leaves a half-written model behind. Nothing is downloaded.
+height and width so rectangular letterboxes work (the anchors are computed in the graph). The export is cached
+(``<weights>.objsearch-<sha12>-<key>.onnx`` and ``.xml``/``.bin``) in ``$OBJSEARCH_CACHE_DIR`` when that is set, else
+beside the weights when that folder is writable, else under ``$XDG_CACHE_HOME/objsearch`` (``~/.cache/objsearch``),
+keyed by the weights' sha256 and the export recipe (torch's version included). Every file is written to a temporary
+name in the same folder and renamed, so a crash never leaves a half-written model behind and processes that export
+at once each rename a whole file over the same name. Nothing is downloaded.
 
-onnxruntime and openvino are imported here only, and only when chosen (``pip install objsearch[fast]``).
+The default runtime is ``auto``: onnxruntime on the CPU (a base dependency), once its exported graph matched torch on
+a check image (``verified_difference``), else torch. The export takes a few seconds, once per checkpoint; it is logged
+on the ``objsearch.runtimes.export`` logger, which the command line shows (``exporting ... once``).
+
+onnxruntime and openvino are imported here only, and only when chosen (openvino: ``pip install objsearch[fast]``).
 """
 
 from __future__ import annotations
@@ -23,26 +29,31 @@ import json
 import logging
 import os
 import tempfile
+import time
+import warnings
 from pathlib import Path
 
-from objsearch.errors import ObjsearchError
+from objsearch.errors import ExitCode, ObjsearchError
 
 LOGGER = logging.getLogger(__name__)
+EXPORT_LOGGER = logging.getLogger(__name__ + ".export")  # what a user waits for once: the shells show it
+CACHE_ENV = "OBJSEARCH_CACHE_DIR"
 
 RUNTIMES = ("torch", "onnx", "openvino")
 CHOICES = (*RUNTIMES, "auto")
-# ``auto``: the fastest runtime measured for a whole query on a 2-core x86 CPU (tools/bench_query.py, bus.jpg, ratio
-# to a bare YOLO.predict, busy machine): onnx 0.69-0.70x, openvino 0.75-0.79x, torch 0.97-1.03x. Every runtime
-# gives the same features, so the choice only changes speed.
+# ``auto`` (the default): the fastest runtime measured for a whole query on a 2-core x86 CPU (tools/bench_query.py,
+# bus.jpg, ratio to a bare YOLO.predict, busy machine): onnx 0.69-0.70x, openvino 0.75-0.79x, torch 0.97-1.03x. Every
+# runtime gives the same features, so the choice only changes speed. On a GPU it is torch.
 AUTO_ORDER = ("onnx", "openvino")
 EXPORT_VERSION = 1  # bump when the exported graph changes: the cache key changes with it
 OPSET = 17
 
 
 class RuntimeUnavailableError(ObjsearchError):
-    """The chosen runtime's package is not installed, or its export failed."""
+    """The chosen runtime's package is not installed, or its export failed (a usage error: ``--runtime`` asks for
+    what this machine cannot do)."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 def check_runtime(name: str) -> str:
@@ -117,15 +128,40 @@ def _writable(folder: Path) -> bool:
 
 
 def cache_path(detector, maps: bool, suffix: str) -> Path:
-    """Where the exported graph of ``detector`` goes: beside the weights when that folder is writable (``_writable``),
-    else under ``$XDG_CACHE_HOME/objsearch`` (``~/.cache/objsearch``)."""
+    """Where the exported graph of ``detector`` goes: ``$OBJSEARCH_CACHE_DIR`` when set (the tests set it to a
+    temporary folder), else beside the weights when that folder is writable (``_writable``), else under
+    ``$XDG_CACHE_HOME/objsearch`` (``~/.cache/objsearch``)."""
     weights = Path(detector.weights_path)
     sha = detector.weights_sha256 or hashlib.sha256(str(weights.resolve()).encode()).hexdigest()
     name = f"{weights.name}.objsearch-{sha[:12]}-{_export_key(detector, maps)}{suffix}"
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]) / name
     folder = weights.resolve().parent
     if not _writable(folder):
         folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "objsearch"
     return folder / name
+
+
+def _temporary(path: Path) -> str:
+    """A new empty file beside ``path`` (same folder, so ``os.replace`` onto ``path`` is atomic), readable as the
+    umask allows (``mkstemp`` makes it private; a cache shared by several users must be readable by them)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return tmp
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """``path.write_text(text)`` through a temporary file and ``os.replace``: a reader never sees half of it."""
+    tmp = _temporary(path)
+    try:
+        Path(tmp).write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 class _ExportWrapper:
@@ -181,28 +217,37 @@ def export_onnx(detector, maps: bool) -> Path:
         import onnx  # noqa: F401  torch's exporter needs it
     except ImportError:
         raise RuntimeUnavailableError(
-            "exporting the detector needs the onnx package: pip install 'objsearch[fast]'") from None
+            "exporting the detector needs the onnx package (a dependency of objsearch): pip install onnx") from None
     import torch
 
     wrapper, nl = _ExportWrapper.build(detector, maps)
     names = _output_names(nl, maps)
     dynamic = {"images": {0: "batch", 2: "height", 3: "width"}}
     dynamic.update({n: {0: "batch"} for n in names})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    LOGGER.info("exporting %s to %s", detector.weights_path, path)
     try:
-        with torch.inference_mode(False), torch.no_grad():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temporary(path)
+    except OSError as exc:
+        raise RuntimeUnavailableError(f"cannot write the exported detector to {path.parent}: "
+                                      f"{exc.strerror or exc}") from None
+    EXPORT_LOGGER.info("exporting %s to ONNX, once (a few seconds; kept in %s)", Path(detector.weights_path).name,
+                       path.parent)
+    t0 = time.perf_counter()
+    try:
+        # the TorchScript exporter (dynamo=False) is deprecated since torch 2.9, and its DeprecationWarnings are
+        # expected here; the dynamo exporter needs onnxscript, which objsearch does not install
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
             torch.onnx.export(wrapper, (torch.zeros((1, 3, 640, 480)),), tmp, input_names=["images"],
                               output_names=names, dynamic_axes=dynamic, opset_version=OPSET, dynamo=False,
                               do_constant_folding=True)
-        os.replace(tmp, path)
+        os.replace(tmp, path)  # whole or not at all; another process exporting at once renames its own whole file
     except Exception as exc:
         raise RuntimeUnavailableError(f"could not export the detector to ONNX: {exc}") from exc
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    EXPORT_LOGGER.info("exported in %.1f s", time.perf_counter() - t0)
     return path
 
 
@@ -225,7 +270,8 @@ class OnnxBackend:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise RuntimeUnavailableError("runtime 'onnx' needs onnxruntime: pip install 'objsearch[fast]'") from None
+            raise RuntimeUnavailableError("runtime 'onnx' needs onnxruntime (a dependency of objsearch): "
+                                          "pip install onnxruntime") from None
         import torch
 
         self._torch = torch
@@ -263,9 +309,10 @@ class OpenVinoBackend:
         xml = cache_path(detector, maps, ".xml")
         if not xml.is_file():
             onnx_path = export_onnx(detector, maps)
+            EXPORT_LOGGER.info("converting %s to OpenVINO, once", onnx_path.name)
             try:
                 model = ov.convert_model(str(onnx_path))
-                stem = tempfile.mktemp(prefix=xml.stem + ".", dir=xml.parent)
+                stem = tempfile.mktemp(prefix=f".{xml.stem}.", dir=xml.parent)
                 ov.save_model(model, stem + ".xml", compress_to_fp16=False)  # FP16 weights would change the features
                 os.replace(stem + ".bin", xml.with_suffix(".bin"))
                 os.replace(stem + ".xml", xml)  # last: an .xml on disk always has its .bin
@@ -303,6 +350,7 @@ def verified_difference(detector, backend) -> float:
         return float(json.loads(record.read_text())["max_relative_difference"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
+    EXPORT_LOGGER.info("checking the %s graph against torch, once", backend.name)
     x = torch.rand((1, 3, 480, 640), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref_y, ref_preds, ref_maps = TorchBackend(detector).forward(x.to(detector.device))
@@ -317,9 +365,9 @@ def verified_difference(detector, backend) -> float:
             return float("inf")
         diff = max(diff, float((a - b).abs().max() / a.abs().max().clamp_min(1e-6)))
     try:
-        record.write_text(json.dumps({"max_relative_difference": diff, "tolerance": VERIFY_TOL}))
-    except OSError:
-        pass
+        _write_atomically(record, json.dumps({"max_relative_difference": diff, "tolerance": VERIFY_TOL}))
+    except OSError as exc:
+        LOGGER.info("could not keep the check of %s (%s): it runs again next time", backend.path, exc)
     return diff
 
 

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from objsearch.errors import ObjsearchError
+from objsearch.errors import ExitCode, ObjsearchError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ LOGGER = logging.getLogger(__name__)
 class SourceError(ObjsearchError):
     """A frame source cannot be opened or stopped delivering: no camera, an undecodable video, a failed screen grab."""
 
-    exit_code = 2
+    exit_code = ExitCode.UNREADABLE_INPUT
 
 
 @dataclass

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm"}  # video files analysis reads (``objsearch.media``)
+
 
 # ------------------------------------------------------------------------------------------------ detections
 @dataclass
@@ -131,7 +133,7 @@ class MediaRef:
     Attributes
     ----------
     path : str
-        For an indexed item, relative to the index's base directory (POSIX separators; a file name that is not
+        For an indexed item, relative to its root folder (``root``; POSIX separators; a file name that is not
         UTF-8 keeps its bytes as surrogate escapes, see ``os.fsdecode``); for a query, what the user gave.
     width, height : int
         Pixels of the decoded image or frame.
@@ -144,6 +146,9 @@ class MediaRef:
     file_size, file_mtime_ns : int
         Size in bytes and modification time (ns since the epoch) of the source file when it was analysed
         (``sync`` compares them); -1 when unknown.
+    root : int
+        For an indexed item, which of the index's root folders ``path`` is relative to (0: the first, the folder
+        analyzed; ``objsearch add`` of a folder elsewhere adds one; see ``objsearch.roots``).
     """
 
     path: str
@@ -154,6 +159,7 @@ class MediaRef:
     timestamp_s: float = -1.0
     file_size: int = -1
     file_mtime_ns: int = -1
+    root: int = 0
 
     @property
     def is_video_frame(self) -> bool:
@@ -211,10 +217,12 @@ class MediaRecord:
 
 @dataclass(frozen=True)
 class SkippedFile:
-    """A file an analysis could not use, and why (one line)."""
+    """A file an analysis could not use, and why (one line): ``path`` relative to the index's root ``root`` (as a
+    media item's), or as found when it is not in an index yet."""
 
     path: str
     reason: str
+    root: int = 0
 
 
 # ------------------------------------------------------------------------------------------------------ search
@@ -319,8 +327,9 @@ class SearchResult:
     def to_dict(self) -> dict:
         """The ``query --json`` object: ``image``, ``width``, ``height``, ``timings_ms`` and ``objects`` with their
         ``neighbors`` (``object_id``, ``image_id``, ``path``, ``box``, ``class_id``, ``label``, ``confidence``,
-        ``distance``, and ``frame_index`` / ``timestamp_s`` for video frames, ``moment`` {``start_s``, ``end_s``,
-        ``frames``} when hits of one video were grouped). Floats are rounded; ``total`` is the
+        ``distance``, and ``frame_index`` / ``timestamp_s`` for video frames, ``root`` when the path is relative to
+        another of the index's roots than the first, ``moment`` {``start_s``, ``end_s``, ``frames``} when hits of
+        one video were grouped). Floats are rounded; ``total`` is the
         sum of the stages (a ``warmup`` pass, when one ran, is reported beside them, not in the total). Only finite
         numbers: JSON has no NaN."""
         timings = {k: v for k, v in self.timings_ms.items() if k != "total"}
@@ -334,6 +343,7 @@ class SearchResult:
                     "object_id": int(nb.object_id),
                     "image_id": int(nb.media.media_id),
                     "path": nb.media.path,
+                    **({"root": int(nb.media.root)} if nb.media.root else {}),
                     "box": [_round(v, 2) for v in nb.xyxy],
                     "class_id": int(nb.class_id),
                     "label": self.label(nb.class_id),
@@ -398,13 +408,14 @@ class ImageSearchResult:
 
     def to_dict(self) -> dict:
         """The ``query --mode image --json`` object: ``image``, ``width``, ``height``, ``timings_ms`` and
-        ``neighbors`` (``image_id``, ``path``, ``distance``, and ``frame_index`` / ``timestamp_s`` for video frames).
-        Only finite numbers (JSON has no NaN); ``total`` is the sum of the stages (``warmup`` beside it)."""
+        ``neighbors`` (``image_id``, ``path``, ``root`` when not the first root, ``distance``, and ``frame_index`` /
+        ``timestamp_s`` for video frames). Only finite numbers (JSON has no NaN); ``total`` is the sum of the stages (``warmup`` beside it)."""
         timings = {k: v for k, v in self.timings_ms.items() if k != "total"}
         timings["total"] = sum(v for k, v in timings.items() if k != "warmup")
         neighbors = []
         for nb in self.neighbors:
-            item = {"image_id": int(nb.media.media_id), "path": nb.media.path, "distance": _round(nb.distance, 5)}
+            item = {"image_id": int(nb.media.media_id), "path": nb.media.path,
+                    **({"root": int(nb.media.root)} if nb.media.root else {}), "distance": _round(nb.distance, 5)}
             if nb.media.is_video_frame:
                 item["frame_index"] = int(nb.media.frame_index)
                 item["timestamp_s"] = _round(nb.media.timestamp_s, 3)

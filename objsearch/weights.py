@@ -8,7 +8,7 @@ from pathlib import Path
 from objsearch.config import PROJECT_ROOT
 from objsearch.errors import WeightsNotFoundError
 
-DEFAULT_NAME = "yolo11n.pt"  # gives better neighbours than yolov8n (README: Retrieval quality as a user sees it)
+DEFAULT_NAME = "yolo11n.pt"  # gives better neighbours than yolov8n (docs/quality.md: Retrieval quality as a user sees it)
 SHARED_WEIGHTS = PROJECT_ROOT.parent / "shared" / "data" / "weights" / "yolo11n-reconstructed.pt"
 
 # The detection checkpoints among ultralytics' release assets (``ultralytics.utils.downloads.GITHUB_ASSETS_NAMES``,

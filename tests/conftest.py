@@ -5,13 +5,36 @@ Nothing is copied into the repository: folders to analyze are made in pytest's t
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from testdata import (BUS, COCO128, COCO128_IMAGES, DATA, DIMS, N_SMALL, ROOT, WEIGHTS, WEIGHTS_11,  # noqa: F401
                       coco_images, copy_images, run_cli)
+
+
+_EXPORT_CACHE: list[str] = []
+
+
+def pytest_configure(config):
+    """The detector graphs exported for the default runtime (``auto``: onnx) go to a folder of this session (one
+    export of a few seconds per checkpoint), inherited by the CLI subprocesses: no test reads a cache that an earlier
+    session or the user left. A deliberately set ``OBJSEARCH_CACHE_DIR`` (a CI cache, say) is kept: the graphs are
+    keyed by the weights' sha256 and the export recipe, written atomically and checked against torch before use."""
+    if not os.environ.get("OBJSEARCH_CACHE_DIR"):
+        folder = tempfile.mkdtemp(prefix="objsearch-test-exports-")
+        _EXPORT_CACHE.append(folder)
+        os.environ["OBJSEARCH_CACHE_DIR"] = folder
+
+
+def pytest_unconfigure(config):
+    for folder in _EXPORT_CACHE:
+        shutil.rmtree(folder, ignore_errors=True)
+        if os.environ.get("OBJSEARCH_CACHE_DIR") == folder:
+            del os.environ["OBJSEARCH_CACHE_DIR"]
 
 
 @pytest.fixture(scope="session")

@@ -43,12 +43,15 @@ def jpeg(rng) -> bytes:
 
 
 def make_record(rng, path: str, n: int, *, frame: int = -1) -> MediaRecord:
-    xy = rng.uniform(0, 200, (n, 2)).astype(np.float32)
-    xyxy = np.concatenate([xy, xy + rng.uniform(1, 50, (n, 2)).astype(np.float32)], axis=1)
+    if frame >= 0 and not path.endswith(".mp4"):
+        path += ".mp4"  # a frame's file is a video (an index refuses a frame of an image file)
+    width, height = int(rng.integers(100, 400)), int(rng.integers(100, 400))
+    xy = rng.uniform(0, 50, (n, 2)).astype(np.float32)
+    xyxy = np.concatenate([xy, xy + rng.uniform(1, 50, (n, 2)).astype(np.float32)], axis=1)  # inside the image
     det = Detections(xyxy=xyxy, confidence=rng.uniform(0.2, 1, n).astype(np.float32),
                      class_id=rng.integers(0, len(CLASS_NAMES), n),
                      features=rng.normal(size=(n, D)).astype(np.float32))
-    ref = MediaRef(path=path, width=int(rng.integers(100, 400)), height=int(rng.integers(100, 400)),
+    ref = MediaRef(path=path, width=width, height=height,
                    frame_index=frame, timestamp_s=frame / 25.0 if frame >= 0 else -1.0,
                    file_size=int(rng.integers(1, 10**6)), file_mtime_ns=int(rng.integers(1, 2**62)))
     return MediaRecord(media=ref, detections=det, thumbnails=[jpeg(rng) for _ in range(n)])
@@ -177,6 +180,43 @@ def test_round_trip_stable_ids_and_compact(tmp_path):
         mid2, oids2 = w.add(make_record(rng, "again.jpg", 2))
         assert mid2 == 13 and oids2[0] == oids[-1] + 1  # ids are never reused, not even after compaction
         w.commit()
+
+
+def test_a_writer_reads_the_object_rows_it_changes_not_all_of_them(tmp_path, monkeypatch):
+    """Issue 18: opening the writer read every object row (a remove cost 231 ms at 376k objects against 15 ms at
+    coco128). Now opening reads no /objects row, and removing one image reads a few chunks of the columns it
+    searches, not whole columns; what is removed is exactly that image's objects."""
+    path = tmp_path / "INDEX.h5"
+    n_media, per_media = 8000, 5  # 40,000 objects: 5 chunks of /objects/id
+    rng = np.random.default_rng(11)
+    with new_catalog(path) as w:
+        for i in range(n_media):
+            n = per_media
+            xyxy = np.tile(np.array([[1, 2, 30, 40]], np.float32), (n, 1))
+            det = Detections(xyxy=xyxy, confidence=np.full(n, 0.5, np.float32), class_id=np.zeros(n, np.int64),
+                             features=rng.normal(size=(n, D)).astype(np.float32))
+            w.add(MediaRecord(MediaRef(path=f"m/{i}.jpg", width=100, height=100), det, [b"j"] * n))
+        w.commit()
+    read: dict[str, int] = {}
+    original = h5py.Dataset.__getitem__
+
+    def counting(self, selection):
+        out = original(self, selection)
+        if self.name.startswith("/objects/"):
+            read[self.name] = read.get(self.name, 0) + int(np.asarray(out).shape[0] if np.ndim(out) else 1)
+        return out
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", counting)
+    with CatalogWriter.open(path, fsync=False) as w:
+        assert read == {}, read  # opening: no object row
+        victim = int(w.media_id[4321])
+        assert w.remove_media([victim]) == per_media
+        assert max(read.values()) < 3 * 8192, read  # a few chunks, not the 40,000 rows
+        w.commit()
+    monkeypatch.undo()
+    with Catalog(path) as cat:
+        assert len(cat.object_id) == n_media * per_media - per_media
+        assert victim not in set(cat.object_media_id.tolist()) and victim not in set(cat.media_id.tolist())
 
 
 def test_writer_accessors_projection_and_skipped(tmp_path):
@@ -352,10 +392,11 @@ class _Killer:
         monkeypatch.setattr(catalog_hdf5, "_fsync_path", k_fsync_path)
 
 
-def _kill_and_resume(tmp_path, monkeypatch, points_per_step: int | None) -> None:
+def _kill_and_resume(tmp_path, monkeypatch, points_per_step: int | None, recover=None) -> None:
     """Kill a writer running the sequence at chosen events (``points_per_step`` spread over each step's events, or
-    every event when None); after each kill, a reader must see exactly the state after some step, and running the
-    remaining steps must end in the uninterrupted run's final state."""
+    every event when None); after each kill (and ``recover(path)`` when given, e.g. ``objsearch repair``), a reader
+    must see exactly the state after some step, and running the remaining steps must end in the uninterrupted
+    run's final state."""
     ref_path = tmp_path / "ref.h5"
     counter = _Killer(None)
     counter.install(monkeypatch)
@@ -389,6 +430,8 @@ def _kill_and_resume(tmp_path, monkeypatch, points_per_step: int | None) -> None
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, \
             f"kill point {kill_at}/{total}: the writer exited with status {status}"
         counter.kill_at = None
+        if recover is not None and path.exists():
+            recover(path)
         if not path.exists():  # killed inside create, before its rename: no index yet
             gen = -1
         else:
@@ -530,7 +573,35 @@ HOSTILE = {
                                   f.create_dataset("objects/confidence", data=np.zeros(40, np.float32))),
                     "Fletcher-32"),
     "missing dataset": (lambda f, t: f.__delitem__("objects/features"), "missing"),
+    "nan feature": (_set("objects/features", (3, 2), np.nan), "objects/features holds non-finite"),
+    "huge feature": (_set("objects/features", (3, 2), 3e38), "objects/features holds non-finite"),
+    "huge vector": (_set("projections/16/vectors", (1, 1), -3e38), "beyond"),
+    "box past the image": (_set("objects/xyxy", (0, 2), 1e9), "box is inverted or lies outside"),
+    "inverted box": (_set("objects/xyxy", (0, 0), 1e6), "box is inverted or lies outside"),
+    "width 2**31-1": (_set("media/width", 0, 2**31 - 1), "width or height is outside"),
+    "frame of an image": (lambda f, t: (_set("media/frame_index", 0, 3)(f, t), _set("media/timestamp_s", 0, 0.1)(f, t)),
+                          "image file has a video frame index"),
+    "frame without time": (_set("media/frame_index", 0, 3), "timestamp or frame index is invalid"),
 }
+
+
+def test_features_are_checked_wherever_they_are_read(small_catalog, tmp_path):
+    """Raw features are not read when an index opens (they are D floats per object); every reader checks them: the
+    reader's ``features``, the writer's ``iter_features`` (a PCA fit) and a projection filled from them (the
+    transaction is rolled back)."""
+    path = _hostile(small_catalog, tmp_path, _set("objects/features", (0, 0), np.nan))
+    with Catalog(path) as cat:
+        with pytest.raises(IndexFileError, match="non-finite"):
+            cat.features(cat.object_id[:1])
+    before = path.read_bytes()
+    with CatalogWriter.open(path, fsync=False) as w:
+        with pytest.raises(IndexFileError, match="non-finite"):
+            list(w.iter_features())
+        x = np.random.default_rng(0).normal(size=(8, D)).astype(np.float32)
+        w.set_projection(make_projection("random", 8, random_state=3).fit(x))
+        with pytest.raises(IndexFileError, match="non-finite"):
+            w.commit()
+    assert path.read_bytes() == before
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))

@@ -101,6 +101,10 @@ def test_query_same_class(small_index):
 
 def test_query_writes_a_picture(small_index, tmp_path):
     out = tmp_path / "pics" / "pic.jpg"
+    missing = invoke("query", BUS, "-i", small_index[0], "-k", 3, "--out", out)  # issue 19 item 14: one rule for
+    assert_one_line_error(missing, 1, "does not exist")  # every output: its folder must exist, none is made
+    assert not out.parent.exists()
+    out.parent.mkdir()
     result = invoke("query", BUS, "-i", small_index[0], "-k", 3, "--out", out)
     assert result.exit_code == 0, result.output
     assert f"wrote {out}" in result.stdout
@@ -199,8 +203,10 @@ def test_index_built_with_other_weights_is_refused(small_index):
     assert "yolov8n-reconstructed.pt" in line and "yolo11n-reconstructed.pt" in line
 
 
-def test_dims_not_stored_in_the_index_exits_3(small_index):
-    assert_one_line_error(invoke("query", BUS, "-i", small_index[0], "--dims", 64), 3, "not 64")
+def test_dims_not_stored_in_the_index_is_a_usage_error(small_index):
+    """A --dims the index does not store is a bad value of a flag (exit 1), not a damaged index (3, issue 19 item
+    13)."""
+    assert_one_line_error(invoke("query", BUS, "-i", small_index[0], "--dims", 64), 1, "--dims 64", "16 or 32")
 
 
 @pytest.mark.parametrize("make", ["empty", "only_text", "missing"])
@@ -219,8 +225,9 @@ def test_analyze_bad_options(tmp_path, small_folder):
     out = tmp_path / "x.h5"
     assert_one_line_error(invoke("analyze", small_folder, "-o", out, "--weights", tmp_path / "no.pt"), 4,
                           "does not exist")
-    assert_one_line_error(invoke("analyze", small_folder, "-o", out, "--dims", "33"), 2, "dims must be among")
-    assert_one_line_error(invoke("analyze", small_folder, "-o", out, "--conf", "2"), 2, "conf must be in [0, 1]")
+    assert_one_line_error(invoke("analyze", small_folder, "-o", out, "--dims", "33"), 1, "dims must be among")
+    assert_one_line_error(invoke("analyze", small_folder, "-o", out, "--conf", "2"), 1, "--conf 2: must be less "
+                          "than or equal to 1")
     assert not out.exists()
 
 
@@ -243,7 +250,7 @@ def test_analyze_prints_its_summary(tmp_path):
 
 def test_unknown_recipe_is_one_line_error(tmp_path, small_folder):
     assert_one_line_error(invoke("analyze", small_folder, "-o", tmp_path / "x.h5", "-w", WEIGHTS, "--recipe",
-                                 "bogus:1"), 2, "bogus")
+                                 "bogus:1"), 1, "bogus")
 
 
 def test_unusable_device_is_one_line_error(small_index):
@@ -255,7 +262,7 @@ def test_unusable_device_is_one_line_error(small_index):
 def test_non_numeric_config_value_is_one_line_error(tmp_path, small_folder):
     config = tmp_path / "c.yaml"
     config.write_text("conf: high\n")
-    assert_one_line_error(invoke("analyze", small_folder, "-o", tmp_path / "x.h5", "--config", config), 2, "conf")
+    assert_one_line_error(invoke("analyze", small_folder, "-o", tmp_path / "x.h5", "--config", config), 1, "conf")
 
 
 def test_demo_on_a_small_folder(small_folder, tmp_path):
@@ -353,7 +360,9 @@ def test_threads_option_and_environment_set_torch_and_opencv():
 
 def test_threads_option_rejects_zero():
     proc = run_cli("--threads", 0, "threads", timeout=120)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "--threads" in proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == ["error: --threads 0: must be greater than or equal to 1 (see "
+                                                "objsearch --help)"]
 
 
 def test_a_one_off_query_reports_its_warm_up_apart_from_detection(bus_json):

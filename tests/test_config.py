@@ -21,8 +21,8 @@ def test_parse_dims_refuses_other_values(value):
         parse_dims(value)
 
 
-def test_config_error_is_a_user_error_with_exit_code_2():
-    assert issubclass(ConfigError, ObjsearchError) and ConfigError.exit_code == 2
+def test_config_error_is_a_usage_error():
+    assert issubclass(ConfigError, ObjsearchError) and ConfigError.exit_code == 1
 
 
 def test_defaults_then_file_then_flags(tmp_path):

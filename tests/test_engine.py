@@ -98,7 +98,9 @@ def test_unreadable_query_image(searcher, small_folder):
 
 
 def test_dims_not_in_the_index_are_refused(small_index, detector):
-    with pytest.raises(IndexFileError, match="not 64"):
+    from objsearch.config import ConfigError
+
+    with pytest.raises(ConfigError, match="not 64"):  # a bad value of --dims (a usage error), not a bad index
         Engine(small_index[0], detector=detector, dims=64)
     with Engine(small_index[0], detector=detector, dims=16) as s:
         assert s.search_file(BUS, k=2).hits.ids.shape[1] == 2

@@ -26,6 +26,20 @@ def weights_copy(tmp_path_factory):
     return path
 
 
+@pytest.fixture(autouse=True)
+def beside_the_weights(monkeypatch):
+    """These tests read the graphs beside ``weights_copy``: no session-wide cache folder (conftest sets one)."""
+    monkeypatch.delenv("OBJSEARCH_CACHE_DIR", raising=False)
+
+
+@pytest.fixture(scope="module")
+def torch_detector():
+    """The oracle: the detector run by torch (the session's ``detector`` runs the default runtime, auto)."""
+    from objsearch.detector import Detector
+
+    return Detector(WEIGHTS, runtime="torch")
+
+
 @pytest.fixture(scope="module")
 def images():
     return [read_image(p) for p in [BUS, *coco_images(3)]]
@@ -50,15 +64,15 @@ def _compare(ref, other, images, min_boxes: int = 10) -> tuple[int, float, float
 
 
 @pytest.mark.parametrize("runtime", ["onnx", "openvino"])
-def test_runtime_matches_torch(runtime, detector, weights_copy, images):
+def test_runtime_matches_torch(runtime, torch_detector, weights_copy, images):
     pytest.importorskip("onnxruntime" if runtime == "onnx" else "openvino")
     from objsearch.detector import Detector
 
     other = Detector(weights_copy, runtime=runtime)
-    assert other.runtime == runtime and other.weights_sha256 == detector.weights_sha256
+    assert other.runtime == runtime and other.weights_sha256 == torch_detector.weights_sha256
     assert other.backend.path.parent == weights_copy.parent  # cached beside the weights
-    assert other.backend.path.name.startswith(f"{WEIGHTS.name}.objsearch-{detector.weights_sha256[:12]}-")
-    _, box, feat = _compare(detector, other, images)
+    assert other.backend.path.name.startswith(f"{WEIGHTS.name}.objsearch-{torch_detector.weights_sha256[:12]}-")
+    _, box, feat = _compare(torch_detector, other, images)
     assert box <= BOX_TOL_PX and feat <= FEATURE_TOL
     assert other.warmup((480, 640, 3)) > 0  # warm-up runs through the runtime too
 
@@ -88,7 +102,7 @@ def test_export_is_cached(weights_copy):
     assert not list(first.parent.glob("*.tmp"))
 
 
-def test_auto_picks_an_installed_fast_runtime(weights_copy, detector):
+def test_auto_picks_an_installed_fast_runtime(weights_copy, torch_detector):
     pytest.importorskip("onnxruntime")
     from objsearch.detector import Detector
     from objsearch.runtimes import auto_runtime
@@ -99,7 +113,7 @@ def test_auto_picks_an_installed_fast_runtime(weights_copy, detector):
     record = json.loads(Path(str(auto.backend.path) + ".verified.json").read_text())
     assert record["max_relative_difference"] <= record["tolerance"]  # checked against torch before it is used
     image = read_image(BUS)
-    assert np.abs(auto(image).features - detector(image).features).max() <= FEATURE_TOL
+    assert np.abs(auto(image).features - torch_detector(image).features).max() <= FEATURE_TOL
 
 
 def test_auto_keeps_torch_when_the_export_differs(tmp_path, monkeypatch):
@@ -126,7 +140,7 @@ def test_auto_keeps_torch_when_the_export_differs(tmp_path, monkeypatch):
 def test_runtime_config_is_checked():
     from objsearch.config import ConfigError, load_config
 
-    assert load_config(None)["runtime"] == "torch"
+    assert load_config(None)["runtime"] == "auto"  # the fast CPU path by default (issue 23)
     assert load_config(None, runtime="ONNX")["runtime"] == "onnx"
     assert load_config(None, runtime="auto")["runtime"] == "auto"
     with pytest.raises(ConfigError, match="runtime"):
@@ -146,7 +160,8 @@ def test_query_runtime_flag(small_index, weights_copy):
     ids = [[[n["object_id"] for n in o["neighbors"]] for o in out["objects"]] for out in outs.values()]
     assert ids[0] == ids[1] and len(ids[0]) > 0
     bad = run_cli("query", BUS, "-i", index, "--runtime", "tensorrt")
-    assert bad.returncode == 2 and bad.stderr.strip().startswith("error:") and "Traceback" not in bad.stderr
+    assert bad.returncode == 1 and bad.stderr.strip().startswith("error: --runtime tensorrt:")
+    assert "Traceback" not in bad.stderr
 
 
 def test_add_with_runtime_matches_torch(tmp_path, cfg, detector):
@@ -202,3 +217,60 @@ def test_exports_never_go_into_a_read_only_folder(tmp_path, monkeypatch):
             assert cache_path(det, False, ".onnx").parent == where
     finally:
         shared.chmod(0o755)
+
+
+def test_the_default_runtime_is_onnx_on_the_cpu(detector):
+    """The configuration's default (``auto``) runs the exported graph in onnxruntime on the CPU (the session's
+    detector is loaded from the default configuration)."""
+    from objsearch.config import DEFAULTS
+
+    assert DEFAULTS["runtime"] == "auto"
+    assert (detector.runtime, detector.runtime_requested) == ("onnx", "auto")
+
+
+@pytest.mark.slow
+def test_the_cli_shows_the_one_time_export(small_index, tmp_path):
+    """A first query with a fresh cache says on stderr that it exports the detector once; the next one reuses it
+    silently and prints the same neighbours."""
+    import os
+
+    index, _ = small_index
+    env = {**os.environ, "OBJSEARCH_CACHE_DIR": str(tmp_path / "exports")}
+    first = run_cli("query", BUS, "-i", index, "--json", "-k", "3", env=env)
+    second = run_cli("query", BUS, "-i", index, "--json", "-k", "3", env=env)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert f"objsearch: exporting {WEIGHTS.name} to ONNX, once" in first.stderr
+    assert "checking the onnx graph against torch, once" in first.stderr
+    assert "export" not in second.stderr and "checking" not in second.stderr
+    assert len(list((tmp_path / "exports").glob("*.onnx"))) == 1
+    ids = [[[n["object_id"] for n in o["neighbors"]] for o in json.loads(p.stdout)["objects"]] for p in (first, second)]
+    assert ids[0] == ids[1] and ids[0]
+
+
+@pytest.mark.slow
+def test_processes_exporting_at_once_leave_one_whole_graph(tmp_path):
+    """Three processes that export the same detector into one empty cache at the same moment all get a working
+    graph; the cache holds one whole .onnx (and its check record), no temporary file."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("onnxruntime")
+    cache = tmp_path / "exports"
+    code = ("import sys; from objsearch.detector import Detector\n"
+            f"d = Detector({str(WEIGHTS)!r}, runtime='auto')\n"
+            "print(d.runtime, d.backend.path)")
+    env = {**os.environ, "OBJSEARCH_CACHE_DIR": str(cache)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    assert {out.split()[0] for out, _ in outs} == {"onnx"}
+    graphs = list(cache.glob("*.onnx"))
+    assert len(graphs) == 1 and sorted(p.name for p in cache.iterdir()) == sorted(
+        [graphs[0].name, graphs[0].name + ".verified.json"])
+    import onnxruntime
+
+    onnxruntime.InferenceSession(str(graphs[0]), providers=["CPUExecutionProvider"])  # whole: it loads
+    record = json.loads(Path(str(graphs[0]) + ".verified.json").read_text())
+    assert record["max_relative_difference"] <= record["tolerance"]

@@ -54,6 +54,20 @@ def _milvus_lite(**kwargs):
     return factory
 
 
+def _torch(**kwargs):
+    """The device store on the CPU (the tests' device); ``chunk_elements`` small makes every search merge chunks."""
+    def factory(tmp_path):
+        pytest.importorskip("torch")
+        from objsearch.vectors.torch_knn import TorchVectorStore
+
+        def make_store(ids, vectors, class_id, image_id):
+            return TorchVectorStore(ids, vectors, class_id, image_id, device="cpu", **kwargs)
+
+        return make_store
+
+    return factory
+
+
 # One factory per backend: ``factory(tmp_path) -> make_store``. A new backend adds itself here.
 FACTORIES = {
     "kdtree": _memory("kdtree"),
@@ -63,6 +77,8 @@ FACTORIES = {
     "hnsw-cached": _memory("hnsw", cached=True),  # every store of a check shares one graph file: reconciled on open
     "auto": _memory("auto"),
     "milvus": _milvus_lite(),  # FLAT: exact
+    "torch": _torch(),
+    "torch-chunked": _torch(chunk_elements=50),  # a few rows per chunk: the running top k is merged many times
 }
 
 

@@ -281,5 +281,6 @@ def test_video_command_broken_index(tmp_path):
 
 def test_video_command_stride_zero_is_a_usage_error(small_index):
     result = run_cli("video", VIDEO, "-i", small_index[0], "--stride", 0)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "--stride" in result.stderr and result.stdout == ""
+    assert result.returncode == 1 and "Traceback" not in result.stderr  # the usage exit code (docs/commands.md)
+    assert result.stderr.strip().splitlines() == ["error: --stride 0: must be greater than or equal to 1 (see "
+                                                  "objsearch video --help)"] and result.stdout == ""

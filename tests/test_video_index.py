@@ -251,7 +251,7 @@ def test_cli_analyze_samples_videos_with_a_stride(tmp_path):
     out = tmp_path / "stride.h5"
     done = run_cli("analyze", base, "-o", out, "--weights", WEIGHTS, "--video-stride", "100", "--imgsz", "320")
     assert done.returncode == 0, done.stderr
-    assert "0 images and 4 frames of 1 videos" in done.stdout, done.stdout
+    assert "0 images and 4 frames of 1 video (" in done.stdout, done.stdout
     with Catalog(out) as c:
         assert list(c.media_frame_index) == [0, 100, 200, 300]
         assert c.attrs["config"]["video_stride"] == 100

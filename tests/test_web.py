@@ -185,7 +185,7 @@ def test_thumbnails_media_examples_and_info(client, engine):
     assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
     assert response.content == engine.thumbnail(oid)
     assert "no indexed object" in _one_line_error(client.get(f"/api/thumbnail/{int(c.object_id.max()) + 1}"), 404)
-    _one_line_error(client.get("/api/thumbnail/-1"), 404)
+    _one_line_error(client.get("/api/thumbnail/-1"), 400)
     _one_line_error(client.get("/api/thumbnail/abc"), 400)
     mid = int(c.media_id[0])
     response = client.get(f"/api/media/{mid}")
@@ -326,3 +326,16 @@ def test_whole_image_mode_answers_the_query_mode_image_object(client, engine, sm
     assert len(by_id["neighbors"]) == 4 and all(n["image_id"] != mid for n in by_id["neighbors"])
     _one_line_error(client.post("/api/search?mode=image&dims=128", content=BUS.read_bytes(),
                                 headers={"content-type": "image/jpeg"}), 400)
+
+
+def test_the_page_writes_a_distance_as_d_everywhere():
+    """Issue 19 item 10: a neighbour's caption said "bus 0.50", the form a query object's confidence takes
+    ("1 bus 0.93"); the CLI, the pictures and the image mode write "d=0.50". Every distance the page prints from
+    two decimals is written d=... (the browser test checks the captions themselves where chromium is installed)."""
+    import re
+
+    from objsearch.web import app as web_app
+
+    script = (Path(web_app.__file__).parent / "static" / "app.js").read_text(encoding="utf-8")
+    shown = re.findall(r"(.{0,40})nb\.distance\.toFixed\(2\)", script)
+    assert shown and all("d=${" in before for before in shown), shown

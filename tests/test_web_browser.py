@@ -2,7 +2,7 @@
 subprocess on the coco128 index (one server and one browser for the module).
 
 Skipped, with the reason, only where Playwright or /usr/bin/chromium is missing (`.ci/run` installs chromium with
-apt when it can). With ``OBJSEARCH_WEB_SCREENSHOT=PATH`` the upload test also writes the README's picture to PATH.
+apt when it can). With ``OBJSEARCH_WEB_SCREENSHOT=PATH`` the upload test also writes docs/web.md's picture to PATH.
 """
 
 from __future__ import annotations
@@ -49,14 +49,14 @@ def _get_json(url: str):
 
 
 @contextlib.contextmanager
-def _serving(index: Path, log: Path):
-    """`objsearch serve` on ``index`` at a free 127.0.0.1 port (private URLs allowed for the local image server);
-    yields its base URL; stopped by its pid."""
+def _serving(index: Path, log: Path, extra=()):
+    """`objsearch serve` on ``index`` at a free 127.0.0.1 port (private URLs allowed for the local image server;
+    ``extra``: more arguments); yields its base URL; stopped by its pid."""
     port = _free_port()
     env = dict(os.environ, YOLO_OFFLINE="1", PYTHONPATH=str(ROOT))
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "objsearch", "serve", "-i", str(index), "--port",
-                                 str(port), "--allow-private-urls"], cwd=ROOT, env=env, stdout=out,
+                                 str(port), "--allow-private-urls", *extra], cwd=ROOT, env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -147,8 +147,12 @@ def test_upload_bus_shows_a_labeled_row_per_object(page, server):
     details = page.text_content("#details")
     first = api["objects"][0]["neighbors"][0]
     assert f"path {first['path']}" in details and "distance" in details and "confidence" in details
+    # a neighbour's caption writes its distance as everywhere else (bus d=0.50); "bus 0.93" is a confidence
+    captions = page.eval_on_selector_all("#results .row .hit > span:not(.time)", "s => s.map(x => x.textContent)")
+    want = [f"{nb['label']} d={nb['distance']:.2f}" for o in api["objects"] for nb in o["neighbors"]]
+    assert captions == want, (captions[:4], want[:4])
     shot = os.environ.get("OBJSEARCH_WEB_SCREENSHOT")
-    if shot:  # the README's picture: this page, this query; a 128-colour PNG keeps it small
+    if shot:  # docs/web.md's picture: this page, this query; a 128-colour PNG keeps it small
         import io
 
         from PIL import Image

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from objsearch.web.fetch import UrlFetchError, address_allowed, fetch_image_url
+from objsearch.web.fetch import UrlFetchError, address_allowed, embedded_ipv4, fetch_image_url
 from testdata import BUS
 
 
@@ -18,15 +18,38 @@ from testdata import BUS
     "239.255.255.250", "100.64.0.1", "240.0.0.1", "255.255.255.255", "192.0.2.1", "::1", "::", "fe80::1",
     "fe80::1%eth0", "fc00::1", "fd12:3456::1", "ff02::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "2001:db8::1",
     "not an address",
+    # IPv6 addresses that embed a non-global IPv4 address (Python's ipaddress calls most of these global)
+    "2002:7f00:1::", "2002:a00:1::1", "2002:a9fe:a9fe::", "2002:c0a8:101::1",  # 6to4 of 127/8, 10/8, 169.254, 192.168
+    "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "64:ff9b::10.0.0.1",  # NAT64 (RFC 6052)
+    "64:ff9b:1::808:808",  # a site's own NAT64 prefix (RFC 8215)
+    "::127.0.0.1", "::10.0.0.1", "::169.254.169.254",  # IPv4-compatible
+    "::ffff:0:127.0.0.1", "::ffff:0:a00:1",  # IPv4-translated (SIIT)
+    "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo whose client is 127.0.0.1 (obfuscated as 80ff:fffe)
+    "2001:0:7f00:1:8000:63bf:f7f7:f7f7",  # Teredo whose server is 127.0.0.1
+    "2606:4700::5efe:7f00:1", "2606:4700::200:5efe:a00:1",  # ISATAP interface ids of 127.0.0.1, 10.0.0.1
 ])
 def test_non_public_addresses_are_refused(address):
     assert not address_allowed(address)
 
 
 @pytest.mark.parametrize("address", ["8.8.8.8", "93.184.216.34", "1.1.1.1", "2606:4700:4700::1111",
-                                     "::ffff:8.8.8.8"])
+                                     "::ffff:8.8.8.8", "2002:808:808::1"])
 def test_public_addresses_are_allowed(address):
+    """Public addresses, and IPv6 forms of public IPv4 addresses (IPv4-mapped, 6to4 of 8.8.8.8)."""
     assert address_allowed(address)
+
+
+def test_embedded_ipv4_addresses_are_found():
+    import ipaddress
+
+    def found(text):
+        return [str(a) for a in embedded_ipv4(ipaddress.IPv6Address(text))]
+
+    assert found("2002:7f00:1::") == ["127.0.0.1"]
+    assert found("64:ff9b::7f00:1") == ["127.0.0.1"]
+    assert found("::ffff:0:a00:1") == ["10.0.0.1"]
+    assert found("2001:0:4136:e378:8000:63bf:80ff:fffe") == ["65.54.227.120", "127.0.0.1"]
+    assert found("2606:4700:4700::1111") == []
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -25,3 +25,27 @@ def coco128_index(index: Path | None, device: str = "cpu"):
         summary = analyze(DATA / "coco128", path, load_config(None, device=device))
         print(f"built {path}: {summary.n_images} images, {summary.n_objects} objects in {summary.seconds:.1f} s")
         yield path
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for a server a tool starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process(proc, timeout_s: float = 20.0) -> None:
+    """Stop a subprocess the tool started, by its pid: SIGTERM, then SIGKILL after ``timeout_s``."""
+    import os
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()

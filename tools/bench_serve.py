@@ -47,10 +47,10 @@ def _rss_mb(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def _server(index: Path, port: int, workers: int):
+def _server(index: Path, port: int, workers: int, extra_args: tuple = ()):
     env = dict(os.environ, YOLO_OFFLINE="1", PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-m", "objsearch", "serve", "-i", str(index), "--port", str(port),
-                             "--workers", str(workers)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                             "--workers", str(workers), *extra_args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     t0 = time.perf_counter()
     try:

@@ -64,7 +64,7 @@ HEADER = ("P@1   P@5   P@16  sP@5  false R@1   flip  0.75x jpeg  (extra vs coco1
 
 
 def ladder() -> list[tuple]:
-    """The lever table of the README: one lever at a time from today's default to the chosen configuration."""
+    """The lever table of docs/quality.md: one lever at a time from today's default to the chosen configuration."""
     base, light = {"cls_logits": 2.5, "neck_roi": 1.0}, {"cls_logits": 1.5, "neck_roi": 1.0}
     H = ev.Hygiene
     return [

@@ -82,9 +82,10 @@ def main() -> None:
             sl = slice(first[i], first[i + 1])
             src = source_id[sl]
             noise = args.noise * std * rng.standard_normal((len(src), feats.shape[1]), dtype=np.float32)
-            j = src[0]
             dets = Detections(xyxy[src], conf[src], cls[src], feats[src] + noise)
-            media = MediaRef(path=f"synthetic/{i:06d}.jpg", width=int(widths[j]), height=int(heights[j]))
+            # as large as the largest source image, so every copied box lies inside it (an index checks that)
+            media = MediaRef(path=f"synthetic/{i:06d}.jpg", width=int(widths[src].max()),
+                             height=int(heights[src].max()))
             writer.add(MediaRecord(media, dets, [thumbs[s] for s in src]))
             if (i + 1) % args.commit == 0:
                 writer.commit()

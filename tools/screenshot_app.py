@@ -1,4 +1,4 @@
-"""Take the README's screenshot of the real app window on a real query, on a virtual X display.
+"""Take docs/app.md's screenshot of the real app window on a real query, on a virtual X display.
 
 Usage::
 

@@ -9,11 +9,16 @@ Layout of ``INDEX.h5`` (``format_version`` 2)::
                 format="objsearch-index", format_version=2, uuid (32 hex digits), created, generation (+1 per
                 commit), state ("ready" | "analyzing"), weights_sha256, weights_name, feature_recipe (JSON),
                 config (JSON), class_names (JSON list), base_dir, n_features (D), next_media_id, next_object_id,
-                any extra attribute of the caller, json_attrs (JSON list of the attributes stored as JSON),
-                attrs_sha256 (digest of every other attribute, checked on open)
+                roots (JSON list: every root folder, roots[0] == base_dir; absent: [base_dir]), root_macs (JSON
+                list, one per root: HMAC-SHA256 hex with which this machine's user recorded that root, "" when
+                none; see ``objsearch.roots``), any extra attribute of the caller, json_attrs (JSON list of the
+                attributes stored as JSON), attrs_sha256 (digest of every other attribute, checked on open)
     /media/id             (M,) int64, stable id, strictly increasing with the row, never reused
     /media/path_offset    (M,) int64 and /media/path_length (M,) int32: a slice of /media/path_bytes
-    /media/path_bytes     (P,) uint8, paths relative to base_dir as os.fsencode bytes, back to back
+    /media/path_bytes     (P,) uint8, paths relative to their root as os.fsencode bytes, back to back
+    /media/root           (M,) int32, the root (an index into ``roots``) of each path; optional: absent, every
+                          path is relative to roots[0] (files made before several roots; written from the first
+                          commit that adds a media item under another root)
     /media/width, height  (M,) int32 pixels
     /media/frame_index    (M,) int64, -1 for an image
     /media/timestamp_s    (M,) float64, -1.0 for an image
@@ -52,6 +57,7 @@ are transactions made crash-safe by a rollback journal (see ``objsearch.catalog.
 from __future__ import annotations
 
 import contextlib
+import bisect
 import hashlib
 import json
 import logging
@@ -68,7 +74,7 @@ import numpy as np
 from objsearch.catalog import txn
 from objsearch.errors import IndexFileError
 from objsearch.projection import STORED_PROJECTION_METHODS, _Projection
-from objsearch.types import Detections, MediaRecord, MediaRef, SkippedFile
+from objsearch.types import VIDEO_SUFFIXES, Detections, MediaRecord, MediaRef, SkippedFile
 
 LOGGER = logging.getLogger(__name__)
 
@@ -77,11 +83,16 @@ FORMAT_VERSION = 2
 LIBVER = ("v110", "latest")
 MAX_THUMBNAIL_BYTES = 4 << 20
 MAX_PATH_BYTES = 1 << 16
+MAX_SIDE = 1 << 24  # pixels of a media item's side (a 100 MP image is 10k x 10k; a width of 2**31-1 is a forgery)
+MAX_ABS_VALUE = 1e9  # of a feature, vector, component or mean: features are O(1..100); squared distances of values
+#                      this size stay far below float32's maximum (3.4e38), so no distance overflows to inf
+BOX_SLACK = 1.0  # pixels a box may reach past its media item's edge (boxes are clipped to the image)
 FEATURE_CHUNK_ROWS = 1024
 IMAGE_FEATURE_CHUNK_ROWS = 256  # media rows are fewer than object rows: a smaller first chunk (~0.5 MB at F=528)
 STREAM_ROWS = 65536
 _STATES = ("ready", "analyzing")
-_JSON_ATTRS = ("feature_recipe", "config", "class_names", "image_recipe")
+_JSON_ATTRS = ("feature_recipe", "config", "class_names", "image_recipe", "roots", "root_macs")
+MAX_ROOTS = 1 << 16
 _META_ATTRS = ("json_attrs", "attrs_sha256")
 
 # name -> (dtype, trailing shape, chunk rows)
@@ -172,12 +183,20 @@ class _Tables:
 
     media: dict[str, np.ndarray]
     path_bytes: bytes
-    objects: dict[str, np.ndarray]
+    objects: dict[str, np.ndarray] | None  # None: not loaded (a writer's open reads the media rows only)
     n_thumb_bytes: int
     projections: dict[int, _Projection] = field(default_factory=dict)
     skipped: list[SkippedFile] = field(default_factory=list)
     image_projections: dict[int, _Projection] | None = None  # None: the file has no /image group
     n_image_features: int = 0
+    media_root: np.ndarray | None = None  # (M,) int32, every media row's root; None: all 0 (no /media/root)
+    n_object_rows: int = 0  # rows of /objects (live and dead)
+
+    def roots_of(self, rows: np.ndarray) -> np.ndarray:
+        """The root of each media row in ``rows``: (n,) int32."""
+        if self.media_root is None:
+            return np.zeros(len(rows), np.int32)
+        return self.media_root[rows]
 
     @property
     def has_image(self) -> bool:
@@ -187,9 +206,78 @@ class _Tables:
         off, length, blob = self.media["path_offset"], self.media["path_length"], self.path_bytes
         return [os.fsdecode(blob[off[r]:off[r] + length[r]]) for r in rows]
 
+    def _rows_starting_with(self, rows: np.ndarray, prefix: bytes, chunk: int = 1 << 18) -> np.ndarray:
+        """The rows of ``rows`` (each path at least ``len(prefix)`` bytes) whose path starts with ``prefix``:
+        compared as an (n, len(prefix)) byte matrix, ``chunk`` rows at a time (numpy, no Python loop per row)."""
+        if not len(prefix) or not len(rows):
+            return rows
+        blob = np.frombuffer(self.path_bytes, np.uint8)
+        want, cols = np.frombuffer(prefix, np.uint8), np.arange(len(prefix))
+        keep = [part[(blob[self.media["path_offset"][part][:, None] + cols] == want).all(1)]
+                for part in (rows[i:i + chunk] for i in range(0, len(rows), chunk))]
+        return np.concatenate(keep)
+
+    def find_paths(self, keys: list[tuple[int, bytes]]) -> dict[tuple[int, bytes], int]:
+        """{(root, path bytes): row} of the live media rows among ``keys`` (numpy over the rows whose path has the
+        length of some key, one pass per length; O(M) comparisons and no Python work per indexed item)."""
+        m = self.media
+        live = m["alive"] == 1
+        roots = self.roots_of(np.arange(len(m["id"])))
+        found: dict[tuple[int, bytes], int] = {}
+        by_length: dict[int, set[tuple[int, bytes]]] = {}
+        for root, rel in keys:
+            by_length.setdefault(len(rel), set()).add((int(root), bytes(rel)))
+        blob = np.frombuffer(self.path_bytes, np.uint8)
+        for length, group in by_length.items():
+            rows = np.flatnonzero(live & (m["path_length"] == length))
+            if not len(rows):
+                continue
+            if length == 0:
+                names = np.zeros(len(rows), "S1")
+            else:
+                matrix = blob[m["path_offset"][rows][:, None] + np.arange(length)]
+                names = np.ascontiguousarray(matrix).view(f"S{length}").ravel()
+            wanted = np.array(sorted({rel for _, rel in group}), dtype=f"S{max(length, 1)}")
+            for row in rows[np.isin(names, wanted)]:
+                key = (int(roots[row]), self.path_bytes[m["path_offset"][row]:m["path_offset"][row] + length])
+                if key in group:
+                    found[key] = int(row)
+        return found
+
+    def rows_under(self, root: int, folder: bytes) -> np.ndarray:
+        """Live media rows of ``root`` whose path is ``folder`` or lies under it (``b""``: every one of the root)."""
+        m = self.media
+        rows = np.flatnonzero((m["alive"] == 1) & (self.roots_of(np.arange(len(m["id"]))) == int(root)))
+        folder = folder.rstrip(b"/")
+        if folder in (b"", b"."):
+            return rows
+        exact = rows[m["path_length"][rows] == len(folder)]
+        exact = self._rows_starting_with(exact, folder)
+        inner = rows[m["path_length"][rows] > len(folder)]
+        inner = self._rows_starting_with(inner, folder + b"/")
+        return np.union1d(exact, inner)
+
+
+def _skipped_from_json(item) -> SkippedFile:
+    """[path, reason] or [path, reason, root] -> SkippedFile (TypeError/ValueError for anything else)."""
+    if not isinstance(item, list) or len(item) not in (2, 3) or not all(isinstance(x, str) for x in item[:2]) \
+            or (len(item) == 3 and (not isinstance(item[2], int) or isinstance(item[2], bool) or item[2] < 0)):
+        raise ValueError("not [path, reason] or [path, reason, root]")
+    return SkippedFile(item[0], item[1], int(item[2]) if len(item) == 3 else 0)
+
+
+def _skipped_to_json(skipped: list[SkippedFile]) -> bytes:
+    return json.dumps([[s.path, s.reason] + ([int(s.root)] if s.root else []) for s in skipped]).encode(
+        "utf-8", "surrogateescape")
+
 
 def _damaged(path: Path, why: str) -> IndexFileError:
     return IndexFileError(f"{path} is damaged: {why}")
+
+
+def _sane(values: np.ndarray) -> bool:
+    """Every value finite and at most ``MAX_ABS_VALUE`` in magnitude."""
+    return bool(values.size == 0 or (np.all(np.isfinite(values)) and np.abs(values).max() <= MAX_ABS_VALUE))
 
 
 def _check_links(f: h5py.File, path: Path) -> None:
@@ -235,39 +323,110 @@ def _check_ids(ids: np.ndarray, next_id: int, what: str, path: Path) -> None:
         raise _damaged(path, f"{what} ids are not strictly increasing in [0, next_{what}_id={next_id})")
 
 
+def roots_of(attrs: dict) -> tuple[list[str], list[str]]:
+    """(root folders, their MACs) as an index's attributes record them: ``roots`` and ``root_macs``, or for a file
+    made before several roots, ``[base_dir]`` with no MAC."""
+    roots = attrs.get("roots")
+    if roots is None:
+        return [str(attrs.get("base_dir", ""))], [""]
+    macs = attrs.get("root_macs")
+    return list(roots), list(macs) if isinstance(macs, list) else [""] * len(roots)
+
+
+def _check_roots(attrs: dict, path: Path) -> None:
+    """``roots`` a non-empty JSON list of folder strings (no NUL) whose first is ``base_dir``; ``root_macs`` as long,
+    each "" or 64 hex digits."""
+    if "roots" not in attrs and "root_macs" not in attrs:
+        return
+    roots, macs = attrs.get("roots"), attrs.get("root_macs", [])
+    if not isinstance(roots, list) or not roots or len(roots) > MAX_ROOTS \
+            or not all(isinstance(r, str) and "\x00" not in r and len(r.encode("utf-8", "surrogateescape"))
+                       <= MAX_PATH_BYTES for r in roots):
+        raise _damaged(path, f"root attribute roots is not a JSON list of 1 to {MAX_ROOTS} folder names")
+    if roots[0] != str(attrs.get("base_dir", "")):
+        raise _damaged(path, "root attribute roots does not start with base_dir")
+    if not isinstance(macs, list) or len(macs) != len(roots) or not all(
+            isinstance(m, str) and (m == "" or (len(m) == 64 and all(c in "0123456789abcdef" for c in m)))
+            for m in macs):
+        raise _damaged(path, "root attribute root_macs is not one MAC (64 hex digits, or empty) per root")
+
+
+def _load_media_root(f: h5py.File, n_media: int, n_roots: int, path: Path) -> np.ndarray | None:
+    """/media/root (optional) checked: int32, one per media row, each an index into the roots."""
+    if "media/root" not in f:
+        return None
+    roots = _dataset(f, "media/root", "<i4", (), path)[()]
+    if len(roots) != n_media:
+        raise _damaged(path, f"/media/root has {len(roots)} rows, expected {n_media} (one per media row)")
+    if len(roots) and (roots.min() < 0 or roots.max() >= n_roots):
+        raise _damaged(path, f"a media root is outside [0, {n_roots}) (the roots)")
+    return roots
+
+
 def _check_structures(attrs: dict, path: Path) -> None:
     """The JSON attributes every reader relies on are mappings: ``config`` and ``feature_recipe`` (their contents
     are checked by whoever uses them: ``objsearch.analysis.index_config``)."""
     config = attrs.get("config", {})
     if not isinstance(config, dict):
         raise _damaged(path, f"root attribute config is not a JSON mapping (got {type(config).__name__})")
+    _check_roots(attrs, path)
     recipe = attrs.get("feature_recipe", {})
     if not isinstance(recipe, dict):
         raise _damaged(path, f"root attribute feature_recipe is not a JSON mapping (got {type(recipe).__name__})")
 
 
 def _check_values(t: _Tables, n_classes: int, path: Path) -> None:
-    """The value checks common to both formats."""
-    m, o = t.media, t.objects
-    for name in ("alive",):
-        if np.any(m[name] > 1) or np.any(o[name] > 1):
-            raise _damaged(path, "an alive flag is neither 0 nor 1")
-    if np.any(m["width"] < 0) or np.any(m["height"] < 0):
-        raise _damaged(path, "a media width or height is negative")
-    if not np.all(np.isfinite(m["timestamp_s"])) or np.any(m["frame_index"] < -1):
-        raise _damaged(path, "a media timestamp or frame index is invalid")
+    """The value checks common to both formats (the object ones when the objects are loaded)."""
+    _check_media_values(t, path)
+    if t.objects is not None:
+        _check_object_values(t, n_classes, path)
+
+
+def _check_media_values(t: _Tables, path: Path) -> None:
+    m = t.media
+    if np.any(m["alive"] > 1):
+        raise _damaged(path, "an alive flag is neither 0 nor 1")
+    if np.any(m["width"] < 0) or np.any(m["height"] < 0) or np.any(m["width"] > MAX_SIDE) \
+            or np.any(m["height"] > MAX_SIDE):
+        raise _damaged(path, f"a media width or height is outside [0, {MAX_SIDE}] pixels")
+    frame, ts = m["frame_index"], m["timestamp_s"]
+    if not np.all(np.isfinite(ts)) or np.any(frame < -1) or np.any((frame == -1) != (ts == -1.0)) \
+            or np.any((frame >= 0) & (ts < 0)):
+        raise _damaged(path, "a media timestamp or frame index is invalid (an image has frame -1 and time -1, a "
+                       "video frame both >= 0)")
     end = m["path_offset"] + m["path_length"]
     if np.any(m["path_offset"] < 0) or np.any(m["path_length"] < 0) or np.any(m["path_length"] > MAX_PATH_BYTES) \
             or (len(end) and end.max() > len(t.path_bytes)):
         raise _damaged(path, "a media path lies outside /media/path_bytes")
+    if np.any(frame >= 0):
+        video = {s.lower() for s in VIDEO_SUFFIXES}
+        names = t.media_paths(np.flatnonzero(frame >= 0))
+        if any(os.path.splitext(name)[1].lower() not in video for name in names):
+            raise _damaged(path, "a media item of an image file has a video frame index")
+
+
+def _check_object_values(t: _Tables, n_classes: int, path: Path) -> None:
+    m, o = t.media, t.objects
+    if np.any(o["alive"] > 1):
+        raise _damaged(path, "an alive flag is neither 0 nor 1")
     if not np.all(np.isfinite(o["xyxy"])) or not np.all(np.isfinite(o["confidence"])):
         raise _damaged(path, "an object box or confidence is not finite")
+    if np.any(o["confidence"] < 0) or np.any(o["confidence"] > 1):
+        raise _damaged(path, "an object confidence is outside [0, 1]")
     if len(o["class_id"]) and (o["class_id"].min() < 0 or o["class_id"].max() >= n_classes):
         raise _damaged(path, f"an object class id is outside [0, {n_classes}) (the class names)")
     rows = np.searchsorted(m["id"], o["media_id"])
     rows = np.minimum(rows, max(len(m["id"]) - 1, 0))
     if len(o["media_id"]) and (len(m["id"]) == 0 or np.any(m["id"][rows] != o["media_id"])):
         raise _damaged(path, "an object's media id is not among the media ids")
+    if len(o["xyxy"]):
+        x1, y1, x2, y2 = o["xyxy"].T
+        width, height = m["width"][rows].astype(np.float64), m["height"][rows].astype(np.float64)
+        known = (width > 0) & (height > 0)  # 0: not recorded
+        if np.any(x2 < x1) or np.any(y2 < y1) or np.any(known & ((x1 < -BOX_SLACK) | (y1 < -BOX_SLACK)
+                                                                  | (x2 > width + BOX_SLACK)
+                                                                  | (y2 > height + BOX_SLACK))):
+            raise _damaged(path, "an object box is inverted or lies outside its media item")
     if len(o["alive"]) and np.any((o["alive"] == 1) & (m["alive"][rows] == 0)):
         raise _damaged(path, "a live object belongs to a removed media item")
     end = o["thumb_offset"] + o["thumb_length"]
@@ -306,8 +465,9 @@ def _load_projections(f: h5py.File, n_features: int, n_objects: int, path: Path,
             raise _damaged(path, f"/{prefix}/{name} has components {comps.shape}, mean {mean.shape} and "
                            f"vectors {vectors.shape}; expected ({n_features}, {d}), ({n_features},), ({n_objects}, {d})")
         components, mean = comps[()], mean[()]
-        if not (np.all(np.isfinite(components)) and np.all(np.isfinite(mean))):
-            raise _damaged(path, f"/{prefix}/{name} has non-finite components or mean")
+        if not (_sane(components) and _sane(mean)):
+            raise _damaged(path, f"/{prefix}/{name} has non-finite components or mean (or beyond "
+                           f"{MAX_ABS_VALUE:g})")
         out[d] = _Projection.from_state({"method": method, "n_components": d, "random_state": int(random_state),
                                          "components": components, "mean": mean})
     return out
@@ -323,7 +483,9 @@ def _rerank_dims(projections: dict) -> int | None:
     return next((d for d, proj in sorted(projections.items()) if proj.method == "mirror_whitened"), None)
 
 
-def _load_v2(f: h5py.File, path: Path) -> tuple[dict, _Tables]:
+def _load_v2(f: h5py.File, path: Path, *, objects: bool = True) -> tuple[dict, _Tables]:
+    """Validate and load a format 2 file; with ``objects`` False the object rows are not read (their datasets'
+    types, shapes and checksums are checked; a writer reads the rows it changes)."""
     attrs = _decode_attrs(dict(f.attrs.items()), path)
     ints = {}
     for key in ("n_features", "next_media_id", "next_object_id", "generation"):
@@ -343,12 +505,13 @@ def _load_v2(f: h5py.File, path: Path) -> tuple[dict, _Tables]:
         raise _damaged(path, "root attribute n_features must be >= 1")
     _check_structures(attrs, path)
     media = {k: _dataset(f, f"media/{k}", dt, shp, path)[()] for k, (dt, shp, _) in MEDIA_COLUMNS.items()}
-    objects = {k: _dataset(f, f"objects/{k}", dt, shp, path)[()] for k, (dt, shp, _) in OBJECT_COLUMNS.items()}
-    for group, cols in (("media", media), ("objects", objects)):
-        lengths = {len(v) for v in cols.values()}
+    object_sets = {k: _dataset(f, f"objects/{k}", dt, shp, path) for k, (dt, shp, _) in OBJECT_COLUMNS.items()}
+    columns = {k: ds[()] for k, ds in object_sets.items()} if objects else None
+    for group, lengths in (("media", {len(v) for v in media.values()}),
+                           ("objects", {ds.shape[0] for ds in object_sets.values()})):
         if len(lengths) > 1:
             raise _damaged(path, f"the /{group} arrays have different lengths {sorted(lengths)}")
-    n_objects = len(objects["id"])
+    n_objects = object_sets["id"].shape[0]
     feats = _dataset(f, "objects/features", "<f4", (ints["n_features"],), path)
     if feats.shape[0] != n_objects:
         raise _damaged(path, f"/objects/features has {feats.shape[0]} rows, expected {n_objects}")
@@ -357,14 +520,20 @@ def _load_v2(f: h5py.File, path: Path) -> tuple[dict, _Tables]:
     skipped_raw = _dataset(f, "skipped", "u1", (), path)[()].tobytes()
     try:
         skipped_list = json.loads(skipped_raw.decode("utf-8", "surrogateescape")) if skipped_raw else []
-        skipped = [SkippedFile(str(p), str(r)) for p, r in skipped_list]
+        skipped = [_skipped_from_json(item) for item in skipped_list]
     except (ValueError, TypeError):
-        raise _damaged(path, "/skipped is not a JSON list of [path, reason]") from None
+        raise _damaged(path, "/skipped is not a JSON list of [path, reason] or [path, reason, root]") from None
     _check_ids(media["id"], ints["next_media_id"], "media", path)
-    _check_ids(objects["id"], ints["next_object_id"], "object", path)
-    objects["class_id"] = objects["class_id"].astype(np.int64)
-    tables = _Tables(media, path_bytes, objects, n_thumb, skipped=skipped)
+    if columns is not None:
+        _check_ids(columns["id"], ints["next_object_id"], "object", path)
+        columns["class_id"] = columns["class_id"].astype(np.int64)
+    tables = _Tables(media, path_bytes, columns, n_thumb, skipped=skipped,
+                     media_root=_load_media_root(f, len(media["id"]), len(roots_of(attrs)[0]), path),
+                     n_object_rows=n_objects)
     _check_values(tables, len(names), path)
+    n_roots = len(roots_of(attrs)[0])
+    if any(s.root >= n_roots for s in skipped):
+        raise _damaged(path, f"a skipped file's root is outside [0, {n_roots}) (the roots)")
     tables.projections = _load_projections(f, ints["n_features"], n_objects, path, checksum=True)
     _load_image(f, attrs, tables, path)
     return attrs, tables
@@ -451,7 +620,7 @@ def _load_v1(f: h5py.File, path: Path) -> tuple[dict, _Tables]:
         raise _damaged(path, "attribute skipped is not a list of [path, reason]") from None
     attrs.setdefault("n_features", int(feats.shape[1]))
     _check_structures(attrs, path)
-    tables = _Tables(media, b"".join(paths), objects, 0, skipped=skipped)
+    tables = _Tables(media, b"".join(paths), objects, 0, skipped=skipped, n_object_rows=n)
     _check_values(tables, len(names), path)
     tables.projections = _load_projections(f, int(feats.shape[1]), n, path, checksum=False)
     return attrs, tables
@@ -471,12 +640,13 @@ def _format_version(f: h5py.File, path: Path) -> int:
     return int(version)
 
 
-def _load(f: h5py.File, path: Path) -> tuple[int, dict, _Tables]:
-    """Validate and load an open file; every failure is an IndexFileError with one line."""
+def _load(f: h5py.File, path: Path, *, objects: bool = True) -> tuple[int, dict, _Tables]:
+    """Validate and load an open file (``objects``: also the object rows, see ``_load_v2``); every failure is an
+    IndexFileError with one line."""
     try:
         version = _format_version(f, path)
         _check_links(f, path)
-        attrs, tables = (_load_v1 if version == 1 else _load_v2)(f, path)
+        attrs, tables = _load_v1(f, path) if version == 1 else _load_v2(f, path, objects=objects)
         return version, attrs, tables
     except IndexFileError:
         raise
@@ -586,10 +756,14 @@ class Catalog:
     class_names : list of str
     n_features : int, D
     weights_sha256, base_dir : str
+    roots : list of str, the root folders media paths are relative to (roots[0] == base_dir; see
+        ``objsearch.roots`` for which of them may be read)
+    root_macs : list of str, one per root: how this machine's user recorded it ("" when not)
     dims : list of int, the stored search projections' dimensions
     rerank_dims : int or None, the rerank projection's (``objsearch.rerank``), None for an index made without
     media_id : ndarray of shape (M,), int64, live media items in increasing id order
-    media_path : list of M str, relative to ``base_dir`` (non-UTF-8 bytes as surrogate escapes)
+    media_path : list of M str, relative to their root (non-UTF-8 bytes as surrogate escapes)
+    media_root : ndarray of shape (M,), int32, which root each path is relative to
     media_width, media_height : ndarray of shape (M,), int32 pixels
     media_frame_index : ndarray of shape (M,), int64 (-1 for an image)
     media_timestamp_s : ndarray of shape (M,), float64 seconds (-1.0 for an image)
@@ -654,6 +828,7 @@ class Catalog:
         self.n_features = int(attrs["n_features"])
         self.weights_sha256 = str(attrs.get("weights_sha256", ""))
         self.base_dir = str(attrs.get("base_dir", ""))
+        self.roots, self.root_macs = roots_of(attrs)
         self._projections = tables.projections
         self.dims = _search_dims(tables.projections)
         self.rerank_dims = _rerank_dims(tables.projections)
@@ -668,6 +843,7 @@ class Catalog:
         self._image_vectors: dict[int, np.ndarray] = {}
         self.media_id = m["id"][media_rows]
         self.media_path = tables.media_paths(media_rows)
+        self.media_root = tables.roots_of(media_rows)
         self.media_width, self.media_height = m["width"][media_rows], m["height"][media_rows]
         self.media_frame_index, self.media_timestamp_s = m["frame_index"][media_rows], m["timestamp_s"][media_rows]
         self.media_file_size, self.media_file_mtime_ns = m["file_size"][media_rows], m["file_mtime_ns"][media_rows]
@@ -736,12 +912,15 @@ class Catalog:
             path=self.media_path[row], width=int(self.media_width[row]), height=int(self.media_height[row]),
             media_id=int(self.media_id[row]), frame_index=int(self.media_frame_index[row]),
             timestamp_s=float(self.media_timestamp_s[row]), file_size=int(self.media_file_size[row]),
-            file_mtime_ns=int(self.media_file_mtime_ns[row]),
+            file_mtime_ns=int(self.media_file_mtime_ns[row]), root=int(self.media_root[row]),
         )
 
     @staticmethod
     def _positions(sorted_ids: np.ndarray, ids) -> np.ndarray:
-        ids = np.asarray(ids, np.int64).reshape(-1)
+        try:
+            ids = np.asarray(ids, np.int64).reshape(-1)
+        except OverflowError:  # an id beyond int64 (from a request) is no id of the index
+            ids = np.array([i if -(1 << 63) <= i < (1 << 63) else -1 for i in map(int, np.ravel(ids))], np.int64)
         if len(sorted_ids) == 0:
             return np.full(len(ids), -1, np.int64)
         pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
@@ -789,8 +968,9 @@ class Catalog:
                 if np.any(rows < 0):
                     raise IndexFileError(f"{self.path} was compacted or changed since it was opened; open it again")
                 vectors = f[f"image/projections/{dims}/vectors"][()][rows]
-                if not np.all(np.isfinite(vectors)):
-                    raise _damaged(self.path, f"/image/projections/{dims}/vectors holds non-finite values")
+                if not _sane(vectors):
+                    raise _damaged(self.path, f"/image/projections/{dims}/vectors holds non-finite values (or "
+                                   f"beyond {MAX_ABS_VALUE:g})")
                 return vectors
 
             self._image_vectors[dims] = self._read(load)
@@ -812,8 +992,8 @@ class Catalog:
             unique, inverse = np.unique(rows, return_inverse=True)
             out = f["image/features"][unique][inverse] if len(unique) else \
                 np.zeros((0, int(self.image_recipe["n_features"])), np.float32)
-            if not np.all(np.isfinite(out)):
-                raise _damaged(self.path, "/image/features holds non-finite values")
+            if not _sane(out):
+                raise _damaged(self.path, f"/image/features holds non-finite values (or beyond {MAX_ABS_VALUE:g})")
             return out
 
         return self._read(load)
@@ -828,8 +1008,9 @@ class Catalog:
                 if np.any(rows < 0):
                     raise IndexFileError(f"{self.path} was compacted since it was opened; open it again")
                 vectors = f[f"projections/{dims}/vectors"][()][rows]
-                if not np.all(np.isfinite(vectors)):
-                    raise _damaged(self.path, f"/projections/{dims}/vectors holds non-finite values")
+                if not _sane(vectors):
+                    raise _damaged(self.path, f"/projections/{dims}/vectors holds non-finite values (or beyond "
+                                   f"{MAX_ABS_VALUE:g})")
                 return vectors
 
             self._vectors[dims] = self._read(load)
@@ -854,8 +1035,8 @@ class Catalog:
                 raise IndexFileError(f"{self.path} was compacted since it was opened; open it again")
             unique, inverse = np.unique(rows, return_inverse=True)  # h5py wants increasing unique indices
             out = f["objects/features"][unique][inverse]
-            if not np.all(np.isfinite(out)):
-                raise _damaged(self.path, "/objects/features holds non-finite values")
+            if not _sane(out):
+                raise _damaged(self.path, f"/objects/features holds non-finite values (or beyond {MAX_ABS_VALUE:g})")
             return out
 
         return self._read(load)
@@ -969,7 +1150,8 @@ def _extend(ds, data) -> int:
 def _append(f, media: dict, paths: list[bytes], objects: dict, features: np.ndarray, thumbs: list[bytes],
             vectors: dict[int, np.ndarray], image_features: np.ndarray | None = None,
             image_vectors: dict[int, np.ndarray] | None = None) -> None:
-    """Append rows to every dataset: media columns (without path_* and with ``paths`` bytes), object columns
+    """Append rows to every dataset: media columns (without path_* and with ``paths`` bytes; ``root`` optional, 0
+    when not given: /media/root is made when a row has another), object columns
     (without thumb_*, with ``thumbs`` JPEG bytes), features (n, D) and vectors {d: (n, d)}; when the file has
     /image, ``image_features`` (n_media, F) and ``image_vectors`` {d: (n_media, d)}."""
     n_media, n_obj = len(paths), len(thumbs)
@@ -980,6 +1162,12 @@ def _append(f, media: dict, paths: list[bytes], objects: dict, features: np.ndar
         for d, vec in (image_vectors or {}).items():
             _extend(f[f"image/projections/{d}/vectors"], np.asarray(vec, np.float32))
     if n_media:
+        roots = np.asarray(media.get("root", np.zeros(n_media)), np.int32)
+        if "media/root" not in f and np.any(roots != 0):  # the first item under another root than the first
+            _create_dataset(f, "media/root", "<i4", (), MEDIA_COLUMNS["id"][2]).resize(f["media/id"].shape[0],
+                                                                                       axis=0)
+        if "media/root" in f:
+            _extend(f["media/root"], roots)
         lengths = np.array([len(p) for p in paths], np.int64)
         base = _extend(f["media/path_bytes"], np.frombuffer(b"".join(paths), np.uint8))
         media = {**media, "path_length": lengths.astype(np.int32),
@@ -1013,7 +1201,11 @@ def _fill_vectors(f, d: int, proj: _Projection, chunk: int = STREAM_ROWS, prefix
     feats, out = f[source], f[f"{prefix}/{d}/vectors"]
     for start in range(0, feats.shape[0], chunk):
         stop = min(start + chunk, feats.shape[0])
-        out[start:stop] = proj.transform(feats[start:stop])
+        rows = feats[start:stop]
+        if not _sane(rows):  # the transaction is rolled back
+            raise IndexFileError(f"/{source} holds non-finite values (or beyond {MAX_ABS_VALUE:g}): the index is "
+                                 f"damaged")
+        out[start:stop] = proj.transform(rows)
 
 
 @dataclass
@@ -1022,7 +1214,8 @@ class _Pending:
     media_ids: list[int] = field(default_factory=list)
     object_ids: list[np.ndarray] = field(default_factory=list)
     remove_media: set[int] = field(default_factory=set)
-    remove_objects: set[int] = field(default_factory=set)
+    remove_objects: set[int] = field(default_factory=set)  # ids of live objects (committed or pending) to remove
+    remove_object_rows: set[int] = field(default_factory=set)  # file rows of the committed ones among them
     skipped: list[SkippedFile] | None = None
     attrs: dict = field(default_factory=dict)
     projections: dict[int, _Projection] = field(default_factory=dict)
@@ -1079,8 +1272,9 @@ class CatalogWriter:
 
         Parameters
         ----------
-        attrs : root attributes (weights_sha256, weights_name, feature_recipe, config, class_names, base_dir, ...;
-            ``image_recipe`` with an integer ``n_features`` F when ``image_projections`` is given).
+        attrs : root attributes (weights_sha256, weights_name, feature_recipe, config, class_names, base_dir, roots,
+            root_macs, ...; ``image_recipe`` with an integer ``n_features`` F when ``image_projections`` is given;
+            ``uuid`` (32 hex digits) when the caller made it, e.g. to record its roots; otherwise one is made).
         n_features : D, the raw feature length (>= 1).
         projections : fitted projections with ``n_features_in_ == D``, one per stored dimension.
         image_projections : fitted projections with ``n_features_in_ == F`` of the whole-image features: every
@@ -1094,6 +1288,9 @@ class CatalogWriter:
         path = Path(path)
         if int(n_features) < 1:
             raise ValueError(f"n_features must be >= 1, got {n_features}")
+        uid = str(attrs.get("uuid") or uuid_module.uuid4().hex)
+        if len(uid) != 32 or any(c not in "0123456789abcdef" for c in uid):
+            raise ValueError(f"uuid must be 32 hex digits, got {uid!r}")
         for proj in projections:
             _check_projection(proj, int(n_features))
         if image_projections is not None:
@@ -1111,7 +1308,7 @@ class CatalogWriter:
                 undo.unlink()  # a killed writer's transaction on the file being replaced
             full = {"state": "ready", "weights_sha256": "", "weights_name": "", "feature_recipe": {}, "config": {},
                     "class_names": [], "base_dir": "", **attrs,
-                    "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "uuid": uuid_module.uuid4().hex,
+                    "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "uuid": uid,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "generation": 0,
                     "n_features": int(n_features), "next_media_id": 0, "next_object_id": 0}
             tmp = path.with_name(path.name + ".tmp")
@@ -1141,10 +1338,12 @@ class CatalogWriter:
         return cls(path, lock, fsync=fsync)
 
     def _reload(self) -> None:
+        """Load the attributes, the media rows and the object datasets' shapes; object rows are read when a change
+        needs them (``_object_rows``), so opening costs O(media), not O(objects)."""
         with txn.FileLock(self.path, exclusive=False):
             f = _open_read(self.path)
             try:
-                version, attrs, tables = _load(f, self.path)
+                version, attrs, tables = _load(f, self.path, objects=False)
             finally:
                 _close(f)
         if version != FORMAT_VERSION:
@@ -1152,6 +1351,53 @@ class CatalogWriter:
                                  f"{self.path} NEW.h5` to get a format {FORMAT_VERSION} index that can be updated")
         self.attrs, self._t = attrs, tables
         self._size = os.path.getsize(self.path)
+        self._n_live_objects: int | None = None  # counted from /objects/alive when first asked
+
+    # -- object rows, read from the file on demand
+    def _object_column(self, name: str, rows: slice | np.ndarray | None = None) -> np.ndarray:
+        """/objects/<name> of the committed rows (all, or a slice)."""
+        with txn.FileLock(self.path, exclusive=False), _reading(self.path) as f:
+            ds = f[f"objects/{name}"]
+            return ds[()] if rows is None else ds[rows]
+
+    def _object_rows(self, column: str, values) -> np.ndarray:
+        """File rows (sorted) of the committed objects whose ``column`` (``id``: strictly increasing with the row;
+        ``media_id``: non-decreasing, as objects are appended with their media item) is in ``values``: a binary
+        search on the file per value (a few chunk reads), or one read of the column when there are more values than
+        the column has chunks."""
+        values = np.unique(np.asarray(values, np.int64).reshape(-1))
+        n = self._t.n_object_rows
+        if not len(values) or not n:
+            return np.zeros(0, np.int64)
+        with txn.FileLock(self.path, exclusive=False), _reading(self.path) as f:
+            ds = f[f"objects/{column}"]
+            if len(values) > -(-n // ds.chunks[0]):
+                col = ds[()]
+                lo, hi = np.searchsorted(col, values, "left"), np.searchsorted(col, values, "right")
+            else:
+                class _Column:  # what bisect needs: len and one element at a time (HDF5 caches the chunk)
+                    def __len__(self):
+                        return n
+
+                    def __getitem__(self, i):
+                        return int(ds[i])
+
+                column_view = _Column()
+                lo = np.array([bisect.bisect_left(column_view, int(v)) for v in values], np.int64)
+                hi = np.array([bisect.bisect_right(column_view, int(v)) for v in values], np.int64)
+            rows = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)]) if len(lo) else np.zeros(0, np.int64)
+            if len(rows):  # the range found is checked: a file out of order gives no wrong row
+                lo_r, hi_r = int(rows.min()), int(rows.max()) + 1
+                got = ds[lo_r:hi_r][rows - lo_r]
+                rows = rows[np.isin(got, values)]
+        return rows.astype(np.int64)
+
+    @property
+    def n_objects(self) -> int:
+        """Live objects, committed (counted from /objects/alive once, 1 byte per object row, then kept)."""
+        if self._n_live_objects is None:
+            self._n_live_objects = int(np.count_nonzero(self._object_column("alive")))
+        return self._n_live_objects
 
     # -- committed state
     @property
@@ -1177,6 +1423,16 @@ class CatalogWriter:
     @property
     def weights_sha256(self) -> str:
         return str(self.attrs.get("weights_sha256", ""))
+
+    @property
+    def roots(self) -> list[str]:
+        """The root folders (committed, or set since with ``set_attrs(roots=...)``)."""
+        return roots_of({**self.attrs, **self._pending.attrs})[0]
+
+    @property
+    def root_macs(self) -> list[str]:
+        """One MAC per root ("" when none; committed, or set since)."""
+        return roots_of({**self.attrs, **self._pending.attrs})[1]
 
     @property
     def skipped(self) -> list[SkippedFile]:
@@ -1224,7 +1480,7 @@ class CatalogWriter:
         return np.flatnonzero(self._t.media["alive"])
 
     def _live_objects(self) -> np.ndarray:
-        return np.flatnonzero(self._t.objects["alive"])
+        return np.flatnonzero(self._object_column("alive"))
 
     @property
     def media_id(self) -> np.ndarray:
@@ -1233,6 +1489,10 @@ class CatalogWriter:
     @property
     def media_path(self) -> list[str]:
         return self._t.media_paths(self._live_media())
+
+    @property
+    def media_root(self) -> np.ndarray:
+        return self._t.roots_of(self._live_media())
 
     @property
     def media_file_size(self) -> np.ndarray:
@@ -1248,23 +1508,39 @@ class CatalogWriter:
 
     @property
     def object_id(self) -> np.ndarray:
-        return self._t.objects["id"][self._live_objects()]
+        """Live object ids (read from the file: O(objects); ``n_objects`` counts them)."""
+        return self._object_column("id")[self._live_objects()]
 
     @property
     def object_media_id(self) -> np.ndarray:
-        return self._t.objects["media_id"][self._live_objects()]
+        return self._object_column("media_id")[self._live_objects()]
+
+    def find_media(self, keys) -> dict[tuple[int, str], int]:
+        """{(root, path): media id} of the live committed media items among ``keys`` ((root, path relative to it)
+        pairs), found without a Python object per indexed item (``_Tables.find_paths``)."""
+        encoded = {(int(r), os.fsencode(rel)): (int(r), rel) for r, rel in keys}
+        found = self._t.find_paths(list(encoded))
+        return {encoded[key]: int(self._t.media["id"][row]) for key, row in found.items()}
+
+    def media_under(self, root: int, folder: str) -> np.ndarray:
+        """Ids of the live committed media items of ``root`` whose path is ``folder`` or lies under it ("" or
+        ".": all of the root)."""
+        return self._t.media["id"][self._t.rows_under(root, os.fsencode(folder))]
 
     def iter_features(self, chunk: int = STREAM_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(object_ids (n,) int64, features (n, D) float32)`` of the committed live objects, ``chunk`` rows
         of the file at a time (memory O(chunk)), e.g. for a streaming PCA fit."""
-        alive, ids = self._t.objects["alive"], self._t.objects["id"]
         with txn.FileLock(self.path, exclusive=False), _reading(self.path) as f:
-            feats = f["objects/features"]
+            feats, alive, ids = f["objects/features"], f["objects/alive"], f["objects/id"]
             for start in range(0, feats.shape[0], chunk):
                 stop = min(start + chunk, feats.shape[0])
                 keep = alive[start:stop] == 1
                 if keep.any():
-                    yield ids[start:stop][keep], feats[start:stop][keep]
+                    rows = feats[start:stop][keep]
+                    if not _sane(rows):
+                        raise _damaged(self.path, f"/objects/features holds non-finite values (or beyond "
+                                       f"{MAX_ABS_VALUE:g})")
+                    yield ids[start:stop][keep], rows
 
     # -- buffering
     def add(self, record: MediaRecord) -> tuple[int, np.ndarray]:
@@ -1273,7 +1549,8 @@ class CatalogWriter:
         Parameters
         ----------
         record : ``record.detections`` with features (n, D) float32, finite boxes and confidences and class ids
-            in [0, len(class_names)); ``record.media.path`` relative to ``base_dir``.
+            in [0, len(class_names)); ``record.media.path`` relative to its root ``record.media.root`` (an index
+            into ``roots``).
 
         Returns
         -------
@@ -1309,6 +1586,8 @@ class CatalogWriter:
             raise ValueError(f"a media path is longer than {MAX_PATH_BYTES} bytes")
         if not np.isfinite(ref.timestamp_s) or ref.frame_index < -1 or ref.width < 0 or ref.height < 0:
             raise ValueError(f"invalid media fields: {ref}")
+        if not 0 <= int(ref.root) < len(self.roots):
+            raise ValueError(f"media root must be in [0, {len(self.roots)}) (the roots), got {ref.root}")
         media_id = self.next_media_id
         object_ids = np.arange(self.next_object_id, self.next_object_id + n, dtype=np.int64)
         self._pending.media.append(record)
@@ -1320,27 +1599,47 @@ class CatalogWriter:
         """Buffer the removal of media items and all their objects; returns the number of objects removed.
         Unknown or already removed ids are ignored."""
         ids = {int(i) for i in np.asarray(media_ids, np.int64).reshape(-1)}
-        live = set(self.media_id.tolist()) | set(self._pending.media_ids)
-        ids = (ids & live) - self._pending.remove_media
-        self._pending.remove_media |= ids
-        obj_media = np.concatenate([self.object_media_id] + [
-            np.full(len(oid), mid, np.int64) for mid, oid in zip(self._pending.media_ids, self._pending.object_ids)])
-        obj_ids = np.concatenate([self.object_id] + self._pending.object_ids)
-        hit = set(obj_ids[np.isin(obj_media, list(ids))].tolist()) - self._pending.remove_objects
-        self._pending.remove_objects |= hit
+        p = self._pending
+        pending = set(p.media_ids)
+        committed = np.asarray(sorted(ids - pending), np.int64)
+        committed = committed[np.isin(committed, self.media_id)]  # live ones only
+        ids = (set(committed.tolist()) | (ids & pending)) - p.remove_media
+        p.remove_media |= ids
+        rows, found = self._live_object_rows(self._object_rows("media_id", sorted(ids - pending)))
+        hit = set(found.tolist())
+        for mid, oid in zip(p.media_ids, p.object_ids):
+            if mid in ids:
+                hit |= set(oid.tolist())
+        hit -= p.remove_objects
+        p.remove_objects |= hit
+        p.remove_object_rows |= set(rows.tolist())
         return len(hit)
+
+    def _live_object_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, ids), aligned, of the live objects among committed file ``rows`` (sorted)."""
+        if not len(rows):
+            return rows, rows
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        with txn.FileLock(self.path, exclusive=False), _reading(self.path) as f:
+            alive = f["objects/alive"][lo:hi][rows - lo]
+            ids = f["objects/id"][lo:hi][rows - lo]
+        keep = alive == 1
+        return rows[keep], ids[keep]
 
     def remove_objects(self, object_ids) -> int:
         """Buffer the removal of objects; returns how many were live. Unknown or removed ids are ignored."""
         ids = {int(i) for i in np.asarray(object_ids, np.int64).reshape(-1)}
-        live = set(self.object_id.tolist()) | {int(i) for oid in self._pending.object_ids for i in oid}
-        hit = (ids & live) - self._pending.remove_objects
-        self._pending.remove_objects |= hit
+        p = self._pending
+        pending = {int(i) for oid in p.object_ids for i in oid}
+        rows, live = self._live_object_rows(self._object_rows("id", sorted(ids - pending)))
+        hit = (set(live.tolist()) | (ids & pending)) - p.remove_objects
+        p.remove_objects |= hit
+        p.remove_object_rows |= set(rows[np.isin(live, list(hit))].tolist())
         return len(hit)
 
     def set_skipped(self, skipped: list[SkippedFile]) -> None:
         """Replace the list of skipped files at the next commit."""
-        self._pending.skipped = [SkippedFile(str(s.path), str(s.reason)) for s in skipped]
+        self._pending.skipped = [SkippedFile(str(s.path), str(s.reason), int(s.root)) for s in skipped]
 
     def set_attrs(self, **attrs) -> None:
         """Set root attributes at the next commit (the format's own bookkeeping attributes cannot be set)."""
@@ -1353,6 +1652,14 @@ class CatalogWriter:
             raise ValueError(f"state must be one of {_STATES}, got {attrs['state']!r}")
         if "class_names" in attrs and not all(isinstance(n, str) for n in attrs["class_names"]):
             raise ValueError("class_names must be a list of str")
+        if "roots" in attrs or "root_macs" in attrs or "base_dir" in attrs:
+            merged = {**self.attrs, **self._pending.attrs, **attrs}
+            try:
+                _check_roots(merged, self.path)
+            except IndexFileError as exc:
+                raise ValueError(str(exc).split(": ", 1)[-1]) from None
+            if len(roots_of(merged)[0]) < len(self.roots):
+                raise ValueError("roots cannot be taken away (media items are relative to them)")
         self._pending.attrs.update(attrs)
 
     def set_projection(self, proj: _Projection) -> None:
@@ -1425,11 +1732,15 @@ class CatalogWriter:
                 jfile = txn.JournaledFile(fd, undo)
                 try:
                     new_attrs, new_tables = self._apply(jfile)
+                    if jfile.failed is not None:  # a write failed (a full disk): never past the commit point
+                        raise jfile.failed
                     if self._fsync:
                         os.fsync(fd)
-                except BaseException:
+                except BaseException as exc:
                     undo.close()
                     self._restore(fd, undo)
+                    if jfile.failed is not None and exc is not jfile.failed:
+                        raise jfile.failed from None  # the cause, not what HDF5 made of the unwritten bytes
                     raise
                 undo.remove()  # the commit point
             finally:
@@ -1438,6 +1749,8 @@ class CatalogWriter:
             os.close(fd)
         self.attrs, self._t = new_attrs, new_tables
         self._size = os.path.getsize(self.path)
+        if self._n_live_objects is not None:
+            self._n_live_objects += sum(len(ids) for ids in p.object_ids) - len(p.remove_objects)
         self._pending = _Pending()
         self.last_commit_stats = {"seconds": time.perf_counter() - started, "writes": jfile.n_writes,
                                   "bytes_written": jfile.bytes_written, "undo_bytes": len(jfile._saved) * txn.PAGE}
@@ -1469,6 +1782,7 @@ class CatalogWriter:
             "file_size": np.array([r.media.file_size for r in recs], np.int64),
             "file_mtime_ns": np.array([r.media.file_mtime_ns for r in recs], np.int64),
             "alive": np.ones(len(recs), np.uint8),
+            "root": np.array([r.media.root for r in recs], np.int32),
         }
         paths = [os.fsencode(r.media.path) for r in recs]
         det = Detections.concat([r.detections for r in recs]) if recs else Detections.empty(D)
@@ -1493,7 +1807,7 @@ class CatalogWriter:
             image_vectors = {int(proj.n_components): proj.transform(image_feats) for proj in image_projections}
         with h5py.File(jfile, "r+", libver=LIBVER, locking=False) as f:
             n_media0, n_obj0 = f["media/id"].shape[0], f["objects/id"].shape[0]
-            if n_media0 != len(t.media["id"]) or n_obj0 != len(t.objects["id"]):
+            if n_media0 != len(t.media["id"]) or n_obj0 != t.n_object_rows:
                 raise IndexFileError(f"{self.path} changed while this writer held it; open it again")
             path_base = f["media/path_bytes"].shape[0]
             thumb_base = f["thumbnails"].shape[0]
@@ -1515,13 +1829,13 @@ class CatalogWriter:
                 _fill_vectors(f, d, proj)
             # tombstones (rows of committed and just appended items)
             all_media_ids = np.concatenate([t.media["id"], m_new["id"]])
-            all_obj_ids = np.concatenate([t.objects["id"], o_new["id"]])
             media_rows = np.flatnonzero(np.isin(all_media_ids, list(p.remove_media)))
-            obj_rows = np.flatnonzero(np.isin(all_obj_ids, list(p.remove_objects)))
+            new_rows = n_obj0 + np.flatnonzero(np.isin(o_new["id"], list(p.remove_objects)))
+            obj_rows = np.union1d(np.asarray(sorted(p.remove_object_rows), np.int64), new_rows).astype(np.int64)
             _write_alive(f["media/alive"], media_rows)
             _write_alive(f["objects/alive"], obj_rows)
             if p.skipped is not None:
-                blob = json.dumps([[s.path, s.reason] for s in p.skipped]).encode("utf-8", "surrogateescape")
+                blob = _skipped_to_json(p.skipped)
                 ds = f["skipped"]
                 ds.resize(len(blob), axis=0)
                 if blob:
@@ -1546,16 +1860,17 @@ class CatalogWriter:
         o_new["thumb_offset"] = thumb_base + np.concatenate([[0], np.cumsum(tl)[:-1]]).astype(np.int64)[:len(thumbs)]
         o_new["class_id"] = o_new["class_id"].astype(np.int64)
         media = {k: np.concatenate([t.media[k], np.asarray(m_new[k], t.media[k].dtype)]) for k in t.media}
-        objects = {k: np.concatenate([t.objects[k], np.asarray(o_new[k], t.objects[k].dtype)]) for k in t.objects}
+        media_root = None if t.media_root is None and not np.any(m_new["root"]) else np.concatenate(
+            [t.roots_of(np.arange(len(t.media["id"]))), m_new["root"]])
         media["alive"][media_rows] = 0
-        objects["alive"][obj_rows] = 0
-        tables = _Tables(media, t.path_bytes + b"".join(paths), objects, thumb_base + int(tl.sum()),
+        tables = _Tables(media, t.path_bytes + b"".join(paths), None, thumb_base + int(tl.sum()),
                          projections={**kept, **p.projections},
                          skipped=list(t.skipped) if p.skipped is None else list(p.skipped),
                          image_projections=None if image_projections is None else
                          {int(proj.n_components): proj for proj in image_projections},
                          n_image_features=int(p.image[0]["n_features"]) if p.image is not None
-                         else t.n_image_features)
+                         else t.n_image_features, media_root=media_root,
+                         n_object_rows=n_obj0 + len(o_new["id"]))
         return _decode_attrs(encoded, self.path), tables
 
     # -- compaction
@@ -1566,12 +1881,13 @@ class CatalogWriter:
         """
         if self._pending:
             raise ValueError("commit or drop the buffered changes before compacting")
-        before = len(self._t.objects["id"])
+        before = self._t.n_object_rows
         tmp = self.path.with_name(self.path.name + ".tmp")
         attrs = {**self.attrs, "generation": self.generation + 1}
         with _removed_on_failure(tmp):
             with txn.FileLock(self.path, exclusive=False), _reading(self.path) as src:
-                _copy_live(src, tmp, attrs, self._t, 2)
+                _, _, full = _load(src, self.path)  # every row: compaction is O(objects) anyway
+                _copy_live(src, tmp, attrs, full, 2)
             _fsync_path(tmp)
             fd = os.open(self.path, os.O_RDONLY)
             try:
@@ -1581,7 +1897,7 @@ class CatalogWriter:
             finally:
                 os.close(fd)
         self._reload()
-        return before, len(self._t.objects["id"])
+        return before, self._t.n_object_rows
 
     def close(self) -> None:
         """Drop anything uncommitted and release the writer lock."""
@@ -1638,7 +1954,8 @@ def _copy_live(src: h5py.File, dst: Path, attrs: dict, t: _Tables, version: int)
         if t.has_image:
             image_feats = src["image/features"][()][media_rows]
             image_vectors = {d: src[f"image/projections/{d}/vectors"][()][media_rows] for d in t.image_projections}
-        _append(f, {k: v[media_rows] for k, v in m.items()}, [os.fsencode(p) for p in t.media_paths(media_rows)],
+        _append(f, {**{k: v[media_rows] for k, v in m.items()}, "root": t.roots_of(media_rows)},
+                [os.fsencode(p) for p in t.media_paths(media_rows)],
                 {}, np.zeros((0, n_features), np.float32), [], {}, image_feats, image_vectors)
         feats = src["objects/features"]
         for start in range(0, len(obj_rows), STREAM_ROWS):
@@ -1657,8 +1974,7 @@ def _copy_live(src: h5py.File, dst: Path, attrs: dict, t: _Tables, version: int)
             _append(f, {}, [], {k: o[k][rows] for k in ("id", "media_id", "xyxy", "confidence", "class_id", "alive")},
                     block, thumbs, vectors)
         if t.skipped:
-            blob = json.dumps([[s.path, s.reason] for s in t.skipped]).encode("utf-8", "surrogateescape")
-            _extend(f["skipped"], np.frombuffer(blob, np.uint8))
+            _extend(f["skipped"], np.frombuffer(_skipped_to_json(t.skipped), np.uint8))
 
 
 def compact(path: str | Path, *, description: str = "objsearch compact") -> tuple[int, int]:

@@ -161,16 +161,23 @@ class UndoLog:
         self.fsync = fsync
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         head = struct.pack("<4sq", _UNDO_MAGIC, self.original_size)
-        os.write(self.fd, head + struct.pack("<I", zlib.crc32(head)))
+        self._write_all(head + struct.pack("<I", zlib.crc32(head)))
         if fsync:
             os.fsync(self.fd)
             _fsync_dir(self.path.parent)
         self._dirty = False
 
+    def _write_all(self, data: bytes) -> None:
+        """Write all of ``data`` or raise: on a full disk ``write`` first writes part of it and returns (a torn
+        record, which ``read_undo`` stops at), then raises ENOSPC; the bytes it protects are never overwritten."""
+        view = memoryview(data)
+        while len(view):
+            view = view[os.write(self.fd, view):]
+
     def append(self, offset: int, data: bytes) -> None:
         head = struct.pack("<qI", offset, len(data))
         crc = zlib.crc32(data, zlib.crc32(head))
-        os.write(self.fd, _UNDO_RECORD.pack(offset, len(data), crc) + data)
+        self._write_all(_UNDO_RECORD.pack(offset, len(data), crc) + data)
         self._dirty = True
 
     def sync(self) -> None:
@@ -268,6 +275,7 @@ class JournaledFile:
     def __init__(self, fd: int, undo: UndoLog) -> None:
         self.fd = fd
         self.undo = undo
+        self.failed: OSError | None = None  # the first failed write: the transaction must be rolled back
         self.pos = 0
         self._saved: set[int] = set()  # pages (PAGE bytes) of the original extent already in the undo log
         self.n_writes = 0
@@ -317,23 +325,36 @@ class JournaledFile:
         return data
 
     def write(self, data) -> int:
+        """Save the original bytes, then write. A failed write (a full disk, an I/O error) is kept in ``failed``
+        and not raised: HDF5 calls this from object deallocation too, where h5py can only print a traceback, and
+        the transaction is doomed anyway; from then on nothing is written, and the committer, which checks
+        ``failed``, rolls the transaction back and raises it."""
         view = memoryview(data).cast("B")
-        self._protect(self.pos, self.pos + len(view))
-        self.n_writes += 1
-        done = 0
-        while done < len(view):
-            done += os.pwrite(self.fd, view[done:], self.pos + done)
-        self.pos += done
-        self.bytes_written += done
-        return done
+        if self.failed is None:
+            try:
+                self._protect(self.pos, self.pos + len(view))
+                self.n_writes += 1
+                done = 0
+                while done < len(view):
+                    done += os.pwrite(self.fd, view[done:], self.pos + done)
+                self.bytes_written += done
+            except OSError as exc:
+                self.failed = exc
+        self.pos += len(view)
+        return len(view)
 
     def truncate(self, size: int | None = None) -> int:
         size = self.pos if size is None else int(size)
-        current = os.fstat(self.fd).st_size
-        if size < current:
-            self._protect(size, current)
-        if size != current:
-            os.ftruncate(self.fd, size)
+        if self.failed is not None:
+            return size
+        try:
+            current = os.fstat(self.fd).st_size
+            if size < current:
+                self._protect(size, current)
+            if size != current:
+                os.ftruncate(self.fd, size)
+        except OSError as exc:  # as write: kept, raised by the committer after the rollback
+            self.failed = exc
         return size
 
     def flush(self) -> None:

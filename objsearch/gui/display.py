@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from objsearch.errors import ObjsearchError
+from objsearch.errors import ExitCode, ObjsearchError
 
 PROBE = "from PyQt6.QtWidgets import QApplication; QApplication(['objsearch'])"
 
@@ -28,7 +28,7 @@ PROBE = "from PyQt6.QtWidgets import QApplication; QApplication(['objsearch'])"
 class DisplayError(ObjsearchError):
     """No display, or no Qt platform plugin that can open it (a missing system library, an unknown platform)."""
 
-    exit_code = 1
+    exit_code = ExitCode.USAGE
 
 
 def _package_folder(name: str) -> Path | None:

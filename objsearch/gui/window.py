@@ -23,6 +23,7 @@ from objsearch.analysis import JobCancelled, analyze
 from objsearch.engine import Engine
 from objsearch.errors import ObjsearchError
 from objsearch.media import IMAGE_SUFFIXES
+from objsearch.roots import UntrustedRootError
 from objsearch.types import format_timestamp, printable
 from objsearch.live import LivePipeline, LiveResult, QuerySettings
 from objsearch.render import compose_image_row, compose_rows, draw_boxes
@@ -417,7 +418,11 @@ class MainWindow(QtWidgets.QMainWindow):
         s = self.searcher
         if s is None or not len(s.catalog.media_id):
             return True
-        first = s.media_path(s.catalog.media_id[0])
+        try:
+            first = s.media_path(s.catalog.media_id[0])
+        except UntrustedRootError as exc:
+            self.show_message(f"{exc} (here: Index ▸ Image folder…)", error=True)
+            return False
         if first is not None and first.is_file():
             return True
         self.show_message(f"the index's images are not under {s.base_dir}: choose Index ▸ Image folder… to point at "
@@ -602,13 +607,20 @@ class MainWindow(QtWidgets.QMainWindow):
             try:
                 c = self.searcher.catalog
                 images = c.media_id[c.media_frame_index < 0]  # video frames are not image files
-                paths = [self.searcher.media_path(m) for m in images]
+                paths = [self._readable_path(m) for m in images]
                 ids = [int(m) for m, p in zip(images, paths) if p is not None]
                 self._random = RandomImageSource([p for p in paths if p is not None], media_ids=ids)
             except SourceError as exc:
                 self.show_message(str(exc), error=True)
                 return False
         return self._submit_still(self._random)
+
+    def _readable_path(self, media_id: int) -> Path | None:
+        """``Engine.media_path``, None for an item under a root the user did not choose."""
+        try:
+            return self.searcher.media_path(media_id)
+        except UntrustedRootError:
+            return None
 
     def query_image(self, path: str | Path, image_id: int | None = None) -> bool:
         """Query an image file (an indexed image leaves its own objects out of the results)."""
@@ -752,7 +764,11 @@ class MainWindow(QtWidgets.QMainWindow):
         its video."""
         if self.searcher is None:
             return False
-        path = self.searcher.media_path(media_id)
+        try:
+            path = self.searcher.media_path(media_id)
+        except UntrustedRootError as exc:
+            self.show_message(str(exc), error=True)
+            return False
         if path is None:
             self.show_message(f"the indexed path {printable(self.searcher.media(media_id).path)} leaves the image "
                               f"folder; not opened", error=True)

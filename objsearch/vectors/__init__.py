@@ -1,10 +1,15 @@
 """Vector stores: k-nearest-neighbour search over projected vectors keyed by stable int64 object ids.
 
 Every backend implements ``VectorStore``; the engine sees nothing else. ``memory_store`` makes the in-memory one
-(``objsearch.vectors.memory``: KD-tree, faiss, numpy, hnsw, ``auto``); ``objsearch.vectors.milvus`` (the only pymilvus
-module, imported only when the ``milvus`` backend is chosen) keeps the vectors in a Milvus collection. ``open_store``
-makes either for a catalog. A backend proves itself by passing the contract suite in
-``tests/vector_store_contract.py``.
+(``objsearch.vectors.memory``: KD-tree, faiss, numpy, hnsw, ``auto``); ``objsearch.vectors.torch_knn`` keeps the
+vectors in torch tensors on a device (``torch``: exact search on a GPU); ``objsearch.vectors.milvus`` (the only
+pymilvus module, imported only when the ``milvus`` backend is chosen) keeps the vectors in a Milvus collection.
+``vector_store`` makes an in-memory or device one from arrays, ``open_store`` any of them for a catalog. A backend
+proves itself by passing the contract suite in ``tests/vector_store_contract.py``.
+
+``auto`` and the device: on a CUDA device (``--device 0``) ``auto`` picks ``torch`` for an index of at least
+``objsearch.vectors.torch_knn.AUTO_MIN_VECTORS`` objects, else (and always on the CPU) the in-memory store's
+calibrated exact method (``resolve_backend``).
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ if TYPE_CHECKING:
     from objsearch.vectors.memory import HnswParams, MemoryVectorStore
 
 MEMORY_BACKENDS = ("auto", "kdtree", "faiss", "numpy", "hnsw")
-BACKENDS = MEMORY_BACKENDS + ("milvus",)
+DEVICE_BACKENDS = ("torch",)
+BACKENDS = MEMORY_BACKENDS + DEVICE_BACKENDS + ("milvus",)
 
 
 @runtime_checkable
@@ -30,7 +36,7 @@ class VectorStore(Protocol):
     Attributes
     ----------
     backend : str
-        ``kdtree``, ``faiss``, ``numpy``, ``hnsw``, ``milvus``; ``auto`` already resolved.
+        ``kdtree``, ``faiss``, ``numpy``, ``hnsw``, ``torch``, ``milvus``; ``auto`` already resolved.
     dims : int
         Dimension of the vectors.
     exact : bool
@@ -117,15 +123,58 @@ def memory_store(method: str, ids: np.ndarray, vectors: np.ndarray, class_id: np
     return MemoryVectorStore(ids, vectors, class_id, image_id, method, hnsw=hnsw, hnsw_cache=hnsw_cache)
 
 
+def resolve_backend(backend: str, n: int, device: str | None = None) -> str:
+    """The backend ``backend`` means for ``n`` vectors searched next to ``device``: ``auto`` becomes ``torch`` on a CUDA
+    device (``cuda``, ``cuda:N`` or a bare GPU index) from ``torch_knn.AUTO_MIN_VECTORS`` vectors on; anything else
+    is returned as it is (the in-memory ``auto`` then calibrates among the exact CPU methods)."""
+    if backend != "auto" or device is None:
+        return backend
+    from objsearch.detector import device_name
+    from objsearch.vectors.torch_knn import AUTO_MIN_VECTORS
+
+    return "torch" if device_name(device).startswith("cuda") and n >= AUTO_MIN_VECTORS else backend
+
+
+def vector_store(method: str, ids: np.ndarray, vectors: np.ndarray, class_id: np.ndarray, image_id: np.ndarray, *,
+                 device: str | None = None, hnsw: HnswParams | None = None,
+                 hnsw_cache: str | os.PathLike | None = None) -> VectorStore:
+    """An in-memory store (``memory_store``) or, for ``torch``, a device store (``TorchVectorStore`` on ``device``,
+    default the CPU); ``auto`` resolved first for ``device`` (``resolve_backend``).
+
+    Parameters
+    ----------
+    method : str
+        One of ``MEMORY_BACKENDS`` or ``DEVICE_BACKENDS``.
+    ids, vectors, class_id, image_id : as for ``memory_store``.
+    device : str, optional
+        Where ``torch`` keeps the vectors, and what ``auto`` considers (None: the CPU).
+    hnsw, hnsw_cache : as for ``memory_store``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown method or the input the store refuses.
+    objsearch.errors.DeviceError
+        For ``torch`` on a device that is not available.
+    """
+    method = resolve_backend(method, len(ids), device)
+    if method in DEVICE_BACKENDS:
+        from objsearch.vectors.torch_knn import TorchVectorStore
+
+        return TorchVectorStore(ids, vectors, class_id, image_id, device=device or "cpu")
+    return memory_store(method, ids, vectors, class_id, image_id, hnsw=hnsw, hnsw_cache=hnsw_cache)
+
+
 def open_store(backend: str, catalog, dims: int, *, milvus_uri: str | os.PathLike | None = None,
                milvus_collection: str | None = None, milvus_index: str = "FLAT", milvus_consistency: str = "Strong",
-               hnsw_cache: str | os.PathLike | None = None) -> VectorStore:
+               hnsw_cache: str | os.PathLike | None = None, device: str | None = None) -> VectorStore:
     """The vector store of ``catalog``'s vectors at ``dims`` for a backend.
 
     Parameters
     ----------
     backend : str
-        One of ``BACKENDS``. The in-memory ones load the vectors from the catalog; ``milvus`` opens the catalog's
+        One of ``BACKENDS``. The in-memory and device ones load the vectors from the catalog; ``milvus`` opens the
+        catalog's
         collection on ``milvus_uri`` and brings it in step with the catalog (created and filled on first use,
         updated by id difference when the catalog changed since; see ``MilvusVectorStore.follow``).
     catalog : objsearch.catalog.Catalog
@@ -139,6 +188,9 @@ def open_store(backend: str, catalog, dims: int, *, milvus_uri: str | os.PathLik
         Milvus index type (``FLAT`` exact, ``HNSW``, ``IVF_FLAT``, ``IVF_SQ8``) and consistency level.
     hnsw_cache : path, optional
         Where the in-memory ``hnsw`` graph is kept.
+    device : str, optional
+        Where ``torch`` keeps the vectors (None: the CPU); ``auto`` on a CUDA device may pick ``torch``
+        (``resolve_backend``).
 
     Raises
     ------
@@ -155,8 +207,8 @@ def open_store(backend: str, catalog, dims: int, *, milvus_uri: str | os.PathLik
         uri = milvus_uri if milvus_uri is not None else f"{catalog.path}.milvus.db"
         return open_for_catalog(catalog, dims, uri, collection=milvus_collection, index_type=milvus_index,
                                 consistency=milvus_consistency)
-    return memory_store(backend, catalog.object_id, catalog.vectors(dims), catalog.class_id, catalog.object_media_id,
-                        hnsw_cache=hnsw_cache if backend == "hnsw" else None)
+    return vector_store(backend, catalog.object_id, catalog.vectors(dims), catalog.class_id, catalog.object_media_id,
+                        device=device, hnsw_cache=hnsw_cache if backend == "hnsw" else None)
 
 
 def follow_index(index: str | os.PathLike, milvus_uri: str | os.PathLike, *, collection: str | None = None,
@@ -211,4 +263,5 @@ def follow_index(index: str | os.PathLike, milvus_uri: str | os.PathLike, *, col
     return done
 
 
-__all__ = ["BACKENDS", "MEMORY_BACKENDS", "VectorStore", "follow_index", "memory_store", "open_store"]
+__all__ = ["BACKENDS", "DEVICE_BACKENDS", "MEMORY_BACKENDS", "VectorStore", "follow_index", "memory_store",
+           "open_store", "resolve_backend", "vector_store"]

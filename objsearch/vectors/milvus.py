@@ -110,6 +110,7 @@ def connect(uri: str | os.PathLike, *, token: str = ""):
             raise VectorStoreError(f"{uri} is a Milvus Lite path, which needs milvus-lite "
                                    f"(pip install 'objsearch[milvus]')") from None
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        _quiet_lite_server()
     lite_logger = logging.getLogger("milvus_lite")
     level = lite_logger.level
     if _is_local(uri):
@@ -150,6 +151,37 @@ def _hit_id(hit) -> int:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(getattr(exc, "message", "") or exc).split())
     return f"{type(exc).__name__}: {text[:300]}"
+
+
+class LiteUnimplementedFilter(logging.Filter):
+    """Drops gRPC's log record of an RPC that Milvus Lite's in-process server does not implement, and nothing else.
+
+    Milvus Lite serves pymilvus through a gRPC servicer in this process; an RPC it lacks (``AllocTimestamp``, which
+    pymilvus asks for when it waits for an index on a new collection) raises the generated stub's
+    ``NotImplementedError('Method not implemented!')``, which grpc logs as ``ERROR Exception calling application``
+    with a traceback, while pymilvus ignores the failure by design (``ignore_unimplemented``) and the command
+    succeeds. A record is dropped only when its exception is that ``NotImplementedError`` raised in a generated
+    ``*_pb2_grpc.py`` stub; every other error of the server is logged as before. A server in another process (a
+    Milvus URI) logs in that process, so this never hides a server's errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, NotImplementedError):
+            return True
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        return not (tb is not None and tb.tb_frame.f_code.co_filename.endswith("_pb2_grpc.py"))
+
+
+_LITE_FILTER = LiteUnimplementedFilter()
+
+
+def _quiet_lite_server() -> None:
+    """Install ``LiteUnimplementedFilter`` on grpc's server logger (once)."""
+    grpc_server = logging.getLogger("grpc._server")
+    if _LITE_FILTER not in grpc_server.filters:
+        grpc_server.addFilter(_LITE_FILTER)
 
 
 class MilvusVectorStore:
@@ -291,8 +323,17 @@ class MilvusVectorStore:
     def all_ids(self, batch: int = 16384) -> np.ndarray:
         """Every id in the collection, sorted: (n,) int64 (an iterator over the collection: O(n) transfer)."""
         self._check_open()
-        it = self._call("query_iterator", self._client.query_iterator, self.collection, batch_size=batch,
-                        filter="object_id >= 0", output_fields=["object_id"], consistency_level=self.consistency)
+        # Milvus Lite has no MVCC timestamp for an iterator's session; pymilvus then warns and uses the client's
+        # clock, which is what Lite's single process wants: that one warning is not shown for a Lite database
+        iterator_log = logging.getLogger("pymilvus.client.iterator.query_iterator")
+        level = iterator_log.level
+        if _is_local(self.uri):
+            iterator_log.setLevel(logging.ERROR)
+        try:
+            it = self._call("query_iterator", self._client.query_iterator, self.collection, batch_size=batch,
+                            filter="object_id >= 0", output_fields=["object_id"], consistency_level=self.consistency)
+        finally:
+            iterator_log.setLevel(level)
         chunks = []
         try:
             while True:

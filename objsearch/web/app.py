@@ -18,13 +18,22 @@ Routes
 Safety: bodies over ``max_upload_bytes`` get 413 (from ``Content-Length`` before reading, and while reading); images
 over ``max_pixels`` are refused from their header; URLs go through ``objsearch.web.fetch``; no request names a file:
 the page's files are a fixed set and indexed images are reached only by id through ``Engine.media_path``, which
-refuses paths leaving the base directory. Every error is a 4xx (5xx for a bug) with a JSON body ``{"error": line}``;
-tracebacks go to the server's log only. CPU work (decoding, detection) runs in a bounded thread pool so the event
-loop keeps answering.
+reads only under the index's roots that the user chose (see docs/security.md). Ids and seeds are bounded (a 64-bit
+id at most), JSON nested too deeply is refused. Every error is a 4xx (5xx for a bug) with a JSON body
+``{"error": line}``; tracebacks go to the server's log only. CPU work (decoding, detection) runs in a bounded thread
+pool so the event loop keeps answering; URL fetches wait on the network in a bounded pool of their own (and a full
+queue of them is answered 503 at once), so uploads and searches never wait behind slow URLs.
+
+With a ``token`` (``serve --token``, required when listening beyond loopback) every ``/api/`` route answers 401
+unless the request carries it: ``Authorization: Bearer TOKEN``, or the ``objsearch_token`` cookie that the page gets
+when it is opened once as ``/?token=TOKEN`` (HttpOnly, SameSite=Strict; the page then reloads without it in the
+address).
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
 import logging
 import random
@@ -36,13 +45,15 @@ from pathlib import Path
 import anyio
 import numpy as np
 from fastapi import FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException
 
 from objsearch.errors import ImageReadError, IndexFileError, ObjsearchError
 from objsearch.media import DEFAULT_MAX_PIXELS, decode_image, make_thumbnail, read_image, read_video_frame
 from objsearch.moments import DEFAULT_GROUP_S
+from objsearch.roots import UntrustedRootError
 from objsearch.types import MediaRef, printable
 from objsearch.web.fetch import DEFAULT_TIMEOUT_S, UrlFetchError, fetch_image_url
 
@@ -60,6 +71,9 @@ SECURITY_HEADERS = {
 }
 MODES = ("objects", "image")  # "image" only for an index with whole-image vectors (``modes_of``)
 MAX_K = 256
+MAX_ID = (1 << 63) - 1  # ids are int64: a larger one is refused as a bad parameter, not an OverflowError
+TOKEN_COOKIE = "objsearch_token"
+MIN_TOKEN_CHARS = 16
 
 
 @dataclass
@@ -71,6 +85,11 @@ class WebSettings:
     allow_private_urls : URL queries may reach loopback, private and link-local addresses.
     url_timeout_s : deadline of one URL fetch, seconds.
     workers : searches (and decodes) that run at once; more wait their turn.
+    url_workers : URL fetches that run at once, in a pool of their own (a fetch mostly waits on the network, for
+        at most ``url_timeout_s``); more wait their turn, and past ``url_queue`` waiting ones a URL request is
+        answered 503 at once.
+    url_queue : URL fetches that may wait for a place.
+    token : the secret every ``/api/`` request must carry (None: none asked; see the module docstring).
     refresh_s : how often, at most, a request checks whether another process (``objsearch add``, ``remove``,
         ``sync``) committed to the index, seconds; what it committed is then searched (``Engine.refresh``).
     """
@@ -80,6 +99,9 @@ class WebSettings:
     allow_private_urls: bool = False
     url_timeout_s: float = DEFAULT_TIMEOUT_S
     workers: int = 2
+    url_workers: int = 16
+    url_queue: int = 32
+    token: str | None = None
     refresh_s: float = 1.0
 
 
@@ -170,17 +192,20 @@ def modes_of(engine) -> list[str]:
     return [m for m in MODES if m == "objects" or engine.catalog.has_image_vectors]
 
 
-def create_app(engine, settings: WebSettings | None = None) -> FastAPI:
+def create_app(engine, settings: WebSettings | None = None, *, watch_stats=None) -> FastAPI:
     """The FastAPI app serving ``engine`` (an ``objsearch.engine.Engine``, shared by every request).
 
     Parameters
     ----------
     engine : Engine, re-entrant; searches run at most ``settings.workers`` at once.
     settings : limits and permissions (defaults: ``WebSettings()``).
+    watch_stats : the ``objsearch.watch.WatchStats`` of a watcher running beside the server (``GET /api/status``).
     """
     settings = settings or WebSettings()
     app = FastAPI(title="objsearch", docs_url=None, redoc_url=None, openapi_url=None)
     limiter = anyio.CapacityLimiter(max(1, int(settings.workers)))
+    url_limiter = anyio.CapacityLimiter(max(1, int(settings.url_workers)))
+    url_fetches = [0]  # URL fetches running or waiting for url_limiter
     catalog_lock = threading.Lock()
     cache: dict = {}
 
@@ -223,7 +248,10 @@ def create_app(engine, settings: WebSettings | None = None) -> FastAPI:
             ref = engine.media(media_id)
         except KeyError:
             raise _ApiError(404, f"no indexed image has id {media_id}") from None
-        path = engine.media_path(media_id)
+        try:
+            path = engine.media_path(media_id)
+        except UntrustedRootError as exc:  # a root the user did not choose (a crafted index names "/")
+            raise _ApiError(403, str(exc)) from None
         if path is None:
             raise _ApiError(403, f"the indexed path of media {media_id} leaves the base directory; refused")
         try:
@@ -266,9 +294,21 @@ def create_app(engine, settings: WebSettings | None = None) -> FastAPI:
         LOGGER.exception("internal error on %s %s", request.method, request.url.path)
         return _error(500, f"internal error ({type(exc).__name__}); see the server's log")
 
+    def token_ok(request: Request) -> bool:
+        given = request.cookies.get(TOKEN_COOKIE, "")
+        auth = request.headers.get("authorization", "")
+        if auth[:7].lower() == "bearer ":
+            given = auth[7:].strip()
+        return hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
+                                   settings.token.encode("utf-8", "surrogateescape"))
+
     @app.middleware("http")
     async def _headers(request: Request, call_next):
-        response = await call_next(request)
+        if settings.token and request.url.path.startswith("/api/") and not token_ok(request):
+            response = _error(401, "this server asks for its token: open the page once at the address `objsearch "
+                                   "serve` printed (…/?token=…), or send Authorization: Bearer TOKEN")
+        else:
+            response = await call_next(request)
         for key, value in SECURITY_HEADERS.items():
             response.headers.setdefault(key, value)
         return response
@@ -279,7 +319,14 @@ def create_app(engine, settings: WebSettings | None = None) -> FastAPI:
         return Response(data, media_type=STATIC_FILES[name], headers={"Cache-Control": "no-cache"})
 
     @app.get("/", include_in_schema=False)
-    async def page():
+    async def page(request: Request):
+        given = request.query_params.get("token")
+        if settings.token and given is not None:  # the token once in the address: kept as a cookie, then dropped
+            response = RedirectResponse("/", status_code=303)
+            if hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
+                                   settings.token.encode("utf-8", "surrogateescape")):
+                response.set_cookie(TOKEN_COOKIE, settings.token, httponly=True, samesite="strict", path="/")
+            return response
         return static("index.html")
 
     @app.get("/static/{name}", include_in_schema=False)
@@ -293,13 +340,15 @@ def create_app(engine, settings: WebSettings | None = None) -> FastAPI:
     async def info():
         await cpu(follow_index)
         data = index_info(engine.catalog, engine.catalog.path)
+        data.update(roots=[{"path": printable(str(folder)), "readable": bool(ok)}
+                           for folder, ok in zip(engine.roots.folders, engine.roots.trusted)])
         data.update(backend=engine.method, search_dims=int(engine.dims), conf=engine.conf, modes=modes_of(engine),
                     max_upload_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels,
                     allow_private_urls=settings.allow_private_urls)
         return data
 
     @app.get("/api/thumbnail/{object_id}")
-    async def thumbnail(object_id: int):
+    async def thumbnail(object_id: int = PathParam(ge=0, le=MAX_ID)):
         try:
             data = await cpu(engine.thumbnail, object_id)
         except KeyError:
@@ -310,7 +359,7 @@ def create_app(engine, settings: WebSettings | None = None) -> FastAPI:
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400"})
 
     @app.get("/api/media/{media_id}")
-    async def media(media_id: int, max_side: int = Query(0, ge=0, le=8192)):
+    async def media(media_id: int = PathParam(ge=0, le=MAX_ID), max_side: int = Query(0, ge=0, le=8192)):
         def work():
             image, _ = indexed_image(media_id)
             h, w = image.shape[:2]
@@ -320,7 +369,7 @@ def create_app(engine, settings: WebSettings | None = None) -> FastAPI:
         return Response(await cpu(work), media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
 
     @app.get("/api/examples")
-    async def examples(n: int = Query(12, ge=1, le=64), seed: int = Query(0)):
+    async def examples(n: int = Query(12, ge=1, le=64), seed: int = Query(0, ge=0, le=MAX_ID)):
         await cpu(follow_index)
         ids = image_media_ids()
         if len(ids) > n:
@@ -341,22 +390,35 @@ def create_app(engine, settings: WebSettings | None = None) -> FastAPI:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError):
             raise _ApiError(400, "the body is not valid JSON") from None
+        except RecursionError:
+            raise _ApiError(400, "the JSON body is nested too deeply") from None
         if not isinstance(data, dict):
             raise _ApiError(400, 'expected a JSON object such as {"url": "https://..."}')
         return data
 
-    def fetch(url) -> tuple[bytes, str]:
+    async def fetch(url) -> tuple[bytes, str]:
+        """Fetch ``url`` in the URL pool (never the searches' pool, nor the default one that uploads use)."""
         if not isinstance(url, str):
             raise _ApiError(400, 'expected {"url": "https://..."} with a string')
-        return fetch_image_url(url, allow_private=settings.allow_private_urls, timeout_s=settings.url_timeout_s,
-                               max_bytes=settings.max_upload_bytes)
+        most = max(1, int(settings.url_workers)) + max(0, int(settings.url_queue))
+        if url_fetches[0] >= most:  # counted here, on the event loop's one thread, before any await
+            raise _ApiError(503, f"{most} URL fetches are in progress or waiting; try again shortly (uploads are "
+                                 f"served meanwhile)")
+        url_fetches[0] += 1
+        try:
+            return await anyio.to_thread.run_sync(
+                lambda: fetch_image_url(url, allow_private=settings.allow_private_urls,
+                                        timeout_s=settings.url_timeout_s, max_bytes=settings.max_upload_bytes),
+                limiter=url_limiter)
+        finally:
+            url_fetches[0] -= 1
 
     @app.post("/api/fetch")
     async def fetch_url(request: Request):
         data = await read_json(request)
 
-        # waiting on the network in the default pool; decoding and encoding with the searches' CPU limit
-        body, final = await anyio.to_thread.run_sync(lambda: fetch(data.get("url")))
+        # waiting on the network in the URL pool; decoding and encoding with the searches' CPU limit
+        body, final = await fetch(data.get("url"))
 
         def work():
             image = decode_image(body, printable(final)[:200], max_pixels=settings.max_pixels)
@@ -368,7 +430,7 @@ def create_app(engine, settings: WebSettings | None = None) -> FastAPI:
     @app.post("/api/search")
     async def search(request: Request, k: int = Query(16, ge=1, le=MAX_K), conf: float | None = Query(None, ge=0, le=1),
                      same_class: bool = False, dims: int | None = None, mode: str = "objects",
-                     media_id: int | None = None, include_self: bool = False,
+                     media_id: int | None = Query(None, ge=0, le=MAX_ID), include_self: bool = False,
                      group_s: float = Query(DEFAULT_GROUP_S, ge=0, le=3600), group: bool = True):
         modes = modes_of(engine)
         if mode not in modes:
@@ -402,7 +464,7 @@ def create_app(engine, settings: WebSettings | None = None) -> FastAPI:
             url = data.get("url")
             if url is None:
                 raise _ApiError(400, 'expected {"url": "https://..."}, or an image upload')
-            body, name = await anyio.to_thread.run_sync(lambda: fetch(url))
+            body, name = await fetch(url)
         elif ctype == "multipart/form-data":
             raw = await _read_body(request, settings.max_upload_bytes)
             body, name = await _parse_multipart(request, raw, settings.max_upload_bytes)
@@ -422,21 +484,55 @@ def create_app(engine, settings: WebSettings | None = None) -> FastAPI:
 
         return await cpu(work)
 
+    from objsearch.web.map_routes import add_map_routes  # the map and the live status (issue 22)
+
+    add_map_routes(app, engine, follow_index=follow_index, api_error=_ApiError, watch_stats=watch_stats)
     app.state.engine = engine
     app.state.settings = settings
     return app
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is reachable from this machine only."""
+    if host.strip().lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_token(host: str, token: str | None) -> None:
+    """Refuse to listen beyond loopback without a token, and a token too short to guess at.
+
+    Raises
+    ------
+    ObjsearchError
+        (exit 2) With one line saying what to pass.
+    """
+    if token is not None and len(token) < MIN_TOKEN_CHARS:
+        raise ObjsearchError(f"--token must have at least {MIN_TOKEN_CHARS} characters, got {len(token)} (for "
+                             f"example: python -c 'import secrets; print(secrets.token_urlsafe())')")
+    if token is None and not is_loopback(host):
+        raise ObjsearchError(f"--host {host} lets anyone on the network search the index and read its images: pass "
+                             f"--token SECRET (or set OBJSEARCH_TOKEN; at least {MIN_TOKEN_CHARS} characters), and "
+                             f"open the page once as http://HOST:PORT/?token=SECRET")
+
+
 def serve(index, *, host: str = "127.0.0.1", port: int = 7860, backend: str = "auto", base_dir=None, weights=None,
-          device=None, dims=None, settings: WebSettings | None = None, echo=print) -> None:
-    """Open ``index`` and serve the page and the API until interrupted.
+          device=None, dims=None, settings: WebSettings | None = None, echo=print, watch=None,
+          watch_settings=None) -> None:
+    """Open ``index`` and serve the page and the API until interrupted. With ``watch`` (a list of folders; empty:
+    the index's base directory) an ``objsearch.watch.Watcher`` keeps the index in step with them meanwhile, with the
+    server's detector, and the page shows what it adds (``watch_settings``: its ``WatchSettings``).
 
     Raises
     ------
     IndexFileError, WeightsMismatchError, WeightsNotFoundError, ConfigError
         From opening the index (see ``objsearch.engine.Engine``).
     ObjsearchError
-        When the address cannot be bound.
+        When the address cannot be bound, or ``host`` is beyond loopback and ``settings.token`` is not set
+        (``check_token``).
     """
     import socket
 
@@ -445,6 +541,7 @@ def serve(index, *, host: str = "127.0.0.1", port: int = 7860, backend: str = "a
     from objsearch.engine import Engine
 
     settings = settings or WebSettings()
+    check_token(host, settings.token)
     # fail on a taken port before the detector loads (seconds)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
@@ -455,17 +552,32 @@ def serve(index, *, host: str = "127.0.0.1", port: int = 7860, backend: str = "a
         raise ObjsearchError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     engine = Engine(index, weights=weights, base_dir=base_dir, dims=dims, device=device, backend=backend,
                     max_pixels=settings.max_pixels)
+    stop_watch = watcher = app = None
     try:
-        engine.detector.warmup((480, 640, 3))
-        app = create_app(engine, settings)
+        if watch is not None:
+            from objsearch.watch import Watcher, watch_in_background
+
+            watcher = Watcher(index, list(watch) or None, detector=engine.detector, settings=watch_settings)
+        engine.warmup()  # the index's common image sizes and a camera's, and the vector store: no cold first search
+        app = create_app(engine, settings, watch_stats=None if watcher is None else watcher.stats)
+        if watcher is not None:
+            _, stop_watch = watch_in_background(watcher)
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                 timeout_keep_alive=5, limit_concurrency=256, server_header=False)
         server = uvicorn.Server(config)
         shown = f"[{host}]" if ":" in host else host
         echo(f"serving {index} ({len(engine.catalog.media_id)} images, {len(engine.catalog.object_id)} objects, "
              f"{engine.method}) at http://{shown}:{port}/ (Ctrl-C stops)")
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            echo(f"note: listening on {host}: other machines can reach this page")
+        if not is_loopback(host):
+            echo(f"note: listening on {host}: other machines can reach this page; every API request needs the "
+                 f"token (open http://HOST:{port}/?token=… once in a browser)")
+        if watcher is not None:
+            echo(f"watching {', '.join(printable(str(f)) for f in watcher.folders)}")
         server.run()
     finally:
+        if stop_watch is not None:
+            stop_watch.set()
+        if app is not None:
+            for service in app.state.maps.values():  # a layout still running in its child process
+                service.close()
         engine.close()

@@ -238,6 +238,16 @@ def _proj_vectors_nan(f, d, prefix="projections"):
     _set_row(f"{prefix}/{d}/vectors", (0, 0), np.nan)(f, None)
 
 
+def _proj_vectors_huge(f, d, prefix="projections"):
+    _set_row(f"{prefix}/{d}/vectors", (0, 0), 3e38)(f, None)
+
+
+def _frame_on_image(f, ctx):
+    """The first media item (an image file) claims to be frame 5 of a video, at 0.2 s."""
+    _set_row("media/frame_index", 0, 5)(f, ctx)
+    _set_row("media/timestamp_s", 0, 0.2)(f, ctx)
+
+
 def _proj_vectors_missing(f, d, prefix="projections"):
     del f[f"{prefix}/{d}/vectors"]
 
@@ -344,6 +354,13 @@ INDEX_CASES: list[IndexCase] = [
     IndexCase("object_ids_unsorted", overwrite("objects/id", lambda a: a[::-1].copy()), 3, "ids"),
     IndexCase("alive_flag_2", _set_row("objects/alive", 0, 2), 3, "alive"),
     IndexCase("width_negative", _set_row("media/width", 0, -1), 3, "width"),
+    IndexCase("width_2_31", _set_row("media/width", 0, 2**31 - 1), 3, "width"),
+    IndexCase("box_huge", _set_row("objects/xyxy", 0, [-1e9, -1e9, 1e9, 1e9]), 3, "box"),
+    IndexCase("box_inverted", _set_row("objects/xyxy", 0, [120.0, 90.0, 20.0, 10.0]), 3, "box"),
+    IndexCase("confidence_above_1", _set_row("objects/confidence", 0, 1.5), 3, "confidence"),
+    IndexCase("frame_index_on_image", _frame_on_image, 3, "video frame index"),
+    IndexCase("vectors_3e38", _projection(_proj_vectors_huge), 3, "beyond", commands=("query",)),
+    IndexCase("image_vectors_3e38", _image_projection(_proj_vectors_huge), 3, "beyond", commands=("query_image",)),
     IndexCase("timestamp_nan", _set_row("media/timestamp_s", 0, np.nan), 3, "timestamp"),
     IndexCase("paths_short", _set_row("media/path_length", -1, 10**6), 3, "path"),
     IndexCase("path_offset_negative", _set_row("media/path_offset", 0, -5), 3, "path"),

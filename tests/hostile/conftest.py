@@ -13,12 +13,14 @@ COCO128_IMAGES = Path(__file__).resolve().parents[3] / "shared" / "data" / "coco
 
 
 def pytest_terminal_summary(terminalreporter):
-    from support import OUTCOMES
+    from support import FAMILIES, OUTCOMES
 
     if OUTCOMES:
         total = sum(OUTCOMES.values())
         parts = ", ".join(f"{n} {k}" for k, n in sorted(OUTCOMES.items()))
         terminalreporter.write_line(f"hostile cases by outcome: {total} in all: {parts}")
+        families = ", ".join(f"{n} {k}" for k, n in sorted(FAMILIES.items()))
+        terminalreporter.write_line(f"hostile cases by family: {families}")
 
 
 @pytest.fixture(scope="session")

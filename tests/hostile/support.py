@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import sys
 from pathlib import Path
 
 OUTCOMES: collections.Counter = collections.Counter()  # outcome -> number of hostile cases
+FAMILIES: collections.Counter = collections.Counter()  # family (the test module: index, inputs, roots, ...) -> cases
 
 
-def record(outcome: str) -> None:
-    """Count one hostile case by its (asserted) outcome: ok, refused (exit 3), user error (exit 1/2/4/5)."""
+def record(outcome: str, family: str | None = None) -> None:
+    """Count one hostile case by its (asserted) outcome: ok, refused (exit 3), user error (exit 1/2/4/5), ...; and
+    by its family (default: the calling test module's name without ``test_hostile_``)."""
+    if family is None:
+        module = sys._getframe(1).f_globals.get("__name__", "")
+        family = module.rsplit(".", 1)[-1].removeprefix("test_hostile_") or "other"
     OUTCOMES[outcome] += 1
+    FAMILIES[family] += 1
 
 
 def outcome_of(exit_code: int) -> str:

@@ -94,8 +94,13 @@ async function runQuery(query) {
   state.region = null;
   state.highlight = -1;
   updateCropButtons();
+  if (query.focusBox && result.objects) focusObject(query.focusBox, result.objects);
   draw();
   renderResults();
+  if (state.highlight >= 0) {
+    const row = $("results").children[state.highlight];
+    if (row) { row.classList.add("focus"); row.scrollIntoView({ block: "nearest" }); }
+  }
   const t = result.timings_ms || {};
   if (!result.objects) {  // whole-image mode: one row of similar images
     status(`${query.name}: ${result.neighbors.length} similar images in ${Math.round(t.total || 0)} ms`);
@@ -104,6 +109,19 @@ async function runQuery(query) {
   const n = result.objects.length;
   status(`${query.name}: ${n} object${n === 1 ? "" : "s"} in ${Math.round(t.total || 0)} ms` +
          (n ? "" : " (try a lower confidence)"));
+}
+
+function boxIoU(a, b) {
+  const w = Math.min(a[2], b[2]) - Math.max(a[0], b[0]), h = Math.min(a[3], b[3]) - Math.max(a[1], b[1]);
+  const inter = Math.max(0, w) * Math.max(0, h);
+  const area = (x) => (x[2] - x[0]) * (x[3] - x[1]);
+  return inter / (area(a) + area(b) - inter || 1);
+}
+
+function focusObject(box, objects) {  // a map click: highlight the detected object that is the clicked one
+  let best = -1, bestIoU = 0.3;
+  objects.forEach((obj, i) => { const v = boxIoU(box, obj.box); if (v > bestIoU) { bestIoU = v; best = i; } });
+  state.highlight = best;
 }
 
 function rerun() { if (state.query) runQuery(state.query); }
@@ -263,7 +281,7 @@ function renderResults() {
     strip.className = "strip";
     obj.neighbors.forEach((nb) => {
       strip.append(hitButton(nb, `/api/thumbnail/${nb.object_id}`, nb.label,
-                             `${nb.label} ${nb.distance === null ? "" : nb.distance.toFixed(2)}`));
+                             `${nb.label} d=${nb.distance === null ? "?" : nb.distance.toFixed(2)}`));
     });
     if (!obj.neighbors.length) strip.textContent = "no neighbours";
     row.addEventListener("mouseenter", () => { state.highlight = i; draw(); });
@@ -398,6 +416,13 @@ function setupSources() {
   });
 }
 
+function setInfo(counts) {  // the header line; counts: /api/info or /api/status
+  const info = state.info || {};
+  const name = (info.index || "").split("/").pop();
+  $("info").textContent = `${name} · ${counts.images} images · ${counts.objects} objects · ${info.backend}, ` +
+                          `${info.search_dims} dims` + (counts.watch ? " · watching" : "");
+}
+
 function setupSettings(info) {
   const dims = $("dims");
   info.dims.forEach((d) => {
@@ -427,6 +452,7 @@ async function setupExamples() {
   const response = await fetch("/api/examples?n=16");
   if (!response.ok) return;
   const box = $("examples");
+  box.replaceChildren();
   (await response.json()).images.forEach((item) => {
     const button = document.createElement("button");
     button.type = "button";
@@ -441,6 +467,330 @@ async function setupExamples() {
   });
 }
 
+
+// ------------------------------------------------------------------------------------------------ the map
+// GET /api/map (state, progress) and GET /api/map/points (binary: n uint32, ids f64[n], media f64[n], xy f32[2n],
+// class i16[n]); drawn as pixels on a canvas, so 376k points paint at once. A grid over the screen finds the point
+// under the pointer; a drag draws a lasso.
+const map = {
+  open: false, kind: "objects", version: -1, n: 0, ids: null, media: null, xy: null, cls: null,
+  sx: null, sy: null, grid: null, cell: 8, lasso: null, timer: null, loading: false, paintMs: null,
+};
+const rgb = (hex) => [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
+const PALETTE_U32 = PALETTE.map((hex) => { const [r, g, b] = rgb(hex); return (255 << 24) | (b << 16) | (g << 8) | r; });
+const GREY_U32 = (255 << 24) | (150 << 16) | (150 << 8) | 150;
+
+function mapColor(cid) { return cid >= 0 ? PALETTE_U32[cid % PALETTE_U32.length] : GREY_U32; }
+
+async function pollMap() {
+  clearTimeout(map.timer);
+  if (!map.open) return;
+  let status;
+  try {
+    const response = await fetch(`/api/map?kind=${map.kind}&points=false`);
+    if (!response.ok) throw new Error(await errorText(response));
+    status = await response.json();
+  } catch (err) {
+    $("map-status").textContent = `map: ${err.message}`;
+    map.timer = setTimeout(pollMap, 3000);
+    return;
+  }
+  const bar = $("map-progress");
+  bar.hidden = !status.computing;
+  bar.value = status.progress;
+  if (status.state === "failed") {
+    $("map-status").textContent = `the map could not be made: ${status.error}`;
+    return;
+  }
+  if (status.state === "ready" && status.version !== map.version && !map.loading) await loadMapPoints();
+  const layout = status.computing ? `laying out: ${status.phase} ${Math.round(status.progress * 100)}%` : "";
+  $("map-status").textContent = status.state === "ready"
+    ? `${status.n_points} ${map.kind}` + (layout ? ` · a new ${layout}` : "")
+    : layout || "starting the layout…";
+  map.timer = setTimeout(pollMap, status.computing ? 1000 : 3000);
+}
+
+async function loadMapPoints() {
+  map.loading = true;
+  const t0 = performance.now();
+  try {
+    const response = await fetch(`/api/map/points?kind=${map.kind}`);
+    if (!response.ok) throw new Error(await errorText(response));
+    const version = Number(response.headers.get("X-Map-Version"));
+    const buf = await response.arrayBuffer();
+    const n = new DataView(buf).getUint32(0, true);
+    let off = 8;  // 4 bytes of n, 4 of padding so that the float64 arrays start aligned
+    map.ids = new Float64Array(buf, off, n); off += 8 * n;
+    map.media = new Float64Array(buf, off, n); off += 8 * n;
+    map.xy = new Float32Array(buf, off, 2 * n); off += 8 * n;
+    map.cls = new Int16Array(buf, off, n);
+    map.n = n;
+    map.version = version;
+    map.lasso = null;
+    layoutMap();
+    paintMap();
+    await new Promise((resolve) => requestAnimationFrame(() => resolve()));
+    map.paintMs = performance.now() - t0;
+    document.body.dataset.mapPoints = String(n);
+    document.body.dataset.mapPaintMs = map.paintMs.toFixed(1);
+    document.body.dataset.mapVersion = String(version);
+  } catch (err) {
+    $("map-status").textContent = `map: ${err.message}`;
+  } finally {
+    map.loading = false;
+  }
+}
+
+function layoutMap() {  // data coordinates -> canvas pixels, and the grid of points per cell
+  const canvas = $("map");
+  const dpr = window.devicePixelRatio || 1;
+  canvas.width = Math.max(1, Math.round(canvas.clientWidth * dpr));
+  canvas.height = Math.max(1, Math.round(canvas.clientHeight * dpr));
+  const n = map.n, xy = map.xy;
+  let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
+  for (let i = 0; i < n; i++) {
+    const x = xy[2 * i], y = xy[2 * i + 1];
+    if (x < x0) x0 = x; if (x > x1) x1 = x; if (y < y0) y0 = y; if (y > y1) y1 = y;
+  }
+  const pad = 12 * dpr;
+  const scale = Math.min((canvas.width - 2 * pad) / Math.max(x1 - x0, 1e-9),
+                         (canvas.height - 2 * pad) / Math.max(y1 - y0, 1e-9));
+  const ox = (canvas.width - (x1 - x0) * scale) / 2, oy = (canvas.height - (y1 - y0) * scale) / 2;
+  map.sx = new Float32Array(n);
+  map.sy = new Float32Array(n);
+  map.cell = Math.max(4, Math.round(8 * dpr));
+  const cols = Math.ceil(canvas.width / map.cell) + 1, rows = Math.ceil(canvas.height / map.cell) + 1;
+  const counts = new Uint32Array(cols * rows + 1);
+  const cellOf = new Uint32Array(n);
+  for (let i = 0; i < n; i++) {
+    const sx = ox + (xy[2 * i] - x0) * scale, sy = oy + (xy[2 * i + 1] - y0) * scale;
+    map.sx[i] = sx; map.sy[i] = sy;
+    const c = Math.floor(sy / map.cell) * cols + Math.floor(sx / map.cell);
+    cellOf[i] = c;
+    counts[c + 1]++;
+  }
+  for (let c = 0; c < cols * rows; c++) counts[c + 1] += counts[c];  // start of each cell's run
+  const order = new Uint32Array(n), fill = counts.slice(0, cols * rows);
+  for (let i = 0; i < n; i++) order[fill[cellOf[i]]++] = i;
+  map.grid = { cols, rows, start: counts, order, dpr };
+}
+
+function paintMap() {
+  const canvas = $("map");
+  const ctx = canvas.getContext("2d");
+  const w = canvas.width, h = canvas.height;
+  const image = ctx.createImageData(w, h);
+  const px = new Uint32Array(image.data.buffer);
+  px.fill((255 << 24) | (253 << 16) | (251 << 8) | 251);
+  const r = map.n > 50000 ? 0 : map.n > 5000 ? 1 : 2;  // point radius in pixels: dots for a crowd, squares for few
+  for (let i = 0; i < map.n; i++) {
+    const x = Math.round(map.sx[i]), y = Math.round(map.sy[i]);
+    const color = mapColor(map.cls[i]);
+    for (let dy = -r; dy <= r; dy++) {
+      const yy = y + dy;
+      if (yy < 0 || yy >= h) continue;
+      for (let dx = -r; dx <= r; dx++) {
+        const xx = x + dx;
+        if (xx >= 0 && xx < w) px[yy * w + xx] = color;
+      }
+    }
+  }
+  ctx.putImageData(image, 0, 0);
+  if (map.lasso && map.lasso.length > 1) {
+    ctx.save();
+    ctx.lineWidth = 2 * map.grid.dpr;
+    ctx.strokeStyle = "#2962ff";
+    ctx.fillStyle = "rgba(41, 98, 255, 0.08)";
+    ctx.beginPath();
+    map.lasso.forEach(([x, y], i) => (i ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
+    ctx.closePath();
+    ctx.fill();
+    ctx.stroke();
+    ctx.restore();
+  }
+}
+
+function canvasPoint(event) {
+  const canvas = $("map");
+  const rect = canvas.getBoundingClientRect();
+  return [(event.clientX - rect.left) * canvas.width / rect.width, (event.clientY - rect.top) * canvas.height / rect.height];
+}
+
+function nearestPoint(x, y, radius) {  // index of the point nearest (x, y) within radius canvas pixels, or -1
+  const g = map.grid;
+  if (!g) return -1;
+  let best = -1, bestD = radius * radius;
+  const c0 = Math.floor(x / map.cell), r0 = Math.floor(y / map.cell), reach = Math.ceil(radius / map.cell);
+  for (let r = r0 - reach; r <= r0 + reach; r++) {
+    if (r < 0 || r >= g.rows) continue;
+    for (let c = c0 - reach; c <= c0 + reach; c++) {
+      if (c < 0 || c >= g.cols) continue;
+      const cell = r * g.cols + c;
+      for (let k = g.start[cell]; k < g.start[cell + 1]; k++) {
+        const i = g.order[k], dx = map.sx[i] - x, dy = map.sy[i] - y, d = dx * dx + dy * dy;
+        if (d <= bestD) { bestD = d; best = i; }
+      }
+    }
+  }
+  return best;
+}
+
+function pictureOf(i) {
+  return map.kind === "objects" ? `/api/thumbnail/${map.ids[i]}` : `/api/media/${map.ids[i]}?max_side=128`;
+}
+
+function className(cid) { return cid >= 0 && state.classNames ? (state.classNames[cid] || String(cid)) : "no objects"; }
+
+function showTip(i, event) {
+  const tip = $("map-tip");
+  if (i < 0) { tip.hidden = true; tip.dataset.index = ""; return; }
+  if (tip.dataset.index !== String(i)) {
+    tip.dataset.index = String(i);
+    $("map-tip-img").src = pictureOf(i);
+    $("map-tip-text").textContent = `${className(map.cls[i])} · ${map.kind === "objects" ? "object" : "image"} ${map.ids[i]}`;
+  }
+  const stage = $("map-stage").getBoundingClientRect();
+  tip.style.left = `${Math.min(event.clientX - stage.left + 14, stage.width - 150)}px`;
+  tip.style.top = `${event.clientY - stage.top + 14}px`;
+  tip.hidden = false;
+}
+
+async function searchPoint(i) {  // the point's object (or image) becomes the query
+  let item;
+  try {
+    const response = await fetch(`/api/map/item/${map.ids[i]}?kind=${map.kind}`);
+    if (!response.ok) throw new Error(await errorText(response));
+    item = await response.json();
+  } catch (err) {
+    showError(`map: ${err.message}`);
+    return;
+  }
+  const at = item.timestamp_s !== undefined ? ` @ ${formatTime(item.timestamp_s)}` : "";
+  await runQuery({ kind: "media", id: item.media_id, name: item.path + at, focusBox: item.box || null });
+}
+
+function insidePolygon(x, y, poly) {  // even-odd rule
+  let inside = false;
+  for (let a = 0, b = poly.length - 1; a < poly.length; b = a++) {
+    const [xa, ya] = poly[a], [xb, yb] = poly[b];
+    if ((ya > y) !== (yb > y) && x < ((xb - xa) * (y - ya)) / (yb - ya) + xa) inside = !inside;
+  }
+  return inside;
+}
+
+function listLasso() {
+  const poly = map.lasso;
+  let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
+  poly.forEach(([x, y]) => { x0 = Math.min(x0, x); x1 = Math.max(x1, x); y0 = Math.min(y0, y); y1 = Math.max(y1, y); });
+  const chosen = [];
+  for (let i = 0; i < map.n; i++) {
+    const x = map.sx[i], y = map.sy[i];
+    if (x >= x0 && x <= x1 && y >= y0 && y <= y1 && insidePolygon(x, y, poly)) chosen.push(i);
+  }
+  const counts = new Map();
+  chosen.forEach((i) => counts.set(map.cls[i], (counts.get(map.cls[i]) || 0) + 1));
+  const parts = [...counts.entries()].sort((a, b) => b[1] - a[1]).slice(0, 8)
+    .map(([cid, count]) => `${className(cid)} ${count}`);
+  $("lasso-summary").textContent = `${chosen.length} ${map.kind} in the lasso` + (parts.length ? `: ${parts.join(", ")}` : "") +
+    (chosen.length > 60 ? " (the first 60 below)" : "");
+  const box = $("lasso-items");
+  box.replaceChildren();
+  chosen.slice(0, 60).forEach((i) => {
+    const hit = document.createElement("button");
+    hit.type = "button";
+    hit.className = "hit";
+    hit.dataset.id = String(map.ids[i]);
+    const img = document.createElement("img");
+    img.src = pictureOf(i);
+    img.alt = className(map.cls[i]);
+    img.loading = "lazy";
+    const caption = document.createElement("span");
+    caption.textContent = className(map.cls[i]);
+    hit.append(img, caption);
+    hit.addEventListener("click", () => searchPoint(i));
+    box.append(hit);
+  });
+  $("lasso").hidden = false;
+  $("lasso").dataset.count = String(chosen.length);
+}
+
+function setupMap() {
+  const canvas = $("map");
+  let drag = null;
+  $("map-open").addEventListener("click", () => {
+    map.open = !map.open;
+    $("map-open").setAttribute("aria-pressed", String(map.open));
+    $("map-box").hidden = !map.open;
+    if (map.open) { if (map.n) { layoutMap(); paintMap(); } pollMap(); } else clearTimeout(map.timer);
+  });
+  $("map-kind").addEventListener("change", () => {
+    map.kind = $("map-kind").value;
+    map.version = -1; map.n = 0; map.grid = null; map.lasso = null;
+    $("lasso").hidden = true;
+    paintMap();
+    pollMap();
+  });
+  canvas.addEventListener("pointerdown", (e) => {
+    if (!map.n) return;
+    drag = { start: canvasPoint(e), points: [canvasPoint(e)], moved: false };
+    canvas.setPointerCapture(e.pointerId);
+  });
+  canvas.addEventListener("pointermove", (e) => {
+    const [x, y] = canvasPoint(e);
+    if (drag) {
+      const [x0, y0] = drag.start;
+      if (!drag.moved && Math.hypot(x - x0, y - y0) > 6 * (window.devicePixelRatio || 1)) drag.moved = true;
+      if (drag.moved) { drag.points.push([x, y]); map.lasso = drag.points; paintMap(); showTip(-1); }
+      return;
+    }
+    showTip(nearestPoint(x, y, 8 * (window.devicePixelRatio || 1)), e);
+  });
+  canvas.addEventListener("pointerleave", () => showTip(-1));
+  canvas.addEventListener("pointerup", (e) => {
+    if (!drag) return;
+    const done = drag;
+    drag = null;
+    if (done.moved && done.points.length > 2) { map.lasso = done.points; paintMap(); listLasso(); return; }
+    const [x, y] = canvasPoint(e);
+    const i = nearestPoint(x, y, 8 * (window.devicePixelRatio || 1));
+    if (i >= 0) searchPoint(i);
+  });
+  window.addEventListener("resize", () => { if (map.open && map.n) { layoutMap(); paintMap(); } });
+  window.objsearchMap = {  // for tests and tools: where point i is drawn, in page (CSS) pixels
+    pagePoint(i) {
+      const rect = canvas.getBoundingClientRect();
+      return [rect.left + map.sx[i] * rect.width / canvas.width, rect.top + map.sy[i] * rect.height / canvas.height];
+    },
+    get n() { return map.n; },
+    id(i) { return map.ids[i]; },
+  };
+}
+
+// ------------------------------------------------------------------------------------------------ live status
+// GET /api/status every few seconds: new items (objsearch serve --watch, or another writer) show without a reload.
+const live = { generation: null };
+
+async function pollStatus() {
+  try {
+    const response = await fetch("/api/status");
+    if (response.ok) {
+      const s = await response.json();
+      state.classNames = s.class_names;
+      if (s.generation !== live.generation) {
+        setInfo(s);
+        if (live.generation !== null) {  // something was added or removed since the page loaded
+          setupExamples();
+          if (map.open) pollMap();
+        }
+      }
+      live.generation = s.generation;
+      document.body.dataset.generation = String(s.generation);
+      document.body.dataset.images = String(s.images);
+    }
+  } catch (_) { /* the server is restarting: try again later */ }
+  setTimeout(pollStatus, document.hidden ? 10000 : 2000);
+}
+
 async function start() {
   setupSources();
   setupCrop();
@@ -448,14 +798,15 @@ async function start() {
     const response = await fetch("/api/info");
     if (!response.ok) throw new Error(await errorText(response));
     const info = await response.json();
-    const name = info.index.split("/").pop();
-    $("info").textContent = `${name} · ${info.images} images · ${info.objects} objects · ${info.backend}, ` +
-                            `${info.search_dims} dims`;
+    state.info = info;
+    setInfo(info);
     setupSettings(info);
   } catch (err) {
     showError(`cannot read the index's description: ${err.message}`);
   }
   setupExamples();
+  setupMap();
+  pollStatus();
   document.body.dataset.ready = "1";
 }
 
