@@ -256,7 +256,7 @@ def decode_thumbnail(data: bytes) -> np.ndarray | None:
 # ----------------------------------------------------------------------------------------------- image URLs
 def fetch_image(url: str, *, max_bytes: int, timeout_s: float, allow_private: bool = False) -> bytes:
     """The body of an http(s) image ``url`` (to decode with ``decode_image``), fetched safely: the one fetcher of
-    ``objsearch serve``, ``objsearch.web.fetch.fetch_image_url`` (every resolved address checked and the checked one
+    ``objsearch serve``, ``objsearch.fetch.fetch_image_url`` (every resolved address checked and the checked one
     connected to, loopback/private/link-local/reserved refused unless ``allow_private``, redirects checked again,
     ``max_bytes`` enforced while streaming, ``timeout_s`` for the whole fetch, an ``image/*`` answer only).
 
@@ -265,7 +265,7 @@ def fetch_image(url: str, *, max_bytes: int, timeout_s: float, allow_private: bo
     UrlFetchError
         (exit 2) With a one-line reason for every refusal and failure.
     """
-    from objsearch.web.fetch import fetch_image_url
+    from objsearch.fetch import fetch_image_url
 
     return fetch_image_url(url, allow_private=allow_private, timeout_s=timeout_s, max_bytes=max_bytes)[0]
 

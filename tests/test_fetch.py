@@ -1,5 +1,5 @@
 """objsearch.media.fetch_image (the query command's URL fetcher, which is objsearch serve's
-``objsearch.web.fetch.fetch_image_url``) against a local http.server on 127.0.0.1: the bytes arrive with
+``objsearch.fetch.fetch_image_url``) against a local http.server on 127.0.0.1: the bytes arrive with
 allow_private; private addresses, other schemes, bodies over the limit, slow servers and redirects to other schemes
 are refused. The fetcher's own suite (pinned addresses, every redirect re-checked) is tests/test_web_fetch.py."""
 

@@ -1,4 +1,4 @@
-"""The URL fetcher of the web server (objsearch.web.fetch): only http(s), only public addresses unless allowed, every
+"""The URL fetcher of the web server (objsearch.fetch): only http(s), only public addresses unless allowed, every
 redirect checked again, time, size and content-type limits. Served by a real local http.server on 127.0.0.1."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from objsearch.web.fetch import UrlFetchError, address_allowed, embedded_ipv4, fetch_image_url
+from objsearch.fetch import UrlFetchError, address_allowed, embedded_ipv4, fetch_image_url
 from testdata import BUS
 
 

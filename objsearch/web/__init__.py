@@ -7,7 +7,7 @@ This package is the only place fastapi and uvicorn are imported; importing it im
 
 from __future__ import annotations
 
-from objsearch.web.fetch import UrlFetchError, address_allowed, fetch_image_url
+from objsearch.fetch import UrlFetchError, address_allowed, fetch_image_url
 
 __all__ = ["UrlFetchError", "WebSettings", "address_allowed", "create_app", "fetch_image_url", "serve"]
 

@@ -16,7 +16,7 @@ Routes
 ``GET /api/info``                what ``objsearch info`` prints, as JSON
 
 Safety: bodies over ``max_upload_bytes`` get 413 (from ``Content-Length`` before reading, and while reading); images
-over ``max_pixels`` are refused from their header; URLs go through ``objsearch.web.fetch``; no request names a file:
+over ``max_pixels`` are refused from their header; URLs go through ``objsearch.fetch``; no request names a file:
 the page's files are a fixed set and indexed images are reached only by id through ``Engine.media_path``, which
 reads only under the index's roots that the user chose (see docs/security.md). Ids and seeds are bounded (a 64-bit
 id at most), JSON nested too deeply is refused. Every error is a 4xx (5xx for a bug) with a JSON body
@@ -55,7 +55,7 @@ from objsearch.media import DEFAULT_MAX_PIXELS, decode_image, make_thumbnail, re
 from objsearch.moments import DEFAULT_GROUP_S
 from objsearch.roots import UntrustedRootError
 from objsearch.types import MediaRef, printable
-from objsearch.web.fetch import DEFAULT_TIMEOUT_S, UrlFetchError, fetch_image_url
+from objsearch.fetch import DEFAULT_TIMEOUT_S, UrlFetchError, fetch_image_url
 
 LOGGER = logging.getLogger(__name__)
 

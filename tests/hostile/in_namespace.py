@@ -178,7 +178,7 @@ class _RebindingDNS(threading.Thread):
 
 
 def dns_rebinding(work: Path) -> dict:
-    from objsearch.web.fetch import UrlFetchError, fetch_image_url
+    from objsearch.fetch import UrlFetchError, fetch_image_url
 
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     resolv = work / "resolv.conf"

@@ -30,7 +30,7 @@ from testdata import run_cli  # noqa: E402
 pytest.importorskip("fastapi", reason="the web extra is not installed (pip install 'objsearch[web]')")
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
 
-from objsearch.web.fetch import UrlFetchError, fetch_image_url  # noqa: E402
+from objsearch.fetch import UrlFetchError, fetch_image_url  # noqa: E402
 from test_web import _client, _one_line_error  # noqa: E402  (the web suite's helpers)
 
 
