@@ -38,9 +38,10 @@ import numpy as np
 
 from objsearch.errors import (EmptyFolderError, ExitCode, ImageReadError, IndexFileError, ObjsearchError,
                               VideoReadError)
-from objsearch.media import (VIDEO_SUFFIXES, list_media, make_thumbnail, read_image, read_video_frame, read_video_frames,
+from objsearch.media import (VIDEO_SUFFIXES, list_media, make_thumbnail, read_image, read_media, read_video_frames,
                              video_info)
 from objsearch.projection import PCAProjection, make_projection
+from objsearch.provenance import detector_for_index, image_vectors_stale, index_config, job_detector
 from objsearch.roots import Roots, UntrustedRootError, is_under, sign_root
 from objsearch.types import Detections, MediaRecord, MediaRef, SkippedFile
 
@@ -590,14 +591,6 @@ def _todo(files: list[Path], key_of: Callable[[Path], object], done: set, resume
     return todo, starts
 
 
-def _load_detector(cfg: dict, weights: str | None, detector):
-    if detector is not None:
-        return detector
-    from objsearch.engine import load_detector
-
-    return load_detector(cfg, weights)
-
-
 def _fit_pending_projections(run: _Run, n_features: int) -> None:
     """Fit the projections that need the data (PCA, and the rerank projection at ``rerank_dims``) from the stored
     features of every analysed object, streamed, and store them (the run's last objects are committed first: the
@@ -647,7 +640,7 @@ def fit_rerank_projection(writer, detector, cfg: dict, *, roots: Roots | None = 
             if path is None:
                 continue
             try:
-                yield _read_media(path, int(writer.media_frame_index[int(r)]), max_pixels)
+                yield read_media(path, int(writer.media_frame_index[int(r)]), max_pixels)
             except ImageReadError as exc:
                 LOGGER.warning("rerank projection: skipping %s: %s", path, exc)
 
@@ -695,7 +688,7 @@ def add_image_vectors(writer, detector, *, max_pixels: int = 100_000_000, progre
         if path is None:
             raise ObjsearchError(f"cannot make the image vector of {rel!r}: its path leaves {roots.folders[root]}")
         try:
-            image = _read_media(path, int(frame), max_pixels)
+            image = read_media(path, int(frame), max_pixels)
         except ImageReadError as exc:
             raise ObjsearchError(f"cannot make the image vector of an indexed item: {exc}") from None
         feats[i] = detector(image, conf=cfg["conf"]).image_feature
@@ -706,19 +699,6 @@ def add_image_vectors(writer, detector, *, max_pixels: int = 100_000_000, progre
                              image_projections(detector, {**cfg, "dims": dims}))
     writer.commit()
     return len(ids)
-
-
-def _read_media(path: Path, frame_index: int, max_pixels: int) -> np.ndarray:
-    """The pixels of an indexed media item: the image, or frame ``frame_index`` of a video (the frame analysis saw).
-
-    Raises
-    ------
-    ImageReadError
-        When it cannot be read (``VideoReadError`` for a video or a frame it no longer has).
-    """
-    if frame_index < 0:
-        return read_image(path, max_pixels=max_pixels)
-    return read_video_frame(path, frame_index, max_pixels=max_pixels)
 
 
 def analyze(folder: str | Path, output: str | Path, cfg: dict, *, weights: str | None = None,
@@ -763,7 +743,7 @@ def analyze(folder: str | Path, output: str | Path, cfg: dict, *, weights: str |
             raise IndexFileError(f"{output} already exists ({hint}); pass --overwrite to analyze everything again")
         writer = resume_analysis(output, folder)
     try:
-        detector = _load_detector(cfg, weights, detector)
+        detector = job_detector(cfg, weights, detector)
     except BaseException:
         if writer is not None:
             writer.close()
@@ -875,43 +855,10 @@ def index_attrs(detector, cfg: dict, folder: Path, pending_projections: list[int
     }
 
 
-def index_config(catalog) -> dict:
-    """The configuration an index was built with, as ``load_config`` resolves it (for add and sync)."""
-    from objsearch.config import ConfigError, load_config
-
-    stored = catalog.attrs.get("config", {})
-    keep = ("imgsz", "iou", "max_det", "conf", "thumb_size", "thumb_quality", "projection", "seed", "batch",
-            "video_fps", "video_stride", "rerank_recipe")
-    recipe = catalog.attrs.get("feature_recipe", {})
-    blocks = recipe.get("blocks") if isinstance(recipe, dict) else None
-    if not isinstance(blocks, dict) or not isinstance(recipe.get("imgsz", 640), int) \
-            or not isinstance(recipe.get("n_features", 1), int) or not isinstance(recipe.get("version", 1), int):
-        raise IndexFileError(f"{catalog.path} is damaged: its feature_recipe attribute is not a mapping with "
-                             f"blocks {{name: weight}} and integer imgsz, n_features and version")
-    if not isinstance(stored, dict):
-        raise IndexFileError(f"{catalog.path} is damaged: its config attribute is not a mapping")
-    overrides = {k: v for k, v in stored.items() if k in keep}
-    # index hygiene: what the index was built with; an index made before these settings existed keeps none
-    hygiene = {"index_conf": stored.get("index_conf"), "dedup_iou": stored.get("dedup_iou"),
-               "index_mirror": stored.get("index_mirror", False), "rerank_dims": stored.get("rerank_dims")}
-    overrides.update(hygiene)
-    if "imgsz" in recipe:
-        overrides["imgsz"] = recipe["imgsz"]
-    try:
-        cfg = load_config(None, **overrides, feature_recipe=blocks)
-    except ConfigError as exc:
-        raise IndexFileError(f"{catalog.path} is damaged: its stored config or feature_recipe is invalid ({exc})") \
-            from None
-    cfg["feature_recipe"] = blocks
-    cfg.update({k: v for k, v in hygiene.items() if v is None})  # load_config ignores None overrides
-    return cfg
-
-
 def _open_for_job(index: Path, cfg_overrides: dict, weights, detector):
     """(writer, detector, cfg) for a job on an existing index: its own weights (checked by sha256), recipe and
     thresholds."""
     from objsearch.catalog import CatalogWriter
-    from objsearch.engine import detector_for_index
 
     writer = CatalogWriter.open(index)
     try:
@@ -1237,16 +1184,6 @@ def trust(index: str | Path, base_dir=None) -> list[str]:
     finally:
         writer.close()
     return folders
-
-
-def image_vectors_stale(catalog, detector) -> bool:
-    """Whether ``catalog`` (a Catalog or CatalogWriter) lacks whole-image vectors or holds ones of another image
-    recipe than ``detector`` makes (``sync`` then makes them all again)."""
-    if not catalog.has_image_vectors:
-        return True
-    made, stored = detector.image_feature_recipe(), catalog.image_recipe
-    return (made["n_features"], made["version"], made["blocks"]) != (
-        stored.get("n_features"), stored.get("version"), stored.get("blocks"))
 
 
 def compact(index: str | Path) -> tuple[int, int]:

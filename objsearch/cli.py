@@ -966,7 +966,7 @@ def _evaluate_images(data_dir: Path, cfg: dict, dim_list: list[int], *, as_json:
     import math
 
     from objsearch import image_eval as ie
-    from objsearch.engine import load_detector
+    from objsearch.provenance import load_detector
 
     detector = load_detector(cfg)
     paths, pictures = ie.load_images(data_dir, limit)
@@ -1076,7 +1076,7 @@ def evaluate(
     labeled object (see objsearch/evaluate.py). --mode image: whole-image precision@1/5/10 and instance
     recall@1, against ultralytics' YOLO.embed()."""
     from objsearch import evaluate as ev
-    from objsearch.engine import load_detector
+    from objsearch.provenance import load_detector
     from objsearch.errors import EmptyFolderError
 
     cfg = load_config(config, projection=projection, device=device, feature_recipe=recipe, weights=weights,

@@ -34,11 +34,12 @@ from typing import Iterator
 
 import numpy as np
 
-from objsearch.analysis import (JobSummary, ProgressFn, _load_detector, _record_from_bytes, _record_to_bytes,
+from objsearch.analysis import (JobSummary, ProgressFn, _record_from_bytes, _record_to_bytes,
                                 _key, _relative, _Run, create_index, detect_for_index, finish_analysis, in_folder,
                                 job_settings, media_keys, resume_analysis)
 from objsearch.errors import EmptyFolderError, ImageReadError, IndexFileError, ObjsearchError
 from objsearch.media import list_media, make_thumbnail, read_image
+from objsearch.provenance import job_detector
 from objsearch.types import MediaRecord, MediaRef, SkippedFile
 
 LOGGER = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ class _DetectStage:
     records out (columns ``index`` int64 and ``payload`` bytes)."""
 
     def __init__(self, cfg: dict, weights: str | None) -> None:
-        from objsearch.engine import load_detector
+        from objsearch.provenance import load_detector
 
         self.cfg = cfg
         self.detector = load_detector(cfg, weights)
@@ -243,7 +244,7 @@ def analyze(folder: str | Path, output: str | Path, cfg: dict, *, weights: str |
             raise IndexFileError(f"{output} already exists; pass --overwrite to analyze everything again (or "
                                  f"`objsearch sync` to bring it up to date)")
         writer = resume_analysis(output, folder)
-    detector = _load_detector(cfg, weights, detector)
+    detector = job_detector(cfg, weights, detector)
     weights_path = str(detector.weights_path)
     if writer is None:
         output.parent.mkdir(parents=True, exist_ok=True)

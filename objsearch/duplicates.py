@@ -317,10 +317,9 @@ def write_group_pictures(report: DuplicateReport, catalog, out_dir: str | Path, 
     UntrustedRootError
         For whole images under a root this user did not choose (``objsearch trust``), before anything is written.
     """
-    from objsearch.analysis import _read_media
     from objsearch.roots import Roots
     from objsearch.errors import ImageReadError
-    from objsearch.media import make_thumbnail
+    from objsearch.media import make_thumbnail, read_media
     from objsearch.render import compose_grid
 
     roots = Roots.of(catalog, base_dir)
@@ -345,7 +344,7 @@ def write_group_pictures(report: DuplicateReport, catalog, out_dir: str | Path, 
         if path is None:
             return None
         try:
-            image = _read_media(path, ref.frame_index, 100_000_000)
+            image = read_media(path, ref.frame_index, 100_000_000)
         except (ImageReadError, OSError):
             return None
         return make_thumbnail(image, np.array([0, 0, image.shape[1], image.shape[0]], np.float32), size)

@@ -1,5 +1,6 @@
 """The facade the shells use: ``Engine`` opens an index and searches it; the jobs (analyze, add, remove, sync,
-compact) live in ``objsearch.analysis``.
+compact) live in ``objsearch.analysis``, and the detector and settings an index was built with are found again by
+``objsearch.provenance``.
 
 Imports point one way: cli, gui and web import this module; this module imports the parts. ``Engine`` is
 re-entrant: confidence, k, dimensions and timings are per call, so threads (the app's live search, a web server's
@@ -18,97 +19,19 @@ from pathlib import Path
 import numpy as np
 
 from objsearch.config import ConfigError, load_config
-from objsearch.errors import ImageReadError, IndexFileError, WeightsMismatchError, WeightsNotFoundError
-from objsearch.media import DEFAULT_MAX_PIXELS, read_image
+from objsearch.errors import ImageReadError, IndexFileError
+from objsearch.media import DEFAULT_MAX_PIXELS, read_image, read_media
 from objsearch.moments import DEFAULT_GROUP_S, group_neighbors
-from objsearch.roots import Roots, UntrustedRootError, safe_path  # noqa: F401 (safe_path: imported from here too)
+from objsearch.provenance import detector_for_index, image_vectors_stale, index_config
+from objsearch.roots import Roots, UntrustedRootError
 from objsearch.types import (Detections, Hits, ImageNeighbor, ImageSearchResult, MediaRef, Neighbor, SearchResult,
                              printable)
-from objsearch.weights import resolve_weights, trusted_weights
 
 LOGGER = logging.getLogger(__name__)
 
 # the image sizes a server or the app warms besides the index's own (``Engine.warmup``): a 4:3 camera or photo either
 # way up and 16:9 video (letterboxed at 640: 480x640, 640x480 and 384x640 network inputs)
 STANDARD_SHAPES = ((480, 640, 3), (640, 480, 3), (720, 1280, 3))
-
-
-def load_detector(cfg: dict, weights: str | None = None):
-    """A ``Detector`` for the resolved configuration; ``weights`` overrides ``cfg["weights"]``.
-
-    Raises
-    ------
-    WeightsNotFoundError
-        When no checkpoint can be found or loaded; the message lists where it looked.
-    """
-    from objsearch.detector import Detector  # torch is imported only here
-
-    chosen, looked = resolve_weights(weights or cfg.get("weights"))
-    try:
-        return Detector(chosen, imgsz=cfg["imgsz"], conf=cfg["conf"], iou=cfg["iou"], max_det=cfg["max_det"],
-                        device=cfg["device"], recipe=cfg["feature_recipe"], runtime=cfg.get("runtime", "auto"))
-    except WeightsNotFoundError as exc:
-        raise WeightsNotFoundError(f"{exc} (looked in: {'; '.join(looked)})") from None
-
-
-def weights_for_index(catalog, cfg: dict, *, weights: str | None = None) -> str:
-    """The checkpoint an index was built with, found only among places the user controls.
-
-    An index never chooses code: its ``weights_sha256`` only checks candidates. With ``weights`` (``--weights``) that
-    file must match; otherwise the candidates are the configuration's weights, ``$OBJSEARCH_WEIGHTS``, the project's
-    ``weights/*.pt`` and the shared data's weights (``objsearch.weights.trusted_weights``), and the first whose
-    sha256 matches is returned.
-
-    Raises
-    ------
-    WeightsMismatchError
-        When ``weights`` differs from the index's, or no candidate matches.
-    WeightsNotFoundError
-        When ``weights`` names no file.
-    """
-    from objsearch.detector import file_sha256
-
-    want = catalog.weights_sha256
-    name = catalog.attrs.get("weights_name", "?")
-    if weights is not None:
-        path, _ = resolve_weights(weights)
-        if Path(path).is_file() and file_sha256(path) != want:
-            raise WeightsMismatchError(
-                f"{catalog.path} was built with weights {name} (sha256 {want[:12]}…), but {Path(path).name} is "
-                f"another file; pass the matching --weights")
-        return path
-    for candidate in trusted_weights(cfg.get("weights")):
-        try:
-            if file_sha256(candidate) == want:
-                return str(candidate)
-        except OSError:
-            continue
-    raise WeightsMismatchError(
-        f"{catalog.path} was built with weights {name} (sha256 {want[:12]}…), which are not among the weights "
-        f"objsearch may load here; pass that file with --weights")
-
-
-def detector_for_index(catalog, cfg: dict, *, weights: str | None = None, detector=None):
-    """The detector an index was built with: ``detector`` when its weights match (e.g. the one of the index opened
-    before), else one loaded from ``weights_for_index``, with the index's recipe and thresholds.
-
-    Raises
-    ------
-    WeightsMismatchError, WeightsNotFoundError
-        See ``weights_for_index``.
-    IndexFileError
-        When the index's features were made by another recipe version.
-    """
-    if weights is not None or detector is None or detector.weights_sha256 != catalog.weights_sha256 \
-            or cfg.get("runtime", detector.runtime) not in (detector.runtime, detector.runtime_requested):
-        detector = load_detector(cfg, weights_for_index(catalog, cfg, weights=weights))
-    made, stored = detector.feature_recipe(), catalog.attrs["feature_recipe"]
-    if (made["n_features"], made["version"]) != (stored.get("n_features"), stored.get("version")):
-        raise IndexFileError(
-            f"{catalog.path} holds features of recipe version {stored.get('version', 1)} "
-            f"({stored.get('n_features')}-d); this objsearch makes version {made['version']} "
-            f"({made['n_features']}-d): analyze the images again")
-    return detector
 
 
 class Engine:
@@ -163,8 +86,6 @@ class Engine:
             if self.catalog.state != "ready":
                 raise IndexFileError(f"{self.catalog.path} is an unfinished analysis; run the same `objsearch analyze` "
                                      f"again to finish it")
-            from objsearch.analysis import index_config
-
             cfg = index_config(self.catalog)
             if device is not None:
                 cfg["device"] = device
@@ -263,7 +184,6 @@ class Engine:
         dims = int(dims)
         with self._lock:
             if dims not in self._image_stores:
-                from objsearch.analysis import image_vectors_stale
                 from objsearch.vectors import vector_store
 
                 c = self.catalog
@@ -388,13 +308,11 @@ class Engine:
         UntrustedRootError
             When the item's root was not chosen by the user.
         """
-        from objsearch.analysis import _read_media
-
         media = self.media(media_id)
         path = self.media_path(media_id)
         if path is None:
             raise ImageReadError(f"cannot read {printable(media.path)}: its indexed path leaves the base directory")
-        return _read_media(path, media.frame_index, self.max_pixels)
+        return read_media(path, media.frame_index, self.max_pixels)
 
     def thumbnail(self, object_id: int) -> bytes:
         """JPEG bytes of an indexed object's crop.

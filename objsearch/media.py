@@ -416,6 +416,22 @@ def read_video_frame(path: str | Path, frame_index: int, *, max_pixels: int = DE
     raise VideoReadError(f"cannot read frame {frame_index} of video {path}: the video has no such frame")
 
 
+def read_media(path: str | Path, frame_index: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """The pixels of an indexed media item as (H, W, 3) uint8 BGR: the image file at ``path`` when ``frame_index`` is
+    negative (-1: a still image), else frame ``frame_index`` of the video at ``path`` (the very frame analysis saw).
+    The one reader of indexed pixels: search, sync's backfills, duplicates and the web page all call it.
+
+    Raises
+    ------
+    ImageReadError
+        When it cannot be read or is over ``max_pixels`` (``VideoReadError``, a subclass, for a video or a frame it
+        no longer has).
+    """
+    if frame_index < 0:
+        return read_image(path, max_pixels=max_pixels)
+    return read_video_frame(path, frame_index, max_pixels=max_pixels)
+
+
 class VideoWriter:
     """An H.264 MP4 file written frame by frame with PyAV (browsers play it; ``+faststart`` puts the index first).
 

@@ -226,9 +226,8 @@ class Watcher:
         """Load the index's detector once (every job reuses it)."""
         if self.detector is not None:
             return
-        from objsearch.analysis import index_config
         from objsearch.catalog import Catalog
-        from objsearch.engine import detector_for_index
+        from objsearch.provenance import detector_for_index, index_config
 
         with Catalog(self.index) as catalog:
             cfg = index_config(catalog)

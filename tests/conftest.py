@@ -48,7 +48,7 @@ def cfg() -> dict:
 @pytest.fixture(scope="session")
 def detector(cfg):
     """The real yolov8n detector, loaded once."""
-    from objsearch.engine import load_detector
+    from objsearch.provenance import load_detector
 
     return load_detector(cfg)
 

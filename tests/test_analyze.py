@@ -279,7 +279,7 @@ def test_index_hygiene_keeps_confident_distinct_objects_with_mirrored_features(t
     """index_conf, dedup_iou and index_mirror (cfg/quality.yaml): what is stored is exactly the confident detections
     less same-class duplicates, each with the mean of its own and its mirrored features; the settings are stored and
     come back for add/sync; an index made before these keys existed keeps none."""
-    from objsearch.analysis import index_config
+    from objsearch.provenance import index_config
     from objsearch.hygiene import box_iou, index_keep
 
     folder = copy_images(coco_images(4), tmp_path / "imgs")

@@ -163,7 +163,7 @@ def test_two_threads_searching_at_once_get_what_they_get_alone(searcher, small_f
 
 
 def test_stored_paths_that_leave_the_base_dir_are_refused():
-    from objsearch.engine import safe_path
+    from objsearch.roots import safe_path
 
     assert safe_path("/data/photos", "a/b.jpg") == __import__("pathlib").Path("/data/photos/a/b.jpg")
     for bad in ("/etc/passwd", "../secret.jpg", "a/../../x.jpg"):

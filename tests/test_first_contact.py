@@ -132,12 +132,12 @@ def test_demo_index_is_found_from_any_folder(tmp_path, monkeypatch):
 
 
 def test_eval_refuses_a_folder_without_labels_at_once(tmp_path, monkeypatch):
-    import objsearch.engine
+    import objsearch.provenance
 
     def no_detector(*args, **kwargs):
         raise AssertionError("the detector loaded for a folder without labels")
 
-    monkeypatch.setattr(objsearch.engine, "load_detector", no_detector)
+    monkeypatch.setattr(objsearch.provenance, "load_detector", no_detector)
     folder = copy_images(coco_images(2), tmp_path / "images")
     result = invoke("eval", folder)
     assert result.exit_code == 5, result.output
@@ -145,12 +145,12 @@ def test_eval_refuses_a_folder_without_labels_at_once(tmp_path, monkeypatch):
 
 
 def test_ctrl_c_in_eval_does_not_promise_a_resume(monkeypatch):
-    import objsearch.engine
+    import objsearch.provenance
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(objsearch.engine, "load_detector", interrupted)
+    monkeypatch.setattr(objsearch.provenance, "load_detector", interrupted)
     result = invoke("eval", DATA / "coco8")
     assert result.exit_code == 130
     assert result.stderr.strip() == "error: interrupted"

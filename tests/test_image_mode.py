@@ -256,7 +256,7 @@ def test_engine_refresh_picks_up_added_images_in_image_mode(index_copy, small_fo
 
 def test_an_index_of_another_image_recipe_is_remade_by_sync_not_mixed(tmp_path, cfg, detector):
     from objsearch import analysis
-    from objsearch.engine import load_detector
+    from objsearch.provenance import load_detector
 
     folder = copy_images(coco_images(3), tmp_path / "imgs")
     analysis.analyze(folder, tmp_path / "i.h5", cfg, detector=detector)

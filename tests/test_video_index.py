@@ -96,7 +96,7 @@ def video_cfg():
 @pytest.fixture(scope="module")
 def detector(video_cfg):
     """A detector at 320 px (these tests are about frames and jobs, not about retrieval quality)."""
-    from objsearch.engine import load_detector
+    from objsearch.provenance import load_detector
 
     return load_detector(video_cfg)
 

@@ -154,7 +154,7 @@ def test_a_file_still_being_written_is_analyzed_once_when_complete(watched):
 def test_a_burst_of_500_small_files_nothing_missed_nothing_twice(tmp_path, cfg, one_torch_thread):
     """500 small images (80 px, made from coco128) written as fast as possible, some into new subfolders."""
     from objsearch.analysis import analyze
-    from objsearch.engine import load_detector
+    from objsearch.provenance import load_detector
     from objsearch.watch import Watcher, WatchSettings
 
     small_cfg = {**cfg, "imgsz": 96}

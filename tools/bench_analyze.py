@@ -39,7 +39,7 @@ def main() -> None:
 
     from objsearch.analysis import analyze
     from objsearch.config import load_config
-    from objsearch.engine import load_detector
+    from objsearch.provenance import load_detector
     from objsearch.media import list_images
 
     cfg = load_config(None, device=args.device)

@@ -364,7 +364,7 @@ def main() -> None:
         stages.run("cv2.imread", bench_decode, ctx)
         stages.run("search", bench_search, ctx)
         if found.get("ultralytics"):
-            from objsearch.engine import load_detector
+            from objsearch.provenance import load_detector
 
             ctx.detector = load_detector(ctx.cfg)
             stages.run("network alone", bench_ceiling, ctx)

@@ -63,7 +63,7 @@ def main() -> None:
 
     from objsearch.catalog import Catalog
     from objsearch.config import load_config
-    from objsearch.engine import weights_for_index
+    from objsearch.provenance import weights_for_index
 
     with Catalog(index) as f:
         conf = float(f.attrs["config"]["conf"])

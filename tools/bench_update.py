@@ -58,7 +58,7 @@ def main() -> None:
     from objsearch.analysis import add, analyze, remove
     from objsearch.catalog import Catalog, CatalogWriter
     from objsearch.config import load_config
-    from objsearch.engine import detector_for_index
+    from objsearch.provenance import detector_for_index
     from objsearch.media import list_images
     try:
         from objsearch.roots import sign_root

@@ -40,7 +40,7 @@ def main() -> None:
     from objsearch.analysis import analyze
     from objsearch.catalog import Catalog
     from objsearch.config import load_config
-    from objsearch.engine import load_detector
+    from objsearch.provenance import load_detector
     from objsearch.media import read_video_frames, video_info
 
     cfg = load_config(None, device=args.device, imgsz=args.imgsz, video_fps=args.video_fps)

@@ -51,7 +51,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException
 
 from objsearch.errors import ImageReadError, IndexFileError, ObjsearchError
-from objsearch.media import DEFAULT_MAX_PIXELS, decode_image, make_thumbnail, read_image, read_video_frame
+from objsearch.media import DEFAULT_MAX_PIXELS, decode_image, make_thumbnail, read_media
 from objsearch.moments import DEFAULT_GROUP_S
 from objsearch.roots import UntrustedRootError
 from objsearch.types import MediaRef, printable
@@ -255,9 +255,7 @@ def create_app(engine, settings: WebSettings | None = None, *, watch_stats=None)
         if path is None:
             raise _ApiError(403, f"the indexed path of media {media_id} leaves the base directory; refused")
         try:
-            if ref.is_video_frame:  # the frame decoded from its video
-                return read_video_frame(path, ref.frame_index, max_pixels=settings.max_pixels), ref
-            return read_image(path, max_pixels=settings.max_pixels), ref
+            return read_media(path, ref.frame_index, settings.max_pixels), ref  # a video's frame: decoded from it
         except ImageReadError:
             raise _ApiError(404, f"the file of media {media_id} cannot be read under the base directory") from None
 

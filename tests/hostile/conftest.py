@@ -48,9 +48,9 @@ def shared_detector(detector):
     """Commands run in-process reuse the session's detector instead of loading the checkpoint for every call (the
     weights checks still run: ``weights_for_index`` is not replaced). Module-scoped, so the patch is undone before
     the tests outside this folder run (they load detectors for real: ``--device gpu`` must fail there)."""
-    import objsearch.engine as engine
+    import objsearch.provenance as provenance
 
-    original = engine.load_detector
+    original = provenance.load_detector
 
     def load(cfg, weights=None):
         chosen = weights or cfg.get("weights")
@@ -59,7 +59,7 @@ def shared_detector(detector):
         return original(cfg, weights)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(engine, "load_detector", load)
+    mp.setattr(provenance, "load_detector", load)
     yield detector
     mp.undo()
 

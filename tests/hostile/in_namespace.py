@@ -44,10 +44,10 @@ def _cli():
     """``run(*args)`` -> (exit code, stdout, stderr) of ``objsearch ARGS`` in this process, the detector loaded once."""
     from typer.testing import CliRunner
 
-    import objsearch.engine as engine
+    import objsearch.provenance as provenance
     from objsearch.cli import app
 
-    original, cache = engine.load_detector, {}
+    original, cache = provenance.load_detector, {}
 
     def load(cfg, weights=None):
         key = str(weights or cfg.get("weights"))
@@ -55,7 +55,7 @@ def _cli():
             cache[key] = original(cfg, weights)
         return cache[key]
 
-    engine.load_detector = load
+    provenance.load_detector = load
     runner = CliRunner()
 
     def run(*args):

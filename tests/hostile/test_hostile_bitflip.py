@@ -66,11 +66,11 @@ def _thumbnails(path: Path) -> dict[int, bytes]:
 
 
 def test_bit_flips_are_harmless_or_refused(tiny_index, cli, shared_detector, tmp_path, monkeypatch):
-    import objsearch.engine as engine
+    import objsearch.provenance as provenance
     from objsearch.errors import IndexFileError
 
     cached = _SameImageDetector(shared_detector)
-    monkeypatch.setattr(engine, "load_detector", lambda cfg, weights=None: cached)
+    monkeypatch.setattr(provenance, "load_detector", lambda cfg, weights=None: cached)
     args = ("query", BUS, "-k", 4, "--json", "-i")
     base = cli(*args, tiny_index)
     assert base.exit_code == 0, base.output
