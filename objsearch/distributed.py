@@ -34,9 +34,10 @@ from typing import Iterator
 
 import numpy as np
 
-from objsearch.analysis import (JobSummary, ProgressFn, _record_from_bytes, _record_to_bytes,
-                                _key, _relative, _Run, create_index, detect_for_index, finish_analysis, in_folder,
-                                job_settings, media_keys, resume_analysis)
+from objsearch.analysis.jobs import create_index, finish_analysis, resume_analysis
+from objsearch.analysis.journal import record_from_bytes, record_key, record_to_bytes
+from objsearch.analysis.runner import (JobRun, JobSummary, ProgressFn, detect_for_index, in_folder, job_settings,
+                                       media_keys, relative_path)
 from objsearch.errors import EmptyFolderError, ImageReadError, IndexFileError, ObjsearchError
 from objsearch.media import list_media, make_thumbnail, read_image
 from objsearch.provenance import job_detector
@@ -111,8 +112,8 @@ class _DetectStage:
         ok = [i for i in range(n) if not batch["error"][i]]
         for i in range(n):
             if batch["error"][i]:
-                out[i] = _record_to_bytes(int(batch["index"][i]), SkippedFile(str(batch["rel"][i]),
-                                                                              str(batch["error"][i])))
+                out[i] = record_to_bytes(int(batch["index"][i]), SkippedFile(str(batch["rel"][i]),
+                                                                             str(batch["error"][i])))
         # images of one letterbox shape go together, at most cfg["batch"] per forward pass (as the local run)
         size = max(1, int(cfg.get("batch", 1)))
         groups: list[list[int]] = []
@@ -130,7 +131,7 @@ class _DetectStage:
                 thumbs = [make_thumbnail(image, b, cfg["thumb_size"], cfg["thumb_quality"]) for b in dets.xyxy]
                 media = MediaRef(path=str(batch["rel"][i]), width=image.shape[1], height=image.shape[0],
                                  file_size=int(batch["file_size"][i]), file_mtime_ns=int(batch["file_mtime_ns"][i]))
-                out[i] = _record_to_bytes(int(batch["index"][i]), MediaRecord(media, dets, thumbs))
+                out[i] = record_to_bytes(int(batch["index"][i]), MediaRecord(media, dets, thumbs))
         return {"index": np.asarray(batch["index"], np.int64), "payload": np.asarray(out, dtype=object)}
 
 
@@ -257,8 +258,8 @@ def analyze(folder: str | Path, output: str | Path, cfg: dict, *, weights: str |
     summary = JobSummary(index=output, n_other_files=listing.n_other, skipped=list(listing.skipped))
     run = None
     try:
-        run = _Run(writer, detector, cfg, in_folder(folder), summary, progress=progress, cancel=cancel)
-        rels = [_relative(p, folder) for p in listing.images]
+        run = JobRun(writer, detector, cfg, in_folder(folder), summary, progress=progress, cancel=cancel)
+        rels = [relative_path(p, folder) for p in listing.images]
         covered = {rel for root, rel in run.replay() | media_keys(writer) | {(s.root, s.path) for s in writer.skipped}
                    if root == 0}
         in_shards = _shard_coverage(shards, settings)
@@ -291,7 +292,7 @@ def _run_pipeline(images: list[Path], rels: list[str], todo: list[int], shards: 
     import ray.data
 
     if cancel is not None and cancel.is_set():
-        from objsearch.analysis import JobCancelled
+        from objsearch.analysis.runner import JobCancelled
 
         raise JobCancelled("cancelled; the finished shards are kept and the next run does the rest")
     gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -314,7 +315,7 @@ def _run_pipeline(images: list[Path], rels: list[str], todo: list[int], shards: 
     ds.write_datasink(_shard_sink(shards, settings))
 
 
-def _merge(run: _Run, shards: Path, settings: dict, covered: set[str]) -> int:
+def _merge(run: JobRun, shards: Path, settings: dict, covered: set[str]) -> int:
     """Apply every shard's records in listing order (a k-way merge of the sorted shards) through ``run``; records
     already in the index (merged before a kill) are skipped. Returns how many were applied."""
     streams = [_iter_shard(p, settings) for p in _shard_paths(shards)]
@@ -324,8 +325,8 @@ def _merge(run: _Run, shards: Path, settings: dict, covered: set[str]) -> int:
         if position == last:  # two shards holding one image (a block written again after a kill): keep one
             continue
         last = position
-        _, record = _record_from_bytes(payload)
-        if _key(record)[1] in covered:  # an analysis has one root
+        _, record = record_from_bytes(payload)
+        if record_key(record)[1] in covered:  # an analysis has one root
             continue
         run._finish_one(record)  # journaled, applied, committed every few seconds; progress and cancel checked
         merged += 1

@@ -13,7 +13,8 @@ ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'objs
 pytest.importorskip("ray.data", reason="ray[data] is not installed (pip install 'objsearch[ray]')")
 
 from objsearch import distributed  # noqa: E402
-from objsearch.analysis import _relative, analyze, job_settings  # noqa: E402
+from objsearch.analysis import analyze  # noqa: E402
+from objsearch.analysis.runner import job_settings, relative_path  # noqa: E402
 from objsearch.catalog import Catalog  # noqa: E402
 from objsearch.media import list_media  # noqa: E402
 
@@ -72,7 +73,7 @@ def test_a_killed_ray_run_keeps_its_finished_shards(ray_cluster, folder, local_i
     analyzes only the other 6 and the index is the local engine's."""
     out = tmp_path / "ray.h5"
     images = list_media(folder).images
-    rels = [_relative(p, folder) for p in images]
+    rels = [relative_path(p, folder) for p in images]
     shards = distributed.shard_dir(out)
     settings = job_settings(detector, cfg)
     distributed._run_pipeline(images, rels, [0, 1, 2], shards, settings, cfg, str(detector.weights_path), None, None)

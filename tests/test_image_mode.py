@@ -199,12 +199,12 @@ def test_add_to_an_old_index_keeps_it_without_image_vectors(tmp_path, cfg, detec
 
 
 def test_journal_keeps_the_image_feature():
-    from objsearch.analysis import _record_from_bytes, _record_to_bytes
+    from objsearch.analysis.journal import record_from_bytes, record_to_bytes
     from objsearch.types import Detections, MediaRecord, MediaRef
 
     dets = Detections(np.zeros((0, 4)), np.zeros(0), np.zeros(0), np.zeros((0, 5), np.float32),
                       image_feature=np.arange(7, dtype=np.float32))
-    _, back = _record_from_bytes(_record_to_bytes(3, MediaRecord(MediaRef("a.jpg", 4, 3), dets, [])))
+    _, back = record_from_bytes(record_to_bytes(3, MediaRecord(MediaRef("a.jpg", 4, 3), dets, [])))
     np.testing.assert_array_equal(back.detections.image_feature, dets.image_feature)
 
 

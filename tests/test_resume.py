@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from testdata import ROOT, WEIGHTS, coco_images, copy_images, run_cli
-from objsearch.analysis import Journal, analyze
+from objsearch.analysis import analyze
+from objsearch.analysis.journal import Journal
 from objsearch.catalog import Catalog
 from objsearch.config import load_config
 from objsearch.errors import IndexFileError
@@ -47,23 +48,23 @@ def journaled_items(journal) -> int:
     could commit before its journal reached a size, then finish unkilled), and a size read between two writes of
     one record (8,192 bytes of a 30 kB record was seen) is a torn record, which the next run rightly drops, so a
     kill there left nothing to resume (issue 19, item 3: both failed under load)."""
-    from objsearch.analysis import _FRAME, _JOURNAL_MAGIC, _record_from_bytes
+    from objsearch.analysis.journal import FRAME, JOURNAL_MAGIC, record_from_bytes
 
     try:
         data = journal.read_bytes()
     except FileNotFoundError:
         return 0
     pos, last, n_frames = 0, None, 0
-    while pos + _FRAME.size <= len(data):
-        magic, length, crc = _FRAME.unpack_from(data, pos)
-        payload = data[pos + _FRAME.size: pos + _FRAME.size + length]
-        if magic != _JOURNAL_MAGIC or len(payload) != length or zlib.crc32(payload) != crc:
+    while pos + FRAME.size <= len(data):
+        magic, length, crc = FRAME.unpack_from(data, pos)
+        payload = data[pos + FRAME.size: pos + FRAME.size + length]
+        if magic != JOURNAL_MAGIC or len(payload) != length or zlib.crc32(payload) != crc:
             break
         n_frames += 1
         if n_frames > 1:  # the first frame is the header
             last = payload
-        pos += _FRAME.size + length
-    return _record_from_bytes(last)[0] if last is not None else 0
+        pos += FRAME.size + length
+    return record_from_bytes(last)[0] if last is not None else 0
 
 
 def kill_when(args, journal, min_items):
