@@ -210,7 +210,7 @@ def device_name(device) -> str:
     return f"cuda:{int(name)}" if name.isdigit() else name
 
 
-def _torch_device(torch, device: str):
+def torch_device(torch, device: str):
     """``torch.device(device)``, checked to exist on this machine (``device`` may be a bare GPU index, see
     ``device_name``)."""
     device = device_name(device)
@@ -310,7 +310,7 @@ class Detector:
             raise WeightsNotFoundError(f"{self.weights!r} is not a YOLO detection model with a Detect head")
         if getattr(head, "end2end", False):
             raise WeightsNotFoundError(f"{self.weights!r} has an end-to-end (NMS-free) head, which is not supported")
-        self.device = _torch_device(torch, device)
+        self.device = torch_device(torch, device)
         model = model.float()  # fuse in float32: fusing the fp16 checkpoint first makes CPU inference ~20% slower
         model = model.fuse(verbose=False) if hasattr(model, "fuse") else model
         self.model = model.to(self.device).eval()

@@ -75,10 +75,10 @@ class TorchVectorStore:
                  chunk_elements: int = CHUNK_ELEMENTS) -> None:
         import torch
 
-        from objsearch.detector import _torch_device
+        from objsearch.detector import torch_device
 
         self._torch = torch
-        self.device = _torch_device(torch, device)
+        self.device = torch_device(torch, device)
         if int(chunk_elements) < 1:
             raise ValueError(f"chunk_elements must be >= 1, got {chunk_elements}")
         self.chunk_elements = int(chunk_elements)
