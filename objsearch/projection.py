@@ -56,7 +56,11 @@ def _check_features(X, n_features_in: int | None = None) -> np.ndarray:
     return X
 
 
-class _Projection:
+class Projection:
+    """What every projection shares: ``n_components`` and ``random_state`` stored at ``__init__``; ``transform`` of
+    (n_samples, n_features_in_) float features to (n_samples, n_components) float32 once fitted; its state as a dict
+    (``to_state``) and back (``from_state``, which picks the subclass by ``method``), as the index file keeps it."""
+
     method = ""
 
     def __init__(self, n_components: int = 32, random_state: int = 0) -> None:
@@ -129,7 +133,7 @@ class _Projection:
         return proj
 
 
-class RandomProjection(_Projection):
+class RandomProjection(Projection):
     """Gaussian random projection with entries ~ N(0, 1 / n_components), seeded by ``random_state``.
 
     ``fit`` only reads the number of features; the matrix depends on (n_features, n_components, random_state) alone.
@@ -154,7 +158,7 @@ class RandomProjection(_Projection):
         return self
 
 
-class PCAProjection(_Projection):
+class PCAProjection(Projection):
     """Principal component analysis (centred, not whitened), components from an SVD of the centred data.
 
     With fewer samples than ``n_components`` the trailing components are zero. ``random_state`` is kept for the
@@ -234,7 +238,7 @@ class PCAProjection(_Projection):
         return self
 
 
-class MirrorWhitenedProjection(_Projection):
+class MirrorWhitenedProjection(Projection):
     """Features -> ``n_components`` dims in which an object and its mirror image are close: a PCA to
     ``n_components`` dims, then whitening by the covariance of the mirror differences in that subspace.
 

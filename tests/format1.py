@@ -28,7 +28,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from objsearch.projection import _Projection
+from objsearch.projection import Projection
 
 FORMAT_NAME = "objsearch-index"
 FORMAT_VERSION = 1
@@ -57,7 +57,7 @@ def write_index(
     path: Path,
     records: list[ImageRecord],
     *,
-    projections: list[_Projection],
+    projections: list[Projection],
     n_features: int,
     attrs: dict,
 ) -> None:
@@ -105,7 +105,7 @@ def write_index_arrays(
     class_id: np.ndarray,
     features: np.ndarray,
     thumbnails: list[bytes],
-    projections: list[_Projection],
+    projections: list[Projection],
     attrs: dict,
 ) -> None:
     """Write a complete index file atomically (``path.tmp``, then renamed over ``path``).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from objsearch.projection import PCAProjection, RandomProjection, _Projection, make_projection
+from objsearch.projection import PCAProjection, RandomProjection, Projection, make_projection
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def test_state_round_trip_gives_an_identical_transform(cls, X):
     proj = cls(16, random_state=7).fit(X)
     state = proj.to_state()
     assert state["method"] == proj.method and state["n_components"] == 16 and state["random_state"] == 7
-    again = _Projection.from_state(state)
+    again = Projection.from_state(state)
     assert type(again) is cls and again.n_features_in_ == 40 and again.random_state == 7
     np.testing.assert_array_equal(again.transform(X), proj.transform(X))
 
@@ -110,6 +110,6 @@ def test_make_projection_checks_its_arguments():
 def test_from_state_refuses_bad_states(X):
     state = RandomProjection(8).fit(X).to_state()
     with pytest.raises(ValueError, match="unknown projection method"):
-        _Projection.from_state({**state, "method": "umap"})
+        Projection.from_state({**state, "method": "umap"})
     with pytest.raises(ValueError, match=r"components must have shape \(D, 16\)"):
-        _Projection.from_state({**state, "n_components": 16})
+        Projection.from_state({**state, "n_components": 16})

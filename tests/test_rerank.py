@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from objsearch.projection import MirrorWhitenedProjection, PCAProjection, _Projection
+from objsearch.projection import MirrorWhitenedProjection, PCAProjection, Projection
 from objsearch.rerank import column_scale, promote_instances, sample_positions
 from objsearch.types import Hits
 
@@ -107,7 +107,7 @@ def test_mirror_whitened_projection_follows_its_formula_and_shrinks_mirror_diffe
         return np.mean(((a - b) ** 2).sum(1)) / np.mean(((a - a[::-1]) ** 2).sum(1))
 
     assert pair_to_other(proj) < 0.2 * pair_to_other(pca)
-    again = _Projection.from_state(proj.to_state())
+    again = Projection.from_state(proj.to_state())
     assert isinstance(again, MirrorWhitenedProjection)
     np.testing.assert_array_equal(again.transform(X), proj.transform(X))
     with pytest.raises(ValueError, match="mirror_pairs must be two arrays"):

@@ -73,7 +73,7 @@ import numpy as np
 
 from objsearch.catalog import txn
 from objsearch.errors import IndexFileError
-from objsearch.projection import STORED_PROJECTION_METHODS, _Projection
+from objsearch.projection import STORED_PROJECTION_METHODS, Projection
 from objsearch.types import VIDEO_SUFFIXES, Detections, MediaRecord, MediaRef, SkippedFile
 
 LOGGER = logging.getLogger(__name__)
@@ -185,9 +185,9 @@ class _Tables:
     path_bytes: bytes
     objects: dict[str, np.ndarray] | None  # None: not loaded (a writer's open reads the media rows only)
     n_thumb_bytes: int
-    projections: dict[int, _Projection] = field(default_factory=dict)
+    projections: dict[int, Projection] = field(default_factory=dict)
     skipped: list[SkippedFile] = field(default_factory=list)
-    image_projections: dict[int, _Projection] | None = None  # None: the file has no /image group
+    image_projections: dict[int, Projection] | None = None  # None: the file has no /image group
     n_image_features: int = 0
     media_root: np.ndarray | None = None  # (M,) int32, every media row's root; None: all 0 (no /media/root)
     n_object_rows: int = 0  # rows of /objects (live and dead)
@@ -365,7 +365,7 @@ def _load_media_root(f: h5py.File, n_media: int, n_roots: int, path: Path) -> np
 
 def _check_structures(attrs: dict, path: Path) -> None:
     """The JSON attributes every reader relies on are mappings: ``config`` and ``feature_recipe`` (their contents
-    are checked by whoever uses them: ``objsearch.analysis.index_config``)."""
+    are checked by whoever uses them: ``objsearch.provenance.index_config``)."""
     config = attrs.get("config", {})
     if not isinstance(config, dict):
         raise _damaged(path, f"root attribute config is not a JSON mapping (got {type(config).__name__})")
@@ -468,7 +468,7 @@ def _load_projections(f: h5py.File, n_features: int, n_objects: int, path: Path,
         if not (_sane(components) and _sane(mean)):
             raise _damaged(path, f"/{prefix}/{name} has non-finite components or mean (or beyond "
                            f"{MAX_ABS_VALUE:g})")
-        out[d] = _Projection.from_state({"method": method, "n_components": d, "random_state": int(random_state),
+        out[d] = Projection.from_state({"method": method, "n_components": d, "random_state": int(random_state),
                                          "components": components, "mean": mean})
     return out
 
@@ -937,7 +937,7 @@ class Catalog:
     def __len__(self) -> int:
         return len(self.object_id)
 
-    def projection(self, dims: int) -> _Projection:
+    def projection(self, dims: int) -> Projection:
         """The stored projection to ``dims`` dimensions (one of ``dims``, or ``rerank_dims``). Raises IndexFileError
         when the index has none."""
         if dims not in self._projections:
@@ -951,7 +951,7 @@ class Catalog:
             raise IndexFileError(f"{self.path} has no whole-image vectors (it was made before image search); run "
                                  f"`objsearch sync -i {self.path}` to add them")
 
-    def image_projection(self, dims: int) -> _Projection:
+    def image_projection(self, dims: int) -> Projection:
         """The stored whole-image projection to ``dims`` dimensions. Raises IndexFileError when there is none."""
         self.require_image_vectors()
         if dims not in self._image_projections:
@@ -1081,7 +1081,7 @@ def _vector_chunk_rows(d: int) -> int:
     return max(1024, (1 << 16) // d)
 
 
-def _create_projection(f, proj: _Projection, n_rows: int, prefix: str = "projections"):
+def _create_projection(f, proj: Projection, n_rows: int, prefix: str = "projections"):
     state = proj.to_state()
     d = int(state["n_components"])
     name = f"{prefix}/{d}"
@@ -1111,8 +1111,8 @@ def _create_image_group(f, n_image_features: int, projections, n_rows: int) -> N
         _create_projection(f, proj, n_rows, prefix="image/projections")
 
 
-def _new_file(path: Path, attrs: dict, n_features: int, projections: list[_Projection],
-              image_projections: list[_Projection] | None = None) -> None:
+def _new_file(path: Path, attrs: dict, n_features: int, projections: list[Projection],
+              image_projections: list[Projection] | None = None) -> None:
     """Write an empty format 2 file at ``path`` (replaced if it exists); with ``image_projections`` (a list, maybe
     empty) also an empty /image group of ``attrs["image_recipe"]["n_features"]`` features."""
     fcpl = h5py.h5p.create(h5py.h5p.FILE_CREATE)
@@ -1195,7 +1195,7 @@ def _write_alive(ds, rows: np.ndarray) -> None:
         ds[int(run[0]):int(run[-1]) + 1] = 0
 
 
-def _fill_vectors(f, d: int, proj: _Projection, chunk: int = STREAM_ROWS, prefix: str = "projections",
+def _fill_vectors(f, d: int, proj: Projection, chunk: int = STREAM_ROWS, prefix: str = "projections",
                   source: str = "objects/features") -> None:
     """Compute /<prefix>/<d>/vectors for every row from the stored features, ``chunk`` rows at a time."""
     feats, out = f[source], f[f"{prefix}/{d}/vectors"]
@@ -1218,7 +1218,7 @@ class _Pending:
     remove_object_rows: set[int] = field(default_factory=set)  # file rows of the committed ones among them
     skipped: list[SkippedFile] | None = None
     attrs: dict = field(default_factory=dict)
-    projections: dict[int, _Projection] = field(default_factory=dict)
+    projections: dict[int, Projection] = field(default_factory=dict)
     # set_image_vectors: (recipe, media ids (n,), features (n, F), projections)
     image: tuple | None = None
 
@@ -1265,9 +1265,9 @@ class CatalogWriter:
 
     # -- opening
     @classmethod
-    def create(cls, path: str | Path, *, attrs: dict, n_features: int, projections: list[_Projection] = (),
+    def create(cls, path: str | Path, *, attrs: dict, n_features: int, projections: list[Projection] = (),
                overwrite: bool = False, description: str = "objsearch", fsync: bool = True,
-               image_projections: list[_Projection] | None = None) -> CatalogWriter:
+               image_projections: list[Projection] | None = None) -> CatalogWriter:
         """Write a new, empty index (``path.tmp``, then renamed) and open it for writing.
 
         Parameters
@@ -1317,7 +1317,7 @@ class CatalogWriter:
                           None if image_projections is None else list(image_projections))
                 _fsync_path(tmp)
                 os.replace(tmp, path)
-            txn._fsync_dir(path.parent)
+            txn.fsync_dir(path.parent)
         except BaseException:
             lock.release()
             raise
@@ -1471,7 +1471,7 @@ class CatalogWriter:
             return dict(self._pending.image[0])
         return dict(self.attrs.get("image_recipe") or {}) if self._t.has_image else {}
 
-    def projection(self, dims: int) -> _Projection:
+    def projection(self, dims: int) -> Projection:
         if dims not in self._t.projections:
             raise IndexFileError(f"{self.path} holds projections to {self.dims} dims, not {dims}")
         return self._t.projections[dims]
@@ -1662,13 +1662,13 @@ class CatalogWriter:
                 raise ValueError("roots cannot be taken away (media items are relative to them)")
         self._pending.attrs.update(attrs)
 
-    def set_projection(self, proj: _Projection) -> None:
+    def set_projection(self, proj: Projection) -> None:
         """Add or replace the projection to ``proj.n_components`` dims at the next commit; its vectors are computed
         then for every row from the stored features, 65536 rows at a time."""
         _check_projection(proj, self.n_features)
         self._pending.projections[int(proj.n_components)] = proj
 
-    def set_image_vectors(self, recipe: dict, media_ids, features, projections: list[_Projection]) -> None:
+    def set_image_vectors(self, recipe: dict, media_ids, features, projections: list[Projection]) -> None:
         """(Re)make the whole-image features and vectors of every live media item at the next commit, in the same
         transaction (``sync`` on an index made before image search).
 
@@ -1893,7 +1893,7 @@ class CatalogWriter:
             try:
                 with txn.FileLock(self.path, exclusive=True, fd=fd):
                     os.replace(tmp, self.path)
-                    txn._fsync_dir(self.path.parent)
+                    txn.fsync_dir(self.path.parent)
             finally:
                 os.close(fd)
         self._reload()
@@ -1911,7 +1911,7 @@ class CatalogWriter:
         self.close()
 
 
-def _check_projection(proj: _Projection, n_features: int) -> None:
+def _check_projection(proj: Projection, n_features: int) -> None:
     if not hasattr(proj, "components_") or getattr(proj, "n_features_in_", None) != n_features:
         raise ValueError(f"projections must be fitted on {n_features} features, got "
                          f"{getattr(proj, 'n_features_in_', 'an unfitted one')}")
@@ -2026,7 +2026,7 @@ def convert(src: str | Path, dst: str | Path, *, overwrite: bool = False) -> int
                 _copy_live(f, tmp, full, t, version)
                 _fsync_path(tmp)
                 os.replace(tmp, dst)
-            txn._fsync_dir(dst.parent)
+            txn.fsync_dir(dst.parent)
         finally:
             lock.release()
     return int(t.objects["alive"].sum())

@@ -483,7 +483,7 @@ def check_new(ids, vectors, class_id, image_id, dims: int):
     ValueError
         For a wrong shape or dtype, a non-finite vector, a negative id or a repeated id (the message names them).
     """
-    ids = _int_array("ids", ids)
+    ids = int_array("ids", ids)
     n = len(ids)
     vectors = np.asarray(vectors)
     if vectors.size == 0 and n == 0:
@@ -495,18 +495,25 @@ def check_new(ids, vectors, class_id, image_id, dims: int):
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if not np.isfinite(vectors).all():
         bad = ids[~np.isfinite(vectors).all(1)]
-        raise ValueError(f"vectors must be finite, got NaN or infinity for ids {_some(bad)}")
-    class_id = _int_array("class_id", class_id, n)
-    image_id = _int_array("image_id", image_id, n)
+        raise ValueError(f"vectors must be finite, got NaN or infinity for ids {short_list(bad)}")
+    class_id = int_array("class_id", class_id, n)
+    image_id = int_array("image_id", image_id, n)
     if n and ids.min() < 0:
-        raise ValueError(f"ids must be >= 0 (-1 pads search results), got {_some(ids[ids < 0])}")
+        raise ValueError(f"ids must be >= 0 (-1 pads search results), got {short_list(ids[ids < 0])}")
     unique, counts = np.unique(ids, return_counts=True)
     if len(unique) < n:
-        raise ValueError(f"ids must be distinct, got repeated ids {_some(unique[counts > 1])}")
+        raise ValueError(f"ids must be distinct, got repeated ids {short_list(unique[counts > 1])}")
     return ids, vectors, class_id, image_id
 
 
-def _int_array(name: str, values, n: int | None = None) -> np.ndarray:
+def int_array(name: str, values, n: int | None = None) -> np.ndarray:
+    """``values`` as a (n,) int64 array (any length when ``n`` is None; an empty input of any shape is (0,)).
+
+    Raises
+    ------
+    ValueError
+        When it is not one-dimensional, not of length ``n``, or not of an integer dtype; the message names ``name``.
+    """
     arr = np.asarray(values)
     if arr.size == 0:
         arr = arr.reshape(0).astype(np.int64)
@@ -657,7 +664,7 @@ class MemoryVectorStore:
             How many objects were removed.
         """
         self._check_open()
-        ids = _int_array("ids", ids)
+        ids = int_array("ids", ids)
         gone = np.isin(self._ids, ids)
         count = int(gone.sum())
         if not count:
@@ -759,7 +766,7 @@ class MemoryVectorStore:
         ids, vectors, class_id, image_id = check_new(ids, vectors, class_id, image_id, self.dims)
         present = ids[np.isin(ids, self._ids)]
         if len(present):
-            raise ValueError(f"ids must not be in the store already, got {len(present)} present: {_some(present)}")
+            raise ValueError(f"ids must not be in the store already, got {len(present)} present: {short_list(present)}")
         return ids, vectors, class_id, image_id
 
     def _append(self, ids, vectors, class_id, image_id) -> None:
@@ -885,7 +892,7 @@ class MemoryVectorStore:
         return graph, ""
 
 
-def _some(values: np.ndarray, limit: int = 10) -> str:
+def short_list(values: np.ndarray, limit: int = 10) -> str:
     """The first ``limit`` values, as a short list for a message."""
     values = [int(v) for v in np.asarray(values).reshape(-1)]
     return str(values[:limit])[:-1] + (f", ... ({len(values)} in all)]" if len(values) > limit else "]")
