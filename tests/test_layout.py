@@ -4,6 +4,8 @@ finds what it is meant to find."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -32,6 +34,23 @@ def write_package(root: Path, files: dict[str, str]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(text))
     return root
+
+
+def test_objsearch_has_no_cycle_no_shell_import_and_no_private_import(layout_check):
+    report = layout_check.check(ROOT / "objsearch")
+    assert report.modules > 30
+    assert report.cycles == []
+    assert report.shell_imports == []
+    assert report.private_imports == []
+
+
+def test_the_command_line_says_the_same_and_exits_0():
+    result = subprocess.run([sys.executable, str(TOOL), "--json"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = json.loads(result.stdout)
+    assert {k: found["counts"][k] for k in ("cycles", "shell_imports", "private_imports")} == {
+        "cycles": 0, "shell_imports": 0, "private_imports": 0}
+    assert isinstance(found["counts"]["long_files"], int)
 
 
 def test_a_cycle_a_shell_import_and_private_names_are_found(layout_check, tmp_path):
@@ -93,3 +112,9 @@ def test_a_clean_package_passes_and_long_files_are_counted_apart(layout_check, t
     assert "cli.py" in report.long_files[0] and "limit 700" in report.long_files[0]
     assert layout_check.main([str(package)]) == 0
     assert layout_check.main([str(package), "--strict-length"]) == 1
+
+
+@pytest.mark.xfail(reason="issue 20: hdf5.py, memory.py, cli.py, gui/window.py and evaluate.py are still being "
+                          "shrunk; drop this mark once they are", strict=False)
+def test_no_file_is_too_long(layout_check):
+    assert layout_check.check(ROOT / "objsearch").long_files == []
