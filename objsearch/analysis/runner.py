@@ -69,7 +69,7 @@ class JobSummary:
     not_indexed: list[str] = field(default_factory=list)  # paths given to remove that matched no indexed media
 
 
-ProgressFn = Callable[[int, int, int], None]  # (items done, items in all: images and sampled video frames, objects so far)
+ProgressFn = Callable[[int, int, int], None]  # (items done, in all: images and sampled frames; objects)
 
 
 def file_identity(path: Path) -> tuple[int, int]:
