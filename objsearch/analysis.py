@@ -1060,7 +1060,8 @@ def remove(index: str | Path, paths: Iterable[str | Path] = (), *, missing: bool
                 if is_under(target, folder):  # the target is in this root (or is it)
                     rel = Path(target).relative_to(os.path.abspath(folder)).as_posix()
                     exact.append((r, rel, j))
-                    if not path.is_file():  # a folder, or a name no longer on disk: what lies under it too
+                    if not path.is_file() or path.suffix.lower() in VIDEO_SUFFIXES:
+                        # a folder, a name no longer on disk, or a video (one item per sampled frame, one path)
                         gone.extend(writer.media_under(r, rel).tolist())
                 elif is_under(folder, target):  # the whole root is in the target
                     gone.extend(writer.media_under(r, "").tolist())
