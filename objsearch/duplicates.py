@@ -44,7 +44,7 @@ DEFAULT_NPROBE = 16
 QUERY_BATCH = 8192
 # Euclidean distances: between raw whole-image features (images), between 32-d projected object vectors (objects);
 # chosen on the made folder of tools/eval_duplicates.py with the default configuration (docs/watch-duplicates-map.md)
-DEFAULT_THRESHOLD = {"images": 0.22, "objects": 0.3}
+DEFAULT_THRESHOLD = {"images": 0.22, "objects": 0.37}
 
 
 @dataclass

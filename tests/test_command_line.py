@@ -76,7 +76,7 @@ def test_query_json_neighbours(bus_json, small_index, small_folder):
     for obj in bus_json["objects"]:
         assert len(obj["neighbors"]) == 4
         distances = [nb["distance"] for nb in obj["neighbors"]]
-        assert distances == sorted(distances)
+        assert distances[1:] == sorted(distances[1:])  # a promoted instance may lead (docs/neighbours.md)
         for nb in obj["neighbors"]:
             assert not Path(nb["path"]).is_absolute() and (small_folder / nb["path"]).is_file()
             assert nb["object_id"] >= 0 and len(nb["box"]) == 4

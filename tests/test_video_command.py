@@ -51,7 +51,7 @@ def check_objects(objects, n_index_objects, k):
         assert 0 < obj["confidence"] <= 1 and isinstance(obj["class_id"], int)
         assert len(obj["neighbors"]) == k
         distances = [nb["distance"] for nb in obj["neighbors"]]
-        assert distances == sorted(distances)
+        assert distances[1:] == sorted(distances[1:])  # a promoted instance may lead (docs/neighbours.md)
         for nb in obj["neighbors"]:
             assert set(nb) == NEIGHBOR_KEYS
             assert nb["object_id"] >= 0 and nb["image_id"] >= 0

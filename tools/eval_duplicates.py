@@ -193,7 +193,7 @@ def main() -> None:
         sweep(catalog, "images", pairs_of(image_groups), [0.14, 0.18, 0.2, 0.24, 0.26, 0.3],
               DEFAULT_THRESHOLD["images"])
         print(" objects (object vectors, 32 dims, same class, other image):")
-        sweep(catalog, "objects", pairs_of(object_groups), [0.15, 0.2, 0.25, 0.35, 0.4, 0.5],
+        sweep(catalog, "objects", pairs_of(object_groups), [0.2, 0.25, 0.3, 0.35, 0.36, 0.37, 0.38, 0.39, 0.4, 0.5],
               DEFAULT_THRESHOLD["objects"])
         for variant in VARIANTS:  # recall per kind of copy at the default thresholds
             from objsearch.duplicates import find_duplicates

@@ -22,7 +22,7 @@ from objsearch.analysis.backfill import (add_image_vectors, add_rerank_vectors, 
 from objsearch.analysis.runner import (JobRun, JobSummary, ProgressFn, file_identity, files_to_do, in_folder,
                                        media_files, media_keys)
 from objsearch.errors import EmptyFolderError, IndexFileError, ObjsearchError
-from objsearch.media import list_media
+from objsearch.media import VIDEO_SUFFIXES, list_media
 from objsearch.projection import make_projection
 from objsearch.provenance import detector_for_index, image_vectors_stale, index_config, job_detector
 from objsearch.roots import Roots, is_under, sign_root
@@ -336,7 +336,8 @@ def remove(index: str | Path, paths: Iterable[str | Path] = (), *, missing: bool
                 if is_under(target, folder):  # the target is in this root (or is it)
                     rel = Path(target).relative_to(os.path.abspath(folder)).as_posix()
                     exact.append((r, rel, j))
-                    if not path.is_file():  # a folder, or a name no longer on disk: what lies under it too
+                    if not path.is_file() or path.suffix.lower() in VIDEO_SUFFIXES:
+                        # a folder, a name no longer on disk, or a video (one item per sampled frame, one path)
                         gone.extend(writer.media_under(r, rel).tolist())
                 elif is_under(folder, target):  # the whole root is in the target
                     gone.extend(writer.media_under(r, "").tolist())
