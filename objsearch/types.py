@@ -39,6 +39,9 @@ class Detections:
         ``objsearch.detector.image_blocks``), made by the same detector pass; kept by indexing (it describes the
         image, not the objects), dropped by ``concat`` (several images have no one image vector).
 
+    Every array is this object's own copy: the caller's arrays are never kept, and a part made by indexing (a
+    slice, a mask, integers) shares no memory with its source.
+
     Raises
     ------
     ValueError
@@ -53,33 +56,35 @@ class Detections:
     image_feature: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        xyxy = np.asarray(self.xyxy, dtype=np.float32)
+        # Every array is copied (np.array copies by default), even one already of the right dtype: a caller's array
+        # is never kept, and an indexed part (a basic slice is a numpy view) never writes back into its source.
+        xyxy = np.array(self.xyxy, dtype=np.float32)
         if xyxy.size == 0:
             xyxy = xyxy.reshape(0, 4)
         if xyxy.ndim != 2 or xyxy.shape[1] != 4:
             raise ValueError(f"xyxy must have shape (N, 4), got {xyxy.shape}")
         self.xyxy = xyxy
         n = len(self.xyxy)
-        self.confidence = np.asarray(self.confidence, dtype=np.float32).reshape(-1)
-        self.class_id = np.asarray(self.class_id, dtype=np.int64).reshape(-1)
+        self.confidence = np.array(self.confidence, dtype=np.float32).reshape(-1)
+        self.class_id = np.array(self.class_id, dtype=np.int64).reshape(-1)
         if len(self.confidence) != n or len(self.class_id) != n:
             raise ValueError(
                 f"xyxy, confidence and class_id must have the same length, got "
                 f"{n}, {len(self.confidence)} and {len(self.class_id)}"
             )
         if self.features is not None:
-            self.features = np.asarray(self.features, dtype=np.float32)
+            self.features = np.array(self.features, dtype=np.float32)
             if self.features.ndim != 2 or len(self.features) != n:
                 raise ValueError(f"features must have shape ({n}, D), got {self.features.shape}")
         data = {}
         for key, value in (self.data or {}).items():
-            value = np.asarray(value)
+            value = np.array(value)
             if len(value) != n:
                 raise ValueError(f"data[{key!r}] must have length {n}, got {len(value)}")
             data[key] = value
         self.data = data
         if self.image_feature is not None:
-            self.image_feature = np.asarray(self.image_feature, dtype=np.float32)
+            self.image_feature = np.array(self.image_feature, dtype=np.float32)
             if self.image_feature.ndim != 1:
                 raise ValueError(f"image_feature must have shape (F,), got {self.image_feature.shape}")
 
