@@ -85,11 +85,6 @@ def load_images(data_dir: Path, limit: int | None = None) -> tuple[list[Path], l
     return paths, images
 
 
-def has_labels(data_dir: Path) -> bool:
-    """Whether any image of ``data_dir`` has a YOLO label file."""
-    return any(label_path_for(p).is_file() for p in list_labeled_images(Path(data_dir)))
-
-
 def collect_ours(detector, paths: list[Path], images: list[np.ndarray], progress=None) -> ImageEvalData:
     """Our whole-image vectors: ``detector(image).image_feature`` of every image and of its distortions."""
     feats, ms, pass_ms = [], [], []

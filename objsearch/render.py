@@ -312,15 +312,16 @@ def compose_rows(image: np.ndarray, result: SearchResult, thumbnails: dict, *, t
     return picture, tiles
 
 
-def render_result(image: np.ndarray, result: dict, thumbnails: dict, *, header_height: int = 480,
+def render_result(image: np.ndarray, result: SearchResult, thumbnails: dict, *, header_height: int = 480,
                   thumb_height: int = 96) -> np.ndarray:
     """Draw a query result: the query with labeled boxes on top, one row of neighbours per object below.
 
     Parameters
     ----------
     image : ndarray of shape (H, W, 3), uint8 BGR, the query image.
-    result : the ``query --json`` object (``Searcher.to_json``).
-    thumbnails : JPEG bytes (or decoded arrays) by object id, for every neighbour in ``result``.
+    result : the search result of ``image`` (``Engine.search``; ``query --json`` prints its ``to_dict()``).
+    thumbnails : JPEG bytes (or decoded arrays) by object id, for every neighbour in ``result``
+        (``result.object_ids()``).
     header_height, thumb_height : pixels (the original app's "header height" and "thumb height" sliders). The query
         is scaled to ``header_height``; when that leaves it narrower than the rows below, it grows (up to twice
         ``header_height``) to fill the picture's width, centred.

@@ -116,3 +116,11 @@ def test_rerank_keys(tmp_path):
         path.write_text(f"{key}: {value}\n")
         with pytest.raises(ConfigError, match=message):
             load_config(path)
+
+
+def test_a_retired_key_in_an_older_file_is_ignored(tmp_path):
+    """``k`` (neighbours per object) was a key nothing read; files that still hold it keep loading."""
+    path = tmp_path / "old.yaml"
+    path.write_text("k: 16\nconf: 0.4\n")
+    cfg = load_config(path)
+    assert "k" not in cfg and cfg["conf"] == 0.4 and set(cfg) == set(DEFAULTS)
