@@ -627,7 +627,7 @@ def fit_rerank_projection(writer, detector, cfg: dict, *, roots: Roots | None = 
     this user did not choose is passed over, as one whose path leaves its root). None (logged) when fewer than 2
     objects are found in them: the index is then searched without reranking.
     """
-    from objsearch.detector import parse_recipe
+    from objsearch.pooling import parse_recipe
     from objsearch.projection import MirrorWhitenedProjection
     from objsearch.rerank import RERANK_SHRINKAGE, column_scale, mirror_pairs, sample_positions
 

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from objsearch.errors import ExitCode, ObjsearchError
+from objsearch.pooling import DEFAULT_RECIPE, DEFAULT_RERANK_RECIPE, parse_recipe
 from objsearch.projection import ALLOWED_DIMS, PROJECTION_METHODS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -29,10 +30,10 @@ DEFAULTS: dict[str, Any] = {
     "iou": 0.7,
     "max_det": 300,
     "device": "cpu",
-    "feature_recipe": "cls_logits:2.5,neck_roi:1",
+    "feature_recipe": DEFAULT_RECIPE,
     "dims": [32],
     "rerank_dims": 64,
-    "rerank_recipe": "cls_logits:0.5,neck_roi:1",
+    "rerank_recipe": DEFAULT_RERANK_RECIPE,
     "projection": "pca",
     "seed": 0,
     "thumb_size": 128,
@@ -116,8 +117,6 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> dict[str, A
         except (TypeError, ValueError):
             raise ConfigError(f"{key} must be {'a number' if kind is float else 'an integer'}, got {cfg[key]!r}") from None
     try:
-        from objsearch.detector import parse_recipe
-
         parse_recipe(cfg["feature_recipe"])
     except ValueError as exc:
         raise ConfigError(f"feature_recipe: {exc}") from None

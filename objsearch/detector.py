@@ -40,18 +40,17 @@ import numpy as np
 
 from objsearch.detections import Detections
 from objsearch.errors import DeviceError, WeightsNotFoundError
+from objsearch.pooling import (
+    DEFAULT_IMAGE_RECIPE,
+    DEFAULT_RECIPE,
+    IMAGE_BLOCKS,
+    IMAGE_RECIPE_VERSION,
+    RECIPE_VERSION,
+    parse_image_recipe,
+    parse_recipe,
+)
 
 LOGGER = logging.getLogger(__name__)
-
-RECIPE_VERSION = 2  # bump when a block's definition changes: indexes of another version are refused
-FEATURE_BLOCKS = ("cls_cell", "cls_logits", "cls_roi", "box_cell", "neck_roi")
-DEFAULT_RECIPE: dict[str, float] = {"cls_logits": 2.5, "neck_roi": 1.0}  # docs/neighbours.md
-
-# whole-image feature (one vector per media item, from the same forward pass; see ``image_blocks``)
-IMAGE_RECIPE_VERSION = 1  # bump when an image block's definition changes: such indexes need `objsearch sync`
-IMAGE_BLOCKS = ("neck_gap", "neck_gmp", "cls_gap", "cls_max", "cls_sum")
-DEFAULT_IMAGE_RECIPE: dict[str, float] = {"neck_gap": 1.0, "cls_sum": 0.5}  # chosen by `eval --mode image`, see docs/quality.md
-
 
 def file_sha256(path: str | Path) -> str:
     """Hex sha256 of a file's bytes.
@@ -66,56 +65,6 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def parse_recipe(recipe: str | dict[str, float]) -> dict[str, float]:
-    """Turn ``"cls_cell:1,cls_logits:0.5"`` (or a dict) into ``{block: weight}``.
-
-    Raises
-    ------
-    ValueError
-        For an unknown block name or a weight that is not a positive number.
-    """
-    if isinstance(recipe, dict):
-        items = list(recipe.items())
-    else:
-        items = []
-        for part in str(recipe).split(","):
-            name, _, weight = part.strip().partition(":")
-            items.append((name.strip(), float(weight) if weight else 1.0))
-    out: dict[str, float] = {}
-    for name, weight in items:
-        if name not in FEATURE_BLOCKS:
-            raise ValueError(f"unknown feature block {name!r}; expected one of {', '.join(FEATURE_BLOCKS)}")
-        if not float(weight) > 0:
-            raise ValueError(f"feature block weights must be positive, got {name}:{weight}")
-        out[name] = float(weight)
-    if not out:
-        raise ValueError("a feature recipe needs at least one block")
-    return out
-
-
-def parse_image_recipe(recipe: str | dict[str, float]) -> dict[str, float]:
-    """Turn ``"neck_gap:1,cls_max:0.5"`` (or a dict) into ``{image block: weight}``.
-
-    Raises
-    ------
-    ValueError
-        For an unknown image block name or a weight that is not a positive number.
-    """
-    items = list(recipe.items()) if isinstance(recipe, dict) else [
-        (name.strip(), float(weight) if weight else 1.0)
-        for name, _, weight in (part.strip().partition(":") for part in str(recipe).split(","))]
-    out: dict[str, float] = {}
-    for name, weight in items:
-        if name not in IMAGE_BLOCKS:
-            raise ValueError(f"unknown image feature block {name!r}; expected one of {', '.join(IMAGE_BLOCKS)}")
-        if not float(weight) > 0:
-            raise ValueError(f"image feature block weights must be positive, got {name}:{weight}")
-        out[name] = float(weight)
-    if not out:
-        raise ValueError("an image feature recipe needs at least one block")
-    return out
 
 
 def letterbox_window(lb_shape: tuple[int, int], image_shape: tuple[int, ...]) -> tuple[float, float, float, float]:

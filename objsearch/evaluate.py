@@ -786,7 +786,7 @@ def bigger_protocol(index_set: LabeledSet, query_set: LabeledSet) -> tuple[Label
 def rerank_settings(detector, cfg: dict) -> Rerank | None:
     """The ``Rerank`` an index made with ``cfg`` would use (``cfg["rerank_dims"]``, ``cfg["rerank_recipe"]`` over
     ``detector``'s feature recipe); None when ``rerank_dims`` is null."""
-    from objsearch.detector import parse_recipe
+    from objsearch.pooling import parse_recipe
     from objsearch.rerank import column_scale
 
     if cfg.get("rerank_dims") is None:
