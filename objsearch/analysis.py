@@ -38,6 +38,7 @@ import numpy as np
 
 from objsearch.errors import (EmptyFolderError, ExitCode, ImageReadError, IndexFileError, ObjsearchError,
                               VideoReadError)
+from objsearch.hygiene import IndexPolicy
 from objsearch.media import (VIDEO_SUFFIXES, list_media, make_thumbnail, read_image, read_video_frame, read_video_frames,
                              video_info)
 from objsearch.projection import PCAProjection, make_projection
@@ -342,27 +343,19 @@ def _relative(path: Path, base_dir: Path) -> str:
 
 
 def detect_for_index(detector, images: list[np.ndarray], cfg: dict) -> list[Detections]:
-    """Detections of ``images`` (each (H, W, 3) uint8 BGR) as an index stores them: confidence at least ``conf`` and
-    ``index_conf``, class-aware duplicates at IoU ``dedup_iou`` suppressed (``objsearch.hygiene.index_keep``), and
-    with ``index_mirror`` each object's features the mean of its own and its mirrored features
-    (``Detector.detect_batch(mirror=True)``: one more network pass), so that a mirrored query finds it. Several
-    images go in one forward pass (they must share a letterbox shape)."""
-    from objsearch.hygiene import index_keep
-
-    conf = float(cfg["conf"]) if cfg.get("index_conf") is None else max(float(cfg["conf"]), float(cfg["index_conf"]))
-    mirror = bool(cfg.get("index_mirror", False))
-    found = detector.detect_batch(images, auto=True, conf=conf, mirror=mirror)
+    """Detections of ``images`` (each (H, W, 3) uint8 BGR) as an index stores them: what the configuration's
+    ``IndexPolicy`` keeps (``objsearch.hygiene``), with ``index_mirror`` each object's features the mean of its own and
+    its mirrored features (``Detector.detect_batch(mirror=True)``: one more network pass), so that a mirrored query
+    finds it. Several images go in one forward pass (they must share a letterbox shape)."""
+    policy = IndexPolicy.from_config(cfg)
+    conf = policy.min_confidence(cfg["conf"])
+    found = detector.detect_batch(images, auto=True, conf=conf, mirror=policy.mirror)
     out = []
     for dets in found:
-        if mirror and len(dets):
-            dets = Detections(dets.xyxy, dets.confidence, dets.class_id,
-                              0.5 * (dets.features + dets.data["mirror_features"]), image_feature=dets.image_feature)
-        elif mirror:
-            dets = Detections(dets.xyxy, dets.confidence, dets.class_id, dets.features,
+        if policy.mirror:  # the mirror pass's features are folded in, not stored
+            dets = Detections(dets.xyxy, dets.confidence, dets.class_id, policy.features(dets),
                               image_feature=dets.image_feature)
-        if cfg.get("dedup_iou") is not None:
-            dets = dets[index_keep(dets.xyxy, dets.confidence, dets.class_id, dedup_iou=float(cfg["dedup_iou"]))]
-        out.append(dets)
+        out.append(dets[policy.keep(dets, conf)])
     return out
 
 
@@ -651,8 +644,8 @@ def fit_rerank_projection(writer, detector, cfg: dict, *, roots: Roots | None = 
             except ImageReadError as exc:
                 LOGGER.warning("rerank projection: skipping %s: %s", path, exc)
 
-    conf = float(cfg["conf"]) if cfg.get("index_conf") is None else max(float(cfg["conf"]), float(cfg["index_conf"]))
-    pairs = mirror_pairs(detector, images(), conf=conf, dedup_iou=cfg.get("dedup_iou"))
+    policy = IndexPolicy.from_config(cfg)
+    pairs = mirror_pairs(detector, images(), conf=policy.min_confidence(cfg["conf"]), dedup_iou=policy.dedup_iou)
     if len(pairs[0]) < 2:
         LOGGER.warning("rerank projection not made: the %d sampled images hold %d objects", len(rows), len(pairs[0]))
         return None
