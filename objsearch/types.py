@@ -36,7 +36,7 @@ class Detections:
         Extra per-object arrays (for example ``object_id`` and ``media_id`` of indexed objects).
     image_feature : ndarray of shape (F,), float32, or None
         One raw whole-image feature vector of the image these objects come from (see
-        ``objsearch.detector.image_blocks``), made by the same detector pass; kept by indexing (it describes the
+        ``objsearch.pooling.image_blocks``), made by the same detector pass; kept by indexing (it describes the
         image, not the objects), dropped by ``concat`` (several images have no one image vector).
 
     Every array is this object's own copy: the caller's arrays are never kept, and a part made by indexing (a
