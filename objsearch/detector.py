@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from objsearch.detections import Detections
+from objsearch.types import Detections, StageTimes
 from objsearch.errors import DeviceError, WeightsNotFoundError
 from objsearch.pooling import (
     DEFAULT_IMAGE_RECIPE,
@@ -324,15 +324,15 @@ class Detector:
         return (params["new_unpad"][1] + params["top"] + params["bottom"],
                 params["new_unpad"][0] + params["left"] + params["right"])
 
-    def __call__(self, image: np.ndarray, *, conf: float | None = None, timings: dict | None = None) -> Detections:
+    def __call__(self, image: np.ndarray, *, conf: float | None = None, timings: StageTimes | None = None) -> Detections:
         """Detect the objects of one image and compute their features.
 
         Parameters
         ----------
         image : ndarray of shape (H, W, 3), uint8, BGR (as ``cv2.imread`` returns)
         conf : minimum confidence for this call; None: the detector's ``conf``.
-        timings : when given, filled with this call's milliseconds per stage (``preprocess``, ``inference``,
-            ``nms``, ``features`` (per object), ``image_feature`` (the whole-image vector)).
+        timings : when given, filled with this call's milliseconds per stage (``StageTimes``: ``preprocess``,
+            ``inference``, ``nms``, ``features`` (per object), ``image_feature`` (the whole-image vector)).
 
         Returns
         -------
@@ -348,7 +348,7 @@ class Detector:
         return self.detect_batch([image], auto=True, conf=conf, timings=timings)[0]
 
     def detect_batch(self, images: list[np.ndarray], auto: bool | None = None, *, conf: float | None = None,
-                     timings: dict | None = None, mirror: bool = False) -> list[Detections]:
+                     timings: StageTimes | None = None, mirror: bool = False) -> list[Detections]:
         """Detect the objects of several images in one forward pass.
 
         Parameters
@@ -358,7 +358,7 @@ class Detector:
             Minimal (stride-multiple) letterbox padding, as ``YOLO.predict`` does for one image. Images of different
             shapes are padded to a square ``imgsz`` when False; None picks True when all shapes are equal.
         conf : minimum confidence for this call, in [0, 1]; None: the detector's ``conf``.
-        timings : when given, filled with this call's milliseconds per stage.
+        timings : when given, filled with this call's milliseconds per stage (``StageTimes``).
         mirror : also pool each object's features from a second forward pass on the horizontally flipped input, at
             the mirrored box and anchor cell (``mirror_features``), into ``data["mirror_features"]`` (N, D) float32:
             the features the same object would get in a mirrored image (one more network pass; no second NMS).
@@ -418,8 +418,8 @@ class Detector:
                 )
         t4 = time.perf_counter()
         if timings is not None:
-            timings.update({"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, "nms": (t3 - t2) * 1e3,
-                            "features": (t4 - t3 - image_s) * 1e3, "image_feature": image_s * 1e3})
+            timings.preprocess, timings.inference, timings.nms = (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3
+            timings.features, timings.image_feature = (t4 - t3 - image_s) * 1e3, image_s * 1e3
         return out
 
     def _mirror_pass(self, x, maps: FeatureMaps, kept: list, kept_idx: list) -> list[np.ndarray]:

@@ -130,6 +130,37 @@ class Detections:
         )
 
 
+@dataclass
+class StageTimes:
+    """Milliseconds one detector call spent in each stage; ``Detector.__call__`` and ``detect_batch`` fill the one
+    they are given.
+
+    Attributes
+    ----------
+    preprocess : float
+        Letterboxing and the transfer of the input to the device.
+    inference : float
+        The network's forward pass.
+    nms : float
+        Non-maximum suppression.
+    features : float
+        Pooling the objects' feature vectors (with the mirror pass, when asked for).
+    image_feature : float
+        Pooling the whole-image feature vector.
+    """
+
+    preprocess: float = 0.0
+    inference: float = 0.0
+    nms: float = 0.0
+    features: float = 0.0
+    image_feature: float = 0.0
+
+    @property
+    def detect(self) -> float:
+        """Milliseconds until the boxes are known: ``preprocess + inference + nms``."""
+        return self.preprocess + self.inference + self.nms
+
+
 # ----------------------------------------------------------------------------------------------------- media
 @dataclass(frozen=True)
 class MediaRef:
