@@ -367,6 +367,29 @@ def _image_cells(image: np.ndarray, result, pictures: dict, size: int) -> list[n
     return cells
 
 
+@dataclass
+class ComposedResult:
+    """A search result drawn for the app: made in the live pipeline's thread (``LivePipeline(compose=...)``, into
+    ``LiveResult.extra``), painted in the GUI thread.
+
+    Attributes
+    ----------
+    boxed : ndarray of shape (H, W, 3), uint8 RGB, C-contiguous
+        The query frame with its objects' boxes and labels (the frame itself in whole-image mode).
+    picture : ndarray of shape (H2, W2, 3), uint8
+        The rows of neighbours (``compose_rows`` or ``compose_image_row``).
+    tiles : list of Tile
+        Where each thumbnail lies in ``picture``.
+    tips : dict of (row, column) to str
+        Tooltips by tile; column -1 is the query object (or the whole query image).
+    """
+
+    boxed: np.ndarray
+    picture: np.ndarray
+    tiles: list[Tile]
+    tips: dict[tuple[int, int], str]
+
+
 def compose_image_row(image: np.ndarray, result, pictures: dict, *, thumb_height: int = 96, gap: int = 3,
                       separator: int = 12) -> tuple[np.ndarray, list[Tile]]:
     """One row for a whole-image search (``ImageSearchResult``): the query, then each neighbour's whole picture
