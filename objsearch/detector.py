@@ -1,12 +1,14 @@
 """The YOLO detector and per-object features from one detector pass.
 
-This is the only module that imports torch and ultralytics (torchvision is never imported: see ``objsearch.roi``).
-``Detector`` runs an ultralytics ``DetectionModel`` once per image (or batch), keeps the head's intermediate maps
-with forward hooks, runs ultralytics' NMS with ``return_idxs=True`` to learn which anchor cell produced each kept box,
-and pools a feature vector for each object from the maps the head already computed. No second network runs.
+This is the only module that imports ultralytics and makes torch models (torchvision is never imported: see
+``objsearch.roi``). ``Detector`` runs an ultralytics ``DetectionModel`` once per image (or batch), keeps the head's
+intermediate maps with forward hooks (``objsearch.runtimes`` hands them over as ``objsearch.pooling.FeatureMaps``, each
+level with its stride), runs ultralytics' NMS with ``return_idxs=True`` to learn which anchor cell produced each kept
+box, and pools a feature vector for each object from the maps the head already computed (``objsearch.pooling.pool``,
+a pure function of the maps, boxes, anchors and recipe). No second network runs.
 
-Feature blocks (each is L2-normalised on its own, multiplied by its weight and concatenated; the recipe is stored in
-the index so queries use the same one):
+Feature blocks (each is L2-normalised on its own, multiplied by its weight and concatenated; the recipe, parsed and
+defaulted in ``objsearch.pooling``, is stored in the index so queries use the same one):
 
 ``cls_cell``
     The class branch's penultimate activations (``Detect.cv3[level][-2]``, 80 channels in YOLOv8n/YOLO11n) at the
