@@ -1078,6 +1078,7 @@ def evaluate(
     from objsearch import evaluate as ev
     from objsearch.provenance import load_detector
     from objsearch.errors import EmptyFolderError
+    from objsearch.hygiene import IndexPolicy
 
     cfg = load_config(config, projection=projection, device=device, feature_recipe=recipe, weights=weights,
                       runtime=runtime)
@@ -1100,7 +1101,7 @@ def evaluate(
             raise ObjsearchError("--queries goes with the object protocols, not --mode image")
         return _evaluate_images(data_dir, cfg, dim_list, as_json=as_json, limit=limit, peer=peer)
     detector = load_detector(cfg)
-    hygiene = ev.Hygiene(cfg["index_conf"], cfg["dedup_iou"], bool(cfg["index_mirror"]))
+    hygiene = IndexPolicy.from_config(cfg)
     rerank = ev.rerank_settings(detector, cfg)
     conf = float(cfg["conf"])
     collect_conf = min(conf, conf if hygiene.index_conf is None else float(hygiene.index_conf))
@@ -1164,7 +1165,7 @@ def evaluate(
         return
     typer.echo(f"{Path(str(detector.weights_path)).name}, features {detector.feature_recipe()['blocks']} "
                f"({detector.n_features}-d){' + mirrored in the index' if hygiene.mirror else ''}, {method} projection; "
-               f"query conf {conf:g}, index conf {collect_conf if hygiene.index_conf is None else hygiene.index_conf:g}, "
+               f"query conf {conf:g}, index conf {hygiene.min_confidence(conf):g}, "
                f"duplicate suppression {'IoU ' + format(hygiene.dedup_iou, 'g') if hygiene.dedup_iou else 'off'}"
                + (f"; rerank vectors {rerank.dims}-d {cfg['rerank_recipe']}" if rerank is not None else ""))
     for name, results in realistic:

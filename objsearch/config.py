@@ -5,6 +5,7 @@ The resolved configuration is saved in every index file (root attribute ``config
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,12 @@ from typing import Any
 import yaml
 
 from objsearch.errors import ExitCode, ObjsearchError
+from objsearch.pooling import DEFAULT_RECIPE, DEFAULT_RERANK_RECIPE, parse_recipe
 from objsearch.projection import ALLOWED_DIMS, PROJECTION_METHODS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = PROJECT_ROOT / "cfg" / "default.yaml"
+LOGGER = logging.getLogger(__name__)
 
 DEFAULTS: dict[str, Any] = {
     "weights": None,
@@ -27,20 +30,24 @@ DEFAULTS: dict[str, Any] = {
     "iou": 0.7,
     "max_det": 300,
     "device": "cpu",
-    "feature_recipe": "cls_logits:2.5,neck_roi:1",
+    "feature_recipe": DEFAULT_RECIPE,
     "dims": [32],
     "rerank_dims": 64,
-    "rerank_recipe": "cls_logits:0.5,neck_roi:1",
+    "rerank_recipe": DEFAULT_RERANK_RECIPE,
     "projection": "pca",
     "seed": 0,
     "thumb_size": 128,
     "thumb_quality": 85,
-    "k": 16,
     "batch": 1,
     "runtime": "auto",  # onnxruntime on the CPU when its export matches torch, else torch (objsearch.runtimes)
     "video_fps": 1.0,
     "video_stride": None,
 }
+
+
+# keys that older configuration files may hold and that nothing reads any more: accepted in a file, then dropped
+# (``k``, the neighbours per object, is the query's ``--k`` flag)
+RETIRED_KEYS = frozenset({"k"})
 
 
 class ConfigError(ObjsearchError):
@@ -93,6 +100,10 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> dict[str, A
             raise ConfigError(f"cannot read config file {file}: {exc}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {file} must hold a mapping, got {type(loaded).__name__}")
+        retired = sorted(RETIRED_KEYS & set(loaded))
+        if retired:
+            LOGGER.info("ignoring retired keys in %s: %s", file, ", ".join(retired))
+            loaded = {key: value for key, value in loaded.items() if key not in RETIRED_KEYS}
         unknown = sorted(set(loaded) - set(DEFAULTS))
         if unknown:
             raise ConfigError(f"unknown keys in {file}: {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
@@ -100,14 +111,12 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> dict[str, A
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     cfg["dims"] = parse_dims(cfg["dims"])
     for key, kind in (("conf", float), ("iou", float), ("imgsz", int), ("max_det", int), ("seed", int),
-                      ("thumb_size", int), ("thumb_quality", int), ("k", int), ("batch", int)):
+                      ("thumb_size", int), ("thumb_quality", int), ("batch", int)):
         try:
             cfg[key] = kind(cfg[key])
         except (TypeError, ValueError):
             raise ConfigError(f"{key} must be {'a number' if kind is float else 'an integer'}, got {cfg[key]!r}") from None
     try:
-        from objsearch.detector import parse_recipe
-
         parse_recipe(cfg["feature_recipe"])
     except ValueError as exc:
         raise ConfigError(f"feature_recipe: {exc}") from None

@@ -1,12 +1,14 @@
 """The YOLO detector and per-object features from one detector pass.
 
-This is the only module that imports torch and ultralytics (torchvision is never imported: see ``objsearch.roi``).
-``Detector`` runs an ultralytics ``DetectionModel`` once per image (or batch), keeps the head's intermediate maps
-with forward hooks, runs ultralytics' NMS with ``return_idxs=True`` to learn which anchor cell produced each kept box,
-and pools a feature vector for each object from the maps the head already computed. No second network runs.
+This is the only module that imports ultralytics and makes torch models (torchvision is never imported: see
+``objsearch.roi``). ``Detector`` runs an ultralytics ``DetectionModel`` once per image (or batch), keeps the head's
+intermediate maps with forward hooks (``objsearch.runtimes`` hands them over as ``objsearch.pooling.FeatureMaps``, each
+level with its stride), runs ultralytics' NMS with ``return_idxs=True`` to learn which anchor cell produced each kept
+box, and pools a feature vector for each object from the maps the head already computed (``objsearch.pooling.pool``,
+a pure function of the maps, boxes, anchors and recipe). No second network runs.
 
-Feature blocks (each is L2-normalised on its own, multiplied by its weight and concatenated; the recipe is stored in
-the index so queries use the same one):
+Feature blocks (each is L2-normalised on its own, multiplied by its weight and concatenated; the recipe, parsed and
+defaulted in ``objsearch.pooling``, is stored in the index so queries use the same one):
 
 ``cls_cell``
     The class branch's penultimate activations (``Detect.cv3[level][-2]``, 80 channels in YOLOv8n/YOLO11n) at the
@@ -24,7 +26,7 @@ the index so queries use the same one):
     on its own, then concatenated (so this block's norm is sqrt(3) times its weight).
 
 Every call also makes one whole-image feature from the same pass (``Detections.image_feature``, (F,) float32; the
-blocks of ``image_blocks``, by default pooled P3-P5 plus the per-class sum of scores, ``DEFAULT_IMAGE_RECIPE``).
+blocks of ``objsearch.pooling.image_blocks``, by default pooled P3-P5 plus the per-class sum of scores, ``DEFAULT_IMAGE_RECIPE``).
 """
 
 from __future__ import annotations
@@ -38,20 +40,23 @@ from pathlib import Path
 
 import numpy as np
 
-from objsearch.detections import Detections
+from objsearch.types import Detections, StageTimes
 from objsearch.errors import DeviceError, WeightsNotFoundError
+from objsearch.pooling import (
+    DEFAULT_IMAGE_RECIPE,
+    DEFAULT_RECIPE,
+    IMAGE_RECIPE_VERSION,
+    RECIPE_VERSION,
+    FeatureMaps,
+    image_feature,
+    letterbox_window,
+    mirror_anchors,
+    parse_image_recipe,
+    parse_recipe,
+    pool,
+)
 
 LOGGER = logging.getLogger(__name__)
-
-RECIPE_VERSION = 2  # bump when a block's definition changes: indexes of another version are refused
-FEATURE_BLOCKS = ("cls_cell", "cls_logits", "cls_roi", "box_cell", "neck_roi")
-DEFAULT_RECIPE: dict[str, float] = {"cls_logits": 2.5, "neck_roi": 1.0}  # docs/neighbours.md
-
-# whole-image feature (one vector per media item, from the same forward pass; see ``image_blocks``)
-IMAGE_RECIPE_VERSION = 1  # bump when an image block's definition changes: such indexes need `objsearch sync`
-IMAGE_BLOCKS = ("neck_gap", "neck_gmp", "cls_gap", "cls_max", "cls_sum")
-DEFAULT_IMAGE_RECIPE: dict[str, float] = {"neck_gap": 1.0, "cls_sum": 0.5}  # chosen by `eval --mode image`, see docs/quality.md
-
 
 def file_sha256(path: str | Path) -> str:
     """Hex sha256 of a file's bytes.
@@ -66,141 +71,6 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def parse_recipe(recipe: str | dict[str, float]) -> dict[str, float]:
-    """Turn ``"cls_cell:1,cls_logits:0.5"`` (or a dict) into ``{block: weight}``.
-
-    Raises
-    ------
-    ValueError
-        For an unknown block name or a weight that is not a positive number.
-    """
-    if isinstance(recipe, dict):
-        items = list(recipe.items())
-    else:
-        items = []
-        for part in str(recipe).split(","):
-            name, _, weight = part.strip().partition(":")
-            items.append((name.strip(), float(weight) if weight else 1.0))
-    out: dict[str, float] = {}
-    for name, weight in items:
-        if name not in FEATURE_BLOCKS:
-            raise ValueError(f"unknown feature block {name!r}; expected one of {', '.join(FEATURE_BLOCKS)}")
-        if not float(weight) > 0:
-            raise ValueError(f"feature block weights must be positive, got {name}:{weight}")
-        out[name] = float(weight)
-    if not out:
-        raise ValueError("a feature recipe needs at least one block")
-    return out
-
-
-def parse_image_recipe(recipe: str | dict[str, float]) -> dict[str, float]:
-    """Turn ``"neck_gap:1,cls_max:0.5"`` (or a dict) into ``{image block: weight}``.
-
-    Raises
-    ------
-    ValueError
-        For an unknown image block name or a weight that is not a positive number.
-    """
-    items = list(recipe.items()) if isinstance(recipe, dict) else [
-        (name.strip(), float(weight) if weight else 1.0)
-        for name, _, weight in (part.strip().partition(":") for part in str(recipe).split(","))]
-    out: dict[str, float] = {}
-    for name, weight in items:
-        if name not in IMAGE_BLOCKS:
-            raise ValueError(f"unknown image feature block {name!r}; expected one of {', '.join(IMAGE_BLOCKS)}")
-        if not float(weight) > 0:
-            raise ValueError(f"image feature block weights must be positive, got {name}:{weight}")
-        out[name] = float(weight)
-    if not out:
-        raise ValueError("an image feature recipe needs at least one block")
-    return out
-
-
-def letterbox_window(lb_shape: tuple[int, int], image_shape: tuple[int, ...]) -> tuple[float, float, float, float]:
-    """Where an image of ``image_shape`` (H, W[, 3]) lies in its letterboxed network input of ``lb_shape``
-    (H', W'): ``(x1, y1, x2, y2)`` in letterboxed pixels (the padding is outside), as ``scale_boxes`` computes it."""
-    h0, w0 = int(image_shape[0]), int(image_shape[1])
-    gain = min(lb_shape[0] / h0, lb_shape[1] / w0)
-    pad_w = round((lb_shape[1] - w0 * gain) / 2 - 0.1)
-    pad_h = round((lb_shape[0] - h0 * gain) / 2 - 0.1)
-    return float(pad_w), float(pad_h), float(pad_w + w0 * gain), float(pad_h + h0 * gain)
-
-
-def _window_cells(window: tuple[float, float, float, float], stride: float, grid: tuple[int, int]) -> tuple[slice, slice]:
-    """Rows and columns of a feature grid (``grid`` = (h, w) cells of ``stride`` pixels) whose cell centres lie in
-    ``window`` (letterboxed pixels); never empty."""
-    x1, y1, x2, y2 = window
-
-    def span(lo: float, hi: float, n: int) -> slice:
-        a = max(0, min(n - 1, int(np.ceil(lo / stride - 0.5))))
-        b = max(a + 1, min(n, int(np.floor(hi / stride - 0.5)) + 1))
-        return slice(a, b)
-
-    return span(y1, y2, grid[0]), span(x1, x2, grid[1])
-
-
-def image_blocks(feats: list, strides: list[float], scores, cls_maps: list | None, window,
-                 names=IMAGE_BLOCKS) -> dict:
-    """Whole-image feature blocks of ONE image from the maps a detector pass already computed (pure; torch).
-
-    Every block is pooled over the cells whose centres lie inside the image (``window``), never over the letterbox
-    padding, so an image gets the same vector alone or in a padded batch.
-
-    Parameters
-    ----------
-    feats : list of tensors of shape (C_l, H_l, W_l), the maps that feed the Detect head (P3-P5) of this image.
-    strides : list of float, pixels per cell of each level.
-    scores : tensor of shape (nc, A), the class logits at every anchor (levels flattened row-major, P3 first).
-    cls_maps : list of tensors of shape (C', H_l, W_l) (the class branch's penultimate maps), or None.
-    window : (x1, y1, x2, y2) of the image in letterboxed pixels (``letterbox_window``).
-    names : the blocks to compute.
-
-    Returns
-    -------
-    dict of block name -> tensor of shape (C,), float32, not normalised:
-
-    ``neck_gap``  global average of each P3-P5 map, each level L2-normalised, concatenated (C = sum C_l)
-    ``neck_gmp``  the same with the maximum
-    ``cls_gap``   global average of the class branch's penultimate maps, per level normalised, concatenated
-    ``cls_max``   per class, the largest logit over the image's anchors, minus the mean over classes (nc)
-    ``cls_sum``   per class, the sum of sigmoid scores over the image's anchors (a soft count; nc)
-    """
-    import torch
-
-    cells = [_window_cells(window, s, (int(f.shape[1]), int(f.shape[2]))) for f, s in zip(feats, strides)]
-    out = {}
-
-    def pooled(maps, how):
-        parts = []
-        for m, (rows, cols) in zip(maps, cells):
-            region = m[:, rows, cols].flatten(1).float()
-            v = region.mean(1) if how == "mean" else region.amax(1)
-            parts.append(torch.nn.functional.normalize(v, dim=0))
-        return torch.cat(parts)
-
-    if "neck_gap" in names:
-        out["neck_gap"] = pooled(feats, "mean")
-    if "neck_gmp" in names:
-        out["neck_gmp"] = pooled(feats, "max")
-    if "cls_gap" in names and cls_maps is not None and all(m is not None for m in cls_maps):
-        out["cls_gap"] = pooled(cls_maps, "mean")
-    if "cls_max" in names or "cls_sum" in names:
-        logits = []
-        start = 0
-        for f, (rows, cols) in zip(feats, cells):
-            h, w = int(f.shape[1]), int(f.shape[2])
-            level = scores[:, start:start + h * w].reshape(-1, h, w)
-            logits.append(level[:, rows, cols].flatten(1))
-            start += h * w
-        logits = torch.cat(logits, 1).float()
-        if "cls_max" in names:
-            top = logits.amax(1)
-            out["cls_max"] = top - top.mean()
-        if "cls_sum" in names:
-            out["cls_sum"] = logits.sigmoid().sum(1)
-    return out
 
 
 def device_name(device) -> str:
@@ -255,7 +125,7 @@ class Detector:
     threads : int or None
         Intra-op threads of an onnx/openvino runtime; None: torch's thread count when the detector is made.
     image_recipe : str or dict
-        Whole-image feature blocks and weights (see ``image_blocks``); every call also returns the image's feature
+        Whole-image feature blocks and weights (see ``objsearch.pooling.image_blocks``); every call also returns the image's feature
         as ``Detections.image_feature`` (``n_image_features``,) float32, from the same forward pass.
 
     Raises
@@ -379,13 +249,13 @@ class Detector:
         with torch.inference_mode():
             with self._forward_lock:
                 for _ in range(int(passes)):
-                    y, preds, captured = self.backend.forward(x)
+                    y, maps = self.backend.forward(x)
             non_max_suppression(y, self.conf, self.iou, max_det=self.max_det, nc=len(self.names), return_idxs=True)
             h, w = shape
             boxes = torch.tensor([[0.0, 0.0, w / 2, h / 2], [w / 4, h / 4, float(w), float(h)]], device=y.device)
-            anchors = torch.tensor([0, int(preds["scores"].shape[2]) - 1], device=y.device)  # first and last level
-            self._pool(preds, captured, 0, boxes, anchors)
-            self._image_feature(preds, captured, 0, letterbox_window(shape, (h, w)))
+            anchors = torch.tensor([0, maps.anchor_offsets[-1] - 1], device=y.device)  # first and last level
+            pool(maps, 0, boxes, anchors, self.recipe)
+            self._image_feature(maps, 0, letterbox_window(shape, (h, w)))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self._warm_shapes.add(key)
@@ -427,19 +297,13 @@ class Detector:
         return {"blocks": self.image_recipe, "n_features": self.n_image_features, "imgsz": self.imgsz,
                 "version": IMAGE_RECIPE_VERSION}
 
-    def _image_feature(self, preds: dict, captured: dict, b: int, window) -> np.ndarray:
-        """The whole-image feature (F,) float32 of batch item ``b``: each recipe block L2-normalised, weighted,
-        concatenated (see ``image_blocks``)."""
-        torch = self._torch
-        blocks = image_blocks([f[b] for f in preds["feats"]], self.strides, preds["scores"][b],
-                              [m[b] if m is not None else None for m in captured.get("cls", [])] or None,
-                              window, names=tuple(self.image_recipe))
-        parts = []
-        for name, weight in self.image_recipe.items():
-            if name not in blocks:
-                raise ValueError(f"the {self.runtime} runtime does not provide the maps of image block {name!r}")
-            parts.append(torch.nn.functional.normalize(blocks[name].float(), dim=0) * weight)
-        return torch.cat(parts).cpu().numpy().astype(np.float32)
+    def _image_feature(self, maps: FeatureMaps, b: int, window) -> np.ndarray:
+        """The whole-image feature (F,) float32 of batch item ``b`` (``pooling.image_feature``), the runtime named
+        when it did not compute a block's maps."""
+        try:
+            return image_feature(maps, b, window, self.image_recipe)
+        except ValueError as exc:
+            raise ValueError(f"runtime {self.runtime}: {exc}") from None
 
     def feature_recipe(self) -> dict:
         """What is stored in the index to describe how features were made."""
@@ -462,15 +326,15 @@ class Detector:
         return (params["new_unpad"][1] + params["top"] + params["bottom"],
                 params["new_unpad"][0] + params["left"] + params["right"])
 
-    def __call__(self, image: np.ndarray, *, conf: float | None = None, timings: dict | None = None) -> Detections:
+    def __call__(self, image: np.ndarray, *, conf: float | None = None, timings: StageTimes | None = None) -> Detections:
         """Detect the objects of one image and compute their features.
 
         Parameters
         ----------
         image : ndarray of shape (H, W, 3), uint8, BGR (as ``cv2.imread`` returns)
         conf : minimum confidence for this call; None: the detector's ``conf``.
-        timings : when given, filled with this call's milliseconds per stage (``preprocess``, ``inference``,
-            ``nms``, ``features`` (per object), ``image_feature`` (the whole-image vector)).
+        timings : when given, filled with this call's milliseconds per stage (``StageTimes``: ``preprocess``,
+            ``inference``, ``nms``, ``features`` (per object), ``image_feature`` (the whole-image vector)).
 
         Returns
         -------
@@ -486,7 +350,7 @@ class Detector:
         return self.detect_batch([image], auto=True, conf=conf, timings=timings)[0]
 
     def detect_batch(self, images: list[np.ndarray], auto: bool | None = None, *, conf: float | None = None,
-                     timings: dict | None = None, mirror: bool = False) -> list[Detections]:
+                     timings: StageTimes | None = None, mirror: bool = False) -> list[Detections]:
         """Detect the objects of several images in one forward pass.
 
         Parameters
@@ -496,7 +360,7 @@ class Detector:
             Minimal (stride-multiple) letterbox padding, as ``YOLO.predict`` does for one image. Images of different
             shapes are padded to a square ``imgsz`` when False; None picks True when all shapes are equal.
         conf : minimum confidence for this call, in [0, 1]; None: the detector's ``conf``.
-        timings : when given, filled with this call's milliseconds per stage.
+        timings : when given, filled with this call's milliseconds per stage (``StageTimes``).
         mirror : also pool each object's features from a second forward pass on the horizontally flipped input, at
             the mirrored box and anchor cell (``mirror_features``), into ``data["mirror_features"]`` (N, D) float32:
             the features the same object would get in a mirrored image (one more network pass; no second NMS).
@@ -527,22 +391,21 @@ class Detector:
         t1 = time.perf_counter()
         with torch.inference_mode():
             with self._forward_lock:
-                y, preds, captured = self.backend.forward(x)
+                y, maps = self.backend.forward(x)
             t2 = time.perf_counter()
             kept, kept_idx = non_max_suppression(
                 y, conf, self.iou, max_det=self.max_det, nc=len(self.names), return_idxs=True
             )
             t3 = time.perf_counter()
-            mirrored = self._mirror_pass(x, preds, kept, kept_idx) if mirror else None
+            mirrored = self._mirror_pass(x, maps, kept, kept_idx) if mirror else None
             out = []
             image_s = 0.0
             for b, (det, idx) in enumerate(zip(kept, kept_idx)):
-                feats = self._pool(preds, captured, b, det[:, :4], idx.long())
-                class_scores = preds["scores"][b][:, idx.long().reshape(-1)].T.float().sigmoid().cpu().numpy()
+                feats = pool(maps, b, det[:, :4], idx.long(), self.recipe)
+                class_scores = maps.scores[b][:, idx.long().reshape(-1)].T.float().sigmoid().cpu().numpy()
                 boxes = scale_boxes(x.shape[2:], det[:, :4].clone(), images[b].shape[:2])
                 ti = time.perf_counter()
-                image_feature = self._image_feature(preds, captured, b,
-                                                    letterbox_window(tuple(x.shape[2:]), images[b].shape))
+                whole = self._image_feature(maps, b, letterbox_window(tuple(x.shape[2:]), images[b].shape))
                 image_s += time.perf_counter() - ti
                 out.append(
                     Detections(
@@ -552,79 +415,30 @@ class Detector:
                         features=feats,
                         data={"class_scores": class_scores,
                               **({} if mirrored is None else {"mirror_features": mirrored[b]})},
-                        image_feature=image_feature,
+                        image_feature=whole,
                     )
                 )
         t4 = time.perf_counter()
         if timings is not None:
-            timings.update({"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, "nms": (t3 - t2) * 1e3,
-                            "features": (t4 - t3 - image_s) * 1e3, "image_feature": image_s * 1e3})
+            timings.preprocess, timings.inference, timings.nms = (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3
+            timings.features, timings.image_feature = (t4 - t3 - image_s) * 1e3, image_s * 1e3
         return out
 
-    def _mirror_pass(self, x, preds: dict, kept: list, kept_idx: list) -> list[np.ndarray]:
+    def _mirror_pass(self, x, maps: FeatureMaps, kept: list, kept_idx: list) -> list[np.ndarray]:
         """Features of the kept objects pooled from the maps of the horizontally flipped input ``x`` (B, 3, H, W):
-        each box mirrored (x1, x2 -> W - x2, W - x1) and each anchor cell mirrored within its level's row. The input
-        width is a multiple of every stride, so the mirrored cells are exactly the grid's mirror image."""
+        each box mirrored (x1, x2 -> W - x2, W - x1) and each anchor cell mirrored within its level's row
+        (``pooling.mirror_anchors``). The input width is a multiple of every stride, so the mirrored cells are exactly
+        the grid's mirror image."""
         torch = self._torch
         width = float(x.shape[3])
         with self._forward_lock:
-            _, preds_m, captured_m = self.backend.forward(torch.flip(x, dims=[3]))
-        sizes = [(int(f.shape[2]), int(f.shape[3])) for f in preds["feats"]]
-        offsets = np.cumsum([0] + [h * w for h, w in sizes])
+            _, flipped = self.backend.forward(torch.flip(x, dims=[3]))
         out = []
         for b, (det, idx) in enumerate(zip(kept, kept_idx)):
-            idx = idx.long()
             boxes = det[:, :4].clone()
             boxes[:, 0], boxes[:, 2] = width - det[:, 2], width - det[:, 0]
-            mirrored = idx.clone()
-            for lv, (h, w) in enumerate(sizes):
-                sel = (idx >= int(offsets[lv])) & (idx < int(offsets[lv + 1]))
-                cell = idx[sel] - int(offsets[lv])
-                mirrored[sel] = int(offsets[lv]) + (cell // w) * w + (w - 1 - cell % w)
-            out.append(self._pool(preds_m, captured_m, b, boxes, mirrored))
+            out.append(pool(flipped, b, boxes, mirror_anchors(maps, idx.long()), self.recipe))
         return out
-
-    def _pool(self, preds: dict, captured: dict, b: int, xyxy_lb, anchor_idx) -> np.ndarray:
-        """Features of batch item ``b`` for boxes ``xyxy_lb`` (letterboxed pixels) made at ``anchor_idx``."""
-        torch = self._torch
-        from objsearch.roi import roi_align_1x1
-
-        n = len(anchor_idx)
-        if n == 0:
-            return np.zeros((0, self.n_features), np.float32)
-        feats_maps = preds["feats"]
-        sizes = [int(f.shape[2] * f.shape[3]) for f in feats_maps]
-        offsets = torch.tensor([0] + list(np.cumsum(sizes)[:-1]), device=anchor_idx.device)
-        level = torch.bucketize(anchor_idx, offsets, right=True) - 1
-        cell = anchor_idx - offsets[level]
-        blocks = []
-        for name in self.recipe:
-            if name in ("cls_cell", "box_cell"):
-                maps = captured["cls" if name == "cls_cell" else "box"]
-                block = torch.empty((n, maps[0].shape[1]), device=anchor_idx.device)
-                for lv, m in enumerate(maps):
-                    sel = level == lv
-                    if sel.any():
-                        block[sel] = m[b].flatten(1)[:, cell[sel]].T
-            elif name == "cls_logits":
-                block = preds["scores"][b][:, anchor_idx].T
-                block = block - block.mean(1, keepdim=True)  # the logits share a large negative offset
-            elif name == "cls_roi":
-                maps = captured["cls"]
-                block = torch.empty((n, maps[0].shape[1]), device=anchor_idx.device)
-                for lv, m in enumerate(maps):
-                    sel = level == lv
-                    if sel.any():
-                        block[sel] = roi_align_1x1(m[b], xyxy_lb[sel].float(), 1.0 / self.strides[lv])
-            elif name == "neck_roi":
-                rois = xyxy_lb.float()
-                parts = [torch.nn.functional.normalize(roi_align_1x1(f[b], rois, 1.0 / s).float(), dim=1)
-                         for f, s in zip(feats_maps, self.strides)]
-                blocks.append(torch.cat(parts, 1) * self.recipe[name])  # each level has norm 1
-                continue
-            block = torch.nn.functional.normalize(block.float(), dim=1) * self.recipe[name]
-            blocks.append(block)
-        return torch.cat(blocks, 1).cpu().numpy().astype(np.float32)
 
 
 def yolo_embedder(weights: str | Path, *, imgsz: int = 640, device: str = "cpu"):

@@ -25,7 +25,7 @@ from objsearch.moments import DEFAULT_GROUP_S, group_neighbors
 from objsearch.provenance import detector_for_index, image_vectors_stale, index_config
 from objsearch.roots import Roots, UntrustedRootError
 from objsearch.types import (Detections, Hits, ImageNeighbor, ImageSearchResult, MediaRef, Neighbor, SearchResult,
-                             printable)
+                             StageTimes, printable)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -407,13 +407,13 @@ class Engine:
         store = self.store(dims)
         k = int(min(int(k), max(len(self.catalog.object_id), 1)))
         timings = dict(timings or {})
-        stage: dict[str, float] = {}
+        stage = StageTimes()
         dets = self.detector(image, conf=conf, timings=stage)
-        timings["detect"] = stage["preprocess"] + stage["inference"] + stage["nms"]
+        timings["detect"] = stage.detect
         t0 = time.perf_counter()
         vectors = self._projections[dims].transform(dets.features)
         t1 = time.perf_counter()
-        timings["features"] = stage["features"] + (t1 - t0) * 1e3
+        timings["features"] = stage.features + (t1 - t0) * 1e3
         if group_s is not None and (not np.isfinite(group_s) or group_s < 0):
             raise ValueError(f"group_s must be a number of seconds >= 0, got {group_s}")
         group = group_s is not None and self._has_frames
@@ -607,13 +607,13 @@ class Engine:
         store = self.image_store(dims)
         k = int(min(int(k), max(len(self.catalog.media_id), 1)))
         timings = dict(timings or {})
-        stage: dict[str, float] = {}
+        stage = StageTimes()
         dets = self.detector(image, timings=stage)
-        timings["detect"] = stage["preprocess"] + stage["inference"] + stage["nms"] + stage["features"]
+        timings["detect"] = stage.detect + stage.features
         t0 = time.perf_counter()
         vector = self.catalog.image_projection(dims).transform(dets.image_feature[None, :])
         t1 = time.perf_counter()
-        timings["image_feature"] = stage["image_feature"] + (t1 - t0) * 1e3
+        timings["image_feature"] = stage.image_feature + (t1 - t0) * 1e3
         with self._lock:
             hits = store.search(vector, k, exclude_image_id=exclude_media_id if exclude_media_id >= 0 else None)
         t2 = time.perf_counter()

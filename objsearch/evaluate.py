@@ -2,7 +2,7 @@
 
 Realistic protocol (``collect_labeled``, ``realistic``, ``score_realistic``; what ``eval`` prints first)
 -------------------------------------------------------------------------------------------------------
-The index holds every detection ``analyze`` would keep (with its index hygiene, ``Hygiene``), false positives and
+The index holds every detection ``analyze`` would keep (its ``objsearch.hygiene.IndexPolicy``), false positives and
 duplicates included; the query objects are the detections of a second labeled folder (or, leave-one-image-out, of
 the same one) that match a labeled object; a neighbour is right only when it is an indexed detection that matches a
 labeled object of the query's class. See ``realistic`` for the details.
@@ -35,7 +35,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from objsearch.hygiene import box_iou, index_keep
+from objsearch.hygiene import IndexPolicy, box_iou
 from objsearch.projection import MirrorWhitenedProjection, make_projection
 from objsearch.rerank import (MIRROR_SAMPLE_IMAGES, RERANK_DEPTH, RERANK_RATIO, RERANK_SHRINKAGE, promote_instances,
                               sample_positions)
@@ -469,20 +469,6 @@ def _instance_targets(index: Detections, views: dict[str, Detections], conf: flo
 
 
 @dataclass
-class Hygiene:
-    """What the index keeps and how its vectors are made (the levers of ``objsearch.hygiene`` and the detector).
-
-    ``index_conf``: minimum confidence of an indexed detection (None: the query's ``conf``); ``dedup_iou``: class-aware
-    duplicate suppression (None: off); ``mirror``: index the mean of each object's features and its mirrored
-    features (``Detector.detect_batch(mirror=True)``), so that a mirrored query finds it.
-    """
-
-    index_conf: float | None = None
-    dedup_iou: float | None = None
-    mirror: bool = False
-
-
-@dataclass
 class RealisticData:
     """The realistic protocol's inputs (see ``realistic``)."""
 
@@ -497,19 +483,15 @@ class RealisticData:
     n_instance_images: int = 0  # images of the instance index
 
 
-def _indexed(labeled: LabeledSet, conf: float, hygiene: Hygiene, image_offset: int = 0) -> Detections:
+def _indexed(labeled: LabeledSet, conf: float, policy: IndexPolicy, image_offset: int = 0) -> Detections:
     dets = labeled.detections
-    index_conf = conf if hygiene.index_conf is None else max(conf, hygiene.index_conf)
     keep = np.zeros(len(dets), bool)
     image_id = dets.data["image_id"]
     for img in np.unique(image_id):
         rows = np.flatnonzero(image_id == img)
-        keep[rows] = index_keep(dets.xyxy[rows], dets.confidence[rows], dets.class_id[rows],
-                                min_confidence=index_conf, dedup_iou=hygiene.dedup_iou)
+        keep[rows] = policy.keep(dets[rows], conf)
     out = dets[keep]
-    features = out.features
-    if hygiene.mirror:
-        features = 0.5 * (out.features + out.data["mirror_features"])
+    features = policy.features(out)
     true_class = label_detections(out.xyxy, out.confidence, out.data["image_id"], labeled.gt_xyxy,
                                   labeled.gt_class, labeled.gt_image_id)
     label_iou = best_label_iou(out.xyxy, out.data["image_id"], labeled.gt_xyxy, labeled.gt_image_id)
@@ -550,11 +532,11 @@ def _queries(labeled: LabeledSet, conf: float, image_offset: int = 0) -> Detecti
 
 
 def realistic(index_set: LabeledSet, query_set: LabeledSet | None, conf: float,
-              hygiene: Hygiene = Hygiene()) -> RealisticData:
+              policy: IndexPolicy = IndexPolicy()) -> RealisticData:
     """The realistic protocol's index and queries.
 
     * **Index**: every detection of ``index_set`` a user's ``analyze`` would keep (confidence >= ``conf``, or
-      ``hygiene.index_conf``; duplicates suppressed when ``hygiene.dedup_iou``), whether or not it matches a labeled
+      ``policy.index_conf``; duplicates suppressed when ``policy.dedup_iou``), whether or not it matches a labeled
       object; each carries its true class (-1 for a false positive, a loose box or a duplicate).
     * **Queries**: the detections of ``query_set`` (or, leave-one-image-out, of ``index_set``; their own image is then
       excluded from the search) at confidence >= ``conf`` that match a labeled object, with that object's class.
@@ -562,14 +544,14 @@ def realistic(index_set: LabeledSet, query_set: LabeledSet | None, conf: float,
       (IoU >= 0.5) to an indexed detection of the same image that matches a labeled object; the instance index is the
       index plus, when ``query_set`` is given, the query images' own indexed detections.
     """
-    index = _indexed(index_set, conf, hygiene)
+    index = _indexed(index_set, conf, policy)
     if query_set is None:
         queries, instance_index, source = _queries(index_set, conf), index, index_set
         offset = 0
     else:
         offset = index_set.n_images
         queries = _queries(query_set, conf, offset)
-        instance_index = Detections.concat([index, _indexed(query_set, conf, hygiene, offset)])
+        instance_index = Detections.concat([index, _indexed(query_set, conf, policy, offset)])
         source = query_set
     labeled_rows = np.flatnonzero(instance_index.data["true_class"] >= 0)
     targets = instance_index[labeled_rows]
@@ -786,7 +768,7 @@ def bigger_protocol(index_set: LabeledSet, query_set: LabeledSet) -> tuple[Label
 def rerank_settings(detector, cfg: dict) -> Rerank | None:
     """The ``Rerank`` an index made with ``cfg`` would use (``cfg["rerank_dims"]``, ``cfg["rerank_recipe"]`` over
     ``detector``'s feature recipe); None when ``rerank_dims`` is null."""
-    from objsearch.detector import parse_recipe
+    from objsearch.pooling import parse_recipe
     from objsearch.rerank import column_scale
 
     if cfg.get("rerank_dims") is None:

@@ -1,14 +1,22 @@
-"""What goes into an index: the detections worth keeping (pure numpy, shared by analysis and evaluation).
+"""What goes into an index: the detections worth keeping (pure numpy); the one home of the index policy that
+analysis, evaluation and the command line apply.
 
 A user's index holds every detection the detector keeps, so loose boxes, duplicates and false positives come back as
-neighbours. ``index_keep`` drops the least useful of them: detections below the index's own minimum confidence
-(``index_conf``, usually higher than the query's) and, per class, a detection that overlaps a more confident one of
-the same class by ``dedup_iou`` or more (the detector's NMS keeps overlaps up to its ``iou``, 0.7).
+neighbours. ``IndexPolicy`` (built from the configuration's ``index_conf``, ``dedup_iou`` and ``index_mirror``) says
+what an index keeps of one image's detections: those at or above its minimum confidence (the larger of the query's
+``conf`` and ``index_conf``) and, per class, not overlapping a more confident one of the same class by ``dedup_iou`` or
+more (``index_keep``; the detector's NMS keeps overlaps up to its ``iou``, 0.7); with ``mirror`` each object's
+features are the mean of its own and its mirrored features, so that a mirrored query finds it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Mapping
+
 import numpy as np
+
+from objsearch.types import Detections
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -55,3 +63,54 @@ def index_keep(xyxy: np.ndarray, confidence: np.ndarray, class_id: np.ndarray, *
         else:
             kept.append(int(i))
     return keep
+
+
+@dataclass(frozen=True)
+class IndexPolicy:
+    """What an index keeps of the detector's output and how its vectors are made.
+
+    Attributes
+    ----------
+    index_conf : float in [0, 1] or None
+        Minimum confidence of an indexed detection; None: the query's ``conf`` (see ``min_confidence``).
+    dedup_iou : float in [0, 1] or None
+        Class-aware duplicate suppression: a detection whose IoU with a more confident kept one of its class is at
+        least this is dropped; None: off.
+    mirror : bool
+        Index the mean of each object's features and its mirrored features (``Detector.detect_batch(mirror=True)``
+        puts them in ``data["mirror_features"]``).
+    """
+
+    index_conf: float | None = None
+    dedup_iou: float | None = None
+    mirror: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> IndexPolicy:
+        """The policy of a resolved configuration (``load_config``, ``analysis.index_config``): its ``index_conf``,
+        ``dedup_iou`` and ``index_mirror`` (an older index's configuration may lack them: None, None, False)."""
+        index_conf, dedup_iou = cfg.get("index_conf"), cfg.get("dedup_iou")
+        return cls(None if index_conf is None else float(index_conf), None if dedup_iou is None else float(dedup_iou),
+                   bool(cfg.get("index_mirror", False)))
+
+    def min_confidence(self, conf: float) -> float:
+        """The lowest confidence an index keeps when queries keep ``conf`` and above: the larger of the two."""
+        return float(conf) if self.index_conf is None else max(float(conf), self.index_conf)
+
+    def keep(self, dets: Detections, conf: float) -> np.ndarray:
+        """Which of ``dets`` (the detections of ONE image) the index keeps: (N,) bool (see ``index_keep``)."""
+        return index_keep(dets.xyxy, dets.confidence, dets.class_id, min_confidence=self.min_confidence(conf),
+                          dedup_iou=self.dedup_iou)
+
+    def features(self, dets: Detections) -> np.ndarray | None:
+        """The vectors the index stores for ``dets``: (N, D) float32, the mean of ``features`` and
+        ``data["mirror_features"]`` with ``mirror``, else ``features`` (None when ``dets`` has none).
+
+        Raises
+        ------
+        KeyError
+            With ``mirror``, for detections made without the mirror pass.
+        """
+        if not self.mirror or dets.features is None:
+            return dets.features
+        return 0.5 * (dets.features + dets.data["mirror_features"])

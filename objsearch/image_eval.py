@@ -13,7 +13,7 @@ Protocol
 * **The peer**: ultralytics' ``YOLO.embed()`` on the same weights (a second network pass per image; vectors
   L2-normalised, then projected the same way), scored by the same code.
 * **Cost**: ours is the marginal milliseconds the image vector adds to the detector pass that runs anyway
-  (``timings["image_feature"]``), next to the whole pass; the peer's is its whole ``embed`` call. The numbers are
+  (``StageTimes.image_feature``), next to the whole pass; the peer's is its whole ``embed`` call. The numbers are
   taken in the same run, one image after the other, so their ratio is what to compare.
 """
 
@@ -29,6 +29,7 @@ import numpy as np
 
 from objsearch.evaluate import TRANSFORMS, apply_transform, label_path_for, list_labeled_images, read_yolo_labels
 from objsearch.projection import make_projection
+from objsearch.types import StageTimes
 
 LOGGER = logging.getLogger(__name__)
 
@@ -85,22 +86,17 @@ def load_images(data_dir: Path, limit: int | None = None) -> tuple[list[Path], l
     return paths, images
 
 
-def has_labels(data_dir: Path) -> bool:
-    """Whether any image of ``data_dir`` has a YOLO label file."""
-    return any(label_path_for(p).is_file() for p in list_labeled_images(Path(data_dir)))
-
-
 def collect_ours(detector, paths: list[Path], images: list[np.ndarray], progress=None) -> ImageEvalData:
     """Our whole-image vectors: ``detector(image).image_feature`` of every image and of its distortions."""
     feats, ms, pass_ms = [], [], []
     queries = {t: [] for t in TRANSFORMS}
     for image in images:
         detector.warmup(image.shape)
-        timings: dict = {}
+        timings = StageTimes()
         t0 = time.perf_counter()
         feats.append(detector(image, timings=timings).image_feature)
         pass_ms.append((time.perf_counter() - t0) * 1e3)
-        ms.append(timings["image_feature"])
+        ms.append(timings.image_feature)
         for t in TRANSFORMS:
             distorted, _ = apply_transform(image, t)
             detector.warmup(distorted.shape)

@@ -18,7 +18,7 @@ from objsearch.errors import ObjsearchError
 from objsearch.media import decode_thumbnail
 from objsearch.moments import DEFAULT_GROUP_S
 from objsearch.sources import Frame, FrameSlot
-from objsearch.types import MediaRef, SearchResult
+from objsearch.types import ImageSearchResult, SearchResult
 
 LOGGER = logging.getLogger(__name__)
 
@@ -31,7 +31,8 @@ class QuerySettings:
     dimension (None: the searcher's). conf : detection confidence threshold (None: the index's). group_s : hits of
     one video and class within this many seconds are one moment (None: every frame on its own). mode : ``objects``
     (each object's neighbours) or ``image`` (one row of similar whole images: ``LiveResult.result`` is then an
-    ``ImageSearchResult`` and ``thumbnails`` holds whole-image pictures by media id).
+    ``ImageSearchResult``, ``LiveResult.image_mode`` is True, and ``thumbnails`` holds whole-image pictures by media
+    id).
     """
 
     k: int = 16
@@ -46,9 +47,11 @@ class QuerySettings:
 class LiveResult:
     """One processed frame.
 
-    frame : the frame searched. result : its search result (``result.to_dict()`` is the ``query --json`` object plus
-    ``frame`` and ``timestamp_s`` for video frames).
-    thumbnails : decoded (h, w, 3) uint8 BGR thumbnails by object id, every neighbour in ``result``.
+    frame : the frame searched. result : its search result, by the mode searched: a ``SearchResult`` (each object's
+    neighbours) or an ``ImageSearchResult`` (whole images; ``image_mode``). ``result.to_dict()`` is the
+    ``query --json`` object plus ``frame`` and ``timestamp_s`` for video frames.
+    thumbnails : decoded (h, w, 3) uint8 BGR pictures of every neighbour in ``result``: thumbnails by object id, or
+        whole-image pictures by media id in image mode.
     timings_ms : detect, features, search, assemble, thumbnails (and whatever ``compose`` adds).
     fps : processed frames per second over the last two seconds. dropped : frames the slot dropped so far.
     extra : what ``compose`` returned (the app's rendered rows).
@@ -57,13 +60,18 @@ class LiveResult:
     """
 
     frame: Frame
-    result: SearchResult
+    result: SearchResult | ImageSearchResult
     thumbnails: dict[int, np.ndarray]
     timings_ms: dict[str, float]
     fps: float = 0.0
     dropped: int = 0
     extra: object = None
     generation: int = 0
+
+    @property
+    def image_mode(self) -> bool:
+        """Whether this is a whole-image search (``result`` an ``ImageSearchResult``), not an object search."""
+        return isinstance(self.result, ImageSearchResult)
 
 
 class ThumbnailCache:
@@ -114,9 +122,7 @@ def search_frame(engine, frame: Frame, settings: QuerySettings, cache: Thumbnail
     ObjsearchError
         From the engine (for example a projection dimension the index does not hold).
     """
-    query = MediaRef(path=frame.name, media_id=frame.image_id,
-                     frame_index=int(frame.index) if frame.is_video else -1,
-                     timestamp_s=float(frame.timestamp_s) if frame.is_video else -1.0)
+    query = frame.media
     if settings.mode == "image":
         found = engine.search_image(frame.image, k=int(settings.k), exclude_media_id=frame.image_id,
                                     dims=settings.dims, query=query)

@@ -312,15 +312,16 @@ def compose_rows(image: np.ndarray, result: SearchResult, thumbnails: dict, *, t
     return picture, tiles
 
 
-def render_result(image: np.ndarray, result: dict, thumbnails: dict, *, header_height: int = 480,
+def render_result(image: np.ndarray, result: SearchResult, thumbnails: dict, *, header_height: int = 480,
                   thumb_height: int = 96) -> np.ndarray:
     """Draw a query result: the query with labeled boxes on top, one row of neighbours per object below.
 
     Parameters
     ----------
     image : ndarray of shape (H, W, 3), uint8 BGR, the query image.
-    result : the ``query --json`` object (``Searcher.to_json``).
-    thumbnails : JPEG bytes (or decoded arrays) by object id, for every neighbour in ``result``.
+    result : the search result of ``image`` (``Engine.search``; ``query --json`` prints its ``to_dict()``).
+    thumbnails : JPEG bytes (or decoded arrays) by object id, for every neighbour in ``result``
+        (``result.object_ids()``).
     header_height, thumb_height : pixels (the original app's "header height" and "thumb height" sliders). The query
         is scaled to ``header_height``; when that leaves it narrower than the rows below, it grows (up to twice
         ``header_height``) to fill the picture's width, centred.
@@ -364,6 +365,29 @@ def _image_cells(image: np.ndarray, result, pictures: dict, size: int) -> list[n
         cells.append(_cell(_decode(pictures.get(nb.media.media_id)), size,
                            image_tile_lines(name, nb.distance, size - 4), (170, 210, 170), strip=IMAGE_STRIP))
     return cells
+
+
+@dataclass
+class ComposedResult:
+    """A search result drawn for the app: made in the live pipeline's thread (``LivePipeline(compose=...)``, into
+    ``LiveResult.extra``), painted in the GUI thread.
+
+    Attributes
+    ----------
+    boxed : ndarray of shape (H, W, 3), uint8 RGB, C-contiguous
+        The query frame with its objects' boxes and labels (the frame itself in whole-image mode).
+    picture : ndarray of shape (H2, W2, 3), uint8
+        The rows of neighbours (``compose_rows`` or ``compose_image_row``).
+    tiles : list of Tile
+        Where each thumbnail lies in ``picture``.
+    tips : dict of (row, column) to str
+        Tooltips by tile; column -1 is the query object (or the whole query image).
+    """
+
+    boxed: np.ndarray
+    picture: np.ndarray
+    tiles: list[Tile]
+    tips: dict[tuple[int, int], str]
 
 
 def compose_image_row(image: np.ndarray, result, pictures: dict, *, thumb_height: int = 96, gap: int = 3,

@@ -1,9 +1,9 @@
 """Detector runtimes: the same ``DetectionModel`` graph run by torch, onnxruntime or OpenVINO.
 
-A backend has one method, ``forward(x) -> (y, preds, captured)``, with ``x`` the letterboxed (B, 3, H, W) float32
-torch tensor, ``y`` the Detect head's decoded output (B, 4 + nc, A), ``preds`` a dict with ``feats`` (the P3-P5 maps
-that feed the head) and ``scores`` (class logits, (B, nc, A)), and ``captured`` a dict ``{"cls": [...], "box":
-[...]}`` of the class/box branches' penultimate maps per level (only filled when the feature recipe needs them). The
+A backend has one method, ``forward(x) -> (y, maps)``, with ``x`` the letterboxed (B, 3, H, W) float32 torch tensor,
+``y`` the Detect head's decoded output (B, 4 + nc, A) and ``maps`` an ``objsearch.pooling.FeatureMaps``: the P3-P5 maps
+that feed the head, the class logits (B, nc, A), and the class/box branches' penultimate maps per level (None when
+the exported graph leaves them out: only when the feature recipe needs none of them), each level with its stride. The
 detector runs NMS and pools features on these tensors the same way whatever the runtime.
 
 The onnx and openvino backends run a graph exported once from the torch model with these extra outputs, with dynamic
@@ -34,6 +34,7 @@ import warnings
 from pathlib import Path
 
 from objsearch.errors import ExitCode, ObjsearchError
+from objsearch.pooling import FeatureMaps
 
 LOGGER = logging.getLogger(__name__)
 EXPORT_LOGGER = logging.getLogger(__name__ + ".export")  # what a user waits for once: the shells show it
@@ -85,7 +86,7 @@ def auto_runtime(device_type: str) -> str:
 
 
 class TorchBackend:
-    """The torch model as it is; the detector's forward hooks fill ``captured``."""
+    """The torch model as it is; the detector's forward hooks capture the heads' penultimate maps."""
 
     name = "torch"
 
@@ -100,7 +101,7 @@ class TorchBackend:
             y, preds = det.model(x)
         finally:
             det._local.captured = None
-        return y, preds, captured
+        return y, FeatureMaps(preds["feats"], preds["scores"], det.strides, captured["cls"], captured["box"])
 
 
 def _output_names(nl: int, maps: bool) -> list[str]:
@@ -251,13 +252,14 @@ def export_onnx(detector, maps: bool) -> Path:
     return path
 
 
-def _wrap_outputs(torch, arrays: list, nl: int, maps: bool):
+def _wrap_outputs(torch, arrays: list, strides: tuple[float, ...], maps: bool):
+    """``(y, FeatureMaps)`` of an exported graph's outputs (see ``_ExportWrapper``)."""
+    nl = len(strides)
     t = [torch.from_numpy(a) for a in arrays]
     y, feats, scores = t[0], t[1 : 1 + nl], t[1 + nl]
-    captured = {"cls": [None] * nl, "box": [None] * nl}
-    if maps:
-        captured = {"cls": t[2 + nl : 2 + 2 * nl], "box": t[2 + 2 * nl : 2 + 3 * nl]}
-    return y, {"feats": feats, "scores": scores}, captured
+    if not maps:
+        return y, FeatureMaps(feats, scores, strides)
+    return y, FeatureMaps(feats, scores, strides, t[2 + nl : 2 + 2 * nl], t[2 + 2 * nl : 2 + 3 * nl])
 
 
 class OnnxBackend:
@@ -284,13 +286,13 @@ class OnnxBackend:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
-        self.nl = detector.head.nl
+        self.strides = tuple(detector.strides)
         self.maps = maps
         self.threads = int(threads)
 
     def forward(self, x):
         arrays = self.session.run(None, {"images": x.detach().cpu().contiguous().numpy()})
-        return _wrap_outputs(self._torch, arrays, self.nl, self.maps)
+        return _wrap_outputs(self._torch, arrays, self.strides, self.maps)
 
 
 class OpenVinoBackend:
@@ -323,7 +325,7 @@ class OpenVinoBackend:
         config = {"INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY",
                   "INFERENCE_PRECISION_HINT": "f32"}
         self.compiled = core.compile_model(core.read_model(str(xml)), "CPU", config)
-        self.nl = detector.head.nl
+        self.strides = tuple(detector.strides)
         self.maps = maps
         self.threads = int(threads)
         self.n_out = len(self.compiled.outputs)
@@ -332,7 +334,7 @@ class OpenVinoBackend:
         request = self.compiled.create_infer_request()
         result = request.infer({0: x.detach().cpu().contiguous().numpy()})
         arrays = [result[self.compiled.output(i)] for i in range(self.n_out)]
-        return _wrap_outputs(self._torch, arrays, self.nl, self.maps)
+        return _wrap_outputs(self._torch, arrays, self.strides, self.maps)
 
 
 VERIFY_TOL = 1e-4  # measured: the exports differ from torch by ~1e-6 of each output's range (max 2.3e-5 features)
@@ -353,11 +355,12 @@ def verified_difference(detector, backend) -> float:
     EXPORT_LOGGER.info("checking the %s graph against torch, once", backend.name)
     x = torch.rand((1, 3, 480, 640), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        ref_y, ref_preds, ref_maps = TorchBackend(detector).forward(x.to(detector.device))
-        y, preds, maps = backend.forward(x)
-    pairs = [(ref_y, y), *zip(ref_preds["feats"], preds["feats"]), (ref_preds["scores"], preds["scores"])]
+        ref_y, ref_maps = TorchBackend(detector).forward(x.to(detector.device))
+        y, maps = backend.forward(x)
+    pairs = [(ref_y, y), *zip(ref_maps.neck, maps.neck), (ref_maps.scores, maps.scores)]
     for kind in ("cls", "box"):
-        pairs += [(a, b) for a, b in zip(ref_maps[kind], maps[kind]) if a is not None and b is not None]
+        if getattr(ref_maps, kind) is not None and getattr(maps, kind) is not None:
+            pairs += list(zip(getattr(ref_maps, kind), getattr(maps, kind)))
     diff = 0.0
     for a, b in pairs:
         a, b = a.detach().float().cpu(), b.detach().float().cpu()

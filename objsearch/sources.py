@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from objsearch.errors import ExitCode, ObjsearchError
+from objsearch.types import MediaRef
 
 LOGGER = logging.getLogger(__name__)
 
@@ -34,23 +35,53 @@ class SourceError(ObjsearchError):
 
 @dataclass
 class Frame:
-    """One frame of a source.
+    """One frame of a source: its pixels and what they are.
 
-    image : (H, W, 3) uint8 BGR.
-    index : frame number in its source (0-based; for video files, the position in the file).
-    timestamp_s : seconds from the start of a video file; seconds since the epoch for live sources.
-    name : what the frame shows (a file path, ``webcam 0``, ``screen``).
-    image_id : media id of the image in the index when the frame is an indexed image, else -1 (its own objects
-        are then left out of its results).
-    is_video : the frame comes from a video file (``index`` and ``timestamp_s`` are its place in the file).
+    Attributes
+    ----------
+    image : ndarray of shape (H, W, 3), uint8 BGR
+    media : MediaRef
+        What the frame is: ``path`` what it shows (a file path, ``webcam 0``, ``screen``), ``width`` and ``height``
+        of ``image``, ``media_id`` of the indexed item it is (its own objects are then left out of its results) or
+        -1, and for a frame of a video file its ``frame_index`` and ``timestamp_s`` (seconds from the start of the
+        file; -1 and -1.0 for anything else).
+    index : int
+        Frame number in its source (0-based; for a video file its position in the file, for a random indexed image
+        the image's position in the source's list).
+    captured_at : float
+        When the frame was read, in seconds since the epoch (``time.time()``).
     """
 
     image: np.ndarray
+    media: MediaRef
     index: int = 0
-    timestamp_s: float = 0.0
-    name: str = ""
-    image_id: int = -1
-    is_video: bool = False
+    captured_at: float = 0.0
+
+    @classmethod
+    def read_now(cls, image: np.ndarray, path: str, *, index: int = 0, media_id: int = -1,
+                 video_time_s: float | None = None) -> Frame:
+        """A frame read just now from ``path``; with ``video_time_s`` (seconds from the start of the file) it is
+        frame ``index`` of a video file."""
+        video = video_time_s is not None
+        media = MediaRef(path=str(path), width=int(image.shape[1]), height=int(image.shape[0]), media_id=int(media_id),
+                         frame_index=int(index) if video else -1, timestamp_s=float(video_time_s) if video else -1.0)
+        return cls(image, media, int(index), time.time())
+
+    @property
+    def name(self) -> str:
+        """What the frame shows: ``media.path``."""
+        return self.media.path
+
+    @property
+    def image_id(self) -> int:
+        """``media.media_id``: the indexed item the frame is, or -1."""
+        return self.media.media_id
+
+    @property
+    def is_video(self) -> bool:
+        """Whether the frame comes from a video file (``media.frame_index`` and ``media.timestamp_s`` are its place
+        in the file)."""
+        return self.media.is_video_frame
 
 
 class FrameSource:
@@ -89,7 +120,7 @@ class ImageFileSource(FrameSource):
     def read(self) -> Frame:
         from objsearch.media import read_image
 
-        return Frame(read_image(self.path), 0, time.time(), str(self.path), self.image_id)
+        return Frame.read_now(read_image(self.path), str(self.path), media_id=self.image_id)
 
 
 class VideoFrameSource(FrameSource):
@@ -112,7 +143,8 @@ class VideoFrameSource(FrameSource):
         from objsearch.media import read_video_frame
 
         image = read_video_frame(self.path, self.frame_index)
-        return Frame(image, self.frame_index, self.timestamp_s, str(self.path), self.image_id, is_video=True)
+        return Frame.read_now(image, str(self.path), index=self.frame_index, media_id=self.image_id,
+                              video_time_s=self.timestamp_s)
 
 
 class RandomImageSource(FrameSource):
@@ -154,7 +186,7 @@ class RandomImageSource(FrameSource):
             except ImageReadError as exc:
                 last = str(exc)
                 continue
-            return Frame(image, i, time.time(), str(self.paths[i]), self.media_ids[i])
+            return Frame.read_now(image, str(self.paths[i]), index=i, media_id=self.media_ids[i])
         raise SourceError(f"no readable indexed image in 20 random draws ({last}); "
                           f"if the images moved, set the index's image folder (base directory)")
 
@@ -219,7 +251,7 @@ class VideoFileSource(FrameSource):
             if not ok or image is None:
                 self._check_end()
                 return None
-        frame = Frame(image, self.position, self.position / self.fps, self.name, is_video=True)
+        frame = Frame.read_now(image, self.name, index=self.position, video_time_s=self.position / self.fps)
         self.position += 1
         return frame
 
@@ -324,7 +356,7 @@ class WebcamSource(FrameSource):
         ok, image = self._cap.read()
         if not ok or image is None:
             raise SourceError(f"{self.name} stopped delivering frames")
-        frame = Frame(image, self._count, time.time(), self.name)
+        frame = Frame.read_now(image, self.name, index=self._count)
         self._count += 1
         return frame
 
@@ -389,7 +421,7 @@ class ScreenSource(FrameSource):
             raise SourceError(f"screen grab failed: {exc or type(exc).__name__}") from None
         if image is None or image.ndim != 3 or image.size == 0:
             raise SourceError("screen grab failed: it returned no pixels")
-        frame = Frame(image, self._count, time.time(), self.name)
+        frame = Frame.read_now(image, self.name, index=self._count)
         self._count += 1
         return frame
 

@@ -36,8 +36,11 @@ class Detections:
         Extra per-object arrays (for example ``object_id`` and ``media_id`` of indexed objects).
     image_feature : ndarray of shape (F,), float32, or None
         One raw whole-image feature vector of the image these objects come from (see
-        ``objsearch.detector.image_blocks``), made by the same detector pass; kept by indexing (it describes the
+        ``objsearch.pooling.image_blocks``), made by the same detector pass; kept by indexing (it describes the
         image, not the objects), dropped by ``concat`` (several images have no one image vector).
+
+    Every array is this object's own copy: the caller's arrays are never kept, and a part made by indexing (a
+    slice, a mask, integers) shares no memory with its source.
 
     Raises
     ------
@@ -53,33 +56,35 @@ class Detections:
     image_feature: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        xyxy = np.asarray(self.xyxy, dtype=np.float32)
+        # Every array is copied (np.array copies by default), even one already of the right dtype: a caller's array
+        # is never kept, and an indexed part (a basic slice is a numpy view) never writes back into its source.
+        xyxy = np.array(self.xyxy, dtype=np.float32)
         if xyxy.size == 0:
             xyxy = xyxy.reshape(0, 4)
         if xyxy.ndim != 2 or xyxy.shape[1] != 4:
             raise ValueError(f"xyxy must have shape (N, 4), got {xyxy.shape}")
         self.xyxy = xyxy
         n = len(self.xyxy)
-        self.confidence = np.asarray(self.confidence, dtype=np.float32).reshape(-1)
-        self.class_id = np.asarray(self.class_id, dtype=np.int64).reshape(-1)
+        self.confidence = np.array(self.confidence, dtype=np.float32).reshape(-1)
+        self.class_id = np.array(self.class_id, dtype=np.int64).reshape(-1)
         if len(self.confidence) != n or len(self.class_id) != n:
             raise ValueError(
                 f"xyxy, confidence and class_id must have the same length, got "
                 f"{n}, {len(self.confidence)} and {len(self.class_id)}"
             )
         if self.features is not None:
-            self.features = np.asarray(self.features, dtype=np.float32)
+            self.features = np.array(self.features, dtype=np.float32)
             if self.features.ndim != 2 or len(self.features) != n:
                 raise ValueError(f"features must have shape ({n}, D), got {self.features.shape}")
         data = {}
         for key, value in (self.data or {}).items():
-            value = np.asarray(value)
+            value = np.array(value)
             if len(value) != n:
                 raise ValueError(f"data[{key!r}] must have length {n}, got {len(value)}")
             data[key] = value
         self.data = data
         if self.image_feature is not None:
-            self.image_feature = np.asarray(self.image_feature, dtype=np.float32)
+            self.image_feature = np.array(self.image_feature, dtype=np.float32)
             if self.image_feature.ndim != 1:
                 raise ValueError(f"image_feature must have shape (F,), got {self.image_feature.shape}")
 
@@ -123,6 +128,37 @@ class Detections:
             features=np.concatenate([p.features for p in parts]) if with_features else None,
             data={k: np.concatenate([p.data[k] for p in parts]) for k in sorted(keys)},
         )
+
+
+@dataclass
+class StageTimes:
+    """Milliseconds one detector call spent in each stage; ``Detector.__call__`` and ``detect_batch`` fill the one
+    they are given.
+
+    Attributes
+    ----------
+    preprocess : float
+        Letterboxing and the transfer of the input to the device.
+    inference : float
+        The network's forward pass.
+    nms : float
+        Non-maximum suppression.
+    features : float
+        Pooling the objects' feature vectors (with the mirror pass, when asked for).
+    image_feature : float
+        Pooling the whole-image feature vector.
+    """
+
+    preprocess: float = 0.0
+    inference: float = 0.0
+    nms: float = 0.0
+    features: float = 0.0
+    image_feature: float = 0.0
+
+    @property
+    def detect(self) -> float:
+        """Milliseconds until the boxes are known: ``preprocess + inference + nms``."""
+        return self.preprocess + self.inference + self.nms
 
 
 # ----------------------------------------------------------------------------------------------------- media

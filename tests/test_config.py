@@ -116,3 +116,29 @@ def test_rerank_keys(tmp_path):
         path.write_text(f"{key}: {value}\n")
         with pytest.raises(ConfigError, match=message):
             load_config(path)
+
+
+def test_a_retired_key_in_an_older_file_is_ignored(tmp_path):
+    """``k`` (neighbours per object) was a key nothing read; files that still hold it keep loading."""
+    path = tmp_path / "old.yaml"
+    path.write_text("k: 16\nconf: 0.4\n")
+    cfg = load_config(path)
+    assert "k" not in cfg and cfg["conf"] == 0.4 and set(cfg) == set(DEFAULTS)
+
+
+def test_the_shipped_default_file_shows_the_defaults_in_code():
+    """``cfg/default.yaml`` is the user-visible copy of ``DEFAULTS``: every key, every value (the default recipes
+    included, which the detector and the configuration read from one constant in ``objsearch.pooling``)."""
+    import inspect
+
+    import yaml
+
+    from objsearch.detector import Detector
+    from objsearch.pooling import DEFAULT_RECIPE, DEFAULT_RERANK_RECIPE, parse_recipe
+
+    shipped = yaml.safe_load((ROOT / "cfg" / "default.yaml").read_text())
+    assert shipped == DEFAULTS
+    assert DEFAULTS["feature_recipe"] == DEFAULT_RECIPE and DEFAULTS["rerank_recipe"] == DEFAULT_RERANK_RECIPE
+    assert parse_recipe(shipped["feature_recipe"]) == parse_recipe(DEFAULT_RECIPE) == {"cls_logits": 2.5,
+                                                                                      "neck_roi": 1.0}
+    assert inspect.signature(Detector).parameters["recipe"].default == DEFAULT_RECIPE

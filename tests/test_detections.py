@@ -55,10 +55,39 @@ def test_integer_and_slice_indexing_return_detections(dets):
     assert dets[np.array([2, 0])].confidence.tolist() == pytest.approx([0.6, 0.9])
 
 
-def test_indexing_copies_nothing_back(dets):
-    part = dets[dets.class_id > 0]
-    part.xyxy[:] = -1
-    assert dets.xyxy.min() >= 0
+@pytest.mark.parametrize("index", [slice(1, None), slice(None, None, 2), 1, np.int64(0), [2, 0],
+                                   np.array([False, True, True])], ids=["slice", "step", "int", "np.int", "list", "mask"])
+def test_indexing_copies_nothing_back(dets, index):
+    """Basic slices are numpy views, so each array of the part must be copied, not only mask-indexed ones."""
+    dets.data["object_id"] = np.array([10, 11, 12], np.int64)
+    dets.image_feature = np.ones(3, np.float32)
+    before = {name: getattr(dets, name).copy() for name in ("xyxy", "confidence", "class_id", "features")}
+    part = dets[index]
+    assert len(part) > 0
+    for name in before:
+        getattr(part, name)[...] = -1
+    part.data["object_id"][...] = -1
+    part.image_feature[...] = -1
+    for name, value in before.items():
+        np.testing.assert_array_equal(getattr(dets, name), value, err_msg=name)
+    np.testing.assert_array_equal(dets.data["object_id"], [10, 11, 12])
+    np.testing.assert_array_equal(dets.image_feature, 1)
+
+
+def test_constructor_never_keeps_a_callers_array():
+    """Arrays already of the documented dtype must be copied too: writing into the detections leaves the caller's."""
+    xyxy = np.zeros((2, 4), np.float32)
+    confidence = np.full(2, 0.5, np.float32)
+    class_id = np.zeros(2, np.int64)
+    features = np.zeros((2, 3), np.float32)
+    object_id = np.arange(2, dtype=np.int64)
+    image_feature = np.zeros(5, np.float32)
+    dets = Detections(xyxy, confidence, class_id, features, {"object_id": object_id}, image_feature)
+    for array in (dets.xyxy, dets.confidence, dets.class_id, dets.features, dets.data["object_id"],
+                  dets.image_feature):
+        array[...] = 7
+    assert not xyxy.any() and (confidence == 0.5).all() and not class_id.any() and not features.any()
+    assert object_id.tolist() == [0, 1] and not image_feature.any()
 
 
 def test_empty():

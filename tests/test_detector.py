@@ -109,7 +109,7 @@ def test_recipe_and_weights_identity(detector):
 
 
 def test_unknown_recipe_block_is_refused():
-    from objsearch.detector import parse_recipe
+    from objsearch.pooling import parse_recipe
 
     assert parse_recipe("cls_cell:1,cls_logits:0.5") == {"cls_cell": 1.0, "cls_logits": 0.5}
     with pytest.raises(ValueError, match="unknown feature block 'bogus'"):

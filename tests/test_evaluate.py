@@ -12,6 +12,7 @@ from testdata import COCO128, COCO128_IMAGES, WEIGHTS
 from objsearch import evaluate as ev
 from objsearch.cli import app
 from objsearch.detections import Detections
+from objsearch.hygiene import IndexPolicy
 
 
 def test_box_iou_by_hand():
@@ -195,7 +196,7 @@ def test_realistic_protocol_counts_a_false_positive_neighbour_wrong():
     assert r["precision_at_k_same_class"][1] == 0.0 and r["precision_at_k_same_class"][5] == pytest.approx(1 / 2)
     assert r["false_neighbours_same_class"] == pytest.approx(1 / 2)
     assert r["n_index_unmatched"] == 1
-    clean = ev.score_realistic(ev.realistic(index, queries, 0.25, ev.Hygiene(index_conf=0.5)), 32, "pca")
+    clean = ev.score_realistic(ev.realistic(index, queries, 0.25, IndexPolicy(index_conf=0.5)), 32, "pca")
     assert clean["n_index"] == 2 and clean["precision_at_k"][1] == 1.0 and clean["precision_at_k"][5] == 0.5
     assert clean["precision_at_k_same_class"][5] == 1.0 and clean["false_neighbours_same_class"] == 0.0
     # the instance index holds the query images too: every re-detected object finds itself
@@ -217,7 +218,7 @@ def test_realistic_leave_one_image_out_and_duplicates():
     # query 0 (image 0): neighbours image 1's person (right) then image 2's; query 2 (image 1): the person and its
     # duplicate in image 0, the duplicate wrong
     assert r["precision_at_k_same_class"][5] == pytest.approx((1 + 1 / 2 + 0) / 2)  # the class-5 query gets none
-    deduped = ev.realistic(labeled, None, 0.25, ev.Hygiene(dedup_iou=0.5))
+    deduped = ev.realistic(labeled, None, 0.25, IndexPolicy(dedup_iou=0.5))
     assert len(deduped.index) == 3
     r = ev.score_realistic(deduped, 32, "pca")
     assert r["precision_at_k_same_class"][5] == 1.0 and r["n_index_unmatched"] == 0
@@ -245,6 +246,24 @@ def test_index_keep_by_hand():
     assert index_keep(xyxy, conf, cls, dedup_iou=0.5).tolist() == [True, False, True, False, True]
     assert index_keep(xyxy, conf, cls, dedup_iou=0.85).tolist() == [True, True, True, True, True]
     assert index_keep(np.zeros((0, 4)), [], []).shape == (0,)
+
+
+def test_index_policy_by_hand():
+    """The one rule analysis, evaluation and the CLI apply: confidence >= max(conf, index_conf), then class-aware
+    duplicates; with mirror the stored vector is the mean of the object's and its mirror's features."""
+    dets = Detections(xyxy=[[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]], confidence=[0.9, 0.8, 0.5],
+                      class_id=[1, 1, 1], features=np.ones((3, 2)), data={"mirror_features": np.full((3, 2), 3.0)})
+    assert IndexPolicy().min_confidence(0.25) == 0.25
+    assert IndexPolicy(index_conf=0.6).min_confidence(0.25) == 0.6
+    assert IndexPolicy(index_conf=0.1).min_confidence(0.25) == 0.25  # never below the query's
+    assert IndexPolicy(index_conf=0.6).keep(dets, 0.25).tolist() == [True, True, False]
+    assert IndexPolicy(dedup_iou=0.5).keep(dets, 0.25).tolist() == [True, False, True]
+    assert IndexPolicy(index_conf=0.6, dedup_iou=0.5).keep(dets, 0.25).tolist() == [True, False, False]
+    np.testing.assert_array_equal(IndexPolicy().features(dets), 1.0)
+    np.testing.assert_array_equal(IndexPolicy(mirror=True).features(dets), 2.0)
+    policy = IndexPolicy.from_config({"conf": 0.25, "index_conf": "0.5", "dedup_iou": None, "index_mirror": True})
+    assert policy == IndexPolicy(index_conf=0.5, dedup_iou=None, mirror=True)
+    assert IndexPolicy.from_config({"conf": 0.25}) == IndexPolicy()  # an index made before these settings existed
 
 
 def test_eval_refuses_a_query_folder_without_labels(tmp_path):

@@ -60,7 +60,7 @@ def test_nms_without_torchvision_keeps_the_same_boxes(detector, monkeypatch):
         boxed = detector._letterbox(image, True)
         x = torch.from_numpy(np.ascontiguousarray(boxed[None, ..., ::-1].transpose(0, 3, 1, 2))).float() / 255
         with torch.inference_mode():
-            y, _, _ = detector.backend.forward(x)
+            y, _ = detector.backend.forward(x)
         x_all.append(y)
     kept = [non_max_suppression(y, 0.25, 0.7, return_idxs=True) for y in x_all]
     monkeypatch.delitem(sys.modules, "torchvision")

@@ -75,7 +75,7 @@ def test_video_frames_are_images_with_advancing_index_and_time():
         for i in range(5):
             frame = source.read()
             assert frame.image.shape == (432, 768, 3) and frame.image.dtype == np.uint8
-            assert frame.index == i and frame.timestamp_s == pytest.approx(i / 10.0)
+            assert frame.index == i and frame.media.timestamp_s == pytest.approx(i / 10.0)
             assert frame.name == str(VIDEO) and frame.image_id == -1
             np.testing.assert_array_equal(frame.image, reference[i])
 
@@ -87,7 +87,7 @@ def test_video_seek_gives_that_frame():
         for n in (40, 12, 60):
             source.seek(n)
             frame = source.read()
-            assert frame.index == n and frame.timestamp_s == pytest.approx(n / 10.0)
+            assert frame.index == n and frame.media.timestamp_s == pytest.approx(n / 10.0)
             diff = np.abs(frame.image.astype(np.int16) - reference[n]).mean()
             assert diff < 1.0, (n, diff)
             nxt = source.read()
@@ -116,7 +116,7 @@ def test_short_clip_reads_to_the_end(clip):
             assert len(frames) <= CLIP_FRAMES
         assert source.read() is None  # stays at the end
     assert [f.index for f in frames] == list(range(CLIP_FRAMES))
-    assert [f.timestamp_s for f in frames] == pytest.approx([i / CLIP_FPS for i in range(CLIP_FRAMES)])
+    assert [f.media.timestamp_s for f in frames] == pytest.approx([i / CLIP_FPS for i in range(CLIP_FRAMES)])
     # mp4v is lossy, but every frame is still its source frame and not another one (the empty scene recurs, so
     # another source frame may be as close, never closer)
     for i, frame in enumerate(frames):
@@ -156,7 +156,7 @@ def test_webcam_with_a_stand_in_camera_yields_real_frames():
         frames = [source.read() for _ in range(3)]
     assert [f.index for f in frames] == [0, 1, 2]
     assert all(f.name == "webcam 3" for f in frames)
-    assert frames[0].timestamp_s <= frames[2].timestamp_s and abs(frames[0].timestamp_s - time.time()) < 60
+    assert frames[0].captured_at <= frames[2].captured_at and abs(frames[0].captured_at - time.time()) < 60
     for f, r in zip(frames, reference):
         np.testing.assert_array_equal(f.image, r)
     with pytest.raises(SourceError, match="closed"):
@@ -299,7 +299,7 @@ def test_image_file_source_on_a_corrupt_file(tmp_path):
 # -------------------------------------------------------------------------------------------------- slot
 @pytest.fixture(scope="module")
 def frames3():
-    return [Frame(image, i, i / 10.0, "video") for i, image in enumerate(video_frames(3))]
+    return [Frame.read_now(image, "video", index=i, video_time_s=i / 10.0) for i, image in enumerate(video_frames(3))]
 
 
 def test_slot_keeps_the_newest_frame(frames3):
@@ -409,7 +409,7 @@ class RealFrames(FrameSource):
         if self.fail_after is not None and self.count >= self.fail_after:
             raise SourceError("stand-in camera unplugged")
         time.sleep(self.period)
-        frame = Frame(self.images[self.count % 4], self.count, time.time(), self.name)
+        frame = Frame.read_now(self.images[self.count % 4], self.name, index=self.count)
         self.count += 1
         return frame
 

@@ -19,8 +19,10 @@ def spied(detector, monkeypatch):
     """The session detector with its forward passes, NMS and pooling counted."""
     import ultralytics.utils.nms as nms_module
 
+    import objsearch.detector as detector_module
+
     calls = {"forward": [], "nms": 0, "pool": 0, "image_feature": 0}
-    forward, pool, image_feature = detector.backend.forward, detector._pool, detector._image_feature
+    forward, pool, image_feature = detector.backend.forward, detector_module.pool, detector._image_feature
     nms = nms_module.non_max_suppression
 
     def count_forward(x):
@@ -39,7 +41,7 @@ def spied(detector, monkeypatch):
 
     monkeypatch.setattr(detector.backend, "forward", count_forward)
     monkeypatch.setattr(nms_module, "non_max_suppression", count_nms)
-    monkeypatch.setattr(detector, "_pool", count("pool", pool))
+    monkeypatch.setattr(detector_module, "pool", count("pool", pool))  # objsearch.pooling.pool, as the detector calls it
     monkeypatch.setattr(detector, "_image_feature", count("image_feature", image_feature))
     return detector, calls
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from objsearch import evaluate as ev
 from objsearch.detections import Detections
-from objsearch.detector import FEATURE_BLOCKS
+from objsearch.pooling import FEATURE_BLOCKS
 
 QUERY_CONF = 0.25
 

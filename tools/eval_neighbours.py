@@ -26,7 +26,7 @@ import numpy as np
 
 from objsearch import evaluate as ev
 from objsearch.detections import Detections
-from objsearch.detector import FEATURE_BLOCKS
+from objsearch.pooling import FEATURE_BLOCKS
 from objsearch.rerank import column_scale
 from objsearch.types import Hits
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from objsearch import image_eval as ie
-from objsearch.detector import IMAGE_BLOCKS, Detector
+from objsearch.detector import Detector
+from objsearch.pooling import IMAGE_BLOCKS
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "weights" / "yolov8n-reconstructed.pt"
 RECIPES = [{b: 1.0} for b in IMAGE_BLOCKS] + [

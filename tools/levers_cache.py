@@ -19,7 +19,8 @@ import cv2
 import numpy as np
 
 from objsearch import evaluate as ev
-from objsearch.detector import FEATURE_BLOCKS, Detector
+from objsearch.detector import Detector
+from objsearch.pooling import FEATURE_BLOCKS
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 WEIGHTS = {"v8n": DATA / "weights" / "yolov8n-reconstructed.pt", "11n": DATA / "weights" / "yolo11n-reconstructed.pt"}

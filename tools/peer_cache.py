@@ -24,6 +24,7 @@ import numpy as np
 
 from objsearch import evaluate as ev
 from objsearch.detector import Detector, yolo_embedder
+from objsearch.types import StageTimes
 
 from levers_cache import DATASETS, WEIGHTS
 
@@ -66,12 +67,12 @@ def cache_one(weights: Path, folder: Path, levers: Path, out: Path, views: bool)
     for i, path in enumerate(images):
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         h, w = image.shape[:2]
-        timings: dict = {}
+        timings = StageTimes()
         tp = time.perf_counter()
         dets = detector(image, timings=timings)
         pass_ms.append((time.perf_counter() - tp) * 1e3)
         if len(dets):
-            ours_ms.append(timings["features"] / len(dets))
+            ours_ms.append(timings.features / len(dets))
         for v, rows in keep.items():
             sel = np.flatnonzero(z[f"{v}_img"][rows] == i)
             if not len(sel):

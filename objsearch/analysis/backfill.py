@@ -49,7 +49,8 @@ def fit_rerank_projection(writer, detector, cfg: dict, *, roots: Roots | None = 
     this user did not choose is passed over, as one whose path leaves its root). None (logged) when fewer than 2
     objects are found in them: the index is then searched without reranking.
     """
-    from objsearch.detector import parse_recipe
+    from objsearch.hygiene import IndexPolicy
+    from objsearch.pooling import parse_recipe
     from objsearch.projection import MirrorWhitenedProjection
     from objsearch.rerank import RERANK_SHRINKAGE, column_scale, mirror_pairs, sample_positions
 
@@ -73,8 +74,8 @@ def fit_rerank_projection(writer, detector, cfg: dict, *, roots: Roots | None = 
             except ImageReadError as exc:
                 LOGGER.warning("rerank projection: skipping %s: %s", path, exc)
 
-    conf = float(cfg["conf"]) if cfg.get("index_conf") is None else max(float(cfg["conf"]), float(cfg["index_conf"]))
-    pairs = mirror_pairs(detector, images(), conf=conf, dedup_iou=cfg.get("dedup_iou"))
+    policy = IndexPolicy.from_config(cfg)
+    pairs = mirror_pairs(detector, images(), conf=policy.min_confidence(cfg["conf"]), dedup_iou=policy.dedup_iou)
     if len(pairs[0]) < 2:
         LOGGER.warning("rerank projection not made: the %d sampled images hold %d objects", len(rows), len(pairs[0]))
         return None

@@ -20,6 +20,7 @@ import numpy as np
 from objsearch.analysis.journal import Journal, VideoEnd, record_key
 from objsearch.analysis.prefetch import prefetch, video_sampling
 from objsearch.errors import ExitCode, ImageReadError, ObjsearchError, VideoReadError
+from objsearch.hygiene import IndexPolicy
 from objsearch.media import VIDEO_SUFFIXES, make_thumbnail, video_info
 from objsearch.types import Detections, MediaRecord, MediaRef, SkippedFile
 
@@ -100,27 +101,19 @@ def relative_path(path: Path, base_dir: Path) -> str:
 
 
 def detect_for_index(detector, images: list[np.ndarray], cfg: dict) -> list[Detections]:
-    """Detections of ``images`` (each (H, W, 3) uint8 BGR) as an index stores them: confidence at least ``conf`` and
-    ``index_conf``, class-aware duplicates at IoU ``dedup_iou`` suppressed (``objsearch.hygiene.index_keep``), and
-    with ``index_mirror`` each object's features the mean of its own and its mirrored features
-    (``Detector.detect_batch(mirror=True)``: one more network pass), so that a mirrored query finds it. Several
-    images go in one forward pass (they must share a letterbox shape)."""
-    from objsearch.hygiene import index_keep
-
-    conf = float(cfg["conf"]) if cfg.get("index_conf") is None else max(float(cfg["conf"]), float(cfg["index_conf"]))
-    mirror = bool(cfg.get("index_mirror", False))
-    found = detector.detect_batch(images, auto=True, conf=conf, mirror=mirror)
+    """Detections of ``images`` (each (H, W, 3) uint8 BGR) as an index stores them: what the configuration's
+    ``IndexPolicy`` keeps (``objsearch.hygiene``), with ``index_mirror`` each object's features the mean of its own and
+    its mirrored features (``Detector.detect_batch(mirror=True)``: one more network pass), so that a mirrored query
+    finds it. Several images go in one forward pass (they must share a letterbox shape)."""
+    policy = IndexPolicy.from_config(cfg)
+    conf = policy.min_confidence(cfg["conf"])
+    found = detector.detect_batch(images, auto=True, conf=conf, mirror=policy.mirror)
     out = []
     for dets in found:
-        if mirror and len(dets):
-            dets = Detections(dets.xyxy, dets.confidence, dets.class_id,
-                              0.5 * (dets.features + dets.data["mirror_features"]), image_feature=dets.image_feature)
-        elif mirror:
-            dets = Detections(dets.xyxy, dets.confidence, dets.class_id, dets.features,
+        if policy.mirror:  # the mirror pass's features are folded in, not stored
+            dets = Detections(dets.xyxy, dets.confidence, dets.class_id, policy.features(dets),
                               image_feature=dets.image_feature)
-        if cfg.get("dedup_iou") is not None:
-            dets = dets[index_keep(dets.xyxy, dets.confidence, dets.class_id, dedup_iou=float(cfg["dedup_iou"]))]
-        out.append(dets)
+        out.append(dets[policy.keep(dets, conf)])
     return out
 
 

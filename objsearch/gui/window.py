@@ -26,7 +26,7 @@ from objsearch.media import IMAGE_SUFFIXES
 from objsearch.roots import UntrustedRootError
 from objsearch.types import format_timestamp, printable
 from objsearch.live import LivePipeline, LiveResult, QuerySettings
-from objsearch.render import compose_image_row, compose_rows, draw_boxes
+from objsearch.render import ComposedResult, compose_image_row, compose_rows, draw_boxes
 from objsearch.sources import (CaptureThread, FrameSlot, ImageFileSource, RandomImageSource, ScreenSource, SourceError,
                                VideoFileSource, VideoFrameSource, WebcamSource, parse_source)
 
@@ -753,8 +753,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _neighbor_clicked(self, tile_id: int) -> None:
         """A click on a tile of the shown result: an object's neighbour, or a whole-image neighbour (a media id)."""
-        shown = self.last_result.result if self.last_result is not None else None
-        if shown is not None and not hasattr(shown, "detections"):
+        if self.last_result is not None and self.last_result.image_mode:
             self.query_media(tile_id)
         else:
             self.query_object(tile_id)
@@ -800,16 +799,16 @@ class MainWindow(QtWidgets.QMainWindow):
             self._paint_rows(self.last_result)
 
     # ------------------------------------------------------------------------------------------------ display
-    def _compose(self, result: LiveResult):
+    def _compose(self, result: LiveResult) -> ComposedResult:
         """Runs in the pipeline thread: the boxed frame (RGB) and the rows picture with its tiles and tooltips."""
         image = result.frame.image
         found = result.result
-        if not hasattr(found, "detections"):  # an ImageSearchResult (whole-image mode)
+        if result.image_mode:
             picture, tiles = compose_image_row(image, found, result.thumbnails, thumb_height=self.thumb_height)
             tips = {(0, -1): f"query: the whole of {printable(result.frame.name)}"}
             for c, nb in enumerate(found.neighbors):
                 tips[(0, c)] = f"{nb.media.display_name()}\ndistance {nb.distance:.3f}\nclick: search this image"
-            return np.ascontiguousarray(image[..., ::-1]), picture, tiles, tips
+            return ComposedResult(np.ascontiguousarray(image[..., ::-1]), picture, tiles, tips)
         dets = found.detections
         shrink = max(1.0, image.shape[0] / max(self._header_height, 1))  # labels stay readable once scaled down
         boxed = draw_boxes(image.copy(), found, 1.0, max(2, int(round(1.5 * shrink))), 0.45 * shrink)[..., ::-1]
@@ -826,17 +825,17 @@ class MainWindow(QtWidgets.QMainWindow):
                 tips[(r, c)] = (f"{nb.media.display_name()}\n{found.label(nb.class_id)} {nb.confidence:.2f}, "
                                 f"distance {nb.distance:.3f} (object {nb.object_id}){moment}\nclick: search this "
                                 f"{'frame' if nb.media.is_video_frame else 'image'}")
-        return np.ascontiguousarray(boxed), picture, tiles, tips
+        return ComposedResult(np.ascontiguousarray(boxed), picture, tiles, tips)
 
     def _paint_rows(self, result: LiveResult) -> None:
-        _, picture, tiles, tips = result.extra
-        self.rows.set_picture(picture, tiles, tips)
+        composed = result.extra
+        self.rows.set_picture(composed.picture, composed.tiles, composed.tips)
 
     def _show_result(self, result: LiveResult) -> None:
         if result.generation != self.slot.generation:  # queued before a source change, pause, seek or new settings
             return
         t0 = time.perf_counter()
-        boxed = result.extra[0]
+        boxed = result.extra.boxed
         self.frame_item.setImage(boxed, autoLevels=False, levels=(0, 255))
         if boxed.shape != self._frame_shape:
             self._frame_shape = boxed.shape
@@ -846,7 +845,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.n_results_shown += 1
         if isinstance(self.source, VideoFileSource) and not self.seek_slider.isSliderDown():
             self.seek_slider.setValue(result.frame.index)
-            self.position_label.setText(f"{result.frame.timestamp_s:.1f} s / frame {result.frame.index}")
+            self.position_label.setText(f"{result.frame.media.timestamp_s:.1f} s / frame {result.frame.index}")
         paint = (time.perf_counter() - t0) * 1e3
         t = result.timings_ms
         display = t.get("thumbnails", 0) + t.get("compose", 0) + paint
@@ -854,7 +853,7 @@ class MainWindow(QtWidgets.QMainWindow):
         live = self.capture is not None
         rate = f"{result.fps:.1f} fps · " if live else ""
         dropped = f" · dropped {result.dropped}" if live else ""
-        if hasattr(result.result, "detections"):
+        if not result.image_mode:
             what = f"{len(result.result.detections)} objects · detect {t.get('detect', 0):.1f} · features " \
                    f"{t.get('features', 0):.1f}"
         else:

@@ -17,6 +17,8 @@ import pytest
 
 from support import record
 
+from objsearch.types import StageTimes
+
 ROOT = Path(__file__).resolve().parents[2]
 BUS = ROOT.parent / "shared" / "data" / "samples" / "bus.jpg"
 SEED = 20240611
@@ -37,11 +39,11 @@ class _SameImageDetector:
     def __call__(self, image, conf=None, timings=None):
         key = (image.shape, hash(image[::7, ::7].tobytes()), conf)
         if key not in self._cache:
-            stage = {}
+            stage = StageTimes()
             self._cache[key] = (self._detector(image, conf=conf, timings=stage), stage)
         dets, stage = self._cache[key]
         if timings is not None:
-            timings.update(stage)
+            vars(timings).update(vars(stage))
         return dets
 
 
