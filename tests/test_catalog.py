@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from objsearch.catalog import Catalog, CatalogWriter, compact, convert, repair
-from objsearch.catalog import hdf5 as catalog_hdf5
+from objsearch.catalog import storage as catalog_storage
 from objsearch.catalog import txn
 from objsearch.errors import IndexFileError, IndexLockedError
 from objsearch.projection import make_projection
@@ -367,7 +367,7 @@ class _Killer:
 
     def install(self, monkeypatch) -> None:
         write, truncate, append = txn.JournaledFile.write, txn.JournaledFile.truncate, txn.UndoLog.append
-        fsync_path = catalog_hdf5._fsync_path
+        fsync_path = catalog_storage.fsync_path
         killer = self
 
         def k_write(self, data):
@@ -389,7 +389,7 @@ class _Killer:
         monkeypatch.setattr(txn.JournaledFile, "write", k_write)
         monkeypatch.setattr(txn.JournaledFile, "truncate", k_truncate)
         monkeypatch.setattr(txn.UndoLog, "append", k_append)
-        monkeypatch.setattr(catalog_hdf5, "_fsync_path", k_fsync_path)
+        monkeypatch.setattr(catalog_storage, "fsync_path", k_fsync_path)
 
 
 def _kill_and_resume(tmp_path, monkeypatch, points_per_step: int | None, recover=None) -> None:

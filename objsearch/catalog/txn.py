@@ -164,7 +164,7 @@ class UndoLog:
         self._write_all(head + struct.pack("<I", zlib.crc32(head)))
         if fsync:
             os.fsync(self.fd)
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         self._dirty = False
 
     def _write_all(self, data: bytes) -> None:
@@ -196,10 +196,11 @@ class UndoLog:
         self.close()
         os.unlink(self.path)
         if self.fsync:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """fsync a folder, so that a rename or unlink in it survives a power cut (a no-op where folders cannot be opened)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -255,7 +256,7 @@ def rollback(path: Path) -> bool:
                 os.fsync(fd)
                 LOGGER.warning("rolled back an unfinished transaction of %s (%d saved ranges)", path, len(ranges))
             os.unlink(upath)
-            _fsync_dir(upath.parent)
+            fsync_dir(upath.parent)
         finally:
             lock.release()
     finally:
