@@ -200,7 +200,8 @@ class UndoLog:
 
 
 def fsync_dir(folder: Path) -> None:
-    """fsync a folder, so that a rename or unlink in it survives a power cut (a no-op where folders cannot be opened)."""
+    """fsync a folder, so that a rename or unlink in it survives a power cut (nothing where folders cannot be
+    opened)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:

@@ -22,7 +22,8 @@ import numpy as np
 from objsearch.types import Hits
 
 if TYPE_CHECKING:
-    from objsearch.vectors.memory import HnswParams, MemoryVectorStore
+    from objsearch.vectors.hnsw import HnswParams
+    from objsearch.vectors.memory import MemoryVectorStore
 
 MEMORY_BACKENDS = ("auto", "kdtree", "faiss", "numpy", "hnsw")
 DEVICE_BACKENDS = ("torch",)

@@ -45,7 +45,7 @@ import numpy as np
 
 from objsearch.errors import ObjsearchError, VectorStoreError
 from objsearch.types import Hits
-from objsearch.vectors.memory import _int_array, _some, check_new, check_query
+from objsearch.vectors.checks import check_new, check_query, int_array, some_values
 
 LOGGER = logging.getLogger(__name__)
 
@@ -385,7 +385,8 @@ class MilvusVectorStore:
             return
         present = self._present(ids)
         if len(present):
-            raise ValueError(f"ids must not be in the store already, got {len(present)} present: {_some(present)}")
+            raise ValueError(f"ids must not be in the store already, got {len(present)} present: "
+                             f"{some_values(present)}")
         self._insert(ids, vectors, class_id, image_id, conf, upsert=False)
 
     def _insert(self, ids, vectors, class_id, image_id, conf, *, upsert: bool) -> None:
@@ -400,7 +401,7 @@ class MilvusVectorStore:
     def remove(self, ids) -> int:
         """Remove objects by id (ids not present are ignored); returns how many were removed."""
         self._check_open()
-        ids = np.unique(_int_array("ids", ids))
+        ids = np.unique(int_array("ids", ids))
         present = self._present(ids) if len(ids) else ids
         for start in range(0, len(present), IN_LIST):
             self._call("delete", self._client.delete, self.collection, ids=[int(i) for i in present[start:start + IN_LIST]])

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from objsearch.types import Hits
-from objsearch.vectors.memory import _int_array, _some, check_new, check_query
+from objsearch.vectors.checks import check_new, check_query, int_array, some_values
 
 CHUNK_ELEMENTS = 1 << 26  # distances held at once: (queries x rows of one chunk), 256 MB of float32
 # ``auto`` on a CUDA device: this store from this many vectors on. On an H200 it answered 16 queries over 376,459 x 32
@@ -119,7 +119,8 @@ class TorchVectorStore:
         ids, vectors, class_id, image_id = check_new(ids, vectors, class_id, image_id, self.dims)
         present = ids[np.isin(ids, self._ids)]
         if len(present):
-            raise ValueError(f"ids must not be in the store already, got {len(present)} present: {_some(present)}")
+            raise ValueError(f"ids must not be in the store already, got {len(present)} present: "
+                             f"{some_values(present)}")
         if not len(ids):
             return
         torch = self._torch
@@ -138,7 +139,7 @@ class TorchVectorStore:
         ids : ndarray of shape (m,), int
         """
         self._check_open()
-        ids = _int_array("ids", ids)
+        ids = int_array("ids", ids)
         gone = np.isin(self._ids, ids)
         count = int(gone.sum())
         if not count:
