@@ -15,7 +15,8 @@ import numpy as np
 
 from objsearch.errors import IndexFileError
 
-JSON_ATTRS = ("feature_recipe", "config", "class_names", "image_recipe", "roots", "root_macs")  # always JSON
+JSON_ATTRS = ("feature_recipe", "config", "class_names", "image_recipe", "roots", "root_macs",
+              "vector_backend")  # always JSON
 META_ATTRS = ("json_attrs", "attrs_sha256")  # the codec's own
 
 

@@ -115,7 +115,7 @@ def _load_media_root(f: h5py.File, n_media: int, n_roots: int, path: Path) -> np
 
 def _check_structures(attrs: dict, path: Path) -> None:
     """The JSON attributes every reader relies on are mappings: ``config`` and ``feature_recipe`` (their contents
-    are checked by whoever uses them: ``objsearch.analysis.index_config``)."""
+    are checked by whoever uses them: ``objsearch.analysis.index_config``), and ``vector_backend`` when present."""
     config = attrs.get("config", {})
     if not isinstance(config, dict):
         raise damaged(path, f"root attribute config is not a JSON mapping (got {type(config).__name__})")
@@ -123,6 +123,17 @@ def _check_structures(attrs: dict, path: Path) -> None:
     recipe = attrs.get("feature_recipe", {})
     if not isinstance(recipe, dict):
         raise damaged(path, f"root attribute feature_recipe is not a JSON mapping (got {type(recipe).__name__})")
+    check_vector_backend(attrs.get("vector_backend"), path)
+
+
+def check_vector_backend(value, path: Path) -> None:
+    """``vector_backend`` (optional) is a mapping of a backend ``name`` (str) and its ``options`` (a mapping); which
+    names and options are valid is ``objsearch.vectors.registry``'s to say."""
+    if value is None:
+        return
+    if not isinstance(value, dict) or set(value) != {"name", "options"} or not isinstance(value["name"], str) \
+            or not isinstance(value["options"], dict):
+        raise damaged(path, "root attribute vector_backend is not a JSON mapping of a name and its options")
 
 
 def _check_values(t: Tables, n_classes: int, path: Path) -> None:

@@ -16,7 +16,9 @@ Layout of ``INDEX.h5`` (``format_version`` 2)::
                 config (JSON), class_names (JSON list), base_dir, n_features (D), next_media_id, next_object_id,
                 roots (JSON list: every root folder, roots[0] == base_dir; absent: [base_dir]), root_macs (JSON
                 list, one per root: HMAC-SHA256 hex with which this machine's user recorded that root, "" when
-                none; see ``objsearch.roots``), any extra attribute of the caller, json_attrs (JSON list of the
+                none; see ``objsearch.roots``), vector_backend (JSON {"name", "options"}, optional: the vector
+                backend chosen for this index and its options, see ``objsearch.vectors.registry``; absent: none
+                chosen), any extra attribute of the caller, json_attrs (JSON list of the
                 attributes stored as JSON), attrs_sha256 (digest of every other attribute, checked on open)
     /media/id             (M,) int64, stable id, strictly increasing with the row, never reused
     /media/path_offset    (M,) int64 and /media/path_length (M,) int32: a slice of /media/path_bytes

@@ -35,6 +35,7 @@ class CatalogView:
     root_macs : list of str, one per root: how this machine's user recorded it ("" when not)
     dims : list of int, the stored search projections' dimensions
     rerank_dims : int or None, the rerank projection's (``objsearch.rerank``), None for an index made without
+    vector_backend : dict or None, the vector backend chosen for the index and its options (``{"name", "options"}``)
     media_id : ndarray of shape (M,), int64, live media items in increasing id order
     media_path : list of M str, relative to their root (non-UTF-8 bytes as surrogate escapes)
     media_root : ndarray of shape (M,), int32, which root each path is relative to
@@ -102,6 +103,13 @@ class CatalogView:
     @property
     def base_dir(self) -> str:
         return str(self.attrs.get("base_dir", ""))
+
+    @property
+    def vector_backend(self) -> dict | None:
+        """The vector backend chosen for this index, as stored: ``{"name": str, "options": dict}``; None when none was
+        (indexes made before backends were recorded, or never given one). ``objsearch.vectors.registry`` reads it."""
+        value = self.attrs.get("vector_backend")
+        return None if value is None else {"name": value["name"], "options": dict(value["options"])}
 
     @property
     def roots(self) -> list[str]:

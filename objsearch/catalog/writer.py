@@ -21,7 +21,7 @@ import numpy as np
 
 from objsearch.catalog import storage, txn
 from objsearch.catalog.attrs import META_ATTRS, decode_attrs, encode_attrs, roots_of
-from objsearch.catalog.load import check_roots, close_file, load, open_read, reading
+from objsearch.catalog.load import check_roots, check_vector_backend, close_file, load, open_read, reading
 from objsearch.catalog.schema import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -437,6 +437,11 @@ class CatalogWriter(CatalogView):
             raise ValueError(f"state must be one of {STATES}, got {attrs['state']!r}")
         if "class_names" in attrs and not all(isinstance(n, str) for n in attrs["class_names"]):
             raise ValueError("class_names must be a list of str")
+        if "vector_backend" in attrs:
+            try:
+                check_vector_backend(attrs["vector_backend"], self.path)
+            except IndexFileError:
+                raise ValueError("vector_backend must be a mapping of a backend name and its options") from None
         if "roots" in attrs or "root_macs" in attrs or "base_dir" in attrs:
             merged = {**self.attrs, **self._pending.attrs, **attrs}
             try:
