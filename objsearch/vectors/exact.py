@@ -17,11 +17,18 @@ the dimension (``objsearch.vectors.calibrate``; measurements in docs/scale.md).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
-from scipy.spatial import cKDTree
 
 EXACT_METHODS = ("kdtree", "faiss", "numpy")
 KDTREE_MAX_DIMS = 64
+
+
+@dataclass(frozen=True)
+class ExactOptions:
+    """Options of the exact in-memory backends and ``auto`` (``objsearch.vectors.registry``): none; they take their
+    structure from the vectors alone."""
 
 
 def faiss_available() -> bool:
@@ -37,6 +44,8 @@ class KDTreeIndex:
     """scipy's ``cKDTree`` over ``vectors`` (n, d)."""
 
     def __init__(self, vectors: np.ndarray) -> None:
+        from scipy.spatial import cKDTree  # scipy is imported when a KD-tree is first built
+
         self.n = len(vectors)
         self.tree = cKDTree(vectors)
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,28 @@ IN_LIST = 4096
 SEARCH_THREADS = 8  # concurrent search calls when queries carry different filters  # ids per ``object_id in [...]`` expression
 _PROPS = ("objsearch.index_uuid", "objsearch.generation", "objsearch.dims")
 
+
+
+@dataclass(frozen=True)
+class MilvusOptions:
+    """Options of the ``milvus`` backend (``objsearch.vectors.registry``), stored with the index when chosen for it.
+
+    Attributes
+    ----------
+    uri : str or None
+        A Milvus Lite database (``*.db``) or a server URI; None: ``INDEX.h5.milvus.db`` beside the index.
+    collection : str or None
+        None: ``objsearch_<index uuid[:12]>_d<dims>`` (``default_collection``).
+    index_type : str
+        One of ``INDEX_TYPES``: ``FLAT`` (exact), ``HNSW``, ``IVF_FLAT``, ``IVF_SQ8`` (approximate).
+    consistency : str
+        One of ``CONSISTENCY_LEVELS``.
+    """
+
+    uri: str | None = None
+    collection: str | None = None
+    index_type: str = "FLAT"
+    consistency: str = "Strong"
 
 def default_collection(index_uuid: str, dims: int) -> str:
     """The collection name of one index's vectors at ``dims``: ``objsearch_<uuid[:12]>_d<dims>``."""

@@ -23,6 +23,8 @@ never rows. On the CPU (the tests run it there) it is correct but no faster than
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from objsearch.types import Hits
@@ -35,6 +37,19 @@ CHUNK_ELEMENTS = 1 << 26  # distances held at once: (queries x rows of one chunk
 # Re-measure with tools/bench_device.py (its search rows) before moving it.
 AUTO_MIN_VECTORS = 50_000
 
+
+
+@dataclass(frozen=True)
+class TorchOptions:
+    """Options of the ``torch`` backend (``objsearch.vectors.registry``); the device is the engine's, not an option.
+
+    Attributes
+    ----------
+    chunk_elements : int
+        Distances held at once (queries x rows of one chunk); see ``CHUNK_ELEMENTS``.
+    """
+
+    chunk_elements: int = CHUNK_ELEMENTS
 
 class TorchVectorStore:
     """Exact k-NN over stable ids in torch tensors on ``device``, with class restriction and per-query image exclusion.
