@@ -178,6 +178,29 @@ def stored_choice(catalog) -> BackendChoice | None:
         raise ValueError(f"{catalog.path} was set up with vector backend {value['name']!r}: {exc}") from None
 
 
+def choose_for(catalog, backend: str | BackendChoice | None = None, options=None) -> BackendChoice:
+    """What to open ``catalog`` with: ``backend`` (a name, with ``options`` or the defaults; or a ``BackendChoice``),
+    or when None, the choice stored with the index (``stored_choice``), else ``auto``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown backend, options of another backend, a ``BackendChoice`` given with ``options``, or a stored
+        choice this objsearch cannot open.
+    """
+    if isinstance(backend, BackendChoice):
+        if options is not None:
+            raise ValueError("give the options inside the BackendChoice, not beside it")
+        get_backend(backend.name)
+        return backend
+    if backend is None:
+        stored = stored_choice(catalog)
+        if stored is not None:
+            return stored if options is None else choose(stored.name, options)
+        backend = "auto"
+    return choose(backend, options)
+
+
 def record_choice(writer, choice: BackendChoice) -> None:
     """Store ``choice`` with the index at ``writer``'s next commit (a ``CatalogWriter``)."""
     writer.set_attrs(vector_backend=choice.to_attr())
