@@ -770,8 +770,7 @@ def query(
         first = exc
     n_failed = 0
     with Engine(index, weights=weights, base_dir=base_dir, dims=dims, device=device, conf=conf,
-                backend=_backend(backend, milvus_uri), milvus_uri=milvus_uri, milvus_collection=milvus_collection,
-                milvus_index=milvus_index, runtime=runtime) as engine:
+                backend=_backend(backend, milvus_uri, milvus_collection, milvus_index), runtime=runtime) as engine:
         for n, item in enumerate(items):
             try:
                 picture = first if n == 0 else _read_query(item)
@@ -1254,9 +1253,8 @@ def video(
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(VideoFileSource(file))
         engine = stack.enter_context(Engine(index, weights=weights, dims=dims, device=device, conf=conf,
-                                            backend=_backend(backend, milvus_uri), milvus_uri=milvus_uri,
-                                            milvus_collection=milvus_collection, milvus_index=milvus_index,
-                                            runtime=runtime))
+                                            backend=_backend(backend, milvus_uri, milvus_collection,
+                                                             milvus_index), runtime=runtime))
         cache = ThumbnailCache(engine) if out is not None else None
         lines = sys.stdout if jsonl == Path("-") else (stack.enter_context(_open_for_writing(jsonl)) if jsonl else None)
         writer = None
@@ -1372,20 +1370,23 @@ def desktop_app(
         from objsearch.gui.window import run_app
     except ImportError as exc:
         raise ObjsearchError(f"the desktop app needs PyQt6 and pyqtgraph: {exc}") from None
-    store = {"backend": _backend(backend, milvus_uri), "milvus_uri": milvus_uri,
-             "milvus_collection": milvus_collection, "milvus_index": milvus_index, "runtime": runtime}
+    store = {"backend": _backend(backend, milvus_uri, milvus_collection, milvus_index), "runtime": runtime}
     drop_opencv_plugin_path()  # importing cv2 pointed Qt at OpenCV's own Qt 5 plugins
     probe_display()  # Qt aborts the process when it cannot open a display: ask a child first
     raise typer.Exit(run_app(index, base_dir=base_dir, weights=weights, device=device, source=source, **store))
 
 
-def _backend(backend: str, milvus_uri: str | None) -> str:
-    """``--milvus-uri`` alone means ``--backend milvus``; with another explicit backend it is refused."""
-    if milvus_uri is None or backend == "milvus":
-        return backend
-    if backend == "auto":
-        return "milvus"
-    raise ObjsearchError(f"--milvus-uri goes with --backend milvus, not --backend {backend}")
+def _backend(backend: str, milvus_uri: str | None, milvus_collection: str | None = None, milvus_index: str = "FLAT"):
+    """The vector backend the flags choose (an ``objsearch.vectors.registry.BackendChoice``): ``--milvus-uri`` alone
+    means ``--backend milvus``, with another explicit backend it is refused; the ``--milvus-*`` flags are the
+    ``milvus`` backend's options."""
+    from objsearch.vectors.milvus import MilvusOptions
+    from objsearch.vectors.registry import choose
+
+    if milvus_uri is not None and backend not in ("milvus", "auto"):
+        raise ObjsearchError(f"--milvus-uri goes with --backend milvus, not --backend {backend}")
+    name = "milvus" if milvus_uri is not None else backend
+    return choose(name, MilvusOptions(milvus_uri, milvus_collection, milvus_index) if name == "milvus" else None)
 
 
 @app.command()

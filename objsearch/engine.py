@@ -51,14 +51,14 @@ class Engine:
     runtime : what runs the detector network (``torch``, ``onnx``, ``openvino``, ``auto``); None: the
         configuration's, or the given ``detector``'s. The index does not record it: every runtime gives the same
         features.
-    backend : vector store: ``auto`` (the fastest exact in-memory method, timed on open; on a CUDA device ``torch``
-        for a large index, see ``objsearch.vectors.resolve_backend``), ``kdtree``, ``faiss``, ``numpy`` (exact),
-        ``hnsw`` (approximate; its graph is kept beside the index), ``torch`` (exact, the vectors in torch tensors on
-        ``device``: a GPU's memory with ``--device 0``), ``milvus`` (a Milvus
+    backend : vector store, by name (``objsearch.vectors.registry``) or as a ``BackendChoice`` (name and options);
+        None: the one stored with the index, else ``auto``. ``auto`` (the fastest exact in-memory method, timed on
+        open; on a CUDA device ``torch`` for a large index, see ``objsearch.vectors.resolve_backend``), ``kdtree``,
+        ``faiss``, ``numpy`` (exact), ``hnsw`` (approximate; its graph is kept beside the index), ``torch`` (exact,
+        the vectors in torch tensors on ``device``: a GPU's memory with ``--device 0``), ``milvus`` (a Milvus
         collection, brought in step with the index when opened and on ``refresh``; see ``objsearch.vectors.milvus``).
-    milvus_uri : the ``milvus`` backend's Milvus Lite path (``*.db``) or server URI; None: ``INDEX.h5.milvus.db``.
-    milvus_collection : its collection; None: ``objsearch_<index uuid[:12]>_d<dims>``.
-    milvus_index : ``FLAT`` (exact), ``HNSW``, ``IVF_FLAT`` or ``IVF_SQ8`` (approximate).
+    backend_options : the named backend's options dataclass (``MilvusOptions``: uri, collection, index type;
+        ``HnswParams``; ...); None: its defaults.
     detector : an already loaded ``Detector`` (reused when its weights match the index's).
 
     Raises
@@ -76,8 +76,7 @@ class Engine:
     """
 
     def __init__(self, index_path, *, weights=None, base_dir=None, dims=None, device=None, conf=None,
-                 backend: str = "auto", detector=None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 milvus_uri: str | None = None, milvus_collection: str | None = None, milvus_index: str = "FLAT",
+                 backend=None, backend_options=None, detector=None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  runtime=None):
         from objsearch.catalog import Catalog
 
@@ -98,13 +97,13 @@ class Engine:
                               runtime=runtime)
             self.cfg = cfg
             self.detector = detector_for_index(self.catalog, cfg, weights=weights, detector=detector)
-            from objsearch.vectors import BACKENDS
+            from objsearch.vectors.registry import choose_for
 
-            if backend not in BACKENDS:
-                raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-            self.backend = backend
-            self._milvus = {"milvus_uri": milvus_uri, "milvus_collection": milvus_collection,
-                            "milvus_index": milvus_index}
+            try:
+                self.backend_choice = choose_for(self.catalog, backend, backend_options)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            self.backend = self.backend_choice.name
             self.dims = int(dims) if dims is not None else (32 if 32 in self.catalog.dims else self.catalog.dims[0])
             self.roots = Roots.of(self.catalog, base_dir)
             self._warned_untrusted: set[int] = set()
@@ -157,14 +156,13 @@ class Engine:
                 if dims not in self.catalog.dims:
                     raise ConfigError(f"--dims {dims}: {self.catalog.path} holds projections to "
                                       f"{' or '.join(map(str, self.catalog.dims))} dims, not {dims}")
-                from objsearch.vectors import open_store
+                from objsearch.vectors.registry import open_catalog_store
 
                 c = self.catalog
                 self._projections[dims] = c.projection(dims)
-                cache = Path(f"{c.path}.hnsw{dims}") if self.backend == "hnsw" else None
                 try:
-                    self._stores[dims] = open_store(self.backend, c, dims, hnsw_cache=cache, device=self.cfg["device"],
-                                                    **self._milvus)
+                    self._stores[dims] = open_catalog_store(self.backend_choice, c, dims, device=self.cfg["device"],
+                                                            files=f"{c.path}.")
                 except ValueError as exc:
                     raise ConfigError(str(exc)) from None
             return self._stores[dims]
@@ -184,22 +182,23 @@ class Engine:
         dims = int(dims)
         with self._lock:
             if dims not in self._image_stores:
-                from objsearch.vectors import vector_store
+                from objsearch.vectors.registry import array_backends, cache_path, get_backend, open_array_store
 
                 c = self.catalog
                 c.require_image_vectors()
                 if image_vectors_stale(c, self.detector):
                     raise IndexFileError(f"{c.path} holds whole-image vectors of another image recipe; run "
                                          f"`objsearch sync -i {c.path}` to make them again")
-                if self.backend == "milvus":
-                    raise ConfigError("the milvus backend does not support --mode image (whole-image vectors are "
-                                      "searched in memory): use --backend auto, kdtree, faiss, numpy, hnsw or torch")
+                backend = get_backend(self.backend)
+                if backend.from_arrays is None:
+                    names = array_backends()
+                    raise ConfigError(f"the {self.backend} backend does not support --mode image (whole-image vectors "
+                                      f"are searched in memory): use --backend {', '.join(names[:-1])} or {names[-1]}")
                 vectors = c.image_vectors(dims)
-                cache = Path(f"{c.path}.image-hnsw{dims}") if self.backend == "hnsw" else None
                 try:
-                    self._image_stores[dims] = vector_store(self.backend, c.media_id, vectors,
-                                                            np.zeros(len(c.media_id), np.int64), c.media_id,
-                                                            device=self.cfg["device"], hnsw_cache=cache)
+                    self._image_stores[dims] = open_array_store(
+                        self.backend_choice, c.media_id, vectors, np.zeros(len(c.media_id), np.int64), c.media_id,
+                        device=self.cfg["device"], cache=cache_path(backend, f"{c.path}.image-", dims))
                 except ValueError as exc:
                     raise ConfigError(str(exc)) from None
             return self._image_stores[dims]
@@ -230,8 +229,11 @@ class Engine:
                 raise IndexFileError(f"{old.path} was replaced by another index; open it again")
             gone = np.setdiff1d(old.object_id, new.object_id)
             fresh = np.isin(new.object_id, old.object_id, invert=True)
+            from objsearch.vectors.registry import get_backend
+
+            follows = get_backend(self.backend).follows_catalog
             for dims, store in self._stores.items():
-                if hasattr(store, "follow"):  # a persistent store (Milvus): by its own mark, not our difference
+                if follows:  # a store that keeps its own copy (Milvus): by its own mark, not our difference
                     store.follow(new, previous=(old.uuid, old.generation, old.object_id))
                     continue
                 if len(gone):

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from objsearch.catalog import Catalog, CatalogWriter, compact, convert, repair
-from objsearch.catalog import hdf5 as catalog_hdf5
+from objsearch.catalog import storage as catalog_storage
 from objsearch.catalog import txn
 from objsearch.errors import IndexFileError, IndexLockedError
 from objsearch.projection import make_projection
@@ -367,7 +367,7 @@ class _Killer:
 
     def install(self, monkeypatch) -> None:
         write, truncate, append = txn.JournaledFile.write, txn.JournaledFile.truncate, txn.UndoLog.append
-        fsync_path = catalog_hdf5._fsync_path
+        fsync_path = catalog_storage.fsync_path
         killer = self
 
         def k_write(self, data):
@@ -389,7 +389,7 @@ class _Killer:
         monkeypatch.setattr(txn.JournaledFile, "write", k_write)
         monkeypatch.setattr(txn.JournaledFile, "truncate", k_truncate)
         monkeypatch.setattr(txn.UndoLog, "append", k_append)
-        monkeypatch.setattr(catalog_hdf5, "_fsync_path", k_fsync_path)
+        monkeypatch.setattr(catalog_storage, "fsync_path", k_fsync_path)
 
 
 def _kill_and_resume(tmp_path, monkeypatch, points_per_step: int | None, recover=None) -> None:
@@ -704,3 +704,51 @@ def test_reader_waits_for_a_commit_and_follows_changes(tmp_path):
         cat.close()
     with Catalog(path) as cat:
         assert len(cat) == 4 and not cat.changed()
+
+
+# ------------------------------------------------------------------------------------- the shared read surface
+def test_reader_and_writer_show_the_same_read_surface(small_catalog, tmp_path):
+    """``CatalogView`` declares the read surface once: a reader and a writer of the same file agree on every part."""
+    from objsearch.catalog import CatalogView
+
+    path = tmp_path / "INDEX.h5"
+    shutil.copy(small_catalog, path)
+    names = [n for n, v in vars(CatalogView).items() if isinstance(v, property)]
+    assert {"media_id", "media_path", "object_id", "xyxy", "class_id", "roots", "dims", "vector_backend"} <= set(names)
+    with Catalog(path) as cat, CatalogWriter.open(path, fsync=False) as w:
+        for name in names:
+            a, b = getattr(cat, name), getattr(w, name)
+            if isinstance(a, np.ndarray):
+                assert a.dtype == b.dtype and np.array_equal(a, b), name
+            else:
+                assert a == b, name
+        assert cat.projection(16).method == w.projection(16).method
+
+
+def test_vector_backend_is_stored_with_the_index_and_checked(small_catalog, tmp_path):
+    """The vector backend chosen for an index is a root attribute (``objsearch.vectors.registry`` gives it meaning);
+    an index without it opens as before (None), a malformed one is refused by the writer and by every reader."""
+    from objsearch.catalog.attrs import decode_attrs, encode_attrs
+
+    path = tmp_path / "INDEX.h5"
+    shutil.copy(small_catalog, path)
+    with Catalog(path) as cat:
+        assert cat.vector_backend is None
+    chosen = {"name": "milvus", "options": {"uri": "http://127.0.0.1:19530", "collection": None}}
+    with CatalogWriter.open(path, fsync=False) as w:
+        for bad in ("milvus", {"name": "milvus"}, {"name": 3, "options": {}}, {"name": "x", "options": [], "y": 1}):
+            with pytest.raises(ValueError, match="vector_backend must be a mapping"):
+                w.set_attrs(vector_backend=bad)
+        w.commit(vector_backend=chosen)
+        assert w.vector_backend == chosen
+    with Catalog(path) as cat:
+        assert cat.vector_backend == chosen
+    with h5py.File(path, "r+") as f:  # a forged value with a valid digest
+        attrs = decode_attrs(dict(f.attrs.items()), path)
+        attrs["vector_backend"] = {"name": "milvus", "options": "uri=x"}
+        for key in list(f.attrs.keys()):
+            del f.attrs[key]
+        for key, value in encode_attrs(attrs).items():
+            f.attrs[key] = value
+    with pytest.raises(IndexFileError, match="vector_backend is not a JSON mapping"):
+        Catalog(path)

@@ -193,3 +193,28 @@ def test_an_open_engine_sees_what_another_writer_added_and_removed(tmp_path, cfg
         result = engine.search_file(folder / hidden[0].name, k=len(after), exclude_self=False)
         gone = after - set(engine.catalog.object_id.tolist())
         assert gone and not gone & set(result.hits.ids.reshape(-1).tolist())
+
+
+def test_the_backend_stored_with_the_index_is_opened_by_default(small_index, detector, tmp_path):
+    """An index that records its vector backend (``objsearch.vectors.registry``) opens with it when the caller names
+    none; a name given wins; an index without one opens ``auto`` as before; an unknown name is a ConfigError."""
+    from objsearch.catalog import CatalogWriter
+    from objsearch.config import ConfigError
+    from objsearch.vectors.hnsw import HnswParams
+    from objsearch.vectors.registry import choose, record_choice
+
+    index = tmp_path / "INDEX.h5"
+    shutil.copy(small_index[0], index)
+    with Engine(index, detector=detector) as engine:
+        assert engine.backend == "auto" and engine.backend_choice == choose("auto")
+    with CatalogWriter.open(index, fsync=False) as writer:
+        record_choice(writer, choose("hnsw", HnswParams(M=8, build_threads=1)))
+        writer.commit()
+    with Engine(index, detector=detector) as engine:
+        assert engine.backend_choice == choose("hnsw", HnswParams(M=8, build_threads=1))
+        assert engine.method == "hnsw" and (tmp_path / f"INDEX.h5.hnsw{engine.dims}").is_file()
+    with Engine(index, detector=detector, backend="numpy") as engine:
+        assert engine.method == "numpy"
+    with pytest.raises(ConfigError, match="backend must be one of auto, kdtree, faiss, numpy, hnsw, torch, milvus, "
+                                          "got 'qdrant'"):
+        Engine(index, detector=detector, backend="qdrant")

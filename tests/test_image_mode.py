@@ -20,15 +20,15 @@ COCO8 = DATA / "coco8"
 
 def strip_image_vectors(path) -> None:
     """Make ``path`` look like an index written before whole-image search: no /image, no image_recipe."""
-    from objsearch.catalog.hdf5 import _decode_attrs, _encode_attrs
+    from objsearch.catalog.attrs import decode_attrs, encode_attrs
 
     with h5py.File(path, "r+") as f:
-        attrs = _decode_attrs(dict(f.attrs.items()), path)
+        attrs = decode_attrs(dict(f.attrs.items()), path)
         attrs.pop("image_recipe")
         del f["image"]
         for key in list(f.attrs.keys()):
             del f.attrs[key]
-        for key, value in _encode_attrs(attrs).items():
+        for key, value in encode_attrs(attrs).items():
             f.attrs[key] = value
 
 

@@ -22,7 +22,7 @@ from objsearch.analysis import add, analyze, remove  # noqa: E402
 from objsearch.engine import Engine  # noqa: E402
 from objsearch.errors import VectorStoreError  # noqa: E402
 from objsearch.vectors import follow_index  # noqa: E402
-from objsearch.vectors.milvus import MilvusVectorStore, default_collection  # noqa: E402
+from objsearch.vectors.milvus import MilvusOptions, MilvusVectorStore, default_collection  # noqa: E402
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_engine_on_milvus_equals_the_exact_in_memory_search(small_index, detecto
     index = small_index[0]
     uri = str(tmp_path / "m.db")
     with Engine(index, detector=detector, backend="numpy") as exact, \
-            Engine(index, detector=detector, backend="milvus", milvus_uri=uri) as milvus:
+            Engine(index, detector=detector, backend="milvus", backend_options=MilvusOptions(uri=uri)) as milvus:
         assert milvus.method == "milvus" and milvus.store(milvus.dims).exact
         assert len(milvus.store(milvus.dims)) == len(exact.catalog.object_id) > 0
         query = exact.base_dir / exact.catalog.media_path[3]
@@ -62,7 +62,7 @@ def test_the_collection_follows_the_catalog(live_index, detector, tmp_path):
     folder, index = live_index
     uri = str(tmp_path / "m.db")
     new = [folder / p.name for p in coco_images(8)[6:]]
-    with Engine(index, detector=detector, backend="milvus", milvus_uri=uri) as engine:
+    with Engine(index, detector=detector, backend="milvus", backend_options=MilvusOptions(uri=uri)) as engine:
         store = engine.store(engine.dims)
         before = set(engine.catalog.object_id.tolist())
         add(index, new, detector=detector)
@@ -73,7 +73,8 @@ def test_the_collection_follows_the_catalog(live_index, detector, tmp_path):
         result = engine.search_file(new[0], k=1, exclude_self=False)
         assert set(result.hits.ids[:, 0].tolist()) <= after - before  # what was just added is found
     remove(index, [new[0]])
-    with Engine(index, detector=detector, backend="milvus", milvus_uri=uri) as engine:  # stale mark: followed
+    # a stale mark: followed
+    with Engine(index, detector=detector, backend="milvus", backend_options=MilvusOptions(uri=uri)) as engine:
         store = engine.store(engine.dims)
         live = set(engine.catalog.object_id.tolist())
         assert len(store) == len(live) < len(after)
@@ -94,14 +95,17 @@ def test_the_collection_follows_the_catalog(live_index, detector, tmp_path):
 def test_a_collection_of_another_index_or_dims_is_refused(live_index, small_index, detector, tmp_path):
     _, index = live_index
     uri = str(tmp_path / "m.db")
-    with Engine(index, detector=detector, backend="milvus", milvus_uri=uri) as engine:
+    with Engine(index, detector=detector, backend="milvus", backend_options=MilvusOptions(uri=uri)) as engine:
         name = default_collection(engine.catalog.uuid, 32)
     with pytest.raises(VectorStoreError, match="mirrors another index"):
-        Engine(small_index[0], detector=detector, backend="milvus", milvus_uri=uri, milvus_collection=name)
+        Engine(small_index[0], detector=detector, backend="milvus",
+               backend_options=MilvusOptions(uri=uri, collection=name))
     with pytest.raises(VectorStoreError, match="holds 32-d vectors, not 16-d"):
-        Engine(index, detector=detector, backend="milvus", milvus_uri=uri, milvus_collection=name, dims=16)
+        Engine(index, detector=detector, backend="milvus",
+               backend_options=MilvusOptions(uri=uri, collection=name), dims=16)
     with pytest.raises(VectorStoreError, match="path ending in .db"):
-        Engine(index, detector=detector, backend="milvus", milvus_uri=str(tmp_path / "m.sqlite"))
+        Engine(index, detector=detector, backend="milvus",
+               backend_options=MilvusOptions(uri=str(tmp_path / "m.sqlite")))
 
 
 def test_query_command_on_milvus_and_its_one_line_errors(small_index, tmp_path):
@@ -172,7 +176,8 @@ def test_contract_on_a_server():
 def test_image_mode_on_milvus_is_refused_in_one_line(small_index, detector, tmp_path):
     from objsearch.config import ConfigError
 
-    with Engine(small_index[0], detector=detector, backend="milvus", milvus_uri=str(tmp_path / "m.db")) as engine:
+    with Engine(small_index[0], detector=detector, backend="milvus",
+                backend_options=MilvusOptions(uri=str(tmp_path / "m.db"))) as engine:
         with pytest.raises(ConfigError, match="milvus backend does not support --mode image"):
             engine.search_image_file(BUS)
 

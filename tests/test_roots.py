@@ -124,14 +124,14 @@ def test_base_dir_moves_a_root(photos, tmp_path):
 def _strip_roots(index):
     """The attributes an index had before several roots: no roots, no root_macs (its digest made again, as the
     writer of those days made it)."""
-    from objsearch.catalog.hdf5 import _attrs_digest
+    from objsearch.catalog.attrs import attrs_digest
 
     with h5py.File(index, "r+") as f:
         for key in ("roots", "root_macs"):
             del f.attrs[key]
         keys = json.loads(bytes(f.attrs["json_attrs"]).decode())
         f.attrs["json_attrs"] = np.bytes_(json.dumps([k for k in keys if k not in ("roots", "root_macs")]).encode())
-        f.attrs["attrs_sha256"] = np.bytes_(_attrs_digest(dict(f.attrs.items())).encode())
+        f.attrs["attrs_sha256"] = np.bytes_(attrs_digest(dict(f.attrs.items())).encode())
 
 
 def test_an_index_from_before_roots_opens_unchanged_and_is_read_once_trusted(photos, detector, tmp_path):

@@ -12,17 +12,19 @@ import pytest
 
 import vector_store_contract as contract
 from objsearch.vectors import BACKENDS, VectorStore, memory_store
-from objsearch.vectors import memory as memory_module
-from objsearch.vectors.memory import HnswParams, MemoryVectorStore
+from objsearch.vectors import hnsw as hnsw_module
+from objsearch.vectors.exact import EXACT_METHODS, faiss_available
+from objsearch.vectors.hnsw import HnswParams, hnswlib_available
+from objsearch.vectors.memory import MemoryVectorStore
 
 HNSW = HnswParams(build_threads=1)
 
 
 def _memory(method, **kwargs):
     def factory(tmp_path):
-        if method == "faiss" and not memory_module.faiss_available():
+        if method == "faiss" and not faiss_available():
             pytest.skip("faiss is not installed")
-        if method == "hnsw" and not memory_module.hnswlib_available():
+        if method == "hnsw" and not hnswlib_available():
             pytest.skip("hnswlib is not installed")
         extra = {"hnsw": HNSW} if method == "hnsw" else {}
         if kwargs.get("cached"):
@@ -114,10 +116,10 @@ def test_auto_calibrates_and_calibrates_again_after_growing():
     class_id, image_id = rng.integers(0, 4, 2500), rng.integers(0, 100, 2500)
     queries = rng.normal(size=(10, 32)).astype(np.float32)
     store = memory_store("auto", ids[:100], vectors[:100], class_id[:100], image_id[:100])
-    assert store.backend in memory_module.EXACT_METHODS and store.timings_ms == {}  # too small to time
+    assert store.backend in EXACT_METHODS and store.timings_ms == {}  # too small to time
     store.add(ids[100:], vectors[100:], class_id[100:], image_id[100:])
     hits = store.search(queries, 16)  # past 2000 objects: timed now
-    assert store.backend in memory_module.EXACT_METHODS and set(store.timings_ms) <= set(memory_module.EXACT_METHODS)
+    assert store.backend in EXACT_METHODS and set(store.timings_ms) <= set(EXACT_METHODS)
     assert store.timings_ms
     np.testing.assert_array_equal(hits.ids, contract.oracle(ids, vectors, queries, 16)[1])
     timings = store.timings_ms
@@ -190,15 +192,15 @@ def _cached(path, ids, vectors, class_id, image_id, **params):
 def test_hnsw_cache_is_written_then_loaded_with_the_same_answers(hnsw_data, tmp_path, caplog):
     ids, vectors, class_id, image_id, queries = hnsw_data
     path = tmp_path / "graph.hnsw"
-    with caplog.at_level(logging.INFO, logger=memory_module.__name__):
+    with caplog.at_level(logging.INFO, logger="objsearch.vectors"):
         first = _cached(path, ids, vectors, class_id, image_id)
     assert path.is_file() and "built" in caplog.text
     header = json.loads(path.with_name("graph.hnsw.json").read_text())
     assert header["dims"] == 32 and header["M"] == 16 and header["count"] == 3000 and header["deleted"] == []
-    assert header["ids_digest"] == memory_module.ids_digest(ids[::-1])  # order does not matter
+    assert header["ids_digest"] == hnsw_module.ids_digest(ids[::-1])  # order does not matter
     mtime = path.stat().st_mtime_ns
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger=memory_module.__name__):
+    with caplog.at_level(logging.INFO, logger="objsearch.vectors"):
         again = _cached(path, ids, vectors, class_id, image_id)
     assert "loaded" in caplog.text and "built" not in caplog.text
     assert path.stat().st_mtime_ns == mtime  # unchanged: not written again
@@ -215,14 +217,14 @@ def test_hnsw_cache_is_reconciled_with_the_given_ids(hnsw_data, tmp_path, caplog
     assert len(json.loads(path.with_name("graph.hnsw.json").read_text())["deleted"]) == 100
     # open with ids 50..2999: 50..99 were deleted in the graph (revived), 100..1999 live, 2000..2999 new
     given = slice(50, 3000)
-    with caplog.at_level(logging.INFO, logger=memory_module.__name__):
+    with caplog.at_level(logging.INFO, logger="objsearch.vectors"):
         store = _cached(path, ids[given], vectors[given], class_id[given], image_id[given])
     assert "loaded" in caplog.text and "1050 objects added, 0 removed" in caplog.text
     contract.assert_matches_oracle(store, store.search(queries, 16), ids[given], vectors[given], queries, 16)
     # and ids 0..499: 0..49 deleted in the graph (revived), 500..2999 marked deleted, never returned
     store.close()
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger=memory_module.__name__):
+    with caplog.at_level(logging.INFO, logger="objsearch.vectors"):
         store = _cached(path, ids[:500], vectors[:500], class_id[:500], image_id[:500])
     assert "50 objects added, 2500 removed" in caplog.text
     contract.assert_matches_oracle(store, store.search(queries, 16), ids[:500], vectors[:500], queries, 16)
@@ -245,13 +247,13 @@ def test_hnsw_cache_that_does_not_match_is_rebuilt(hnsw_data, tmp_path, caplog, 
     else:  # the graph replaced after its sidecar was written (a crash between the two replaces)
         path.write_bytes(path.read_bytes() + b"\0")
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger=memory_module.__name__):
+    with caplog.at_level(logging.INFO, logger="objsearch.vectors"):
         store = _cached(path, ids[:500], v, class_id[:500], image_id[:500], **params)
     assert "building the hnsw graph" in caplog.text and "loaded" not in caplog.text
     contract.assert_matches_oracle(store, store.search(queries[:, : v.shape[1]], 8), ids[:500], v,
                                    queries[:, : v.shape[1]], 8)
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger=memory_module.__name__):
+    with caplog.at_level(logging.INFO, logger="objsearch.vectors"):
         _cached(path, ids[:500], v, class_id[:500], image_id[:500], **params)
     assert "loaded" in caplog.text  # the rebuilt graph was saved
 
@@ -264,9 +266,9 @@ def test_hnsw_cache_in_a_read_only_folder_stays_in_memory(hnsw_data, tmp_path, c
     folder.chmod(0o555)
     if os.access(folder, os.W_OK):  # root: permissions do not bind, so the folder says it is read-only
         real_access = os.access
-        monkeypatch.setattr(memory_module.os, "access", lambda p, mode: mode != os.W_OK and real_access(p, mode))
+        monkeypatch.setattr(hnsw_module.os, "access", lambda p, mode: mode != os.W_OK and real_access(p, mode))
     try:
-        with caplog.at_level(logging.INFO, logger=memory_module.__name__):
+        with caplog.at_level(logging.INFO, logger="objsearch.vectors"):
             store = _cached(folder / "graph.hnsw", ids[:400], vectors[:400], class_id[:400], image_id[:400])
             contract.assert_matches_oracle(store, store.search(queries, 8), ids[:400], vectors[:400], queries, 8)
             store.close()

@@ -42,7 +42,7 @@ def _latency(fn, repeats: int) -> tuple[float, float]:
 def bench(args, uri: str, server_pid: int | None, start_s: float | None) -> None:
     from objsearch.catalog import Catalog
     from objsearch.vectors import memory_store
-    from objsearch.vectors.memory import faiss_available
+    from objsearch.vectors.exact import faiss_available
     from objsearch.vectors.milvus import MilvusVectorStore, open_for_catalog, recall_at_k
 
     import faiss

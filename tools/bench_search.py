@@ -68,13 +68,13 @@ def recall_at_16(got: np.ndarray, exact: np.ndarray) -> float:
 
 def bench_methods(d, ids, vectors, class_id, image_id, rng, no_hnsw: bool) -> None:
     from objsearch.vectors import memory_store
-    from objsearch.vectors.memory import _BACKENDS, KDTREE_MAX_DIMS
+    from objsearch.vectors.exact import EXACT_INDEXES, KDTREE_MAX_DIMS
 
     med = statistics.median
     n = len(vectors)
     scale = vectors[rng.integers(0, n, 5000)].std(0) * 0.5  # typical queries, not near-duplicates
     queries = (vectors[rng.integers(0, n, 60)] + rng.normal(0, 1, (60, d)) * scale).astype(np.float32)
-    brute_force = _BACKENDS["numpy"](vectors)
+    brute_force = EXACT_INDEXES["numpy"](vectors)
     oracle = ids[brute_force.query(queries[:10], 16)[1]]
     if not no_hnsw:
         recall_queries = (vectors[rng.integers(0, n, 300)] + rng.normal(0, 1, (300, d)) * scale).astype(np.float32)
@@ -124,7 +124,7 @@ def bench_methods(d, ids, vectors, class_id, image_id, rng, no_hnsw: bool) -> No
 def bench_hnsw_cache(d, ids, vectors, class_id, image_id, rng) -> None:
     """hnsw: build + save, open from the saved graph, open with 1% of the ids replaced."""
     from objsearch.vectors import memory_store
-    from objsearch.vectors.memory import _BACKENDS
+    from objsearch.vectors.exact import EXACT_INDEXES
 
     n = len(vectors)
     scale = vectors[rng.integers(0, n, 5000)].std(0) * 0.5
@@ -143,7 +143,7 @@ def bench_hnsw_cache(d, ids, vectors, class_id, image_id, rng) -> None:
         store.close()
         size_mb = (cache.stat().st_size + cache.with_name(cache.name + ".json").stat().st_size) / 1e6
         loaded_s, store = open_store(everything)
-        oracle = ids[_BACKENDS["numpy"](vectors).query(queries, 16)[1]]
+        oracle = ids[EXACT_INDEXES["numpy"](vectors).query(queries, 16)[1]]
         recall = recall_at_16(store.search(queries, 16).ids, oracle)
         store.close()
         # the first 1% of the ids not given (marked deleted in the graph), then given again (revived)
@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--only-hnsw-cache", action="store_true", help="only the hnsw build vs cached open")
     args = parser.parse_args()
 
-    from objsearch.vectors.memory import faiss_available
+    from objsearch.vectors.exact import faiss_available
 
     if not faiss_available():
         raise SystemExit("faiss-cpu is needed for the comparison: pip install faiss-cpu")

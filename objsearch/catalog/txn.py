@@ -200,8 +200,8 @@ class UndoLog:
 
 
 def fsync_dir(folder: Path) -> None:
-    """Make a rename or a new file in ``folder`` durable (fsync the directory); a no-op where the directory cannot
-    be opened or synced (some filesystems)."""
+    """fsync a folder, so that a rename or unlink in it survives a power cut (nothing where folders cannot be
+    opened)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:

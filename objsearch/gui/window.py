@@ -141,12 +141,10 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def __init__(self, index: str | Path | None = None, *, base_dir: str | Path | None = None,
                  weights: str | None = None, device: str | None = None, camera_opener=None, screen_grabber=None,
-                 backend: str = "auto", milvus_uri: str | None = None, milvus_collection: str | None = None,
-                 milvus_index: str = "FLAT", runtime: str | None = None):
+                 backend="auto", runtime: str | None = None):
         super().__init__()
         self.runtime = runtime
-        self.store_options = {"backend": backend, "milvus_uri": milvus_uri, "milvus_collection": milvus_collection,
-                              "milvus_index": milvus_index, "runtime": runtime}
+        self.store_options = {"backend": backend, "runtime": runtime}
         self.setWindowTitle("objsearch")
         self.resize(1400, 900)
         # tooltips: light text on a dark panel whatever the desktop theme (some themes pair dark text with dark)
@@ -947,9 +945,9 @@ def run_app(index=None, *, base_dir=None, weights=None, device=None, source: str
     """Start the Qt application with a ``MainWindow`` and run until it closes; returns the exit status.
 
     ``source`` starts a query source (``objsearch.sources.parse_source``): ``random``, ``webcam[:N]``,
-    ``screen[:x,y,w,h]``, or a path to an image or video file. ``store_options`` (``backend``, ``milvus_uri``,
-    ``milvus_collection``, ``milvus_index``, ``runtime``) choose the vector store and the detector runtime, as for
-    ``Engine``.
+    ``screen[:x,y,w,h]``, or a path to an image or video file. ``store_options`` (``backend``: a name or an
+    ``objsearch.vectors.registry.BackendChoice`` with its options; ``runtime``) choose the vector store and the
+    detector runtime, as for ``Engine``.
 
     Raises
     ------

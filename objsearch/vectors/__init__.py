@@ -1,6 +1,8 @@
 """Vector stores: k-nearest-neighbour search over projected vectors keyed by stable int64 object ids.
 
-Every backend implements ``VectorStore``; the engine sees nothing else. ``memory_store`` makes the in-memory one
+Every backend implements ``VectorStore``; the engine sees nothing else. Backends are chosen by name
+(``objsearch.vectors.registry``: name -> factory, options dataclass, capabilities; the choice is stored with the
+index). ``memory_store`` makes the in-memory one
 (``objsearch.vectors.memory``: KD-tree, faiss, numpy, hnsw, ``auto``); ``objsearch.vectors.torch_knn`` keeps the
 vectors in torch tensors on a device (``torch``: exact search on a GPU); ``objsearch.vectors.milvus`` (the only
 pymilvus module, imported only when the ``milvus`` backend is chosen) keeps the vectors in a Milvus collection.
@@ -21,12 +23,14 @@ import numpy as np
 
 from objsearch.types import Hits
 
-if TYPE_CHECKING:
-    from objsearch.vectors.memory import HnswParams, MemoryVectorStore
+from objsearch.vectors.milvus import MilvusOptions
+from objsearch.vectors.registry import backend_names, choose, open_array_store, open_catalog_store, resolve_backend
 
-MEMORY_BACKENDS = ("auto", "kdtree", "faiss", "numpy", "hnsw")
-DEVICE_BACKENDS = ("torch",)
-BACKENDS = MEMORY_BACKENDS + DEVICE_BACKENDS + ("milvus",)
+if TYPE_CHECKING:
+    from objsearch.vectors.hnsw import HnswParams
+    from objsearch.vectors.memory import MemoryVectorStore
+
+BACKENDS = backend_names()  # the registered ones (``objsearch.vectors.registry``)
 
 
 @runtime_checkable
@@ -123,32 +127,21 @@ def memory_store(method: str, ids: np.ndarray, vectors: np.ndarray, class_id: np
     return MemoryVectorStore(ids, vectors, class_id, image_id, method, hnsw=hnsw, hnsw_cache=hnsw_cache)
 
 
-def resolve_backend(backend: str, n: int, device: str | None = None) -> str:
-    """The backend ``backend`` means for ``n`` vectors searched next to ``device``: ``auto`` becomes ``torch`` on a CUDA
-    device (``cuda``, ``cuda:N`` or a bare GPU index) from ``torch_knn.AUTO_MIN_VECTORS`` vectors on; anything else
-    is returned as it is (the in-memory ``auto`` then calibrates among the exact CPU methods)."""
-    if backend != "auto" or device is None:
-        return backend
-    from objsearch.detector import device_name
-    from objsearch.vectors.torch_knn import AUTO_MIN_VECTORS
-
-    return "torch" if device_name(device).startswith("cuda") and n >= AUTO_MIN_VECTORS else backend
-
-
 def vector_store(method: str, ids: np.ndarray, vectors: np.ndarray, class_id: np.ndarray, image_id: np.ndarray, *,
                  device: str | None = None, hnsw: HnswParams | None = None,
                  hnsw_cache: str | os.PathLike | None = None) -> VectorStore:
-    """An in-memory store (``memory_store``) or, for ``torch``, a device store (``TorchVectorStore`` on ``device``,
-    default the CPU); ``auto`` resolved first for ``device`` (``resolve_backend``).
+    """A store of the given arrays for a backend that holds arrays (every one but ``milvus``): in memory
+    (``memory_store``) or, for ``torch``, on ``device`` (default the CPU); ``auto`` resolved first for ``device``
+    (``resolve_backend``). See ``objsearch.vectors.registry.open_array_store``.
 
     Parameters
     ----------
     method : str
-        One of ``MEMORY_BACKENDS`` or ``DEVICE_BACKENDS``.
+        A registered backend with ``from_arrays`` (``registry.array_backends()``).
     ids, vectors, class_id, image_id : as for ``memory_store``.
     device : str, optional
         Where ``torch`` keeps the vectors, and what ``auto`` considers (None: the CPU).
-    hnsw, hnsw_cache : as for ``memory_store``.
+    hnsw, hnsw_cache : the ``hnsw`` backend's options and graph file.
 
     Raises
     ------
@@ -157,26 +150,22 @@ def vector_store(method: str, ids: np.ndarray, vectors: np.ndarray, class_id: np
     objsearch.errors.DeviceError
         For ``torch`` on a device that is not available.
     """
-    method = resolve_backend(method, len(ids), device)
-    if method in DEVICE_BACKENDS:
-        from objsearch.vectors.torch_knn import TorchVectorStore
-
-        return TorchVectorStore(ids, vectors, class_id, image_id, device=device or "cpu")
-    return memory_store(method, ids, vectors, class_id, image_id, hnsw=hnsw, hnsw_cache=hnsw_cache)
+    choice = choose(method, hnsw if method == "hnsw" else None)
+    return open_array_store(choice, ids, vectors, class_id, image_id, device=device, cache=hnsw_cache)
 
 
 def open_store(backend: str, catalog, dims: int, *, milvus_uri: str | os.PathLike | None = None,
                milvus_collection: str | None = None, milvus_index: str = "FLAT", milvus_consistency: str = "Strong",
                hnsw_cache: str | os.PathLike | None = None, device: str | None = None) -> VectorStore:
-    """The vector store of ``catalog``'s vectors at ``dims`` for a backend.
+    """The vector store of ``catalog``'s vectors at ``dims`` for a backend named with the ``milvus`` options as
+    keywords (``objsearch.vectors.registry.open_catalog_store`` takes any backend's options).
 
     Parameters
     ----------
     backend : str
         One of ``BACKENDS``. The in-memory and device ones load the vectors from the catalog; ``milvus`` opens the
-        catalog's
-        collection on ``milvus_uri`` and brings it in step with the catalog (created and filled on first use,
-        updated by id difference when the catalog changed since; see ``MilvusVectorStore.follow``).
+        catalog's collection on ``milvus_uri`` and brings it in step with the catalog (created and filled on first
+        use, updated by id difference when the catalog changed since; see ``MilvusVectorStore.follow``).
     catalog : objsearch.catalog.Catalog
     dims : int
         A stored projection dimension.
@@ -199,16 +188,10 @@ def open_store(backend: str, catalog, dims: int, *, milvus_uri: str | os.PathLik
     objsearch.errors.VectorStoreError
         When Milvus is not installed, unreachable, or its collection belongs to another index or dims.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if backend == "milvus":
-        from objsearch.vectors.milvus import open_for_catalog  # pymilvus is imported only there
-
-        uri = milvus_uri if milvus_uri is not None else f"{catalog.path}.milvus.db"
-        return open_for_catalog(catalog, dims, uri, collection=milvus_collection, index_type=milvus_index,
-                                consistency=milvus_consistency)
-    return vector_store(backend, catalog.object_id, catalog.vectors(dims), catalog.class_id, catalog.object_media_id,
-                        device=device, hnsw_cache=hnsw_cache if backend == "hnsw" else None)
+    options = MilvusOptions(None if milvus_uri is None else str(milvus_uri), milvus_collection, milvus_index,
+                            milvus_consistency) if backend == "milvus" else None
+    return open_catalog_store(choose(backend, options), catalog, dims, device=device,
+                              cache=hnsw_cache if backend == "hnsw" else None)
 
 
 def follow_index(index: str | os.PathLike, milvus_uri: str | os.PathLike, *, collection: str | None = None,
@@ -263,5 +246,4 @@ def follow_index(index: str | os.PathLike, milvus_uri: str | os.PathLike, *, col
     return done
 
 
-__all__ = ["BACKENDS", "DEVICE_BACKENDS", "MEMORY_BACKENDS", "VectorStore", "follow_index", "memory_store",
-           "open_store", "resolve_backend", "vector_store"]
+__all__ = ["BACKENDS", "VectorStore", "follow_index", "memory_store", "open_store", "resolve_backend", "vector_store"]

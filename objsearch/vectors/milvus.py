@@ -39,13 +39,14 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from objsearch.errors import ObjsearchError, VectorStoreError
 from objsearch.types import Hits
-from objsearch.vectors.memory import int_array, short_list, check_new, check_query
+from objsearch.vectors.checks import check_new, check_query, int_array, some_values
 
 LOGGER = logging.getLogger(__name__)
 
@@ -57,6 +58,28 @@ IN_LIST = 4096
 SEARCH_THREADS = 8  # concurrent search calls when queries carry different filters  # ids per ``object_id in [...]`` expression
 _PROPS = ("objsearch.index_uuid", "objsearch.generation", "objsearch.dims")
 
+
+
+@dataclass(frozen=True)
+class MilvusOptions:
+    """Options of the ``milvus`` backend (``objsearch.vectors.registry``), stored with the index when chosen for it.
+
+    Attributes
+    ----------
+    uri : str or None
+        A Milvus Lite database (``*.db``) or a server URI; None: ``INDEX.h5.milvus.db`` beside the index.
+    collection : str or None
+        None: ``objsearch_<index uuid[:12]>_d<dims>`` (``default_collection``).
+    index_type : str
+        One of ``INDEX_TYPES``: ``FLAT`` (exact), ``HNSW``, ``IVF_FLAT``, ``IVF_SQ8`` (approximate).
+    consistency : str
+        One of ``CONSISTENCY_LEVELS``.
+    """
+
+    uri: str | None = None
+    collection: str | None = None
+    index_type: str = "FLAT"
+    consistency: str = "Strong"
 
 def default_collection(index_uuid: str, dims: int) -> str:
     """The collection name of one index's vectors at ``dims``: ``objsearch_<uuid[:12]>_d<dims>``."""
@@ -385,7 +408,8 @@ class MilvusVectorStore:
             return
         present = self._present(ids)
         if len(present):
-            raise ValueError(f"ids must not be in the store already, got {len(present)} present: {short_list(present)}")
+            raise ValueError(f"ids must not be in the store already, got {len(present)} present: "
+                             f"{some_values(present)}")
         self._insert(ids, vectors, class_id, image_id, conf, upsert=False)
 
     def _insert(self, ids, vectors, class_id, image_id, conf, *, upsert: bool) -> None:

@@ -23,10 +23,12 @@ never rows. On the CPU (the tests run it there) it is correct but no faster than
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from objsearch.types import Hits
-from objsearch.vectors.memory import int_array, short_list, check_new, check_query
+from objsearch.vectors.checks import check_new, check_query, int_array, some_values
 
 CHUNK_ELEMENTS = 1 << 26  # distances held at once: (queries x rows of one chunk), 256 MB of float32
 # ``auto`` on a CUDA device: this store from this many vectors on. On an H200 it answered 16 queries over 376,459 x 32
@@ -35,6 +37,19 @@ CHUNK_ELEMENTS = 1 << 26  # distances held at once: (queries x rows of one chunk
 # Re-measure with tools/bench_device.py (its search rows) before moving it.
 AUTO_MIN_VECTORS = 50_000
 
+
+
+@dataclass(frozen=True)
+class TorchOptions:
+    """Options of the ``torch`` backend (``objsearch.vectors.registry``); the device is the engine's, not an option.
+
+    Attributes
+    ----------
+    chunk_elements : int
+        Distances held at once (queries x rows of one chunk); see ``CHUNK_ELEMENTS``.
+    """
+
+    chunk_elements: int = CHUNK_ELEMENTS
 
 class TorchVectorStore:
     """Exact k-NN over stable ids in torch tensors on ``device``, with class restriction and per-query image exclusion.
@@ -119,7 +134,8 @@ class TorchVectorStore:
         ids, vectors, class_id, image_id = check_new(ids, vectors, class_id, image_id, self.dims)
         present = ids[np.isin(ids, self._ids)]
         if len(present):
-            raise ValueError(f"ids must not be in the store already, got {len(present)} present: {short_list(present)}")
+            raise ValueError(f"ids must not be in the store already, got {len(present)} present: "
+                             f"{some_values(present)}")
         if not len(ids):
             return
         torch = self._torch

@@ -23,7 +23,7 @@ from typing import Callable
 import h5py
 import numpy as np
 
-from objsearch.catalog.hdf5 import _attrs_digest
+from objsearch.catalog.attrs import attrs_digest
 
 
 @dataclass
@@ -56,7 +56,7 @@ class IndexCase:
 
 def resign(f: h5py.File) -> None:
     """Recompute ``attrs_sha256`` over the root attributes (what a forger does)."""
-    f.attrs["attrs_sha256"] = np.bytes_(_attrs_digest(dict(f.attrs.items())).encode())
+    f.attrs["attrs_sha256"] = np.bytes_(attrs_digest(dict(f.attrs.items())).encode())
 
 
 def set_json_attr(f: h5py.File, key: str, value) -> None:

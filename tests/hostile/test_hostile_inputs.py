@@ -214,9 +214,9 @@ def test_analyze_lists_unusable_entries_and_keeps_odd_names(cli, tmp_path, tiny_
 
 
 def test_disk_full_during_analysis_is_one_line_and_resumable(cli, tiny_folder, tmp_path, monkeypatch):
-    from objsearch.catalog import hdf5
+    from objsearch.catalog import CatalogWriter
 
-    original = hdf5.CatalogWriter.commit
+    original = CatalogWriter.commit
     state = {"n": 0}
 
     def full(self, *args, **kwargs):
@@ -225,12 +225,12 @@ def test_disk_full_during_analysis_is_one_line_and_resumable(cli, tiny_folder, t
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(hdf5.CatalogWriter, "commit", full)
+    monkeypatch.setattr(CatalogWriter, "commit", full)
     index = tmp_path / "full.h5"
     result = cli("analyze", tiny_folder, "-o", index)
     assert_one_line_error(result, 6, "No space left on device")  # cannot write (docs/commands.md)
     assert not list(tmp_path.glob("*.tmp"))
-    monkeypatch.setattr(hdf5.CatalogWriter, "commit", original)
+    monkeypatch.setattr(CatalogWriter, "commit", original)
     again = cli("analyze", tiny_folder, "-o", index)
     assert again.exit_code == 0, again.output
     assert "analyzed" in again.stdout and "(4 images" in again.stdout
