@@ -1,6 +1,7 @@
 """Analysis jobs: ``analyze`` a folder into a new index, ``add`` files to it, ``remove`` them, ``sync`` it with its
-folder, ``compact`` it. Every job streams: images are decoded in a prefetch thread, detected, journaled and committed
-to the index in small transactions, so memory stays O(commit interval), not O(dataset).
+folder, ``compact`` it. Every job streams: images are decoded by worker threads, detected in batches, journaled and
+committed to the index in small transactions (``objsearch.pipeline``), so memory stays O(commit interval), not
+O(dataset).
 
 Crash safety has two layers:
 
@@ -24,7 +25,6 @@ import io
 import json
 import logging
 import os
-import queue
 import struct
 import threading
 import time
@@ -32,14 +32,15 @@ import uuid
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import numpy as np
 
 from objsearch.errors import (EmptyFolderError, ExitCode, ImageReadError, IndexFileError, ObjsearchError,
                               VideoReadError)
-from objsearch.media import (VIDEO_SUFFIXES, list_media, make_thumbnail, read_image, read_video_frame, read_video_frames,
+from objsearch.media import (VIDEO_SUFFIXES, list_media, make_thumbnail, read_image, read_video_frame,
                              video_info)
+from objsearch.pipeline import analyse_in_order
 from objsearch.projection import PCAProjection, make_projection
 from objsearch.roots import Roots, UntrustedRootError, is_under, sign_root
 from objsearch.types import Detections, MediaRecord, MediaRef, SkippedFile
@@ -248,70 +249,6 @@ class JobSummary:
 ProgressFn = Callable[[int, int, int], None]
 
 
-def _prefetch(tasks: list[tuple[Path, int]], depth: int, stop: threading.Event, max_pixels: int,
-              sampling: dict) -> Iterator:
-    """Decode media in a background thread, in order, yielding ``(path, item, where)``: for an image, item is the
-    image (H, W, 3) uint8 BGR or its ImageReadError and where None; for a video (``tasks`` holds ``(path,
-    start_frame)``), one ``(path, frame image, (frame_index, timestamp_s))`` per sampled frame from ``start_frame``
-    on, then ``(path, VideoEnd, None)`` (with the reason when it was broken or cut short). Any failure of the thread
-    itself is re-raised here; stopping (the consumer returning early) never leaves it blocked."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def video(p: Path, start: int) -> bool:
-        n, reason = 0, ""
-        try:
-            for frame in read_video_frames(p, start_frame=start, max_pixels=max_pixels, **sampling):
-                if stop.is_set() or not put((p, frame.image, (frame.index, frame.timestamp_s))):
-                    return False
-                n += 1
-        except VideoReadError as exc:
-            reason = str(exc)
-        return put((p, VideoEnd(str(p), n, reason), None))
-
-    def work():
-        try:
-            for p, start in tasks:
-                if stop.is_set():
-                    return
-                if p.suffix.lower() in VIDEO_SUFFIXES:
-                    if not video(p, start):
-                        return
-                    continue
-                try:
-                    item = read_image(p, max_pixels=max_pixels)
-                except ImageReadError as exc:
-                    item = exc
-                if not put((p, item, None)):
-                    return
-            put(done)
-        except BaseException as exc:  # a bug in decoding: hand it to the consumer instead of dying silently
-            put(exc)
-
-    thread = threading.Thread(target=work, daemon=True, name="prefetch")
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join(5.0)
-
-
 def video_sampling(cfg: dict) -> dict:
     """``read_video_frames``' sampling arguments from a configuration: ``video_stride`` (every N-th frame) when
     set, else ``video_fps`` frames per second."""
@@ -500,48 +437,17 @@ class _Run:
 
     def run(self, files: list[Path], start_frames: dict[Path, int] | None = None) -> None:
         """Analyze ``files`` (images and videos, sorted) in order; a video in ``start_frames`` starts at that frame
-        (the frames before are in the index already)."""
+        (the frames before are in the index already). Decoding, detection in batches, thumbnails and the journal
+        and index writes (on this thread, in path order) overlap: ``objsearch.pipeline``."""
         start_frames = start_frames or {}
         tasks = [(p, int(start_frames.get(p, 0))) for p in files]
         self.n_total = self.n_done + sum(self._estimate(p, start) if p.suffix.lower() in VIDEO_SUFFIXES else 1
                                          for p, start in tasks)
-        batch = max(1, int(self.cfg.get("batch", 1)))
-        pending: list[tuple[Path, np.ndarray, tuple | None]] = []
-        pending_shape = None
-        stop = threading.Event()
-
-        def detect_pending() -> None:
-            if not pending:
-                return
-            images = [image for _, image, _ in pending]
-            found = detect_for_index(self.detector, images, self.cfg)
-            todo = list(pending)
-            pending.clear()
-            for (path, image, where), dets in zip(todo, found):
-                self._finish_one(self._record(path, image, dets, where))
-
-        max_pixels = int(self.cfg.get("max_pixels", 100_000_000))
-        for path, image, where in _prefetch(tasks, max(4, 2 * batch), stop, max_pixels, video_sampling(self.cfg)):
-            if isinstance(image, (ImageReadError, VideoEnd)):
-                detect_pending()  # keep the journal in path order
-                if isinstance(image, VideoEnd):
-                    if image.reason:
-                        LOGGER.warning("%s", image.reason)
-                    root, rel = self.locate(path)
-                    self._finish_one(VideoEnd(rel, image.n_frames, image.reason, root))
-                    continue
-                LOGGER.warning("skipping %s", image)
-                root, rel = self.locate(path)
-                self._finish_one(SkippedFile(rel, str(image), root))
-                continue
-            shape = self.detector.letterbox_shape(image.shape) if batch > 1 else None
-            if pending and shape != pending_shape:
-                detect_pending()
-            pending.append((path, image, where))
-            pending_shape = shape
-            if len(pending) >= batch:
-                detect_pending()
-        detect_pending()
+        analyse_in_order(tasks, letterbox_shape=self.detector.letterbox_shape,
+                         detect=lambda images: detect_for_index(self.detector, images, self.cfg),
+                         make_record=self._record, emit=self._finish_one, locate=self.locate, video_end=VideoEnd,
+                         batch=int(self.cfg.get("batch", 1)), max_pixels=int(self.cfg.get("max_pixels", 100_000_000)),
+                         sampling=video_sampling(self.cfg), cancel=self.cancel)
 
     def _record(self, path: Path, image: np.ndarray, dets: Detections, where: tuple | None = None) -> MediaRecord:
         """A MediaRecord of an analysed image, or of one video frame (``where``: (frame_index, timestamp_s))."""
