@@ -9,9 +9,10 @@ Four kinds of thread, joined by bounded queues (so memory stays O(window + batch
 * a **pool of workers** (``min(8, cpu_count)`` threads; OpenCV releases the GIL) decodes images and, after detection,
   builds each image's record (file identity and one JPEG thumbnail per object);
 * the **detector** thread takes the items in order and groups the images by letterbox shape
-  (``Detector.letterbox_shape``) in a reorder window of at most ``window`` images: a shape's group goes through the
-  network when it holds ``batch`` images, and the group of the oldest waiting image when the window is full or at the
-  end, so batches fill on mixed-shape folders while no image waits for ever;
+  (``Detector.letterbox_shape``) in a reorder window of ``window`` items: a shape's group goes through the network
+  when it holds ``batch`` images, and the group of the oldest waiting image once an item ``window`` places after it
+  has come (or at the end), so batches fill on mixed-shape folders while no image waits for long and what waits for
+  its turn stays O(``window`` + ``batch``);
 * the **consumer** (the caller's thread) puts the records back in path order and hands each to ``emit`` (the journal
   and the index writer, which are not thread-safe, stay on it). A corrupt image becomes a ``SkippedFile`` at its
   place, a video's end comes after its frames.
@@ -186,20 +187,25 @@ class _Pipeline:
                 if item.pixels is None:  # a file that could not be read, or a video's end: ready now
                     if not self._put(self.out_q, (item.seq, item)):
                         return
-                    continue
-                shape = self.letterbox_shape(item.pixels.shape) if self.batch > 1 else None
-                group = groups.setdefault(shape, [])
-                group.append(item)
-                if len(group) >= self.batch and not self._detect(groups.pop(shape)):
-                    return
-                while groups and (sum(map(len, groups.values())) >= self.window or self.cancel.is_set()):
+                else:
+                    shape = self.letterbox_shape(item.pixels.shape) if self.batch > 1 else None
+                    group = groups.setdefault(shape, [])
+                    group.append(item)
+                    if len(group) >= self.batch and not self._detect(groups.pop(shape)):
+                        return
+                while groups and (item.seq - self._oldest(groups) >= self.window or self.cancel.is_set()):
                     if not self._detect_oldest(groups):
                         return
         except BaseException as exc:
             self._fail(exc)
 
+    @staticmethod
+    def _oldest(groups: dict) -> int:
+        """The number of the oldest image waiting (the one the consumer waits for)."""
+        return min(group[0].seq for group in groups.values())
+
     def _detect_oldest(self, groups: dict) -> bool:
-        """Detect the group that holds the oldest waiting image (the one the consumer waits for)."""
+        """Detect the group that holds the oldest waiting image."""
         shape = min(groups, key=lambda s: groups[s][0].seq)
         return self._detect(groups.pop(shape))
 
@@ -300,7 +306,8 @@ def analyse_in_order(tasks: list[tuple[Path, int]], *, letterbox_shape: Callable
     sampling : ``read_video_frames``' sampling arguments (``sample_fps``, ``stride``); None: 1 frame a second.
     cancel : when set, the detector thread stops holding images back (the next ``emit`` is expected to raise).
     workers : decoding and thumbnail threads; None: ``default_workers()``.
-    window : images held back to fill batches; None: ``default_window(batch)``.
+    window : how far (in items) the detector thread may look past the oldest image it holds back to fill batches;
+        None: ``default_window(batch)``.
 
     Raises
     ------

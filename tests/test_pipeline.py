@@ -117,6 +117,23 @@ def test_records_come_out_in_path_order_and_batches_hold_one_shape(tmp_path, bat
     assert set(threading.enumerate()) == before
 
 
+def test_an_image_of_a_rare_shape_waits_at_most_a_window(tmp_path):
+    """One image of its own shape, then 40 of another: it goes through the network once an item ``window`` places
+    after it has come, not at the end, so the records behind it are not held for the whole folder."""
+    folder = tmp_path / "rare"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a_rare.png"), np.zeros((30, 90, 3), np.uint8))
+    for i in range(40):
+        cv2.imwrite(str(folder / f"b_{i:03d}.png"), np.zeros((48, 64, 3), np.uint8))
+    files = sorted(folder.iterdir())
+    recorder = Recorder()
+    run_fake([(p, 0) for p in files], recorder, batch=4, window=10, workers=2)
+    rare = [i for i, b in enumerate(recorder.batches) if b == [(30, 90)]]
+    assert rare == [2]  # after the 2 batches of b_000..b_007; the window reached at b_009 (item 10)
+    assert sorted(map(len, recorder.batches)) == [1] + [4] * 10
+    assert [r[1] for r in recorder.emitted] == [p.name for p in files]
+
+
 def test_a_videos_frames_resume_at_their_start_frame(tmp_path):
     recorder = Recorder()
     frames = [f.index for f in read_video_frames(WALKING, sample_fps=VIDEO_FPS)]
