@@ -291,20 +291,32 @@ def test_cancelled_mid_pipeline_leaves_no_thread_and_resumes_to_the_same_index(b
     assert_same_index(out, batched[0], box_px=1e-3, feature_tol=1e-5)
 
 
-@pytest.mark.slow
-def test_analyze_at_batch_8_killed_mid_pipeline_then_resumed_equals_an_uninterrupted_run(tmp_path):
-    from test_resume import assert_same_index as assert_same_resumed, kill_when
-
-    folder = tmp_path / "images"
+@pytest.fixture(scope="module")
+def kill_folder(tmp_path_factory):
+    """24 coco128 images, and their index made by ``objsearch analyze --batch 8`` in one go."""
+    folder = tmp_path_factory.mktemp("kill") / "images"
     folder.mkdir()
     for p in coco_images(N_IMAGES):
         shutil.copy(p, folder / p.name)
-    straight = tmp_path / "straight.h5"
+    straight = folder.parent / "straight.h5"
     done = run_cli("analyze", folder, "-o", straight, "--weights", WEIGHTS, "--batch", "8")
     assert done.returncode == 0, done.stderr
+    with Catalog(straight) as c:
+        assert c.attrs["config"]["batch"] == 8 and len(c.media_path) == N_IMAGES
+    return folder, straight
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after_items", [4, 12])
+def test_analyze_at_batch_8_killed_mid_pipeline_then_resumed_equals_an_uninterrupted_run(kill_folder, tmp_path,
+                                                                                         kill_after_items):
+    """SIGKILL once the first (or second) batch is journaled, while the next ones are decoded and detected."""
+    from test_resume import assert_same_index as assert_same_resumed, kill_when
+
+    folder, straight = kill_folder
     out = tmp_path / "killed.h5"
     journal = out.with_name(out.name + ".journal")
-    kill_when(["analyze", folder, "-o", out, "--weights", WEIGHTS, "--batch", "8"], journal, 4)
+    kill_when(["analyze", folder, "-o", out, "--weights", WEIGHTS, "--batch", "8"], journal, kill_after_items)
     with Catalog(out) as unfinished:
         assert unfinished.state == "analyzing" and len(unfinished.media_path) < N_IMAGES
     finished = run_cli("analyze", folder, "-o", out, "--weights", WEIGHTS, "--batch", "8")
@@ -312,5 +324,3 @@ def test_analyze_at_batch_8_killed_mid_pipeline_then_resumed_equals_an_uninterru
     assert "resumed from an interrupted run" in finished.stdout, finished.stdout
     assert not journal.exists()
     assert_same_resumed(out, straight)
-    with Catalog(straight) as c:
-        assert c.attrs["config"]["batch"] == 8 and len(c.media_path) == N_IMAGES
