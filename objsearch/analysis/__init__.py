@@ -1,6 +1,6 @@
 """Analysis jobs: ``analyze`` a folder into a new index, ``add`` files to it, ``remove`` them, ``sync`` it with its
-folder, ``compact`` it. Every job streams: images are decoded in a prefetch thread, detected, journaled and committed
-to the index in small transactions, so memory stays O(commit interval), not O(dataset).
+folder, ``compact`` it. Every job streams: images are decoded by a pool of workers, detected in batches, journaled
+and committed to the index in small transactions, so memory stays O(commit interval), not O(dataset).
 
 Crash safety has two layers:
 
@@ -21,7 +21,8 @@ The package, from the top down:
 * ``jobs``: the jobs themselves (imported here: ``from objsearch.analysis import analyze, sync, ...``);
 * ``backfill``: the projections fitted at the end of an analysis, and what ``sync`` adds to an older index;
 * ``runner``: ``JobRun``, one job's pass over its files (detect, journal, commit), and what jobs share;
-* ``prefetch``: decoding images and video frames ahead of the detector, in a thread;
+* ``pipeline``: the pass over a job's files, pipelined: decoding and thumbnails in a pool of workers, batches
+  grouped by letterbox shape in a reorder window, records handed back in path order;
 * ``journal``: the journal file and its record format (shared with the Ray shards of ``objsearch.distributed``).
 
 The detector and settings an index was built with are found by ``objsearch.provenance``, below this package.

@@ -1,4 +1,4 @@
-"""One job's pass over files (``JobRun``): decode (``objsearch.analysis.prefetch``), detect as the index stores
+"""One job's pass over files (``JobRun``): decode (``objsearch.analysis.pipeline``), detect as the index stores
 objects (``detect_for_index``), journal each finished image (``objsearch.analysis.journal``) and commit to the index
 in small transactions (every ``COMMIT_EVERY_IMAGES`` images or ``COMMIT_EVERY_SECONDS``). Used by analyze, add and
 sync (``objsearch.analysis.jobs``) and by the Ray merge (``objsearch.distributed``); also what they share: the job's
@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from objsearch.analysis.journal import Journal, VideoEnd, record_key
-from objsearch.analysis.prefetch import prefetch, video_sampling
+from objsearch.analysis.pipeline import analyse_in_order, video_sampling
 from objsearch.errors import ExitCode, ImageReadError, ObjsearchError, VideoReadError
 from objsearch.hygiene import IndexPolicy
 from objsearch.media import VIDEO_SUFFIXES, make_thumbnail, video_info
@@ -251,48 +251,17 @@ class JobRun:
 
     def run(self, files: list[Path], start_frames: dict[Path, int] | None = None) -> None:
         """Analyze ``files`` (images and videos, sorted) in order; a video in ``start_frames`` starts at that frame
-        (the frames before are in the index already)."""
+        (the frames before are in the index already). Decoding, detection in batches, thumbnails and the journal
+        and index writes (on this thread, in path order) overlap: ``objsearch.analysis.pipeline``."""
         start_frames = start_frames or {}
         tasks = [(p, int(start_frames.get(p, 0))) for p in files]
         self.n_total = self.n_done + sum(self._estimate(p, start) if p.suffix.lower() in VIDEO_SUFFIXES else 1
                                          for p, start in tasks)
-        batch = max(1, int(self.cfg.get("batch", 1)))
-        pending: list[tuple[Path, np.ndarray, tuple | None]] = []
-        pending_shape = None
-        stop = threading.Event()
-
-        def detect_pending() -> None:
-            if not pending:
-                return
-            images = [image for _, image, _ in pending]
-            found = detect_for_index(self.detector, images, self.cfg)
-            todo = list(pending)
-            pending.clear()
-            for (path, image, where), dets in zip(todo, found):
-                self._finish_one(self._record(path, image, dets, where))
-
-        max_pixels = int(self.cfg.get("max_pixels", 100_000_000))
-        for path, image, where in prefetch(tasks, max(4, 2 * batch), stop, max_pixels, video_sampling(self.cfg)):
-            if isinstance(image, (ImageReadError, VideoEnd)):
-                detect_pending()  # keep the journal in path order
-                if isinstance(image, VideoEnd):
-                    if image.reason:
-                        LOGGER.warning("%s", image.reason)
-                    root, rel = self.locate(path)
-                    self._finish_one(VideoEnd(rel, image.n_frames, image.reason, root))
-                    continue
-                LOGGER.warning("skipping %s", image)
-                root, rel = self.locate(path)
-                self._finish_one(SkippedFile(rel, str(image), root))
-                continue
-            shape = self.detector.letterbox_shape(image.shape) if batch > 1 else None
-            if pending and shape != pending_shape:
-                detect_pending()
-            pending.append((path, image, where))
-            pending_shape = shape
-            if len(pending) >= batch:
-                detect_pending()
-        detect_pending()
+        analyse_in_order(tasks, letterbox_shape=self.detector.letterbox_shape,
+                         detect=lambda images: detect_for_index(self.detector, images, self.cfg),
+                         make_record=self._record, emit=self._finish_one, locate=self.locate, video_end=VideoEnd,
+                         batch=int(self.cfg.get("batch", 1)), max_pixels=int(self.cfg.get("max_pixels", 100_000_000)),
+                         sampling=video_sampling(self.cfg), cancel=self.cancel)
 
     def _record(self, path: Path, image: np.ndarray, dets: Detections, where: tuple | None = None) -> MediaRecord:
         """A MediaRecord of an analysed image, or of one video frame (``where``: (frame_index, timestamp_s))."""
