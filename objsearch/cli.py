@@ -275,51 +275,36 @@ def _catalog_state(index: Path, uri: str | None):
 
 
 def _print_summary(verb: str, summary, output=None) -> None:
-    frames = getattr(summary, "n_added_frames", 0)
-    what = (f"{_count(summary.n_added - frames, 'image')} and {_count(frames, 'frame')} of "
-            f"{_count(summary.n_videos, 'video')}" if frames else _count(summary.n_added, "image"))
-    parts = [f"{verb} {what} ({_count(summary.n_added_objects, 'object')})"]
-    if summary.n_resumed:
-        parts.append(f"{summary.n_resumed} resumed from an interrupted run")
-    if summary.n_changed:
-        parts.append(f"{summary.n_changed} changed and analyzed again")
-    if summary.n_removed:
-        parts.append(f"removed {_count(summary.n_removed, 'image')} ({_count(summary.n_removed_objects, 'object')})")
-    if summary.n_already:
-        parts.append(f"{summary.n_already} already indexed")
-    if summary.n_unchanged:
-        parts.append(f"{summary.n_unchanged} unchanged")
-    if getattr(summary, "n_image_vectors", 0):
-        parts.append(f"whole-image vectors made for {summary.n_image_vectors} images")
-    if getattr(summary, "rerank_dims", None):
-        parts.append(f"rerank vectors ({summary.rerank_dims}-d) made for an index made before reranking")
-    parts.append(f"{summary.n_no_objects} with no objects")
-    parts.append(f"{len(summary.skipped)} skipped")
-    if summary.n_other_files:
-        parts.append(f"{summary.n_other_files} other files ignored")
-    typer.echo(", ".join(parts) + f", in {summary.seconds:.1f} s -> {output or summary.index} "
-               f"({_count(summary.n_images, 'image')}, {_count(summary.n_objects, 'object')})")
-    from objsearch.types import printable
+    from objsearch.summary import job_lines
 
-    for item in summary.skipped:
-        typer.echo(f"  skipped {printable(item.path)}: {item.reason}")
+    for line in job_lines(verb, summary, output):
+        typer.echo(line)
+
+
+def _stage_progress():
+    """A progress callback ``(stage, done, total, objects)`` showing one bar per stage; returns (callback, close)."""
+    bars: dict = {}
+
+    def progress(stage, done, total, objects):
+        if stage not in bars:
+            for bar, _ in bars.values():
+                bar.close()
+            bars[stage] = _progress_bar(total, stage)
+        bar, update = bars[stage]
+        bar.total = total
+        update(done, total, objects)
+
+    def close():
+        for bar, _ in bars.values():
+            bar.close()
+
+    return progress, close
 
 
 def _job_progress(desc: str):
-    """A progress callback that opens its bar on first use; returns (callback, close)."""
-    state = {}
-
-    def progress(done, total, objects):
-        if "bar" not in state:
-            state["bar"], state["update"] = _progress_bar(total, desc)
-        state["bar"].total = total
-        state["update"](done, total, objects)
-
-    def close():
-        if "bar" in state:
-            state["bar"].close()
-
-    return progress, close
+    """A progress callback ``(done, total, objects)`` that opens its bar on first use; returns (callback, close)."""
+    progress, close = _stage_progress()
+    return (lambda done, total, objects: progress(desc, done, total, objects)), close
 
 
 @app.command()
@@ -459,6 +444,7 @@ def remove(
 
     if not paths and not missing:
         raise ObjsearchError("name images or folders to remove, or pass --missing")
+    from objsearch.summary import count
     from objsearch.types import printable
 
     previous = _catalog_state(index, milvus_uri)
@@ -466,17 +452,12 @@ def remove(
     for path in summary.not_indexed:
         _err(f"{printable(path)} is not in {printable(str(index))} (no indexed image or video is that file or under "
              f"that folder)")
-    typer.echo(f"removed {_count(summary.n_removed, 'image')} ({_count(summary.n_removed_objects, 'object')}) from "
-               f"{index} ({_count(summary.n_images, 'image')}, {_count(summary.n_objects, 'object')} left) in "
+    typer.echo(f"removed {count(summary.n_removed, 'image')} ({count(summary.n_removed_objects, 'object')}) from "
+               f"{index} ({count(summary.n_images, 'image')}, {count(summary.n_objects, 'object')} left) in "
                f"{summary.seconds:.1f} s")
     _milvus_follow(index, milvus_uri, milvus_collection, previous)
     if summary.not_indexed:
         raise typer.Exit(ExitCode.UNREADABLE_INPUT)
-
-
-def _count(n: int, noun: str) -> str:
-    """``1 image``, ``2 images``, ``0 images``."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 @app.command()
@@ -960,91 +941,17 @@ def _write_picture(engine, image, result, out: Path) -> None:
         raise CannotWriteError(f"cannot write picture {out} (a full disk, or a folder this user cannot write)")
 
 
-def _evaluate_images(data_dir: Path, cfg: dict, dim_list: list[int], *, as_json: bool, limit: int | None,
-                     peer: bool) -> None:
-    """``eval --mode image``: ours (the image vector of the detector pass) and, with ``peer``, ``YOLO.embed()``."""
-    import math
-
-    from objsearch import image_eval as ie
-    from objsearch.engine import load_detector
-
-    detector = load_detector(cfg)
-    paths, pictures = ie.load_images(data_dir, limit)
-    if not paths:
-        raise ObjsearchError(f"{data_dir} holds no readable images")
-    bar, update = _progress_bar(len(paths) * (2 if peer else 1), "eval")
-    state = {"done": 0}
-
-    def progress(n):
-        state["done"] += n
-        update(state["done"], len(paths) * (2 if peer else 1), 0)
-
-    try:
-        methods = [ie.collect_ours(detector, paths, pictures, progress=progress)]
-        if peer:
-            methods.append(ie.collect_embed(detector.weights_path, paths, pictures, imgsz=detector.imgsz,
-                                            device=cfg["device"], progress=progress))
-    finally:
-        bar.close()
-    rows = [(m, ie.score_images(m, d, cfg["seed"])) for m in methods for d in [*dim_list, None]]
-    report = {
-        "data_dir": str(data_dir), "weights": Path(str(detector.weights_path)).name, "mode": "image",
-        "image_recipe": detector.image_feature_recipe(), "n_images": len(paths),
-        "n_queries": int((methods[0].largest_class >= 0).sum()),
-        "methods": [{"name": m.name, "n_features": int(m.features.shape[1]), "ms_per_image": m.ms_per_image,
-                     "pass_ms_per_image": m.pass_ms_per_image if math.isfinite(m.pass_ms_per_image) else None}
-                    for m in methods],
-        "results": [{"method": m.name, **r} for m, r in rows],
-    }
-    if as_json:
-        typer.echo(json.dumps(report))
-        return
-    ours = methods[0]
-    typer.echo(f"{len(paths)} images ({report['n_queries']} with labels), {report['weights']}, image recipe "
-               f"{detector.image_feature_recipe()['blocks']} ({detector.n_image_features}-d)")
-    typer.echo(f"ours: {ours.ms_per_image:.2f} ms/image added to a {ours.pass_ms_per_image:.0f} ms detector pass "
-               f"(no extra pass)" + (f"; YOLO.embed(): {methods[1].ms_per_image:.0f} ms/image (a second pass, "
-                                      f"{methods[1].features.shape[1]}-d)" if peer else ""))
-    for line in ie.format_table(rows):
-        typer.echo(line)
-
-
 @app.command()
 @handle_errors
 def info(index: IndexArg) -> None:
     """Counts, dims, model, classes and size on disk of an index file."""
-    import numpy as np
-
     from objsearch.catalog import Catalog
-    from objsearch.types import printable
+    from objsearch.summary import summarize
 
-    with Catalog(index) as f:
-        counts = np.bincount(f.class_id, minlength=len(f.class_names))
-        top = ", ".join(f"{f.class_names[c]} {counts[c]}" for c in np.argsort(-counts)[:10] if counts[c])
-        size = index.stat().st_size
-        cfg = f.attrs.get("config", {})
-        typer.echo(f"index      {printable(str(index))}")
-        typer.echo(f"format     {f.attrs.get('format')} v{f.format_version}, created {f.attrs.get('created', '?')}, "
-                   f"generation {f.generation}, state {f.state}")
-        frames = f.media_frame_index >= 0
-        videos = len({p for p, is_frame in zip(f.media_path, frames) if is_frame})
-        in_videos = f", {int(frames.sum())} of them frames of {videos} videos" if videos else ""
-        typer.echo(f"images     {len(f.media_id)}{in_videos} (skipped {len(f.skipped)}), base dir "
-                   f"{printable(str(f.base_dir))}")
-        from objsearch.roots import Roots
-
-        for line in Roots.of(f).describe():
-            typer.echo(f"folders    {line}")
-        typer.echo(f"objects    {len(f.object_id)} in {int((counts > 0).sum())} classes: {top}")
-        typer.echo(f"features   {f.attrs.get('feature_recipe')}")
-        typer.echo(f"projection {cfg.get('projection', '?')} to dims {f.dims} (seed {cfg.get('seed', '?')}), "
-                   + (f"rerank vectors {f.rerank_dims}-d" if f.rerank_dims is not None else
-                      "no rerank vectors (made before reranking: `objsearch sync` adds them)"))
-        typer.echo(f"images     whole-image vectors {f.image_recipe.get('blocks')}, random to dims {f.image_dims}"
-                   if f.has_image_vectors else
-                   "images     no whole-image vectors (made before image search): `objsearch sync` adds them")
-        typer.echo(f"model      {f.attrs.get('weights_name')} sha256 {f.weights_sha256}")
-        typer.echo(f"size       {size / 1e6:.2f} MB on disk ({size / max(len(f.object_id), 1) / 1e3:.2f} kB per object)")
+    with Catalog(index) as catalog:
+        lines = summarize(catalog, index).lines()
+    for line in lines:
+        typer.echo(line)
 
 
 @app.command("eval")
@@ -1075,134 +982,18 @@ def evaluate(
     matches a labeled object of the query's class; the matched protocol indexes only detections that match a
     labeled object (see objsearch/evaluate.py). --mode image: whole-image precision@1/5/10 and instance
     recall@1, against ultralytics' YOLO.embed()."""
-    from objsearch import evaluate as ev
-    from objsearch.engine import load_detector
-    from objsearch.errors import EmptyFolderError
+    from objsearch.eval_report import run_eval
 
     cfg = load_config(config, projection=projection, device=device, feature_recipe=recipe, weights=weights,
                       runtime=runtime)
-    if protocol not in ("realistic", "matched", "both"):
-        raise ObjsearchError(f"--protocol must be realistic, matched or both, got {protocol!r}")
-    dim_list = parse_dims(dims)
-    folders = [data_dir] + ([queries] if queries is not None else [])
-    listed = []
-    for folder in folders:
-        images = ev.list_labeled_images(folder) if folder.is_dir() else []
-        if not images:
-            raise EmptyFolderError(f"{folder} holds no images (expected images/ and labels/ as ultralytics lays them "
-                                   "out)")
-        if not any(ev.label_path_for(p).is_file() for p in images):
-            raise EmptyFolderError(f"{folder} has no YOLO labels (expected labels/ next to images/, one .txt per "
-                                   "image)")
-        listed.append(images)
-    if mode == "image":
-        if queries is not None:
-            raise ObjsearchError("--queries goes with the object protocols, not --mode image")
-        return _evaluate_images(data_dir, cfg, dim_list, as_json=as_json, limit=limit, peer=peer)
-    detector = load_detector(cfg)
-    hygiene = ev.Hygiene(cfg["index_conf"], cfg["dedup_iou"], bool(cfg["index_mirror"]))
-    rerank = ev.rerank_settings(detector, cfg)
-    conf = float(cfg["conf"])
-    collect_conf = min(conf, conf if hygiene.index_conf is None else float(hygiene.index_conf))
-
-    def detect(image, conf, mirror=False):
-        return detector.detect_batch([image], conf=conf, mirror=mirror)[0]
-
-    sets = []
-    for folder, images in zip(folders, listed):
-        bar, update = _progress_bar(len(images), f"eval {folder.name}")
-        state = {"done": 0, "objects": 0}
-
-        def progress(n_objects, images=images, state=state, update=update):
-            state["done"] += 1
-            state["objects"] += n_objects
-            update(state["done"], len(images), state["objects"])
-
-        try:
-            sets.append(ev.collect_labeled(detect, images, conf=collect_conf,
-                                           mirror=hygiene.mirror or rerank is not None, progress=progress))
-        finally:
-            bar.close()
-    method, seed = cfg["projection"], cfg["seed"]
-    report = {
-        "data_dir": str(data_dir), "queries": None if queries is None else str(queries),
-        "weights": Path(str(detector.weights_path)).name, "feature_recipe": detector.feature_recipe(),
-        "projection": method, "conf": conf, "index_conf": hygiene.index_conf, "dedup_iou": hygiene.dedup_iou,
-        "index_mirror": hygiene.mirror, "rerank_dims": None if rerank is None else rerank.dims,
-        "rerank_recipe": None if rerank is None else cfg["rerank_recipe"],
-    }
-
-    def both(score, data, d):
-        """The configuration's numbers, with those of the same search without the rerank beside them."""
-        result = score(data, d, method, seed, rerank=rerank)
-        if rerank is not None:
-            result["without_rerank"] = score(data, d, method, seed)
-        return result
-
-    realistic = []
-    if protocol in ("realistic", "both"):
-        if queries is not None:
-            big_index, big_queries = ev.bigger_protocol(sets[0], sets[1])
-            data = ev.realistic(big_index, big_queries, conf, hygiene)
-            realistic.append((f"bigger: {data_dir.name} + every other image of {queries.name} indexed, the others "
-                              "query", [both(ev.score_realistic, data, d) for d in dim_list]))
-            data = ev.realistic(sets[0], sets[1], conf, hygiene)
-            realistic.append(("queries from " + queries.name, [both(ev.score_realistic, data, d) for d in dim_list]))
-        data = ev.realistic(sets[0], None, conf, hygiene)
-        realistic.append((f"leave-one-image-out on {data_dir.name}", [both(ev.score_realistic, data, d)
-                                                                      for d in dim_list]))
-        report["realistic"] = {name: results for name, results in realistic}
-    matched = None
-    if protocol in ("matched", "both"):
-        matched = ev.matched_data(sets[0], conf)
-        report.update({"n_images": matched.n_images, "n_ground_truth": matched.n_ground_truth,
-                       "n_detections": matched.n_detections, "n_matched": len(matched.objects),
-                       "coverage": matched.coverage,
-                       "results": [both(ev.score, matched, d) for d in dim_list]})
-    if as_json:
-        typer.echo(json.dumps(report))
-        return
-    typer.echo(f"{Path(str(detector.weights_path)).name}, features {detector.feature_recipe()['blocks']} "
-               f"({detector.n_features}-d){' + mirrored in the index' if hygiene.mirror else ''}, {method} projection; "
-               f"query conf {conf:g}, index conf {collect_conf if hygiene.index_conf is None else hygiene.index_conf:g}, "
-               f"duplicate suppression {'IoU ' + format(hygiene.dedup_iou, 'g') if hygiene.dedup_iou else 'off'}"
-               + (f"; rerank vectors {rerank.dims}-d {cfg['rerank_recipe']}" if rerank is not None else ""))
-    for name, results in realistic:
-        r0 = results[0]
-        typer.echo(f"realistic protocol, {r0['n_index']} objects indexed ({r0['n_index_unmatched']} matching no "
-                   f"labeled object), {r0['n_queries']} query objects, {name}:")
-        typer.echo(f"{'dims':>9} | {'P@1':>6} {'P@5':>6} {'P@16':>6} | {'same P@1':>8} {'P@5':>6} {'P@16':>6} "
-                   f"{'false':>6} | {'inst R@1':>8} {'flip':>6} {'0.75x':>6} {'jpeg60':>6}")
-        for label, row in _eval_rows(results):
-            p, s, i = row["precision_at_k"], row["precision_at_k_same_class"], row["instance_recall_at_1"]
-            typer.echo(f"{label:>9} | {p[1]:6.3f} {p[5]:6.3f} {p[16]:6.3f} | {s[1]:8.3f} {s[5]:6.3f} "
-                       f"{s[16]:6.3f} {row['false_neighbours_same_class']:6.3f} | {i['mean']:8.3f} "
-                       f"{i['hflip']:6.3f} {i['resize0.75']:6.3f} {i['jpeg60']:6.3f}")
-        if name == realistic[0][0]:  # the first (with --queries: the bigger) protocol's misses and classes
-            for line in ev.format_misses(r0, detector.names):
-                typer.echo("  " + line)
-    if rerank is not None:
-        typer.echo("('plain': the same search vectors without the rerank)")
-    if matched is not None:
-        data = matched
-        typer.echo(f"matched protocol on {data_dir.name}: {data.n_images} images, {data.n_ground_truth} ground-truth "
-                   f"objects, {data.n_detections} detections, {len(data.objects)} matched at IoU>=0.5 (the index)")
-        typer.echo("re-detected after distortion: " + ", ".join(f"{t} {v:.3f}" for t, v in data.coverage.items()))
-        typer.echo(f"{'dims':>9} | {'P@1':>6} {'P@5':>6} {'P@16':>6} | {'same P@1':>8} {'P@5':>6} {'P@16':>6} | "
-                   f"{'inst R@1':>8} {'flip':>6} {'0.75x':>6} {'jpeg60':>6} | {'ms/obj':>7}")
-        for label, row in _eval_rows(report["results"]):
-            p, s, i = row["precision_at_k"], row["precision_at_k_same_class"], row["instance_recall_at_1"]
-            typer.echo(f"{label:>9} | {p[1]:6.3f} {p[5]:6.3f} {p[16]:6.3f} | {s[1]:8.3f} {s[5]:6.3f} "
-                       f"{s[16]:6.3f} | {i['mean']:8.3f} {i['hflip']:6.3f} {i['resize0.75']:6.3f} "
-                       f"{i['jpeg60']:6.3f} | {row['query_ms_per_object']:7.4f}")
-
-
-def _eval_rows(results: list[dict]):
-    """(label, result) of each dimension's result, followed by the same search without the rerank when measured."""
-    for r in results:
-        yield str(r["dims"]), r
-        if r.get("without_rerank") is not None:
-            yield f"{r['dims']} plain", r["without_rerank"]
+    progress, close = _stage_progress()
+    try:
+        report = run_eval(data_dir, cfg, parse_dims(dims), queries=queries, protocol=protocol, mode=mode, limit=limit,
+                          peer=peer, progress=progress)
+    finally:
+        close()
+    for line in [json.dumps(report.to_dict())] if as_json else report.lines():
+        typer.echo(line)
 
 
 @app.command()
