@@ -20,6 +20,10 @@ from typer.core import TyperGroup
 
 from objsearch.config import PROJECT_ROOT, find_demo_index, load_config, parse_dims
 from objsearch.errors import ExitCode, ObjsearchError
+from objsearch.inputs import expand_query_inputs, read_query
+from objsearch.summary import result_lines
+from objsearch.outputs import (check_index_output, check_not_input, index_files,
+                               open_for_writing, picture_paths, write_picture)
 from objsearch.projection import PROJECTION_METHODS
 from objsearch.runtimes import RUNTIMES
 from objsearch.vectors import BACKENDS
@@ -335,8 +339,8 @@ def analyze(
     video_stride: Annotated[Optional[int], typer.Option("--video-stride", min=1, help="Sample every N-th frame of "
                                                         "each video instead of --video-fps.")] = None,
 ) -> None:
-    """Analyze every image and video (.mp4 .mov .avi .mkv .webm) under FOLDER into a new index file; each sampled
-    video frame is one media item. An interrupted run resumes when run again (in the middle of a video too); a
+    """Analyze every image and video (.mp4 .mov .avi .mkv .webm .m4v .mpg .mpeg .wmv) under FOLDER into a new
+    index file; each sampled video frame is one media item. An interrupted run resumes when run again (in the middle of a video too); a
     finished index is brought up to date with 'objsearch sync'."""
     if engine not in ("local", "ray"):
         raise ObjsearchError(f"--engine must be local or ray, got {engine!r}")
@@ -354,53 +358,14 @@ def analyze(
     cfg = load_config(config, dims=dims, projection=projection, conf=conf, imgsz=imgsz, device=device,
                       feature_recipe=recipe, weights=weights, batch=batch, runtime=runtime, video_fps=video_fps,
                       video_stride=video_stride)
-    _check_not_input(output, [folder])
-    _check_index_output(output)
+    check_not_input(output, [folder])
+    check_index_output(output)
     progress, close = _job_progress("analyze")
     try:
         summary = run_analyze(folder, output, cfg, overwrite=overwrite, progress=progress)
     finally:
         close()
     _print_summary("analyzed", summary)
-
-
-INDEX_SIDE_FILES = (".journal", ".undo", ".lock", ".tmp")  # what objsearch keeps next to an index file
-
-
-def _index_files(index: Path | None) -> list[Path]:
-    """An index and the files objsearch keeps beside it (journal, rollback journal, writer lock, hnsw graphs)."""
-    import glob
-
-    if index is None:
-        return []
-    return [index, *(index.with_name(index.name + s) for s in INDEX_SIDE_FILES),
-            *index.parent.glob(glob.escape(index.name) + ".hnsw*")]
-
-
-def _check_not_input(output: Path, inputs) -> None:
-    """Refuse an output path that is one of the inputs, or an index's journal, undo, lock or graph file (never
-    write over an input); a folder given as an input also covers every file under it."""
-    import os
-
-    out = os.path.realpath(output)
-    for item in inputs:
-        if item is None:
-            continue
-        real = os.path.realpath(item)
-        if real == out or (os.path.isdir(real) and out.startswith(real.rstrip(os.sep) + os.sep)
-                           and Path(out).suffix.lower() in MEDIA_SUFFIXES):
-            raise ObjsearchError(f"{output} is an input of this command; choose another output file")
-
-
-def _check_index_output(output: Path) -> None:
-    """Refuse before any work an index path that is a folder or something other than a file, or a media file."""
-    if output.is_dir():
-        raise ObjsearchError(f"cannot write the index {output}: it is a folder")
-    if output.exists() and not output.is_file():
-        raise ObjsearchError(f"cannot write the index {output}: not a regular file")
-    if output.suffix.lower() in MEDIA_SUFFIXES:
-        raise ObjsearchError(f"cannot write the index {output}: that is an image or video name; use a .h5 name")
-    check_output_folder(output, "the index")
 
 
 @app.command()
@@ -569,6 +534,7 @@ def duplicates(
     an index, in groups with a representative each."""
     from objsearch.catalog import Catalog
     from objsearch.duplicates import find_duplicates, report_to_dict, write_group_pictures
+    from objsearch.summary import duplicates_lines
 
     if objects and images:
         raise ObjsearchError("pass --objects or --images, not both")
@@ -584,23 +550,9 @@ def duplicates(
         if as_json:
             typer.echo(json.dumps(report_to_dict(report, catalog)))
             return
-        data = report_to_dict(report, catalog, limit=limit)
-    unit = "images" if kind == "images" else "objects"
-    typer.echo(f"{data['n_groups']} groups of near-duplicate {unit} ({data['n_duplicates']} duplicates) among "
-               f"{data['n_items']} {unit}; threshold {report.threshold:g} at {report.dims} dims, {report.method}, "
-               f"in {report.seconds:.1f} s")
-
-    def name(item: dict) -> str:
-        where = f" @ {item['timestamp_s']:.1f}s" if "timestamp_s" in item else ""
-        what = f" {item['label']} #{item['object_id']}" if "object_id" in item else ""
-        return f"{item['path']}{where}{what}"
-
-    for n, group in enumerate(data["groups"], 1):
-        typer.echo(f"group {n} ({1 + len(group['members'])}): {name(group['representative'])}")
-        for item in group["members"]:
-            typer.echo(f"    {name(item)}  d={item['distance']:.3f}")
-    if data["n_groups"] > len(data["groups"]):
-        typer.echo(f"... and {data['n_groups'] - len(data['groups'])} more groups (--json lists them all)")
+        lines = duplicates_lines(report_to_dict(report, catalog, limit=limit), report)
+    for line in lines:
+        typer.echo(line)
 
 
 @app.command()
@@ -634,71 +586,11 @@ def convert(
     """Convert an index of format 1 to format 2 (stable ids; add, remove and sync). Nothing is analyzed again."""
     from objsearch.catalog import convert as run_convert
 
-    _check_not_input(output, _index_files(source))
-    _check_index_output(output)
+    check_not_input(output, index_files(source))
+    check_index_output(output)
     t0 = time.perf_counter()
     run_convert(source, output, overwrite=overwrite)
     typer.echo(f"converted {source} -> {output} in {time.perf_counter() - t0:.1f} s")
-
-
-URL_MAX_BYTES = 20 << 20  # a query image fetched from a URL: at most 20 MB ...
-URL_TIMEOUT_S = 15.0  # ... within 15 s
-
-
-def _is_url(text: str) -> bool:
-    return text.lower().startswith(("http://", "https://"))
-
-
-def expand_query_inputs(inputs: list[str]) -> list[str | Path]:
-    """The query images named by ``inputs``, in order: http(s) URLs as they are, a folder's images (recursively,
-    sorted), a glob pattern's image files (sorted; ``**`` recurses) and plain paths.
-
-    Raises
-    ------
-    ImageReadError
-        When a folder or a pattern names no image (a query image that cannot be read, exit 2).
-    """
-    import glob
-
-    from objsearch.errors import ImageReadError
-
-    out: list[str | Path] = []
-    for text in inputs:
-        path = Path(text)
-        if _is_url(text):
-            out.append(text)
-        elif path.is_dir():
-            from objsearch.media import list_images
-
-            found = list_images(path)
-            if not found:
-                raise ImageReadError(f"cannot read image {text}: it is a folder with no images in it")
-            out += found
-        elif not path.exists() and glob.has_magic(text):
-            found = sorted(Path(p) for p in glob.glob(text, recursive=True)
-                           if Path(p).suffix.lower() in MEDIA_SUFFIXES - VIDEO_ONLY_SUFFIXES and Path(p).is_file())
-            if not found:
-                raise ImageReadError(f"cannot read image {text}: no image file matches the pattern")
-            out += found
-        else:
-            out.append(path)
-    return out
-
-
-def _read_query(item: str | Path):
-    """(H, W, 3) uint8 BGR of a query path or URL (fetched with a size and time limit)."""
-    from objsearch.errors import ImageReadError
-    from objsearch.media import decode_image, fetch_image, read_image
-    from objsearch.types import printable
-
-    if isinstance(item, str):
-        try:
-            data = fetch_image(item, max_bytes=URL_MAX_BYTES, timeout_s=URL_TIMEOUT_S)
-        except ObjsearchError as exc:  # the URL named, as a query image that cannot be read (exit 2)
-            shown = printable(item if len(item) <= 200 else item[:200] + "...")
-            raise ImageReadError(f"cannot read image {shown}: {exc}") from None
-        return decode_image(data, item)
-    return read_image(item)
 
 
 @app.command()
@@ -740,11 +632,11 @@ def query(
     if mode == "image" and same_class:
         raise ObjsearchError("--same-class applies to --mode objects (whole images have no one class)")
     items = expand_query_inputs(list(images))
-    pictures = _picture_paths(items, out, save)
+    pictures = picture_paths(items, out, save)
     for target in pictures.values():
-        _check_not_input(target, [*(i for i in items if isinstance(i, Path)), *_index_files(index)])
+        check_not_input(target, [*(i for i in items if isinstance(i, Path)), *index_files(index)])
     try:
-        first = _read_query(items[0])  # decoded once; a bad only image fails before the detector loads
+        first = read_query(items[0])  # decoded once; a bad only image fails before the detector loads
     except ImageReadError as exc:
         if len(items) == 1:
             raise
@@ -755,7 +647,7 @@ def query(
                 milvus_index=milvus_index, runtime=runtime) as engine:
         for n, item in enumerate(items):
             try:
-                picture = first if n == 0 else _read_query(item)
+                picture = first if n == 0 else read_query(item)
                 if isinstance(picture, ImageReadError):
                     raise picture
             except ImageReadError as exc:
@@ -773,172 +665,15 @@ def query(
                                             warmup=True, image=picture,  # once per input shape
                                             group_s=None if no_group else group_window)
             if n in pictures:
-                _write_picture(engine, picture, result, pictures[n])
-            if as_json:
-                typer.echo(json.dumps(result.to_dict()))
-            elif mode == "image":
-                _print_image_result(item, result)
-            else:
-                _print_result(item, result)
+                write_picture(engine, picture, result, pictures[n])
+            for line in [json.dumps(result.to_dict())] if as_json else result_lines(item, result):
+                typer.echo(line)
     if pictures and not as_json:
         written = sorted({p.parent for p in pictures.values()})
         typer.echo(f"wrote {pictures[0]}" if len(items) == 1 and 0 in pictures else
                    f"wrote {len(pictures) - n_failed} pictures to {', '.join(map(str, written))}")
     if n_failed:
         raise typer.Exit(ExitCode.UNREADABLE_INPUT)
-
-
-def _picture_paths(items: list, out: Path | None, save: bool) -> dict[int, Path]:
-    """Where ``query`` writes each query image's picture, by its position in ``items``: ``out`` itself for one
-    image; for a folder ``out`` (which must exist) one file per image named after it; with ``save`` and no ``out``
-    a new numbered folder ``runs/query/N`` (as ``yolo predict`` numbers its runs). Refused before any work: a
-    missing folder, several images and a file name, a name OpenCV cannot write."""
-    from objsearch.errors import UsageError
-
-    if out is None and not save:
-        return {}
-    if out is not None and not out.is_dir():
-        if len(items) != 1:
-            raise UsageError(f"--out {out}: {len(items)} query images write one picture each into a folder, and "
-                             f"{out} is not one (name an existing folder)")
-        _check_picture_path(out)
-        return {0: out}
-    folder = out if out is not None else _next_run_folder(Path("runs") / "query")
-    names: dict[int, Path] = {}
-    taken: set[str] = set()
-    for n, item in enumerate(items):
-        stem = _picture_stem(item, n)
-        name, i = f"{stem}.jpg", 1
-        while name.lower() in taken:  # the same file name from two folders
-            i += 1
-            name = f"{stem}-{i}.jpg"
-        taken.add(name.lower())
-        names[n] = folder / name
-    return names
-
-
-def _picture_stem(item, n: int) -> str:
-    """A file-name stem for the picture of query ``item``: the image's own stem, or the URL's last path part;
-    characters other than letters, digits, ``.-_`` become ``_``."""
-    import re
-    from urllib.parse import urlsplit
-
-    raw = Path(urlsplit(item).path).stem if isinstance(item, str) else Path(item).stem
-    stem = re.sub(r"[^A-Za-z0-9._-]", "_", raw).strip("._") or f"query{n + 1}"
-    return stem[:100]
-
-
-def _next_run_folder(parent: Path) -> Path:
-    """``parent/N`` for the next free N (1, 2, ...), made now (so that two runs never share one)."""
-    from objsearch.errors import CannotWriteError
-
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CannotWriteError(f"cannot make {parent}: {exc.strerror}") from None
-    numbers = [int(p.name) for p in parent.iterdir() if p.name.isdigit()]
-    n = max(numbers, default=0) + 1
-    while True:
-        try:
-            (parent / str(n)).mkdir()
-            return parent / str(n)
-        except FileExistsError:
-            n += 1
-        except OSError as exc:
-            raise CannotWriteError(f"cannot make {parent / str(n)}: {exc.strerror}") from None
-
-
-def _print_image_result(item, result) -> None:
-    """One line per query: the whole-image neighbours, nearest first."""
-    from objsearch.types import printable
-
-    t = result.to_dict()["timings_ms"]
-    warm = f"; a first pass at this input size took {t['warmup']:.0f} ms before timing" if "warmup" in t else ""
-    typer.echo(f"{printable(str(item))}: {len(result.neighbors)} similar images, {t['total']:.0f} ms (detect "
-               f"{t['detect']:.0f}, image vector {t['image_feature']:.1f}, search {t['search']:.1f}){warm}")
-    typer.echo("  " + ", ".join(f"{nb.media.display_name()} d={nb.distance:.2f}" for nb in result.neighbors))
-
-
-def _print_result(item, result) -> None:
-    from objsearch.types import printable
-
-    t = result.to_dict()["timings_ms"]
-    warm = f"; a first pass at this input size took {t['warmup']:.0f} ms before timing" if "warmup" in t else ""
-    typer.echo(f"{printable(str(item))}: {len(result.detections)} objects, {t['total']:.0f} ms "
-               f"(detect {t['detect']:.0f}, features {t['features']:.1f}, search {t['search']:.1f}){warm}")
-    for i in range(len(result.detections)):
-        nbs = ", ".join(f"{result.label(n.class_id)} d={n.distance:.2f} ({_neighbor_place(n)})"
-                        for n in result.neighbors[i])
-        box = [round(float(v)) for v in result.detections.xyxy[i]]
-        note = f"  [{result.notes[i]}]" if result.notes[i] else ""
-        typer.echo(f"  {result.label(result.detections.class_id[i])} {result.detections.confidence[i]:.2f} "
-                   f"{box}: {nbs}{note}")
-
-
-def _neighbor_place(nb) -> str:
-    """``clip.mp4 @ 00:01:23.4`` (with the moment it stands for: ``, 00:01:22.0-00:01:25.0, 4 frames``)."""
-    from objsearch.types import format_timestamp
-
-    text = nb.media.display_name()
-    if nb.moment is not None and nb.moment.frames > 1:
-        text += (f", moment {format_timestamp(nb.moment.start_s)}-{format_timestamp(nb.moment.end_s)} of "
-                 f"{nb.moment.frames} frames")
-    return text
-
-
-PICTURE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-# objsearch.media's IMAGE_SUFFIXES and VIDEO_SUFFIXES (spelled out: importing media loads OpenCV)
-VIDEO_ONLY_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm"}
-MEDIA_SUFFIXES = PICTURE_SUFFIXES | {".jfif", ".pbm", ".pgm", ".ppm"} | VIDEO_ONLY_SUFFIXES
-
-
-def check_output_folder(path: Path, what: str) -> None:
-    """Refuse before any work an output whose folder does not exist or is a file: one rule for every output
-    (``--out``, ``--jsonl``, ``-o``); objsearch makes only the folders it names itself (``runs/...``)."""
-    from objsearch.errors import UsageError
-
-    parent = path.parent
-    if parent.is_dir():
-        return
-    if parent.exists():
-        raise UsageError(f"cannot write {what} {path}: {parent} is a file, not a folder")
-    raise UsageError(f"cannot write {what} {path}: the folder {parent} does not exist (objsearch makes no folder "
-                     f"for an output)")
-
-
-def _check_picture_path(out: Path) -> None:
-    """Refuse before any work a picture path OpenCV cannot write: no image suffix, a folder, a missing folder or
-    one that is a file."""
-    if out.is_dir():
-        raise ObjsearchError(f"cannot write picture {out}: it is a folder")
-    if out.suffix.lower() not in PICTURE_SUFFIXES:
-        raise ObjsearchError(f"cannot write picture {out}: use a name ending in .jpg or .png")
-    check_output_folder(out, "picture")
-
-
-def _write_picture(engine, image, result, out: Path) -> None:
-    """Render ``result`` over the query ``image`` (H, W, 3) uint8 BGR with its neighbours' thumbnails into ``out``."""
-    import cv2
-
-    from objsearch.render import render_result
-
-    from objsearch.types import ImageSearchResult
-
-    if isinstance(result, ImageSearchResult):
-        from objsearch.render import render_image_result
-
-        picture = render_image_result(image, result, {nb.media.media_id: engine.media_picture(nb.media.media_id)
-                                                      for nb in result.neighbors})
-    else:
-        picture = render_result(image, result, {i: engine.thumbnail(i) for i in result.object_ids()})
-    from objsearch.errors import CannotWriteError
-
-    try:
-        ok = cv2.imwrite(str(out), picture)
-    except (OSError, cv2.error) as exc:
-        raise CannotWriteError(f"cannot write picture {out}: {exc}") from None
-    if not ok:
-        raise CannotWriteError(f"cannot write picture {out} (a full disk, or a folder this user cannot write)")
 
 
 @app.command()
@@ -1027,104 +762,43 @@ def video(
     'query --json' object plus "frame" (its number in the file) and "timestamp_s". With --summary, the indexed
     videos the query video matches, ranked, with their moments (reverse video search)."""
     from objsearch.engine import Engine
-    from objsearch.live import QuerySettings, ThumbnailCache, search_video
-    from objsearch.render import annotate_frame
+    from objsearch.live import QuerySettings
     from objsearch.sources import VideoFileSource
+    from objsearch.video_search import check_video_outputs, search_video_file
 
     if as_json and not summary:
         raise ObjsearchError("--json goes with --summary (the frames' JSON lines are --jsonl)")
     if out is None and jsonl is None and not summary:
         jsonl = Path("-")
-    if out is not None and out.suffix.lower() != ".mp4":
-        raise ObjsearchError(f"cannot write video {out}: use a name ending in .mp4 (H.264)")
-    for target, what in ((out, "video"), (jsonl if jsonl != Path("-") else None, "JSON lines")):
-        if target is not None:
-            _check_not_input(target, [file, *_index_files(index)])
-            check_output_folder(target, what)
+    check_video_outputs(file, index, out, jsonl)
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(VideoFileSource(file))
         engine = stack.enter_context(Engine(index, weights=weights, dims=dims, device=device, conf=conf,
                                             backend=_backend(backend, milvus_uri), milvus_uri=milvus_uri,
                                             milvus_collection=milvus_collection, milvus_index=milvus_index,
                                             runtime=runtime))
-        cache = ThumbnailCache(engine) if out is not None else None
-        lines = sys.stdout if jsonl == Path("-") else (stack.enter_context(_open_for_writing(jsonl)) if jsonl else None)
-        writer = None
-        total = -(-source.n_frames // stride) if source.n_frames else None
-        if max_frames:
-            total = min(total or max_frames, max_frames)
-        bar, update = _progress_bar(total, "frames")
-        stack.callback(bar.close)
-        n_analyzed = n_objects = 0
-        t0 = time.perf_counter()
-        settings = QuerySettings(k=k, same_class=same_class, group_s=None if no_group else group_window)
-        results = []
-        for live in search_video(engine, source, settings, stride=stride, max_frames=max_frames, cache=cache):
-            if summary:
-                results.append(live.result)
-            n_analyzed += 1
-            n_objects += len(live.result.detections)
-            if lines is not None:
-                lines.write(json.dumps(live.result.to_dict()) + "\n")
-            if out is not None:
-                if writer is None:
-                    writer = stack.enter_context(_video_writer(out, source.fps / stride))
-                writer.write(annotate_frame(live.frame.image, live.result, live.thumbnails))
-            update(n_analyzed, total, n_objects)
-        seconds = time.perf_counter() - t0
-    typer.echo(f"analyzed {n_analyzed} frames of {file} (stride {stride}), {n_objects} objects, "
-               f"{n_analyzed / max(seconds, 1e-9):.1f} frames/s" + (f" -> {out}" if out else ""), err=True)
+        lines = sys.stdout if jsonl == Path("-") else (stack.enter_context(open_for_writing(jsonl)) if jsonl else None)
+        progress, close = _job_progress("frames")
+        stack.callback(close)
+        run = search_video_file(engine, source, QuerySettings(k=k, same_class=same_class, group_s=None if no_group
+                                                              else group_window),
+                                stride=stride, max_frames=max_frames, out=out, lines=lines, keep_results=summary,
+                                progress=progress)
+    typer.echo(f"analyzed {run.n_frames} frames of {file} (stride {stride}), {run.n_objects} objects, "
+               f"{run.frames_per_s:.1f} frames/s" + (f" -> {out}" if out else ""), err=True)
     if summary:
-        _print_video_summary(file, results, group_window, as_json, n_analyzed, n_objects)
+        _print_video_summary(file, run.results, group_window, as_json, run.n_frames, run.n_objects)
 
 
 def _print_video_summary(file: Path, results, window_s: float, as_json: bool, n_frames: int, n_objects: int) -> None:
     """The reverse video search's ranked videos and moments (``objsearch.moments.summarize_video_matches``)."""
     from objsearch.moments import summarize_video_matches
-    from objsearch.types import format_timestamp, printable
+    from objsearch.summary import video_summary, video_summary_lines
 
     matches = summarize_video_matches(results, window_s)
-    if as_json:
-        typer.echo(json.dumps({"query": str(file), "n_frames": n_frames, "n_objects": n_objects,
-                               "window_s": window_s, "videos": [m.to_dict() for m in matches]}))
-        return
-    if not matches:
-        typer.echo(f"no indexed video matches the {n_objects} objects of {printable(str(file))}")
-        return
-    typer.echo(f"indexed videos matching the {n_objects} objects in {n_frames} frames of {printable(str(file))} "
-               f"(score: each query object's 1/rank of its best neighbour in the video, summed):")
-    for rank, m in enumerate(matches, 1):
-        typer.echo(f"{rank:>3}. {printable(m.path)}: score {m.score:.1f}, {m.n_query_objects} query objects, "
-                   f"best d={m.best_distance:.2f}")
-        for moment in m.moments[:5]:
-            labels = ", ".join(f"{n} {label}" for label, n in sorted(moment.labels.items(), key=lambda kv: -kv[1]))
-            typer.echo(f"       {format_timestamp(moment.start_s)}-{format_timestamp(moment.end_s)}: score "
-                       f"{moment.score:.1f}, {moment.n_query_objects} query objects ({labels}), best "
-                       f"d={moment.best_distance:.2f} at {format_timestamp(moment.best.media.timestamp_s)} "
-                       f"(query {format_timestamp(moment.query_start_s)}-{format_timestamp(moment.query_end_s)})")
-        if len(m.moments) > 5:
-            typer.echo(f"       ... {len(m.moments) - 5} more moments (--json lists them all)")
-
-
-@contextlib.contextmanager
-def _open_for_writing(path: Path):
-    from objsearch.errors import CannotWriteError
-
-    try:
-        handle = open(path, "w", encoding="utf-8")
-    except OSError as exc:
-        raise CannotWriteError(f"cannot write {path}: {exc.strerror}") from None
-    with handle:
-        yield handle
-
-
-@contextlib.contextmanager
-def _video_writer(path: Path, fps: float):
-    """An H.264 MP4 writer (``objsearch.media.VideoWriter``)."""
-    from objsearch.media import VideoWriter
-
-    with VideoWriter(path, fps) as writer:
-        yield writer
+    for line in ([json.dumps(video_summary(file, matches, window_s=window_s, n_frames=n_frames, n_objects=n_objects))]
+                 if as_json else video_summary_lines(file, matches, n_frames=n_frames, n_objects=n_objects)):
+        typer.echo(line)
 
 
 @app.command("app")

@@ -150,3 +150,87 @@ def job_lines(verb: str, summary, output=None) -> list[str]:
     return [", ".join(parts) + f", in {summary.seconds:.1f} s -> {output or summary.index} "
                                f"({count(summary.n_images, 'image')}, {count(summary.n_objects, 'object')})",
             *(f"  skipped {printable(item.path)}: {item.reason}" for item in summary.skipped)]
+
+
+def neighbor_place(nb) -> str:
+    """``clip.mp4 @ 00:01:23.4`` (with the moment it stands for: ``, moment 00:01:22.0-00:01:25.0 of 4 frames``)."""
+    from objsearch.types import format_timestamp
+
+    text = nb.media.display_name()
+    if nb.moment is not None and nb.moment.frames > 1:
+        text += (f", moment {format_timestamp(nb.moment.start_s)}-{format_timestamp(nb.moment.end_s)} of "
+                 f"{nb.moment.frames} frames")
+    return text
+
+
+def result_lines(item, result) -> list[str]:
+    """What ``objsearch query`` prints for one query ``item`` (a path or URL): a line of counts and timings, then
+    each object with its neighbours (a ``SearchResult``) or one row of similar images (an ``ImageSearchResult``)."""
+    from objsearch.types import ImageSearchResult
+
+    t = result.to_dict()["timings_ms"]
+    warm = f"; a first pass at this input size took {t['warmup']:.0f} ms before timing" if "warmup" in t else ""
+    if isinstance(result, ImageSearchResult):
+        return [f"{printable(str(item))}: {len(result.neighbors)} similar images, {t['total']:.0f} ms (detect "
+                f"{t['detect']:.0f}, image vector {t['image_feature']:.1f}, search {t['search']:.1f}){warm}",
+                "  " + ", ".join(f"{nb.media.display_name()} d={nb.distance:.2f}" for nb in result.neighbors)]
+    dets = result.detections
+    out = [f"{printable(str(item))}: {len(dets)} objects, {t['total']:.0f} ms "
+           f"(detect {t['detect']:.0f}, features {t['features']:.1f}, search {t['search']:.1f}){warm}"]
+    for i in range(len(dets)):
+        nbs = ", ".join(f"{result.label(n.class_id)} d={n.distance:.2f} ({neighbor_place(n)})"
+                        for n in result.neighbors[i])
+        box = [round(float(v)) for v in dets.xyxy[i]]
+        note = f"  [{result.notes[i]}]" if result.notes[i] else ""
+        out.append(f"  {result.label(dets.class_id[i])} {dets.confidence[i]:.2f} {box}: {nbs}{note}")
+    return out
+
+
+def duplicates_lines(data: dict, report) -> list[str]:
+    """What ``objsearch duplicates`` prints: ``data`` is ``objsearch.duplicates.report_to_dict(report, ...)`` (with
+    its ``limit``), ``report`` the ``DuplicateReport``."""
+    unit = "images" if report.kind == "images" else "objects"
+
+    def name(item: dict) -> str:
+        where = f" @ {item['timestamp_s']:.1f}s" if "timestamp_s" in item else ""
+        what = f" {item['label']} #{item['object_id']}" if "object_id" in item else ""
+        return f"{item['path']}{where}{what}"
+
+    out = [f"{data['n_groups']} groups of near-duplicate {unit} ({data['n_duplicates']} duplicates) among "
+           f"{data['n_items']} {unit}; threshold {report.threshold:g} at {report.dims} dims, {report.method}, "
+           f"in {report.seconds:.1f} s"]
+    for n, group in enumerate(data["groups"], 1):
+        out.append(f"group {n} ({1 + len(group['members'])}): {name(group['representative'])}")
+        out += [f"    {name(item)}  d={item['distance']:.3f}" for item in group["members"]]
+    if data["n_groups"] > len(data["groups"]):
+        out.append(f"... and {data['n_groups'] - len(data['groups'])} more groups (--json lists them all)")
+    return out
+
+
+def video_summary(file, matches, *, window_s: float, n_frames: int, n_objects: int) -> dict:
+    """The ``objsearch video --summary --json`` object: the query video and its ranked ``VideoMatch`` list."""
+    return {"query": str(file), "n_frames": n_frames, "n_objects": n_objects, "window_s": window_s,
+            "videos": [m.to_dict() for m in matches]}
+
+
+def video_summary_lines(file, matches, *, n_frames: int, n_objects: int, n_moments: int = 5) -> list[str]:
+    """The reverse video search's ranked videos (``objsearch.moments.summarize_video_matches``), each with its
+    first ``n_moments`` moments, as ``objsearch video --summary`` prints them."""
+    from objsearch.types import format_timestamp
+
+    if not matches:
+        return [f"no indexed video matches the {n_objects} objects of {printable(str(file))}"]
+    out = [f"indexed videos matching the {n_objects} objects in {n_frames} frames of {printable(str(file))} "
+           f"(score: each query object's 1/rank of its best neighbour in the video, summed):"]
+    for rank, m in enumerate(matches, 1):
+        out.append(f"{rank:>3}. {printable(m.path)}: score {m.score:.1f}, {m.n_query_objects} query objects, "
+                   f"best d={m.best_distance:.2f}")
+        for moment in m.moments[:n_moments]:
+            labels = ", ".join(f"{n} {label}" for label, n in sorted(moment.labels.items(), key=lambda kv: -kv[1]))
+            out.append(f"       {format_timestamp(moment.start_s)}-{format_timestamp(moment.end_s)}: score "
+                       f"{moment.score:.1f}, {moment.n_query_objects} query objects ({labels}), best "
+                       f"d={moment.best_distance:.2f} at {format_timestamp(moment.best.media.timestamp_s)} "
+                       f"(query {format_timestamp(moment.query_start_s)}-{format_timestamp(moment.query_end_s)})")
+        if len(m.moments) > n_moments:
+            out.append(f"       ... {len(m.moments) - n_moments} more moments (--json lists them all)")
+    return out

@@ -28,12 +28,10 @@ from typing import Callable
 
 from objsearch.analysis import JobSummary, sync
 from objsearch.errors import ExitCode, IndexLockedError, ObjsearchError
-from objsearch.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from objsearch.types import MEDIA_SUFFIXES
 from objsearch.roots import Roots, is_under
 
 LOGGER = logging.getLogger(__name__)
-
-MEDIA_SUFFIXES = frozenset(IMAGE_SUFFIXES) | frozenset(VIDEO_SUFFIXES)
 
 
 class WatchError(ObjsearchError):
