@@ -6,7 +6,6 @@ Every error a user can cause ends in one line on stderr and a non-zero exit code
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import json
 import logging
@@ -18,12 +17,11 @@ from typing import Annotated, Literal, Optional
 import typer
 from typer.core import TyperGroup
 
-from objsearch.config import PROJECT_ROOT, find_demo_index, load_config, parse_dims
-from objsearch.errors import ExitCode, ObjsearchError
-from objsearch.inputs import expand_query_inputs, read_query
+from objsearch.config import find_demo_index, load_config, parse_dims
+from objsearch.errors import ExitCode, ObjsearchError, storage_error
+from objsearch.inputs import QueryImages, expand_query_inputs, search_queries
 from objsearch.summary import result_lines
-from objsearch.outputs import (check_index_output, check_not_input, index_files,
-                               open_for_writing, picture_paths, write_picture)
+from objsearch.outputs import check_index_output, check_not_input, index_files, open_for_writing, picture_paths
 from objsearch.projection import PROJECTION_METHODS
 from objsearch.runtimes import RUNTIMES
 from objsearch.vectors import BACKENDS
@@ -107,8 +105,6 @@ app = typer.Typer(name="objsearch", cls=Commands, add_completion=False, no_args_
                   rich_markup_mode=None,
                   help="Object-level reverse image search: YOLO detections, their own features, a KD-tree.")
 
-SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
-
 
 # a flag with a fixed set of values is a Literal (case-insensitive): a value outside it is a usage error naming them
 ModeOpt = Annotated[Literal["objects", "image"], typer.Option(
@@ -151,14 +147,11 @@ def handle_errors(func):
             _err(INTERRUPTED.get(func.__name__, "interrupted"))
             raise typer.Exit(ExitCode.INTERRUPTED) from None
         except OSError as exc:
-            if exc.errno not in STORAGE_ERRNOS:
+            error = storage_error(exc, resumable=func.__name__ in INTERRUPTED)  # only an analysis job resumes
+            if error is None:
                 raise
-            where = f" ({exc.filename})" if exc.filename else ""
-            # only a job that journals its work resumes, and only once there is room again: a read-only or
-            # forbidden place needs another place, not a second try
-            resumes = func.__name__ in INTERRUPTED and exc.errno in SPACE_ERRNOS
-            _err(f"{exc.strerror}{where}" + ("; an analysis resumes where it stopped when run again" if resumes else ""))
-            raise typer.Exit(ExitCode.CANNOT_WRITE) from None
+            _err(str(error))
+            raise typer.Exit(error.exit_code) from None
 
     return wrapper
 
@@ -166,10 +159,6 @@ def handle_errors(func):
 # what Ctrl-C prints, by command function: only the commands that run an analysis job resume it
 INTERRUPTED = dict.fromkeys(
     ["analyze", "add", "sync", "watch", "demo"], "interrupted (an analysis resumes when run again with the same command)")
-
-# a full disk, a read-only or forbidden folder, a file too large: one line, not a traceback (what was committed stays)
-SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
-STORAGE_ERRNOS = SPACE_ERRNOS | {errno.EROFS, errno.EACCES, errno.EPERM}
 
 NO_TORCH_COMMANDS = {"info", "trust"}  # these do not pay for importing torch (about 2.5 s) just to set its threads
 
@@ -311,6 +300,18 @@ def _job_progress(desc: str):
     return (lambda done, total, objects: progress(desc, done, total, objects)), close
 
 
+def _run_job(desc: str, verb: str, job, *args, **kwargs):
+    """Run ``job(*args, progress=..., **kwargs)`` with a progress bar named ``desc``, print its summary line(s)
+    starting with ``verb``, and return the summary."""
+    progress, close = _job_progress(desc)
+    try:
+        summary = job(*args, progress=progress, **kwargs)
+    finally:
+        close()
+    _print_summary(verb, summary)
+    return summary
+
+
 @app.command()
 @handle_errors
 def analyze(
@@ -340,8 +341,8 @@ def analyze(
                                                         "each video instead of --video-fps.")] = None,
 ) -> None:
     """Analyze every image and video (.mp4 .mov .avi .mkv .webm .m4v .mpg .mpeg .wmv) under FOLDER into a new
-    index file; each sampled video frame is one media item. An interrupted run resumes when run again (in the middle of a video too); a
-    finished index is brought up to date with 'objsearch sync'."""
+    index file; each sampled video frame is one media item. An interrupted run resumes when run again (in the middle
+    of a video too); a finished index is brought up to date with 'objsearch sync'."""
     if engine not in ("local", "ray"):
         raise ObjsearchError(f"--engine must be local or ray, got {engine!r}")
     if ray_address is not None and engine != "ray":
@@ -360,12 +361,7 @@ def analyze(
                       video_stride=video_stride)
     check_not_input(output, [folder])
     check_index_output(output)
-    progress, close = _job_progress("analyze")
-    try:
-        summary = run_analyze(folder, output, cfg, overwrite=overwrite, progress=progress)
-    finally:
-        close()
-    _print_summary("analyzed", summary)
+    _run_job("analyze", "analyzed", run_analyze, folder, output, cfg, overwrite=overwrite)
 
 
 @app.command()
@@ -385,12 +381,7 @@ def add(
     from objsearch.analysis import add as run_add
 
     previous = _catalog_state(index, milvus_uri)
-    progress, close = _job_progress("add")
-    try:
-        summary = run_add(index, paths, weights=weights, device=device, runtime=runtime, progress=progress)
-    finally:
-        close()
-    _print_summary("added", summary)
+    _run_job("add", "added", run_add, index, paths, weights=weights, device=device, runtime=runtime)
     _milvus_follow(index, milvus_uri, milvus_collection, previous)
 
 
@@ -441,12 +432,7 @@ def sync(
     from objsearch.analysis import sync as run_sync
 
     previous = _catalog_state(index, milvus_uri)
-    progress, close = _job_progress("sync")
-    try:
-        summary = run_sync(index, folder, weights=weights, device=device, runtime=runtime, progress=progress)
-    finally:
-        close()
-    _print_summary("synced: added", summary)
+    _run_job("sync", "synced: added", run_sync, index, folder, weights=weights, device=device, runtime=runtime)
     _milvus_follow(index, milvus_uri, milvus_collection, previous)
 
 
@@ -482,35 +468,23 @@ def watch(
 ) -> None:
     """Keep an index in step with its folders: analyze new and changed images and videos as they arrive, remove
     deleted ones (Ctrl-C stops; the next start catches up)."""
-    import threading
-
     from objsearch.types import printable
     from objsearch.watch import Watcher, WatchSettings
-
-    def report(summary) -> None:
-        if summary.n_added or summary.n_removed or summary.n_changed or summary.skipped:
-            _print_summary(time.strftime("%H:%M:%S") + " added", summary)
 
     watcher = Watcher(index, folders, weights=weights, device=device, runtime=runtime,
                       settings=WatchSettings(settle_s=settle, polling=polling))
     if once:
-        progress, close = _job_progress("sync")
-        try:
-            summary = watcher.catch_up(progress=progress)
-        finally:
-            close()
-        _print_summary("synced: added", summary)
+        _run_job("sync", "synced: added", watcher.catch_up)
         return
-    try:
-        watcher.start()
-        _print_summary("synced: added", watcher.catch_up())
-        watcher.on_job = report
+
+    def caught_up(summary) -> None:
+        _print_summary("synced: added", summary)
         typer.echo(f"watching {', '.join(printable(str(f)) for f in watcher.folders)} -> {index} (Ctrl-C stops)",
                    err=True)
-        watcher.run(threading.Event(), catch_up=False)
-    except KeyboardInterrupt:
-        watcher.stop()
-        typer.echo("stopped watching", err=True)
+
+    watcher.watch_until_interrupted(on_caught_up=caught_up, on_job=lambda summary: _print_summary(
+        time.strftime("%H:%M:%S") + " added", summary))
+    typer.echo("stopped watching", err=True)
 
 
 @app.command()
@@ -635,37 +609,18 @@ def query(
     pictures = picture_paths(items, out, save)
     for target in pictures.values():
         check_not_input(target, [*(i for i in items if isinstance(i, Path)), *index_files(index)])
-    try:
-        first = read_query(items[0])  # decoded once; a bad only image fails before the detector loads
-    except ImageReadError as exc:
-        if len(items) == 1:
-            raise
-        first = exc
+    queries = QueryImages(items)  # the first decoded now: a bad only image fails before the detector loads
     n_failed = 0
     with Engine(index, weights=weights, base_dir=base_dir, dims=dims, device=device, conf=conf,
                 backend=_backend(backend, milvus_uri), milvus_uri=milvus_uri, milvus_collection=milvus_collection,
                 milvus_index=milvus_index, runtime=runtime) as engine:
-        for n, item in enumerate(items):
-            try:
-                picture = first if n == 0 else read_query(item)
-                if isinstance(picture, ImageReadError):
-                    raise picture
-            except ImageReadError as exc:
-                if len(items) == 1:
-                    raise
-                _err(str(exc))
+        for item, result in search_queries(engine, queries, mode=mode, k=k, same_class=same_class,
+                                           include_self=include_self, group_s=None if no_group else group_window,
+                                           pictures=pictures):
+            if isinstance(result, ImageReadError):
+                _err(str(result))
                 n_failed += 1
                 continue
-            if mode == "image":
-                result = engine.search_image_file(item, k=k, exclude_self=not include_self and isinstance(item, Path),
-                                                  warmup=True, image=picture)
-            else:
-                result = engine.search_file(item, k=k, same_class=same_class,
-                                            exclude_self=not include_self and isinstance(item, Path),
-                                            warmup=True, image=picture,  # once per input shape
-                                            group_s=None if no_group else group_window)
-            if n in pictures:
-                write_picture(engine, picture, result, pictures[n])
             for line in [json.dumps(result.to_dict())] if as_json else result_lines(item, result):
                 typer.echo(line)
     if pictures and not as_json:
@@ -820,12 +775,9 @@ def desktop_app(
 ) -> None:
     """Open the desktop app: live object search from a random image, an image file, a webcam, a video or the
     screen."""
-    import os
+    from objsearch.gui.display import require_display
 
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
-                                                 or os.environ.get("QT_QPA_PLATFORM")):
-        raise ObjsearchError("no display to open a window on (DISPLAY is not set); run it in a desktop session, "
-                             "or under xvfb-run")
+    require_display()
     if index is not None:  # a damaged or foreign index named here: one line, before any window opens
         from objsearch.catalog import Catalog
 
@@ -880,17 +832,10 @@ def serve(
 ) -> None:
     """Serve a web page and a JSON API (POST /api/search, GET /api/thumbnail/ID, GET /api/info, GET /api/map) over
     an index."""
-    if not index.is_file():
-        from objsearch.errors import IndexFileError
-
-        raise IndexFileError(f"index file {index} does not exist")
     try:
         from objsearch.web import WebSettings, serve as run_server
     except ImportError as exc:
         raise ObjsearchError(f"the web server needs fastapi and uvicorn (pip install 'objsearch[web]'): {exc}") from None
-    from objsearch.web.app import check_token
-
-    check_token(host, token)  # before the index and the detector load
     settings = WebSettings(max_upload_bytes=int(max_upload_mb * (1 << 20)), max_pixels=max_pixels,
                            allow_private_urls=allow_private_urls, workers=workers, token=token)
     from objsearch.watch import WatchSettings
@@ -898,22 +843,6 @@ def serve(
     run_server(index, host=host, port=port, backend=backend, base_dir=base_dir, weights=weights, device=device,
                dims=dims, settings=settings, echo=lambda line: typer.echo(line, err=True),
                watch=[] if watch else None, watch_settings=WatchSettings(settle_s=settle))
-
-
-def default_demo_folder() -> Path:
-    """``../shared/data/coco128`` next to the project, else ultralytics' coco128 (downloaded with a network)."""
-    local = SHARED_DATA / "coco128"
-    if local.is_dir():
-        return local
-    from objsearch.errors import EmptyFolderError
-
-    try:
-        from ultralytics.data.utils import check_det_dataset
-
-        data = check_det_dataset("coco128.yaml")
-        return Path(data["path"])
-    except Exception as exc:  # no network, or ultralytics' download failed
-        raise EmptyFolderError(f"no sample folder: {local} is missing and coco128 could not be downloaded ({exc})") from None
 
 
 @app.command()
@@ -926,27 +855,21 @@ def demo(
 ) -> None:
     """Analyze a sample folder, query bus.jpg (or its first image) and write the result picture."""
     from objsearch.analysis import analyze as run_analyze
-    from objsearch.catalog import Catalog
-    from objsearch.media import list_images
+    from objsearch.demo import demo_folder, demo_query_image, is_finished_index
 
-    folder = folder or default_demo_folder()
+    folder = folder or demo_folder()
     index = out_dir / f"{folder.name}.h5"
-    finished = False
-    if index.exists() and not overwrite:
-        with contextlib.suppress(ObjsearchError), Catalog(index) as existing:
-            finished = existing.state == "ready"
-    if finished:
+    if not overwrite and is_finished_index(index):
         typer.echo(f"using the existing index {index} (--overwrite analyzes again)")
     else:
-        cfg = load_config(None, weights=weights)
         progress, close = _job_progress("analyze")
         try:
-            summary = run_analyze(folder, index, cfg, overwrite=overwrite, progress=progress)
+            summary = run_analyze(folder, index, load_config(None, weights=weights), overwrite=overwrite,
+                                  progress=progress)
         finally:
             close()
         typer.echo(f"analyzed {summary.n_images} images, {summary.n_objects} objects in {summary.seconds:.1f} s -> {index}")
-    bus = SHARED_DATA / "samples" / "bus.jpg"
-    query_image = bus if bus.is_file() else list_images(folder)[0]
+    query_image = demo_query_image(folder)
     picture = out_dir / f"query_{query_image.stem}.jpg"
     query([str(query_image)], index, k=8, same_class=False, include_self=False, dims=None, as_json=False, out=picture,
           weights=weights, base_dir=None, device=None, conf=None, backend="auto")

@@ -80,3 +80,71 @@ def read_query(item: str | Path):
             raise ImageReadError(f"cannot read image {shown}: {exc}") from None
         return decode_image(data, item)
     return read_image(item)
+
+
+class QueryImages:
+    """The query images of ``items`` (``expand_query_inputs``), each decoded once, in order. The first is decoded
+    at once, so that a bad only image fails before the detector loads.
+
+    Iterating yields ``(item, image)``: ``image`` (H, W, 3) uint8 BGR, or the ``ImageReadError`` of an item that
+    cannot be read when there are several (the others go on).
+
+    Raises
+    ------
+    ImageReadError
+        From the constructor or the iteration, when the only item cannot be read.
+    """
+
+    def __init__(self, items: list[str | Path]):
+        self.items = list(items)
+        try:
+            self._first = read_query(self.items[0])
+        except ImageReadError as exc:
+            if len(self.items) == 1:
+                raise
+            self._first = exc
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self):
+        for n, item in enumerate(self.items):
+            try:
+                image = self._first if n == 0 else read_query(item)
+            except ImageReadError as exc:
+                image = exc
+            if isinstance(image, ImageReadError) and len(self.items) == 1:
+                raise image
+            yield item, image
+
+
+def search_queries(engine, queries: QueryImages, *, mode: str = "objects", k: int = 16, same_class: bool = False,
+                   include_self: bool = False, group_s: float | None = None, pictures: dict | None = None):
+    """Search each query image with ``engine`` (an ``objsearch.engine.Engine``), warming the detector up once per
+    input shape; an indexed query file leaves its own objects out unless ``include_self``.
+
+    Parameters
+    ----------
+    mode : ``objects`` (each object's neighbours, grouped into moments within ``group_s`` seconds) or ``image``.
+    pictures : where to write each query's result picture, by its position (``objsearch.outputs.picture_paths``).
+
+    Yields
+    ------
+    (item, result) : ``result`` a ``SearchResult`` or ``ImageSearchResult``, or the ``ImageReadError`` of a query
+        that cannot be read (see ``QueryImages``).
+    """
+    from objsearch.outputs import write_picture
+
+    for n, (item, image) in enumerate(queries):
+        if isinstance(image, ImageReadError):
+            yield item, image
+            continue
+        exclude_self = not include_self and isinstance(item, Path)
+        if mode == "image":
+            result = engine.search_image_file(item, k=k, exclude_self=exclude_self, warmup=True, image=image)
+        else:
+            result = engine.search_file(item, k=k, same_class=same_class, exclude_self=exclude_self, warmup=True,
+                                        image=image, group_s=group_s)
+        if pictures and n in pictures:
+            write_picture(engine, image, result, pictures[n])
+        yield item, result

@@ -254,6 +254,31 @@ class Watcher:
         ``progress`` as for ``sync``."""
         return self._sync(self.folders, progress=progress)
 
+    def watch_until_interrupted(self, *, on_caught_up: Callable[[JobSummary], None] | None = None,
+                                on_job: Callable[[JobSummary], None] | None = None) -> None:
+        """``objsearch watch``: start listening, catch up once (``on_caught_up`` with its summary), then hand changes
+        to jobs (``on_job`` with each summary that added, changed, removed or skipped something) until Ctrl-C, which
+        stops listening and returns.
+
+        Raises
+        ------
+        WatchError, ObjsearchError
+            As ``start`` and ``run``.
+        """
+        def changed(summary: JobSummary) -> None:
+            if on_job is not None and (summary.n_added or summary.n_removed or summary.n_changed or summary.skipped):
+                on_job(summary)
+
+        try:
+            self.start()
+            summary = self.catch_up()
+            if on_caught_up is not None:
+                on_caught_up(summary)
+            self.on_job = changed
+            self.run(threading.Event(), catch_up=False)
+        except KeyboardInterrupt:
+            self.stop()
+
     def _ready(self, change: _Change, now: float) -> bool:
         quiet = now - change.last
         if quiet < self.settings.settle_s:

@@ -25,8 +25,8 @@ from objsearch.gui.rows import TOOLTIP_BACKGROUND, TOOLTIP_STYLE, TOOLTIP_TEXT, 
 from objsearch.inputs import path_kind
 from objsearch.live import LivePipeline, LiveResult, QuerySettings
 from objsearch.roots import UntrustedRootError
-from objsearch.sources import (CaptureThread, FrameSlot, ImageFileSource, RandomImageSource, ScreenSource, SourceError,
-                               VideoFileSource, VideoFrameSource, WebcamSource, parse_source, random_source)
+from objsearch.sources import (CaptureThread, FrameSlot, ImageFileSource, RandomImageSource, SourceError, VideoFileSource,
+                               VideoFrameSource, open_source, parse_source, random_source)
 from objsearch.summary import summarize
 from objsearch.types import IMAGE_SUFFIXES, VIDEO_SUFFIXES, printable
 
@@ -402,7 +402,8 @@ class MainWindow(QtWidgets.QMainWindow):
     def start_webcam(self, device: int = 0) -> bool:
         """Search a camera's frames continuously."""
         self.camera_spin.setValue(int(device))
-        return self._start_continuous("webcam", lambda: WebcamSource(device, opener=self.camera_opener))
+        return self._start_continuous("webcam", lambda: open_source(f"webcam:{int(device)}",
+                                                                      camera_opener=self.camera_opener))
 
     def start_video(self, path: str | Path, realtime: bool = True, start: int = 0) -> bool:
         """Play a video file from frame ``start`` and search its frames (at the file's frame rate;
@@ -421,16 +422,15 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def start_screen(self, region: tuple[int, int, int, int] | None = None) -> bool:
         """Grab a screen region continuously; None: the region typed in the controls (empty: the first monitor)."""
-        if region is None:
-            text = self.region_edit.text().strip()
-            try:
-                region = parse_source(f"screen:{text}")[1]
-            except SourceError as exc:
-                self.show_message(str(exc), error=True)
-                return False
-        else:
+        if region is not None:
             self.region_edit.setText(",".join(str(v) for v in region))
-        return self._start_continuous("screen", lambda: ScreenSource(region, grabber=self.screen_grabber))
+        spec = f"screen:{self.region_edit.text().strip()}"
+        try:
+            parse_source(spec)  # a malformed region is a message, and the running source goes on
+        except SourceError as exc:
+            self.show_message(str(exc), error=True)
+            return False
+        return self._start_continuous("screen", lambda: open_source(spec, screen_grabber=self.screen_grabber))
 
     def _source_stopped(self, message: str, error: bool) -> None:
         if self.capture is not None:

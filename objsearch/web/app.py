@@ -500,7 +500,7 @@ def serve(index, *, host: str = "127.0.0.1", port: int = 7860, backend: str = "a
     Raises
     ------
     IndexFileError, WeightsMismatchError, WeightsNotFoundError, ConfigError
-        From opening the index (see ``objsearch.engine.Engine``).
+        When ``index`` is not a file, or from opening it (see ``objsearch.engine.Engine``).
     ObjsearchError
         When the address cannot be bound, or ``host`` is beyond loopback and ``settings.token`` is not set
         (``check_token``).
@@ -512,7 +512,9 @@ def serve(index, *, host: str = "127.0.0.1", port: int = 7860, backend: str = "a
     from objsearch.engine import Engine
 
     settings = settings or WebSettings()
-    check_token(host, settings.token)
+    if not Path(index).is_file():
+        raise IndexFileError(f"index file {index} does not exist")
+    check_token(host, settings.token)  # before the index and the detector load
     # fail on a taken port before the detector loads (seconds)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
