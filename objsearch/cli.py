@@ -15,89 +15,17 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import typer
-from typer.core import TyperGroup
 
+from objsearch.cli_support import (Commands, echo_lines, err, handle_errors, job_progress, print_summary, run_job,
+                                   show_one_time_work, stage_progress)
 from objsearch.config import find_demo_index, load_config, parse_dims
-from objsearch.errors import ExitCode, ObjsearchError, storage_error
+from objsearch.errors import ExitCode, ObjsearchError
 from objsearch.inputs import QueryImages, expand_query_inputs, search_queries
-from objsearch.summary import result_lines
 from objsearch.outputs import check_index_output, check_not_input, index_files, open_for_writing, picture_paths
 from objsearch.projection import PROJECTION_METHODS
 from objsearch.runtimes import RUNTIMES
+from objsearch.summary import result_lines
 from objsearch.vectors import BACKENDS
-
-
-def _err(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-
-
-# click's exceptions, from the module that holds typer's public BadParameter (typer >= 0.29 carries its own copy of
-# click; older ones used click itself)
-click_errors = sys.modules[typer.BadParameter.__module__]
-
-
-def _flag_name(param) -> str:
-    """How a parameter is spelled on the command line: ``-k/--k/--top-k``, ``--index/-i``, ``IMAGES``."""
-    if param is None:
-        return "a value"
-    if getattr(param, "param_type_name", "") == "option":
-        return "/".join(param.opts)
-    return (param.name or "an argument").upper()
-
-
-def usage_line(exc) -> str:
-    """One line for an error of the command line that click found (an unknown flag, a value outside its range or
-    choices, a missing argument), naming the flag, the value and what is allowed, with where the help is; click's
-    own form is a boxed, multi-line usage panel."""
-    import re
-    import shlex
-
-    from objsearch.types import printable
-
-    ctx = getattr(exc, "ctx", None)
-    where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
-    cause = exc.__cause__  # typer checks values with pydantic: its error holds the value given
-    errors = cause.errors() if hasattr(cause, "errors") else []
-    if isinstance(exc, click_errors.BadParameter) and errors and "input" in errors[0]:
-        value = shlex.quote(printable(str(errors[0]["input"])))
-        rule = str(errors[0].get("msg", exc.message))
-        if rule.startswith("Input should be "):
-            rule = "must be " + rule[len("Input should be "):].split(",")[0]
-        elif rule.startswith("Value error, "):
-            rule = rule[len("Value error, "):]
-            choices = re.match(r"'.*' is not one of (.+)$", rule)
-            if choices:
-                rule = "must be one of " + choices.group(1).replace("'", "")
-        text = f"{_flag_name(exc.param)} {value}: {rule}"
-    elif isinstance(exc, click_errors.BadParameter) and not isinstance(exc, click_errors.MissingParameter):
-        text = f"invalid value for {_flag_name(exc.param)}: {exc.message}"
-    else:
-        text = exc.format_message()
-        text = text[:1].lower() + text[1:]
-    return " ".join(text.split()).rstrip(".") + where
-
-
-class Commands(TyperGroup):
-    """objsearch's command group: click's own errors (unknown flags, values outside their range) end like every
-    other user error, in one ``error:`` line and the usage exit code (``ExitCode.USAGE``), not in a usage panel."""
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        try:  # named objsearch however it was started (python -m objsearch, a test's runner)
-            code = super().main(args=args, prog_name=prog_name or self.name or "objsearch",
-                                complete_var=complete_var, standalone_mode=False, **extra)
-        except click_errors.NoArgsIsHelpError as exc:  # bare `objsearch`: the help, as a usage error
-            typer.echo(exc.ctx.get_help())
-            code = ExitCode.USAGE
-        except click_errors.ClickException as exc:
-            _err(usage_line(exc))
-            code = ExitCode.USAGE
-        except (click_errors.Abort, typer.Abort):
-            _err("interrupted")
-            code = ExitCode.INTERRUPTED
-        code = code if isinstance(code, int) else ExitCode.OK
-        if standalone_mode:
-            sys.exit(int(code))
-        return int(code)
 
 
 # rich_markup_mode=None: plain help text, wrapped to the terminal (rich markup ate "[fast]" and "[milvus]")
@@ -132,34 +60,6 @@ IndexOpt = Annotated[Path, typer.Option("--index", "-i", callback=_index_file, h
 IndexArg = Annotated[Path, typer.Argument(callback=_index_file, help="Index file (.h5).")]
 
 
-def handle_errors(func):
-    """Turn user errors into one line and their exit code (``objsearch.errors.ExitCode``); Ctrl-C into 130; a full
-    disk or a forbidden folder into ``CANNOT_WRITE``."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except ObjsearchError as exc:
-            _err(str(exc))
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            _err(INTERRUPTED.get(func.__name__, "interrupted"))
-            raise typer.Exit(ExitCode.INTERRUPTED) from None
-        except OSError as exc:
-            error = storage_error(exc, resumable=func.__name__ in INTERRUPTED)  # only an analysis job resumes
-            if error is None:
-                raise
-            _err(str(error))
-            raise typer.Exit(error.exit_code) from None
-
-    return wrapper
-
-
-# what Ctrl-C prints, by command function: only the commands that run an analysis job resume it
-INTERRUPTED = dict.fromkeys(
-    ["analyze", "add", "sync", "watch", "demo"], "interrupted (an analysis resumes when run again with the same command)")
-
 NO_TORCH_COMMANDS = {"info", "trust"}  # these do not pay for importing torch (about 2.5 s) just to set its threads
 
 
@@ -184,25 +84,8 @@ def _setup(
     from objsearch.threads import set_threads
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    _show_one_time_work()
+    show_one_time_work()
     set_threads(threads, load=ctx.invoked_subcommand not in NO_TORCH_COMMANDS)  # before any work
-
-
-class _EchoHandler(logging.Handler):
-    """Log records as ``objsearch: message`` lines on the current stderr (the one a test's runner captures too)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        typer.echo(f"objsearch: {record.getMessage()}", err=True)
-
-
-def _show_one_time_work() -> None:
-    """Let the user see what runs once and takes seconds: the export of the detector for the default ``auto``
-    runtime (``objsearch.runtimes.EXPORT_LOGGER``), shown as plain lines whatever ``--verbose`` says."""
-    log = logging.getLogger("objsearch.runtimes.export")
-    if not any(isinstance(h, _EchoHandler) for h in log.handlers):
-        log.addHandler(_EchoHandler())
-    log.setLevel(logging.INFO)
-    log.propagate = False
 
 
 @app.command("threads", hidden=True)
@@ -211,19 +94,6 @@ def show_threads() -> None:
     from objsearch.threads import thread_counts
 
     typer.echo(json.dumps(thread_counts()))
-
-
-def _progress_bar(total: int, desc: str):
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, file=sys.stderr)
-
-    def update(done: int, total_: int, objects: int) -> None:
-        bar.n = done
-        bar.set_postfix(objects=objects, refresh=False)
-        bar.refresh()
-
-    return bar, update
 
 
 GroupWindowOpt = Annotated[float, typer.Option("--group-window", min=0.0, help="Seconds: hits from one video, of one "
@@ -265,51 +135,6 @@ def _catalog_state(index: Path, uri: str | None):
 
     with Catalog(index) as catalog:
         return catalog.uuid, catalog.generation, catalog.object_id.copy()
-
-
-def _print_summary(verb: str, summary, output=None) -> None:
-    from objsearch.summary import job_lines
-
-    for line in job_lines(verb, summary, output):
-        typer.echo(line)
-
-
-def _stage_progress():
-    """A progress callback ``(stage, done, total, objects)`` showing one bar per stage; returns (callback, close)."""
-    bars: dict = {}
-
-    def progress(stage, done, total, objects):
-        if stage not in bars:
-            for bar, _ in bars.values():
-                bar.close()
-            bars[stage] = _progress_bar(total, stage)
-        bar, update = bars[stage]
-        bar.total = total
-        update(done, total, objects)
-
-    def close():
-        for bar, _ in bars.values():
-            bar.close()
-
-    return progress, close
-
-
-def _job_progress(desc: str):
-    """A progress callback ``(done, total, objects)`` that opens its bar on first use; returns (callback, close)."""
-    progress, close = _stage_progress()
-    return (lambda done, total, objects: progress(desc, done, total, objects)), close
-
-
-def _run_job(desc: str, verb: str, job, *args, **kwargs):
-    """Run ``job(*args, progress=..., **kwargs)`` with a progress bar named ``desc``, print its summary line(s)
-    starting with ``verb``, and return the summary."""
-    progress, close = _job_progress(desc)
-    try:
-        summary = job(*args, progress=progress, **kwargs)
-    finally:
-        close()
-    _print_summary(verb, summary)
-    return summary
 
 
 @app.command()
@@ -361,7 +186,7 @@ def analyze(
                       video_stride=video_stride)
     check_not_input(output, [folder])
     check_index_output(output)
-    _run_job("analyze", "analyzed", run_analyze, folder, output, cfg, overwrite=overwrite)
+    run_job("analyze", "analyzed", run_analyze, folder, output, cfg, overwrite=overwrite)
 
 
 @app.command()
@@ -381,7 +206,7 @@ def add(
     from objsearch.analysis import add as run_add
 
     previous = _catalog_state(index, milvus_uri)
-    _run_job("add", "added", run_add, index, paths, weights=weights, device=device, runtime=runtime)
+    run_job("add", "added", run_add, index, paths, weights=weights, device=device, runtime=runtime)
     _milvus_follow(index, milvus_uri, milvus_collection, previous)
 
 
@@ -406,7 +231,7 @@ def remove(
     previous = _catalog_state(index, milvus_uri)
     summary = run_remove(index, paths or [], missing=missing)
     for path in summary.not_indexed:
-        _err(f"{printable(path)} is not in {printable(str(index))} (no indexed image or video is that file or under "
+        err(f"{printable(path)} is not in {printable(str(index))} (no indexed image or video is that file or under "
              f"that folder)")
     typer.echo(f"removed {count(summary.n_removed, 'image')} ({count(summary.n_removed_objects, 'object')}) from "
                f"{index} ({count(summary.n_images, 'image')}, {count(summary.n_objects, 'object')} left) in "
@@ -432,7 +257,7 @@ def sync(
     from objsearch.analysis import sync as run_sync
 
     previous = _catalog_state(index, milvus_uri)
-    _run_job("sync", "synced: added", run_sync, index, folder, weights=weights, device=device, runtime=runtime)
+    run_job("sync", "synced: added", run_sync, index, folder, weights=weights, device=device, runtime=runtime)
     _milvus_follow(index, milvus_uri, milvus_collection, previous)
 
 
@@ -474,15 +299,15 @@ def watch(
     watcher = Watcher(index, folders, weights=weights, device=device, runtime=runtime,
                       settings=WatchSettings(settle_s=settle, polling=polling))
     if once:
-        _run_job("sync", "synced: added", watcher.catch_up)
+        run_job("sync", "synced: added", watcher.catch_up)
         return
 
     def caught_up(summary) -> None:
-        _print_summary("synced: added", summary)
+        print_summary("synced: added", summary)
         typer.echo(f"watching {', '.join(printable(str(f)) for f in watcher.folders)} -> {index} (Ctrl-C stops)",
                    err=True)
 
-    watcher.watch_until_interrupted(on_caught_up=caught_up, on_job=lambda summary: _print_summary(
+    watcher.watch_until_interrupted(on_caught_up=caught_up, on_job=lambda summary: print_summary(
         time.strftime("%H:%M:%S") + " added", summary))
     typer.echo("stopped watching", err=True)
 
@@ -525,8 +350,7 @@ def duplicates(
             typer.echo(json.dumps(report_to_dict(report, catalog)))
             return
         lines = duplicates_lines(report_to_dict(report, catalog, limit=limit), report)
-    for line in lines:
-        typer.echo(line)
+    echo_lines(lines)
 
 
 @app.command()
@@ -618,11 +442,10 @@ def query(
                                            include_self=include_self, group_s=None if no_group else group_window,
                                            pictures=pictures):
             if isinstance(result, ImageReadError):
-                _err(str(result))
+                err(str(result))
                 n_failed += 1
                 continue
-            for line in [json.dumps(result.to_dict())] if as_json else result_lines(item, result):
-                typer.echo(line)
+            echo_lines([json.dumps(result.to_dict())] if as_json else result_lines(item, result))
     if pictures and not as_json:
         written = sorted({p.parent for p in pictures.values()})
         typer.echo(f"wrote {pictures[0]}" if len(items) == 1 and 0 in pictures else
@@ -640,8 +463,7 @@ def info(index: IndexArg) -> None:
 
     with Catalog(index) as catalog:
         lines = summarize(catalog, index).lines()
-    for line in lines:
-        typer.echo(line)
+    echo_lines(lines)
 
 
 @app.command("eval")
@@ -676,14 +498,13 @@ def evaluate(
 
     cfg = load_config(config, projection=projection, device=device, feature_recipe=recipe, weights=weights,
                       runtime=runtime)
-    progress, close = _stage_progress()
+    progress, close = stage_progress()
     try:
         report = run_eval(data_dir, cfg, parse_dims(dims), queries=queries, protocol=protocol, mode=mode, limit=limit,
                           peer=peer, progress=progress)
     finally:
         close()
-    for line in [json.dumps(report.to_dict())] if as_json else report.lines():
-        typer.echo(line)
+    echo_lines([json.dumps(report.to_dict())] if as_json else report.lines())
 
 
 @app.command()
@@ -733,7 +554,7 @@ def video(
                                             milvus_collection=milvus_collection, milvus_index=milvus_index,
                                             runtime=runtime))
         lines = sys.stdout if jsonl == Path("-") else (stack.enter_context(open_for_writing(jsonl)) if jsonl else None)
-        progress, close = _job_progress("frames")
+        progress, close = job_progress("frames")
         stack.callback(close)
         run = search_video_file(engine, source, QuerySettings(k=k, same_class=same_class, group_s=None if no_group
                                                               else group_window),
@@ -741,19 +562,14 @@ def video(
                                 progress=progress)
     typer.echo(f"analyzed {run.n_frames} frames of {file} (stride {stride}), {run.n_objects} objects, "
                f"{run.frames_per_s:.1f} frames/s" + (f" -> {out}" if out else ""), err=True)
-    if summary:
-        _print_video_summary(file, run.results, group_window, as_json, run.n_frames, run.n_objects)
+    if summary:  # the reverse video search's ranked videos and moments
+        from objsearch.moments import summarize_video_matches
+        from objsearch.summary import video_summary, video_summary_lines
 
-
-def _print_video_summary(file: Path, results, window_s: float, as_json: bool, n_frames: int, n_objects: int) -> None:
-    """The reverse video search's ranked videos and moments (``objsearch.moments.summarize_video_matches``)."""
-    from objsearch.moments import summarize_video_matches
-    from objsearch.summary import video_summary, video_summary_lines
-
-    matches = summarize_video_matches(results, window_s)
-    for line in ([json.dumps(video_summary(file, matches, window_s=window_s, n_frames=n_frames, n_objects=n_objects))]
-                 if as_json else video_summary_lines(file, matches, n_frames=n_frames, n_objects=n_objects)):
-        typer.echo(line)
+        found = summarize_video_matches(run.results, group_window)
+        n = {"n_frames": run.n_frames, "n_objects": run.n_objects}
+        echo_lines([json.dumps(video_summary(file, found, window_s=group_window, **n))] if as_json
+                   else video_summary_lines(file, found, **n))
 
 
 @app.command("app")
@@ -862,7 +678,7 @@ def demo(
     if not overwrite and is_finished_index(index):
         typer.echo(f"using the existing index {index} (--overwrite analyzes again)")
     else:
-        progress, close = _job_progress("analyze")
+        progress, close = job_progress("analyze")
         try:
             summary = run_analyze(folder, index, load_config(None, weights=weights), overwrite=overwrite,
                                   progress=progress)

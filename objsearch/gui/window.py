@@ -25,8 +25,8 @@ from objsearch.gui.rows import TOOLTIP_BACKGROUND, TOOLTIP_STYLE, TOOLTIP_TEXT, 
 from objsearch.inputs import path_kind
 from objsearch.live import LivePipeline, LiveResult, QuerySettings
 from objsearch.roots import UntrustedRootError
-from objsearch.sources import (CaptureThread, FrameSlot, ImageFileSource, RandomImageSource, SourceError, VideoFileSource,
-                               VideoFrameSource, open_source, parse_source, random_source)
+from objsearch.sources import (CaptureThread, FrameSlot, ImageFileSource, RandomImageSource, SourceError,
+                               VideoFileSource, VideoFrameSource, open_source, parse_source, random_source)
 from objsearch.summary import summarize
 from objsearch.types import IMAGE_SUFFIXES, VIDEO_SUFFIXES, printable
 
