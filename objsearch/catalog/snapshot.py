@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from objsearch.catalog.txn import WriterLock
-from objsearch.errors import IndexFileError
+from objsearch.errors import IndexFileError, IndexLockedError
 
 
 def copy_index(source: str | Path, target: str | Path) -> Path:
@@ -33,6 +33,8 @@ def copy_index(source: str | Path, target: str | Path) -> Path:
         raise ValueError(f"{target} is the index itself")
     try:
         lock = WriterLock(source, "copy")
+    except IndexLockedError:
+        raise
     except IndexFileError:  # no lock file can be made beside it: no writer can hold one either
         lock = None
     try:

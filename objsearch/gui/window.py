@@ -26,7 +26,8 @@ from objsearch.inputs import path_kind
 from objsearch.live import LivePipeline, LiveResult, QuerySettings
 from objsearch.roots import UntrustedRootError
 from objsearch.sources import (CaptureThread, FrameSlot, ImageFileSource, RandomImageSource, SourceError,
-                               VideoFileSource, VideoFrameSource, open_source, parse_source, random_source)
+                               ScreenSource, VideoFileSource, VideoFrameSource, open_source, parse_source,
+                               random_source)
 from objsearch.summary import summarize
 from objsearch.types import IMAGE_SUFFIXES, VIDEO_SUFFIXES, printable
 
@@ -422,15 +423,15 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def start_screen(self, region: tuple[int, int, int, int] | None = None) -> bool:
         """Grab a screen region continuously; None: the region typed in the controls (empty: the first monitor)."""
-        if region is not None:
+        if region is None:  # the typed region is a spec's argument: a malformed one is a message, the source goes on
+            try:
+                region = parse_source(f"screen:{self.region_edit.text().strip()}")[1]
+            except SourceError as exc:
+                self.show_message(str(exc), error=True)
+                return False
+        else:
             self.region_edit.setText(",".join(str(v) for v in region))
-        spec = f"screen:{self.region_edit.text().strip()}"
-        try:
-            parse_source(spec)  # a malformed region is a message, and the running source goes on
-        except SourceError as exc:
-            self.show_message(str(exc), error=True)
-            return False
-        return self._start_continuous("screen", lambda: open_source(spec, screen_grabber=self.screen_grabber))
+        return self._start_continuous("screen", lambda: ScreenSource(region, grabber=self.screen_grabber))
 
     def _source_stopped(self, message: str, error: bool) -> None:
         if self.capture is not None:
