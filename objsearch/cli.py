@@ -1,6 +1,6 @@
-"""The ``objsearch`` command line: a thin shell over ``objsearch.engine``.
-
-Every error a user can cause ends in one line on stderr and a non-zero exit code (see ``objsearch.errors``).
+"""The ``objsearch`` command line: each command a typed function whose docstring is its help, declaring its
+arguments and printing what the library returns. Every error a user can cause ends in one line on stderr and a
+non-zero exit code (``objsearch.errors``); how errors and progress are shown lives in ``objsearch.cli_support``.
 """
 
 from __future__ import annotations

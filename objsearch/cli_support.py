@@ -24,6 +24,7 @@ def echo_lines(lines) -> None:
 
 
 def err(message: str) -> None:
+    """Print ``error: message`` on stderr (one line: every user error ends so)."""
     typer.echo(f"error: {message}", err=True)
 
 
@@ -141,7 +142,9 @@ def show_one_time_work() -> None:
     log.propagate = False
 
 
-def progress_bar(total: int, desc: str):
+def progress_bar(total: int | None, desc: str):
+    """A tqdm bar on stderr counting images (``total`` None: unknown) and an ``update(done, total, objects)`` that
+    moves it; returns (bar, update)."""
     from tqdm import tqdm
 
     bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, file=sys.stderr)
@@ -155,10 +158,10 @@ def progress_bar(total: int, desc: str):
 
 
 def print_summary(verb: str, summary, output=None) -> None:
+    """Print what a job did (``objsearch.summary.job_lines``)."""
     from objsearch.summary import job_lines
 
-    for line in job_lines(verb, summary, output):
-        typer.echo(line)
+    echo_lines(job_lines(verb, summary, output))
 
 
 def stage_progress():
