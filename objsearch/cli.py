@@ -1,12 +1,11 @@
-"""The ``objsearch`` command line: a thin shell over ``objsearch.engine``.
-
-Every error a user can cause ends in one line on stderr and a non-zero exit code (see ``objsearch.errors``).
+"""The ``objsearch`` command line: each command a typed function whose docstring is its help, declaring its
+arguments and printing what the library returns. Every error a user can cause ends in one line on stderr and a
+non-zero exit code (``objsearch.errors``); how errors and progress are shown lives in ``objsearch.cli_support``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import json
 import logging
@@ -16,94 +15,22 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import typer
-from typer.core import TyperGroup
 
-from objsearch.config import PROJECT_ROOT, find_demo_index, load_config, parse_dims
+from objsearch.cli_support import (Commands, echo_lines, err, handle_errors, job_progress, print_summary, run_job,
+                                   show_one_time_work, stage_progress)
+from objsearch.config import find_demo_index, load_config, parse_dims
 from objsearch.errors import ExitCode, ObjsearchError
+from objsearch.inputs import QueryImages, expand_query_inputs, search_queries
+from objsearch.outputs import check_index_output, check_not_input, index_files, open_for_writing, picture_paths
 from objsearch.projection import PROJECTION_METHODS
 from objsearch.runtimes import RUNTIMES
+from objsearch.summary import result_lines
 from objsearch.vectors import BACKENDS
 
 
-def _err(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-
-
-# click's exceptions, from the module that holds typer's public BadParameter (typer >= 0.29 carries its own copy of
-# click; older ones used click itself)
-click_errors = sys.modules[typer.BadParameter.__module__]
-
-
-def _flag_name(param) -> str:
-    """How a parameter is spelled on the command line: ``-k/--k/--top-k``, ``--index/-i``, ``IMAGES``."""
-    if param is None:
-        return "a value"
-    if getattr(param, "param_type_name", "") == "option":
-        return "/".join(param.opts)
-    return (param.name or "an argument").upper()
-
-
-def usage_line(exc) -> str:
-    """One line for an error of the command line that click found (an unknown flag, a value outside its range or
-    choices, a missing argument), naming the flag, the value and what is allowed, with where the help is; click's
-    own form is a boxed, multi-line usage panel."""
-    import re
-    import shlex
-
-    from objsearch.types import printable
-
-    ctx = getattr(exc, "ctx", None)
-    where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
-    cause = exc.__cause__  # typer checks values with pydantic: its error holds the value given
-    errors = cause.errors() if hasattr(cause, "errors") else []
-    if isinstance(exc, click_errors.BadParameter) and errors and "input" in errors[0]:
-        value = shlex.quote(printable(str(errors[0]["input"])))
-        rule = str(errors[0].get("msg", exc.message))
-        if rule.startswith("Input should be "):
-            rule = "must be " + rule[len("Input should be "):].split(",")[0]
-        elif rule.startswith("Value error, "):
-            rule = rule[len("Value error, "):]
-            choices = re.match(r"'.*' is not one of (.+)$", rule)
-            if choices:
-                rule = "must be one of " + choices.group(1).replace("'", "")
-        text = f"{_flag_name(exc.param)} {value}: {rule}"
-    elif isinstance(exc, click_errors.BadParameter) and not isinstance(exc, click_errors.MissingParameter):
-        text = f"invalid value for {_flag_name(exc.param)}: {exc.message}"
-    else:
-        text = exc.format_message()
-        text = text[:1].lower() + text[1:]
-    return " ".join(text.split()).rstrip(".") + where
-
-
-class Commands(TyperGroup):
-    """objsearch's command group: click's own errors (unknown flags, values outside their range) end like every
-    other user error, in one ``error:`` line and the usage exit code (``ExitCode.USAGE``), not in a usage panel."""
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        try:  # named objsearch however it was started (python -m objsearch, a test's runner)
-            code = super().main(args=args, prog_name=prog_name or self.name or "objsearch",
-                                complete_var=complete_var, standalone_mode=False, **extra)
-        except click_errors.NoArgsIsHelpError as exc:  # bare `objsearch`: the help, as a usage error
-            typer.echo(exc.ctx.get_help())
-            code = ExitCode.USAGE
-        except click_errors.ClickException as exc:
-            _err(usage_line(exc))
-            code = ExitCode.USAGE
-        except (click_errors.Abort, typer.Abort):
-            _err("interrupted")
-            code = ExitCode.INTERRUPTED
-        code = code if isinstance(code, int) else ExitCode.OK
-        if standalone_mode:
-            sys.exit(int(code))
-        return int(code)
-
-
 # rich_markup_mode=None: plain help text, wrapped to the terminal (rich markup ate "[fast]" and "[milvus]")
-app = typer.Typer(name="objsearch", cls=Commands, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  rich_markup_mode=None,
-                  help="Object-level reverse image search: YOLO detections, their own features, a KD-tree.")
-
-SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+app = typer.Typer(name="objsearch", cls=Commands, add_completion=False, no_args_is_help=True,
+                  pretty_exceptions_enable=False, rich_markup_mode=None, help="Object-level reverse image search: YOLO detections, their own features, a KD-tree.")
 
 
 # a flag with a fixed set of values is a Literal (case-insensitive): a value outside it is a usage error naming them
@@ -132,41 +59,6 @@ IndexOpt = Annotated[Path, typer.Option("--index", "-i", callback=_index_file, h
 IndexArg = Annotated[Path, typer.Argument(callback=_index_file, help="Index file (.h5).")]
 
 
-def handle_errors(func):
-    """Turn user errors into one line and their exit code (``objsearch.errors.ExitCode``); Ctrl-C into 130; a full
-    disk or a forbidden folder into ``CANNOT_WRITE``."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except ObjsearchError as exc:
-            _err(str(exc))
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            _err(INTERRUPTED.get(func.__name__, "interrupted"))
-            raise typer.Exit(ExitCode.INTERRUPTED) from None
-        except OSError as exc:
-            if exc.errno not in STORAGE_ERRNOS:
-                raise
-            where = f" ({exc.filename})" if exc.filename else ""
-            # only a job that journals its work resumes, and only once there is room again: a read-only or
-            # forbidden place needs another place, not a second try
-            resumes = func.__name__ in INTERRUPTED and exc.errno in SPACE_ERRNOS
-            _err(f"{exc.strerror}{where}" + ("; an analysis resumes where it stopped when run again" if resumes else ""))
-            raise typer.Exit(ExitCode.CANNOT_WRITE) from None
-
-    return wrapper
-
-
-# what Ctrl-C prints, by command function: only the commands that run an analysis job resume it
-INTERRUPTED = dict.fromkeys(
-    ["analyze", "add", "sync", "watch", "demo"], "interrupted (an analysis resumes when run again with the same command)")
-
-# a full disk, a read-only or forbidden folder, a file too large: one line, not a traceback (what was committed stays)
-SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
-STORAGE_ERRNOS = SPACE_ERRNOS | {errno.EROFS, errno.EACCES, errno.EPERM}
-
 NO_TORCH_COMMANDS = {"info", "trust"}  # these do not pay for importing torch (about 2.5 s) just to set its threads
 
 
@@ -191,25 +83,8 @@ def _setup(
     from objsearch.threads import set_threads
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    _show_one_time_work()
+    show_one_time_work()
     set_threads(threads, load=ctx.invoked_subcommand not in NO_TORCH_COMMANDS)  # before any work
-
-
-class _EchoHandler(logging.Handler):
-    """Log records as ``objsearch: message`` lines on the current stderr (the one a test's runner captures too)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        typer.echo(f"objsearch: {record.getMessage()}", err=True)
-
-
-def _show_one_time_work() -> None:
-    """Let the user see what runs once and takes seconds: the export of the detector for the default ``auto``
-    runtime (``objsearch.runtimes.EXPORT_LOGGER``), shown as plain lines whatever ``--verbose`` says."""
-    log = logging.getLogger("objsearch.runtimes.export")
-    if not any(isinstance(h, _EchoHandler) for h in log.handlers):
-        log.addHandler(_EchoHandler())
-    log.setLevel(logging.INFO)
-    log.propagate = False
 
 
 @app.command("threads", hidden=True)
@@ -218,19 +93,6 @@ def show_threads() -> None:
     from objsearch.threads import thread_counts
 
     typer.echo(json.dumps(thread_counts()))
-
-
-def _progress_bar(total: int, desc: str):
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, file=sys.stderr)
-
-    def update(done: int, total_: int, objects: int) -> None:
-        bar.n = done
-        bar.set_postfix(objects=objects, refresh=False)
-        bar.refresh()
-
-    return bar, update
 
 
 GroupWindowOpt = Annotated[float, typer.Option("--group-window", min=0.0, help="Seconds: hits from one video, of one "
@@ -274,54 +136,6 @@ def _catalog_state(index: Path, uri: str | None):
         return catalog.uuid, catalog.generation, catalog.object_id.copy()
 
 
-def _print_summary(verb: str, summary, output=None) -> None:
-    frames = getattr(summary, "n_added_frames", 0)
-    what = (f"{_count(summary.n_added - frames, 'image')} and {_count(frames, 'frame')} of "
-            f"{_count(summary.n_videos, 'video')}" if frames else _count(summary.n_added, "image"))
-    parts = [f"{verb} {what} ({_count(summary.n_added_objects, 'object')})"]
-    if summary.n_resumed:
-        parts.append(f"{summary.n_resumed} resumed from an interrupted run")
-    if summary.n_changed:
-        parts.append(f"{summary.n_changed} changed and analyzed again")
-    if summary.n_removed:
-        parts.append(f"removed {_count(summary.n_removed, 'image')} ({_count(summary.n_removed_objects, 'object')})")
-    if summary.n_already:
-        parts.append(f"{summary.n_already} already indexed")
-    if summary.n_unchanged:
-        parts.append(f"{summary.n_unchanged} unchanged")
-    if getattr(summary, "n_image_vectors", 0):
-        parts.append(f"whole-image vectors made for {summary.n_image_vectors} images")
-    if getattr(summary, "rerank_dims", None):
-        parts.append(f"rerank vectors ({summary.rerank_dims}-d) made for an index made before reranking")
-    parts.append(f"{summary.n_no_objects} with no objects")
-    parts.append(f"{len(summary.skipped)} skipped")
-    if summary.n_other_files:
-        parts.append(f"{summary.n_other_files} other files ignored")
-    typer.echo(", ".join(parts) + f", in {summary.seconds:.1f} s -> {output or summary.index} "
-               f"({_count(summary.n_images, 'image')}, {_count(summary.n_objects, 'object')})")
-    from objsearch.types import printable
-
-    for item in summary.skipped:
-        typer.echo(f"  skipped {printable(item.path)}: {item.reason}")
-
-
-def _job_progress(desc: str):
-    """A progress callback that opens its bar on first use; returns (callback, close)."""
-    state = {}
-
-    def progress(done, total, objects):
-        if "bar" not in state:
-            state["bar"], state["update"] = _progress_bar(total, desc)
-        state["bar"].total = total
-        state["update"](done, total, objects)
-
-    def close():
-        if "bar" in state:
-            state["bar"].close()
-
-    return progress, close
-
-
 @app.command()
 @handle_errors
 def analyze(
@@ -350,9 +164,9 @@ def analyze(
     video_stride: Annotated[Optional[int], typer.Option("--video-stride", min=1, help="Sample every N-th frame of "
                                                         "each video instead of --video-fps.")] = None,
 ) -> None:
-    """Analyze every image and video (.mp4 .mov .avi .mkv .webm) under FOLDER into a new index file; each sampled
-    video frame is one media item. An interrupted run resumes when run again (in the middle of a video too); a
-    finished index is brought up to date with 'objsearch sync'."""
+    """Analyze every image and video (.mp4 .mov .avi .mkv .webm .m4v .mpg .mpeg .wmv) under FOLDER into a new
+    index file; each sampled video frame is one media item. An interrupted run resumes when run again (in the middle
+    of a video too); a finished index is brought up to date with 'objsearch sync'."""
     if engine not in ("local", "ray"):
         raise ObjsearchError(f"--engine must be local or ray, got {engine!r}")
     if ray_address is not None and engine != "ray":
@@ -369,53 +183,9 @@ def analyze(
     cfg = load_config(config, dims=dims, projection=projection, conf=conf, imgsz=imgsz, device=device,
                       feature_recipe=recipe, weights=weights, batch=batch, runtime=runtime, video_fps=video_fps,
                       video_stride=video_stride)
-    _check_not_input(output, [folder])
-    _check_index_output(output)
-    progress, close = _job_progress("analyze")
-    try:
-        summary = run_analyze(folder, output, cfg, overwrite=overwrite, progress=progress)
-    finally:
-        close()
-    _print_summary("analyzed", summary)
-
-
-INDEX_SIDE_FILES = (".journal", ".undo", ".lock", ".tmp")  # what objsearch keeps next to an index file
-
-
-def _index_files(index: Path | None) -> list[Path]:
-    """An index and the files objsearch keeps beside it (journal, rollback journal, writer lock, hnsw graphs)."""
-    import glob
-
-    if index is None:
-        return []
-    return [index, *(index.with_name(index.name + s) for s in INDEX_SIDE_FILES),
-            *index.parent.glob(glob.escape(index.name) + ".hnsw*")]
-
-
-def _check_not_input(output: Path, inputs) -> None:
-    """Refuse an output path that is one of the inputs, or an index's journal, undo, lock or graph file (never
-    write over an input); a folder given as an input also covers every file under it."""
-    import os
-
-    out = os.path.realpath(output)
-    for item in inputs:
-        if item is None:
-            continue
-        real = os.path.realpath(item)
-        if real == out or (os.path.isdir(real) and out.startswith(real.rstrip(os.sep) + os.sep)
-                           and Path(out).suffix.lower() in MEDIA_SUFFIXES):
-            raise ObjsearchError(f"{output} is an input of this command; choose another output file")
-
-
-def _check_index_output(output: Path) -> None:
-    """Refuse before any work an index path that is a folder or something other than a file, or a media file."""
-    if output.is_dir():
-        raise ObjsearchError(f"cannot write the index {output}: it is a folder")
-    if output.exists() and not output.is_file():
-        raise ObjsearchError(f"cannot write the index {output}: not a regular file")
-    if output.suffix.lower() in MEDIA_SUFFIXES:
-        raise ObjsearchError(f"cannot write the index {output}: that is an image or video name; use a .h5 name")
-    check_output_folder(output, "the index")
+    check_not_input(output, [folder])
+    check_index_output(output)
+    run_job("analyze", "analyzed", run_analyze, folder, output, cfg, overwrite=overwrite)
 
 
 @app.command()
@@ -435,12 +205,7 @@ def add(
     from objsearch.analysis import add as run_add
 
     previous = _catalog_state(index, milvus_uri)
-    progress, close = _job_progress("add")
-    try:
-        summary = run_add(index, paths, weights=weights, device=device, runtime=runtime, progress=progress)
-    finally:
-        close()
-    _print_summary("added", summary)
+    run_job("add", "added", run_add, index, paths, weights=weights, device=device, runtime=runtime)
     _milvus_follow(index, milvus_uri, milvus_collection, previous)
 
 
@@ -459,24 +224,20 @@ def remove(
 
     if not paths and not missing:
         raise ObjsearchError("name images or folders to remove, or pass --missing")
+    from objsearch.summary import count
     from objsearch.types import printable
 
     previous = _catalog_state(index, milvus_uri)
     summary = run_remove(index, paths or [], missing=missing)
     for path in summary.not_indexed:
-        _err(f"{printable(path)} is not in {printable(str(index))} (no indexed image or video is that file or under "
+        err(f"{printable(path)} is not in {printable(str(index))} (no indexed image or video is that file or under "
              f"that folder)")
-    typer.echo(f"removed {_count(summary.n_removed, 'image')} ({_count(summary.n_removed_objects, 'object')}) from "
-               f"{index} ({_count(summary.n_images, 'image')}, {_count(summary.n_objects, 'object')} left) in "
+    typer.echo(f"removed {count(summary.n_removed, 'image')} ({count(summary.n_removed_objects, 'object')}) from "
+               f"{index} ({count(summary.n_images, 'image')}, {count(summary.n_objects, 'object')} left) in "
                f"{summary.seconds:.1f} s")
     _milvus_follow(index, milvus_uri, milvus_collection, previous)
     if summary.not_indexed:
         raise typer.Exit(ExitCode.UNREADABLE_INPUT)
-
-
-def _count(n: int, noun: str) -> str:
-    """``1 image``, ``2 images``, ``0 images``."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 @app.command()
@@ -495,12 +256,7 @@ def sync(
     from objsearch.analysis import sync as run_sync
 
     previous = _catalog_state(index, milvus_uri)
-    progress, close = _job_progress("sync")
-    try:
-        summary = run_sync(index, folder, weights=weights, device=device, runtime=runtime, progress=progress)
-    finally:
-        close()
-    _print_summary("synced: added", summary)
+    run_job("sync", "synced: added", run_sync, index, folder, weights=weights, device=device, runtime=runtime)
     _milvus_follow(index, milvus_uri, milvus_collection, previous)
 
 
@@ -536,35 +292,23 @@ def watch(
 ) -> None:
     """Keep an index in step with its folders: analyze new and changed images and videos as they arrive, remove
     deleted ones (Ctrl-C stops; the next start catches up)."""
-    import threading
-
     from objsearch.types import printable
     from objsearch.watch import Watcher, WatchSettings
-
-    def report(summary) -> None:
-        if summary.n_added or summary.n_removed or summary.n_changed or summary.skipped:
-            _print_summary(time.strftime("%H:%M:%S") + " added", summary)
 
     watcher = Watcher(index, folders, weights=weights, device=device, runtime=runtime,
                       settings=WatchSettings(settle_s=settle, polling=polling))
     if once:
-        progress, close = _job_progress("sync")
-        try:
-            summary = watcher.catch_up(progress=progress)
-        finally:
-            close()
-        _print_summary("synced: added", summary)
+        run_job("sync", "synced: added", watcher.catch_up)
         return
-    try:
-        watcher.start()
-        _print_summary("synced: added", watcher.catch_up())
-        watcher.on_job = report
+
+    def caught_up(summary) -> None:
+        print_summary("synced: added", summary)
         typer.echo(f"watching {', '.join(printable(str(f)) for f in watcher.folders)} -> {index} (Ctrl-C stops)",
                    err=True)
-        watcher.run(threading.Event(), catch_up=False)
-    except KeyboardInterrupt:
-        watcher.stop()
-        typer.echo("stopped watching", err=True)
+
+    watcher.watch_until_interrupted(on_caught_up=caught_up, on_job=lambda summary: print_summary(
+        time.strftime("%H:%M:%S") + " added", summary))
+    typer.echo("stopped watching", err=True)
 
 
 @app.command()
@@ -588,6 +332,7 @@ def duplicates(
     an index, in groups with a representative each."""
     from objsearch.catalog import Catalog
     from objsearch.duplicates import find_duplicates, report_to_dict, write_group_pictures
+    from objsearch.summary import duplicates_lines
 
     if objects and images:
         raise ObjsearchError("pass --objects or --images, not both")
@@ -603,23 +348,8 @@ def duplicates(
         if as_json:
             typer.echo(json.dumps(report_to_dict(report, catalog)))
             return
-        data = report_to_dict(report, catalog, limit=limit)
-    unit = "images" if kind == "images" else "objects"
-    typer.echo(f"{data['n_groups']} groups of near-duplicate {unit} ({data['n_duplicates']} duplicates) among "
-               f"{data['n_items']} {unit}; threshold {report.threshold:g} at {report.dims} dims, {report.method}, "
-               f"in {report.seconds:.1f} s")
-
-    def name(item: dict) -> str:
-        where = f" @ {item['timestamp_s']:.1f}s" if "timestamp_s" in item else ""
-        what = f" {item['label']} #{item['object_id']}" if "object_id" in item else ""
-        return f"{item['path']}{where}{what}"
-
-    for n, group in enumerate(data["groups"], 1):
-        typer.echo(f"group {n} ({1 + len(group['members'])}): {name(group['representative'])}")
-        for item in group["members"]:
-            typer.echo(f"    {name(item)}  d={item['distance']:.3f}")
-    if data["n_groups"] > len(data["groups"]):
-        typer.echo(f"... and {data['n_groups'] - len(data['groups'])} more groups (--json lists them all)")
+        lines = duplicates_lines(report_to_dict(report, catalog, limit=limit), report)
+    echo_lines(lines)
 
 
 @app.command()
@@ -653,71 +383,11 @@ def convert(
     """Convert an index of format 1 to format 2 (stable ids; add, remove and sync). Nothing is analyzed again."""
     from objsearch.catalog import convert as run_convert
 
-    _check_not_input(output, _index_files(source))
-    _check_index_output(output)
+    check_not_input(output, index_files(source))
+    check_index_output(output)
     t0 = time.perf_counter()
     run_convert(source, output, overwrite=overwrite)
     typer.echo(f"converted {source} -> {output} in {time.perf_counter() - t0:.1f} s")
-
-
-URL_MAX_BYTES = 20 << 20  # a query image fetched from a URL: at most 20 MB ...
-URL_TIMEOUT_S = 15.0  # ... within 15 s
-
-
-def _is_url(text: str) -> bool:
-    return text.lower().startswith(("http://", "https://"))
-
-
-def expand_query_inputs(inputs: list[str]) -> list[str | Path]:
-    """The query images named by ``inputs``, in order: http(s) URLs as they are, a folder's images (recursively,
-    sorted), a glob pattern's image files (sorted; ``**`` recurses) and plain paths.
-
-    Raises
-    ------
-    ImageReadError
-        When a folder or a pattern names no image (a query image that cannot be read, exit 2).
-    """
-    import glob
-
-    from objsearch.errors import ImageReadError
-
-    out: list[str | Path] = []
-    for text in inputs:
-        path = Path(text)
-        if _is_url(text):
-            out.append(text)
-        elif path.is_dir():
-            from objsearch.media import list_images
-
-            found = list_images(path)
-            if not found:
-                raise ImageReadError(f"cannot read image {text}: it is a folder with no images in it")
-            out += found
-        elif not path.exists() and glob.has_magic(text):
-            found = sorted(Path(p) for p in glob.glob(text, recursive=True)
-                           if Path(p).suffix.lower() in MEDIA_SUFFIXES - VIDEO_ONLY_SUFFIXES and Path(p).is_file())
-            if not found:
-                raise ImageReadError(f"cannot read image {text}: no image file matches the pattern")
-            out += found
-        else:
-            out.append(path)
-    return out
-
-
-def _read_query(item: str | Path):
-    """(H, W, 3) uint8 BGR of a query path or URL (fetched with a size and time limit)."""
-    from objsearch.errors import ImageReadError
-    from objsearch.media import decode_image, fetch_image, read_image
-    from objsearch.types import printable
-
-    if isinstance(item, str):
-        try:
-            data = fetch_image(item, max_bytes=URL_MAX_BYTES, timeout_s=URL_TIMEOUT_S)
-        except ObjsearchError as exc:  # the URL named, as a query image that cannot be read (exit 2)
-            shown = printable(item if len(item) <= 200 else item[:200] + "...")
-            raise ImageReadError(f"cannot read image {shown}: {exc}") from None
-        return decode_image(data, item)
-    return read_image(item)
 
 
 @app.command()
@@ -759,45 +429,21 @@ def query(
     if mode == "image" and same_class:
         raise ObjsearchError("--same-class applies to --mode objects (whole images have no one class)")
     items = expand_query_inputs(list(images))
-    pictures = _picture_paths(items, out, save)
+    pictures = picture_paths(items, out, save)
     for target in pictures.values():
-        _check_not_input(target, [*(i for i in items if isinstance(i, Path)), *_index_files(index)])
-    try:
-        first = _read_query(items[0])  # decoded once; a bad only image fails before the detector loads
-    except ImageReadError as exc:
-        if len(items) == 1:
-            raise
-        first = exc
+        check_not_input(target, [*(i for i in items if isinstance(i, Path)), *index_files(index)])
+    queries = QueryImages(items)  # the first decoded now: a bad only image fails before the detector loads
     n_failed = 0
     with Engine(index, weights=weights, base_dir=base_dir, dims=dims, device=device, conf=conf,
                 backend=_backend(backend, milvus_uri, milvus_collection, milvus_index), runtime=runtime) as engine:
-        for n, item in enumerate(items):
-            try:
-                picture = first if n == 0 else _read_query(item)
-                if isinstance(picture, ImageReadError):
-                    raise picture
-            except ImageReadError as exc:
-                if len(items) == 1:
-                    raise
-                _err(str(exc))
+        for item, result in search_queries(engine, queries, mode=mode, k=k, same_class=same_class,
+                                           include_self=include_self, group_s=None if no_group else group_window,
+                                           pictures=pictures):
+            if isinstance(result, ImageReadError):
+                err(str(result))
                 n_failed += 1
                 continue
-            if mode == "image":
-                result = engine.search_image_file(item, k=k, exclude_self=not include_self and isinstance(item, Path),
-                                                  warmup=True, image=picture)
-            else:
-                result = engine.search_file(item, k=k, same_class=same_class,
-                                            exclude_self=not include_self and isinstance(item, Path),
-                                            warmup=True, image=picture,  # once per input shape
-                                            group_s=None if no_group else group_window)
-            if n in pictures:
-                _write_picture(engine, picture, result, pictures[n])
-            if as_json:
-                typer.echo(json.dumps(result.to_dict()))
-            elif mode == "image":
-                _print_image_result(item, result)
-            else:
-                _print_result(item, result)
+            echo_lines([json.dumps(result.to_dict())] if as_json else result_lines(item, result))
     if pictures and not as_json:
         written = sorted({p.parent for p in pictures.values()})
         typer.echo(f"wrote {pictures[0]}" if len(items) == 1 and 0 in pictures else
@@ -806,244 +452,16 @@ def query(
         raise typer.Exit(ExitCode.UNREADABLE_INPUT)
 
 
-def _picture_paths(items: list, out: Path | None, save: bool) -> dict[int, Path]:
-    """Where ``query`` writes each query image's picture, by its position in ``items``: ``out`` itself for one
-    image; for a folder ``out`` (which must exist) one file per image named after it; with ``save`` and no ``out``
-    a new numbered folder ``runs/query/N`` (as ``yolo predict`` numbers its runs). Refused before any work: a
-    missing folder, several images and a file name, a name OpenCV cannot write."""
-    from objsearch.errors import UsageError
-
-    if out is None and not save:
-        return {}
-    if out is not None and not out.is_dir():
-        if len(items) != 1:
-            raise UsageError(f"--out {out}: {len(items)} query images write one picture each into a folder, and "
-                             f"{out} is not one (name an existing folder)")
-        _check_picture_path(out)
-        return {0: out}
-    folder = out if out is not None else _next_run_folder(Path("runs") / "query")
-    names: dict[int, Path] = {}
-    taken: set[str] = set()
-    for n, item in enumerate(items):
-        stem = _picture_stem(item, n)
-        name, i = f"{stem}.jpg", 1
-        while name.lower() in taken:  # the same file name from two folders
-            i += 1
-            name = f"{stem}-{i}.jpg"
-        taken.add(name.lower())
-        names[n] = folder / name
-    return names
-
-
-def _picture_stem(item, n: int) -> str:
-    """A file-name stem for the picture of query ``item``: the image's own stem, or the URL's last path part;
-    characters other than letters, digits, ``.-_`` become ``_``."""
-    import re
-    from urllib.parse import urlsplit
-
-    raw = Path(urlsplit(item).path).stem if isinstance(item, str) else Path(item).stem
-    stem = re.sub(r"[^A-Za-z0-9._-]", "_", raw).strip("._") or f"query{n + 1}"
-    return stem[:100]
-
-
-def _next_run_folder(parent: Path) -> Path:
-    """``parent/N`` for the next free N (1, 2, ...), made now (so that two runs never share one)."""
-    from objsearch.errors import CannotWriteError
-
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CannotWriteError(f"cannot make {parent}: {exc.strerror}") from None
-    numbers = [int(p.name) for p in parent.iterdir() if p.name.isdigit()]
-    n = max(numbers, default=0) + 1
-    while True:
-        try:
-            (parent / str(n)).mkdir()
-            return parent / str(n)
-        except FileExistsError:
-            n += 1
-        except OSError as exc:
-            raise CannotWriteError(f"cannot make {parent / str(n)}: {exc.strerror}") from None
-
-
-def _print_image_result(item, result) -> None:
-    """One line per query: the whole-image neighbours, nearest first."""
-    from objsearch.types import printable
-
-    t = result.to_dict()["timings_ms"]
-    warm = f"; a first pass at this input size took {t['warmup']:.0f} ms before timing" if "warmup" in t else ""
-    typer.echo(f"{printable(str(item))}: {len(result.neighbors)} similar images, {t['total']:.0f} ms (detect "
-               f"{t['detect']:.0f}, image vector {t['image_feature']:.1f}, search {t['search']:.1f}){warm}")
-    typer.echo("  " + ", ".join(f"{nb.media.display_name()} d={nb.distance:.2f}" for nb in result.neighbors))
-
-
-def _print_result(item, result) -> None:
-    from objsearch.types import printable
-
-    t = result.to_dict()["timings_ms"]
-    warm = f"; a first pass at this input size took {t['warmup']:.0f} ms before timing" if "warmup" in t else ""
-    typer.echo(f"{printable(str(item))}: {len(result.detections)} objects, {t['total']:.0f} ms "
-               f"(detect {t['detect']:.0f}, features {t['features']:.1f}, search {t['search']:.1f}){warm}")
-    for i in range(len(result.detections)):
-        nbs = ", ".join(f"{result.label(n.class_id)} d={n.distance:.2f} ({_neighbor_place(n)})"
-                        for n in result.neighbors[i])
-        box = [round(float(v)) for v in result.detections.xyxy[i]]
-        note = f"  [{result.notes[i]}]" if result.notes[i] else ""
-        typer.echo(f"  {result.label(result.detections.class_id[i])} {result.detections.confidence[i]:.2f} "
-                   f"{box}: {nbs}{note}")
-
-
-def _neighbor_place(nb) -> str:
-    """``clip.mp4 @ 00:01:23.4`` (with the moment it stands for: ``, 00:01:22.0-00:01:25.0, 4 frames``)."""
-    from objsearch.types import format_timestamp
-
-    text = nb.media.display_name()
-    if nb.moment is not None and nb.moment.frames > 1:
-        text += (f", moment {format_timestamp(nb.moment.start_s)}-{format_timestamp(nb.moment.end_s)} of "
-                 f"{nb.moment.frames} frames")
-    return text
-
-
-PICTURE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-# objsearch.media's IMAGE_SUFFIXES and VIDEO_SUFFIXES (spelled out: importing media loads OpenCV)
-VIDEO_ONLY_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm"}
-MEDIA_SUFFIXES = PICTURE_SUFFIXES | {".jfif", ".pbm", ".pgm", ".ppm"} | VIDEO_ONLY_SUFFIXES
-
-
-def check_output_folder(path: Path, what: str) -> None:
-    """Refuse before any work an output whose folder does not exist or is a file: one rule for every output
-    (``--out``, ``--jsonl``, ``-o``); objsearch makes only the folders it names itself (``runs/...``)."""
-    from objsearch.errors import UsageError
-
-    parent = path.parent
-    if parent.is_dir():
-        return
-    if parent.exists():
-        raise UsageError(f"cannot write {what} {path}: {parent} is a file, not a folder")
-    raise UsageError(f"cannot write {what} {path}: the folder {parent} does not exist (objsearch makes no folder "
-                     f"for an output)")
-
-
-def _check_picture_path(out: Path) -> None:
-    """Refuse before any work a picture path OpenCV cannot write: no image suffix, a folder, a missing folder or
-    one that is a file."""
-    if out.is_dir():
-        raise ObjsearchError(f"cannot write picture {out}: it is a folder")
-    if out.suffix.lower() not in PICTURE_SUFFIXES:
-        raise ObjsearchError(f"cannot write picture {out}: use a name ending in .jpg or .png")
-    check_output_folder(out, "picture")
-
-
-def _write_picture(engine, image, result, out: Path) -> None:
-    """Render ``result`` over the query ``image`` (H, W, 3) uint8 BGR with its neighbours' thumbnails into ``out``."""
-    import cv2
-
-    from objsearch.render import render_result
-
-    from objsearch.types import ImageSearchResult
-
-    if isinstance(result, ImageSearchResult):
-        from objsearch.render import render_image_result
-
-        picture = render_image_result(image, result, {nb.media.media_id: engine.media_picture(nb.media.media_id)
-                                                      for nb in result.neighbors})
-    else:
-        picture = render_result(image, result, {i: engine.thumbnail(i) for i in result.object_ids()})
-    from objsearch.errors import CannotWriteError
-
-    try:
-        ok = cv2.imwrite(str(out), picture)
-    except (OSError, cv2.error) as exc:
-        raise CannotWriteError(f"cannot write picture {out}: {exc}") from None
-    if not ok:
-        raise CannotWriteError(f"cannot write picture {out} (a full disk, or a folder this user cannot write)")
-
-
-def _evaluate_images(data_dir: Path, cfg: dict, dim_list: list[int], *, as_json: bool, limit: int | None,
-                     peer: bool) -> None:
-    """``eval --mode image``: ours (the image vector of the detector pass) and, with ``peer``, ``YOLO.embed()``."""
-    import math
-
-    from objsearch import image_eval as ie
-    from objsearch.provenance import load_detector
-
-    detector = load_detector(cfg)
-    paths, pictures = ie.load_images(data_dir, limit)
-    if not paths:
-        raise ObjsearchError(f"{data_dir} holds no readable images")
-    bar, update = _progress_bar(len(paths) * (2 if peer else 1), "eval")
-    state = {"done": 0}
-
-    def progress(n):
-        state["done"] += n
-        update(state["done"], len(paths) * (2 if peer else 1), 0)
-
-    try:
-        methods = [ie.collect_ours(detector, paths, pictures, progress=progress)]
-        if peer:
-            methods.append(ie.collect_embed(detector.weights_path, paths, pictures, imgsz=detector.imgsz,
-                                            device=cfg["device"], progress=progress))
-    finally:
-        bar.close()
-    rows = [(m, ie.score_images(m, d, cfg["seed"])) for m in methods for d in [*dim_list, None]]
-    report = {
-        "data_dir": str(data_dir), "weights": Path(str(detector.weights_path)).name, "mode": "image",
-        "image_recipe": detector.image_feature_recipe(), "n_images": len(paths),
-        "n_queries": int((methods[0].largest_class >= 0).sum()),
-        "methods": [{"name": m.name, "n_features": int(m.features.shape[1]), "ms_per_image": m.ms_per_image,
-                     "pass_ms_per_image": m.pass_ms_per_image if math.isfinite(m.pass_ms_per_image) else None}
-                    for m in methods],
-        "results": [{"method": m.name, **r} for m, r in rows],
-    }
-    if as_json:
-        typer.echo(json.dumps(report))
-        return
-    ours = methods[0]
-    typer.echo(f"{len(paths)} images ({report['n_queries']} with labels), {report['weights']}, image recipe "
-               f"{detector.image_feature_recipe()['blocks']} ({detector.n_image_features}-d)")
-    typer.echo(f"ours: {ours.ms_per_image:.2f} ms/image added to a {ours.pass_ms_per_image:.0f} ms detector pass "
-               f"(no extra pass)" + (f"; YOLO.embed(): {methods[1].ms_per_image:.0f} ms/image (a second pass, "
-                                      f"{methods[1].features.shape[1]}-d)" if peer else ""))
-    for line in ie.format_table(rows):
-        typer.echo(line)
-
-
 @app.command()
 @handle_errors
 def info(index: IndexArg) -> None:
     """Counts, dims, model, classes and size on disk of an index file."""
-    import numpy as np
-
     from objsearch.catalog import Catalog
-    from objsearch.types import printable
+    from objsearch.summary import summarize
 
-    with Catalog(index) as f:
-        counts = np.bincount(f.class_id, minlength=len(f.class_names))
-        top = ", ".join(f"{f.class_names[c]} {counts[c]}" for c in np.argsort(-counts)[:10] if counts[c])
-        size = index.stat().st_size
-        cfg = f.attrs.get("config", {})
-        typer.echo(f"index      {printable(str(index))}")
-        typer.echo(f"format     {f.attrs.get('format')} v{f.format_version}, created {f.attrs.get('created', '?')}, "
-                   f"generation {f.generation}, state {f.state}")
-        frames = f.media_frame_index >= 0
-        videos = len({p for p, is_frame in zip(f.media_path, frames) if is_frame})
-        in_videos = f", {int(frames.sum())} of them frames of {videos} videos" if videos else ""
-        typer.echo(f"images     {len(f.media_id)}{in_videos} (skipped {len(f.skipped)}), base dir "
-                   f"{printable(str(f.base_dir))}")
-        from objsearch.roots import Roots
-
-        for line in Roots.of(f).describe():
-            typer.echo(f"folders    {line}")
-        typer.echo(f"objects    {len(f.object_id)} in {int((counts > 0).sum())} classes: {top}")
-        typer.echo(f"features   {f.attrs.get('feature_recipe')}")
-        typer.echo(f"projection {cfg.get('projection', '?')} to dims {f.dims} (seed {cfg.get('seed', '?')}), "
-                   + (f"rerank vectors {f.rerank_dims}-d" if f.rerank_dims is not None else
-                      "no rerank vectors (made before reranking: `objsearch sync` adds them)"))
-        typer.echo(f"images     whole-image vectors {f.image_recipe.get('blocks')}, random to dims {f.image_dims}"
-                   if f.has_image_vectors else
-                   "images     no whole-image vectors (made before image search): `objsearch sync` adds them")
-        typer.echo(f"model      {f.attrs.get('weights_name')} sha256 {f.weights_sha256}")
-        typer.echo(f"size       {size / 1e6:.2f} MB on disk ({size / max(len(f.object_id), 1) / 1e3:.2f} kB per object)")
+    with Catalog(index) as catalog:
+        lines = summarize(catalog, index).lines()
+    echo_lines(lines)
 
 
 @app.command("eval")
@@ -1074,135 +492,17 @@ def evaluate(
     matches a labeled object of the query's class; the matched protocol indexes only detections that match a
     labeled object (see objsearch/evaluate.py). --mode image: whole-image precision@1/5/10 and instance
     recall@1, against ultralytics' YOLO.embed()."""
-    from objsearch import evaluate as ev
-    from objsearch.provenance import load_detector
-    from objsearch.errors import EmptyFolderError
-    from objsearch.hygiene import IndexPolicy
+    from objsearch.eval_report import run_eval
 
     cfg = load_config(config, projection=projection, device=device, feature_recipe=recipe, weights=weights,
                       runtime=runtime)
-    if protocol not in ("realistic", "matched", "both"):
-        raise ObjsearchError(f"--protocol must be realistic, matched or both, got {protocol!r}")
-    dim_list = parse_dims(dims)
-    folders = [data_dir] + ([queries] if queries is not None else [])
-    listed = []
-    for folder in folders:
-        images = ev.list_labeled_images(folder) if folder.is_dir() else []
-        if not images:
-            raise EmptyFolderError(f"{folder} holds no images (expected images/ and labels/ as ultralytics lays them "
-                                   "out)")
-        if not any(ev.label_path_for(p).is_file() for p in images):
-            raise EmptyFolderError(f"{folder} has no YOLO labels (expected labels/ next to images/, one .txt per "
-                                   "image)")
-        listed.append(images)
-    if mode == "image":
-        if queries is not None:
-            raise ObjsearchError("--queries goes with the object protocols, not --mode image")
-        return _evaluate_images(data_dir, cfg, dim_list, as_json=as_json, limit=limit, peer=peer)
-    detector = load_detector(cfg)
-    hygiene = IndexPolicy.from_config(cfg)
-    rerank = ev.rerank_settings(detector, cfg)
-    conf = float(cfg["conf"])
-    collect_conf = min(conf, conf if hygiene.index_conf is None else float(hygiene.index_conf))
-
-    def detect(image, conf, mirror=False):
-        return detector.detect_batch([image], conf=conf, mirror=mirror)[0]
-
-    sets = []
-    for folder, images in zip(folders, listed):
-        bar, update = _progress_bar(len(images), f"eval {folder.name}")
-        state = {"done": 0, "objects": 0}
-
-        def progress(n_objects, images=images, state=state, update=update):
-            state["done"] += 1
-            state["objects"] += n_objects
-            update(state["done"], len(images), state["objects"])
-
-        try:
-            sets.append(ev.collect_labeled(detect, images, conf=collect_conf,
-                                           mirror=hygiene.mirror or rerank is not None, progress=progress))
-        finally:
-            bar.close()
-    method, seed = cfg["projection"], cfg["seed"]
-    report = {
-        "data_dir": str(data_dir), "queries": None if queries is None else str(queries),
-        "weights": Path(str(detector.weights_path)).name, "feature_recipe": detector.feature_recipe(),
-        "projection": method, "conf": conf, "index_conf": hygiene.index_conf, "dedup_iou": hygiene.dedup_iou,
-        "index_mirror": hygiene.mirror, "rerank_dims": None if rerank is None else rerank.dims,
-        "rerank_recipe": None if rerank is None else cfg["rerank_recipe"],
-    }
-
-    def both(score, data, d):
-        """The configuration's numbers, with those of the same search without the rerank beside them."""
-        result = score(data, d, method, seed, rerank=rerank)
-        if rerank is not None:
-            result["without_rerank"] = score(data, d, method, seed)
-        return result
-
-    realistic = []
-    if protocol in ("realistic", "both"):
-        if queries is not None:
-            big_index, big_queries = ev.bigger_protocol(sets[0], sets[1])
-            data = ev.realistic(big_index, big_queries, conf, hygiene)
-            realistic.append((f"bigger: {data_dir.name} + every other image of {queries.name} indexed, the others "
-                              "query", [both(ev.score_realistic, data, d) for d in dim_list]))
-            data = ev.realistic(sets[0], sets[1], conf, hygiene)
-            realistic.append(("queries from " + queries.name, [both(ev.score_realistic, data, d) for d in dim_list]))
-        data = ev.realistic(sets[0], None, conf, hygiene)
-        realistic.append((f"leave-one-image-out on {data_dir.name}", [both(ev.score_realistic, data, d)
-                                                                      for d in dim_list]))
-        report["realistic"] = {name: results for name, results in realistic}
-    matched = None
-    if protocol in ("matched", "both"):
-        matched = ev.matched_data(sets[0], conf)
-        report.update({"n_images": matched.n_images, "n_ground_truth": matched.n_ground_truth,
-                       "n_detections": matched.n_detections, "n_matched": len(matched.objects),
-                       "coverage": matched.coverage,
-                       "results": [both(ev.score, matched, d) for d in dim_list]})
-    if as_json:
-        typer.echo(json.dumps(report))
-        return
-    typer.echo(f"{Path(str(detector.weights_path)).name}, features {detector.feature_recipe()['blocks']} "
-               f"({detector.n_features}-d){' + mirrored in the index' if hygiene.mirror else ''}, {method} projection; "
-               f"query conf {conf:g}, index conf {hygiene.min_confidence(conf):g}, "
-               f"duplicate suppression {'IoU ' + format(hygiene.dedup_iou, 'g') if hygiene.dedup_iou else 'off'}"
-               + (f"; rerank vectors {rerank.dims}-d {cfg['rerank_recipe']}" if rerank is not None else ""))
-    for name, results in realistic:
-        r0 = results[0]
-        typer.echo(f"realistic protocol, {r0['n_index']} objects indexed ({r0['n_index_unmatched']} matching no "
-                   f"labeled object), {r0['n_queries']} query objects, {name}:")
-        typer.echo(f"{'dims':>9} | {'P@1':>6} {'P@5':>6} {'P@16':>6} | {'same P@1':>8} {'P@5':>6} {'P@16':>6} "
-                   f"{'false':>6} | {'inst R@1':>8} {'flip':>6} {'0.75x':>6} {'jpeg60':>6}")
-        for label, row in _eval_rows(results):
-            p, s, i = row["precision_at_k"], row["precision_at_k_same_class"], row["instance_recall_at_1"]
-            typer.echo(f"{label:>9} | {p[1]:6.3f} {p[5]:6.3f} {p[16]:6.3f} | {s[1]:8.3f} {s[5]:6.3f} "
-                       f"{s[16]:6.3f} {row['false_neighbours_same_class']:6.3f} | {i['mean']:8.3f} "
-                       f"{i['hflip']:6.3f} {i['resize0.75']:6.3f} {i['jpeg60']:6.3f}")
-        if name == realistic[0][0]:  # the first (with --queries: the bigger) protocol's misses and classes
-            for line in ev.format_misses(r0, detector.names):
-                typer.echo("  " + line)
-    if rerank is not None:
-        typer.echo("('plain': the same search vectors without the rerank)")
-    if matched is not None:
-        data = matched
-        typer.echo(f"matched protocol on {data_dir.name}: {data.n_images} images, {data.n_ground_truth} ground-truth "
-                   f"objects, {data.n_detections} detections, {len(data.objects)} matched at IoU>=0.5 (the index)")
-        typer.echo("re-detected after distortion: " + ", ".join(f"{t} {v:.3f}" for t, v in data.coverage.items()))
-        typer.echo(f"{'dims':>9} | {'P@1':>6} {'P@5':>6} {'P@16':>6} | {'same P@1':>8} {'P@5':>6} {'P@16':>6} | "
-                   f"{'inst R@1':>8} {'flip':>6} {'0.75x':>6} {'jpeg60':>6} | {'ms/obj':>7}")
-        for label, row in _eval_rows(report["results"]):
-            p, s, i = row["precision_at_k"], row["precision_at_k_same_class"], row["instance_recall_at_1"]
-            typer.echo(f"{label:>9} | {p[1]:6.3f} {p[5]:6.3f} {p[16]:6.3f} | {s[1]:8.3f} {s[5]:6.3f} "
-                       f"{s[16]:6.3f} | {i['mean']:8.3f} {i['hflip']:6.3f} {i['resize0.75']:6.3f} "
-                       f"{i['jpeg60']:6.3f} | {row['query_ms_per_object']:7.4f}")
-
-
-def _eval_rows(results: list[dict]):
-    """(label, result) of each dimension's result, followed by the same search without the rerank when measured."""
-    for r in results:
-        yield str(r["dims"]), r
-        if r.get("without_rerank") is not None:
-            yield f"{r['dims']} plain", r["without_rerank"]
+    progress, close = stage_progress()
+    try:
+        report = run_eval(data_dir, cfg, parse_dims(dims), queries=queries, protocol=protocol, mode=mode, limit=limit,
+                          peer=peer, progress=progress)
+    finally:
+        close()
+    echo_lines([json.dumps(report.to_dict())] if as_json else report.lines())
 
 
 @app.command()
@@ -1236,103 +536,37 @@ def video(
     'query --json' object plus "frame" (its number in the file) and "timestamp_s". With --summary, the indexed
     videos the query video matches, ranked, with their moments (reverse video search)."""
     from objsearch.engine import Engine
-    from objsearch.live import QuerySettings, ThumbnailCache, search_video
-    from objsearch.render import annotate_frame
+    from objsearch.live import QuerySettings
     from objsearch.sources import VideoFileSource
+    from objsearch.video_search import check_video_outputs, search_video_file
 
     if as_json and not summary:
         raise ObjsearchError("--json goes with --summary (the frames' JSON lines are --jsonl)")
     if out is None and jsonl is None and not summary:
         jsonl = Path("-")
-    if out is not None and out.suffix.lower() != ".mp4":
-        raise ObjsearchError(f"cannot write video {out}: use a name ending in .mp4 (H.264)")
-    for target, what in ((out, "video"), (jsonl if jsonl != Path("-") else None, "JSON lines")):
-        if target is not None:
-            _check_not_input(target, [file, *_index_files(index)])
-            check_output_folder(target, what)
+    check_video_outputs(file, index, out, jsonl)
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(VideoFileSource(file))
         engine = stack.enter_context(Engine(index, weights=weights, dims=dims, device=device, conf=conf,
                                             backend=_backend(backend, milvus_uri, milvus_collection,
                                                              milvus_index), runtime=runtime))
-        cache = ThumbnailCache(engine) if out is not None else None
-        lines = sys.stdout if jsonl == Path("-") else (stack.enter_context(_open_for_writing(jsonl)) if jsonl else None)
-        writer = None
-        total = -(-source.n_frames // stride) if source.n_frames else None
-        if max_frames:
-            total = min(total or max_frames, max_frames)
-        bar, update = _progress_bar(total, "frames")
-        stack.callback(bar.close)
-        n_analyzed = n_objects = 0
-        t0 = time.perf_counter()
-        settings = QuerySettings(k=k, same_class=same_class, group_s=None if no_group else group_window)
-        results = []
-        for live in search_video(engine, source, settings, stride=stride, max_frames=max_frames, cache=cache):
-            if summary:
-                results.append(live.result)
-            n_analyzed += 1
-            n_objects += len(live.result.detections)
-            if lines is not None:
-                lines.write(json.dumps(live.result.to_dict()) + "\n")
-            if out is not None:
-                if writer is None:
-                    writer = stack.enter_context(_video_writer(out, source.fps / stride))
-                writer.write(annotate_frame(live.frame.image, live.result, live.thumbnails))
-            update(n_analyzed, total, n_objects)
-        seconds = time.perf_counter() - t0
-    typer.echo(f"analyzed {n_analyzed} frames of {file} (stride {stride}), {n_objects} objects, "
-               f"{n_analyzed / max(seconds, 1e-9):.1f} frames/s" + (f" -> {out}" if out else ""), err=True)
-    if summary:
-        _print_video_summary(file, results, group_window, as_json, n_analyzed, n_objects)
+        lines = sys.stdout if jsonl == Path("-") else (stack.enter_context(open_for_writing(jsonl)) if jsonl else None)
+        progress, close = job_progress("frames")
+        stack.callback(close)
+        run = search_video_file(engine, source, QuerySettings(k=k, same_class=same_class, group_s=None if no_group
+                                                              else group_window),
+                                stride=stride, max_frames=max_frames, out=out, lines=lines, keep_results=summary,
+                                progress=progress)
+    typer.echo(f"analyzed {run.n_frames} frames of {file} (stride {stride}), {run.n_objects} objects, "
+               f"{run.frames_per_s:.1f} frames/s" + (f" -> {out}" if out else ""), err=True)
+    if summary:  # the reverse video search's ranked videos and moments
+        from objsearch.moments import summarize_video_matches
+        from objsearch.summary import video_summary, video_summary_lines
 
-
-def _print_video_summary(file: Path, results, window_s: float, as_json: bool, n_frames: int, n_objects: int) -> None:
-    """The reverse video search's ranked videos and moments (``objsearch.moments.summarize_video_matches``)."""
-    from objsearch.moments import summarize_video_matches
-    from objsearch.types import format_timestamp, printable
-
-    matches = summarize_video_matches(results, window_s)
-    if as_json:
-        typer.echo(json.dumps({"query": str(file), "n_frames": n_frames, "n_objects": n_objects,
-                               "window_s": window_s, "videos": [m.to_dict() for m in matches]}))
-        return
-    if not matches:
-        typer.echo(f"no indexed video matches the {n_objects} objects of {printable(str(file))}")
-        return
-    typer.echo(f"indexed videos matching the {n_objects} objects in {n_frames} frames of {printable(str(file))} "
-               f"(score: each query object's 1/rank of its best neighbour in the video, summed):")
-    for rank, m in enumerate(matches, 1):
-        typer.echo(f"{rank:>3}. {printable(m.path)}: score {m.score:.1f}, {m.n_query_objects} query objects, "
-                   f"best d={m.best_distance:.2f}")
-        for moment in m.moments[:5]:
-            labels = ", ".join(f"{n} {label}" for label, n in sorted(moment.labels.items(), key=lambda kv: -kv[1]))
-            typer.echo(f"       {format_timestamp(moment.start_s)}-{format_timestamp(moment.end_s)}: score "
-                       f"{moment.score:.1f}, {moment.n_query_objects} query objects ({labels}), best "
-                       f"d={moment.best_distance:.2f} at {format_timestamp(moment.best.media.timestamp_s)} "
-                       f"(query {format_timestamp(moment.query_start_s)}-{format_timestamp(moment.query_end_s)})")
-        if len(m.moments) > 5:
-            typer.echo(f"       ... {len(m.moments) - 5} more moments (--json lists them all)")
-
-
-@contextlib.contextmanager
-def _open_for_writing(path: Path):
-    from objsearch.errors import CannotWriteError
-
-    try:
-        handle = open(path, "w", encoding="utf-8")
-    except OSError as exc:
-        raise CannotWriteError(f"cannot write {path}: {exc.strerror}") from None
-    with handle:
-        yield handle
-
-
-@contextlib.contextmanager
-def _video_writer(path: Path, fps: float):
-    """An H.264 MP4 writer (``objsearch.media.VideoWriter``)."""
-    from objsearch.media import VideoWriter
-
-    with VideoWriter(path, fps) as writer:
-        yield writer
+        found = summarize_video_matches(run.results, group_window)
+        n = {"n_frames": run.n_frames, "n_objects": run.n_objects}
+        echo_lines([json.dumps(video_summary(file, found, window_s=group_window, **n))] if as_json
+                   else video_summary_lines(file, found, **n))
 
 
 @app.command("app")
@@ -1354,12 +588,9 @@ def desktop_app(
 ) -> None:
     """Open the desktop app: live object search from a random image, an image file, a webcam, a video or the
     screen."""
-    import os
+    from objsearch.gui.display import require_display
 
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
-                                                 or os.environ.get("QT_QPA_PLATFORM")):
-        raise ObjsearchError("no display to open a window on (DISPLAY is not set); run it in a desktop session, "
-                             "or under xvfb-run")
+    require_display()
     if index is not None:  # a damaged or foreign index named here: one line, before any window opens
         from objsearch.catalog import Catalog
 
@@ -1417,17 +648,10 @@ def serve(
 ) -> None:
     """Serve a web page and a JSON API (POST /api/search, GET /api/thumbnail/ID, GET /api/info, GET /api/map) over
     an index."""
-    if not index.is_file():
-        from objsearch.errors import IndexFileError
-
-        raise IndexFileError(f"index file {index} does not exist")
     try:
         from objsearch.web import WebSettings, serve as run_server
     except ImportError as exc:
         raise ObjsearchError(f"the web server needs fastapi and uvicorn (pip install 'objsearch[web]'): {exc}") from None
-    from objsearch.web.app import check_token
-
-    check_token(host, token)  # before the index and the detector load
     settings = WebSettings(max_upload_bytes=int(max_upload_mb * (1 << 20)), max_pixels=max_pixels,
                            allow_private_urls=allow_private_urls, workers=workers, token=token)
     from objsearch.watch import WatchSettings
@@ -1435,22 +659,6 @@ def serve(
     run_server(index, host=host, port=port, backend=backend, base_dir=base_dir, weights=weights, device=device,
                dims=dims, settings=settings, echo=lambda line: typer.echo(line, err=True),
                watch=[] if watch else None, watch_settings=WatchSettings(settle_s=settle))
-
-
-def default_demo_folder() -> Path:
-    """``../shared/data/coco128`` next to the project, else ultralytics' coco128 (downloaded with a network)."""
-    local = SHARED_DATA / "coco128"
-    if local.is_dir():
-        return local
-    from objsearch.errors import EmptyFolderError
-
-    try:
-        from ultralytics.data.utils import check_det_dataset
-
-        data = check_det_dataset("coco128.yaml")
-        return Path(data["path"])
-    except Exception as exc:  # no network, or ultralytics' download failed
-        raise EmptyFolderError(f"no sample folder: {local} is missing and coco128 could not be downloaded ({exc})") from None
 
 
 @app.command()
@@ -1463,27 +671,21 @@ def demo(
 ) -> None:
     """Analyze a sample folder, query bus.jpg (or its first image) and write the result picture."""
     from objsearch.analysis import analyze as run_analyze
-    from objsearch.catalog import Catalog
-    from objsearch.media import list_images
+    from objsearch.demo import demo_folder, demo_query_image, is_finished_index
 
-    folder = folder or default_demo_folder()
+    folder = folder or demo_folder()
     index = out_dir / f"{folder.name}.h5"
-    finished = False
-    if index.exists() and not overwrite:
-        with contextlib.suppress(ObjsearchError), Catalog(index) as existing:
-            finished = existing.state == "ready"
-    if finished:
+    if not overwrite and is_finished_index(index):
         typer.echo(f"using the existing index {index} (--overwrite analyzes again)")
     else:
-        cfg = load_config(None, weights=weights)
-        progress, close = _job_progress("analyze")
+        progress, close = job_progress("analyze")
         try:
-            summary = run_analyze(folder, index, cfg, overwrite=overwrite, progress=progress)
+            summary = run_analyze(folder, index, load_config(None, weights=weights), overwrite=overwrite,
+                                  progress=progress)
         finally:
             close()
         typer.echo(f"analyzed {summary.n_images} images, {summary.n_objects} objects in {summary.seconds:.1f} s -> {index}")
-    bus = SHARED_DATA / "samples" / "bus.jpg"
-    query_image = bus if bus.is_file() else list_images(folder)[0]
+    query_image = demo_query_image(folder)
     picture = out_dir / f"query_{query_image.stem}.jpg"
     query([str(query_image)], index, k=8, same_class=False, include_self=False, dims=None, as_json=False, out=picture,
           weights=weights, base_dir=None, device=None, conf=None, backend="auto")

@@ -7,6 +7,7 @@ tests/test_exit_codes.py); each exception class below carries its code.
 from __future__ import annotations
 
 import enum
+import errno
 
 
 class ExitCode(enum.IntEnum):
@@ -102,3 +103,20 @@ class VectorStoreError(ObjsearchError):
     its collection belongs to another index or dimension."""
 
     exit_code = ExitCode.INDEX_REFUSED
+
+
+# a full disk, a read-only or forbidden folder, a file too large: one line, not a traceback (what was committed stays)
+SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
+STORAGE_ERRNOS = SPACE_ERRNOS | {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def storage_error(exc: OSError, *, resumable: bool = False) -> CannotWriteError | None:
+    """The user error an ``OSError`` of storage stands for (``STORAGE_ERRNOS``: a full disk, a read-only or forbidden
+    place), None for another. ``resumable``: the job journals its work, so it resumes once there is room again
+    (said only for lack of space: a read-only or forbidden place needs another place, not a second try)."""
+    if exc.errno not in STORAGE_ERRNOS:
+        return None
+    where = f" ({exc.filename})" if exc.filename else ""
+    resumes = resumable and exc.errno in SPACE_ERRNOS
+    return CannotWriteError(f"{exc.strerror}{where}"
+                            + ("; an analysis resumes where it stopped when run again" if resumes else ""))

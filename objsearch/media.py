@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +19,10 @@ import cv2
 import numpy as np
 
 from objsearch.errors import ImageReadError, VideoReadError
-from objsearch.types import VIDEO_SUFFIXES, SkippedFile
+from objsearch.types import IMAGE_SUFFIXES, VIDEO_SUFFIXES, SkippedFile
 
 LOGGER = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jfif", ".pbm", ".pgm", ".ppm"}
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: a 30000 x 30000 PNG bomb took 44 s and 5.4 GB per decode
 MAX_THUMBNAIL_BYTES = 4 << 20
 MAX_THUMBNAIL_SIDE = 1024

@@ -321,6 +321,64 @@ def parse_source(spec: str) -> tuple[str, object]:
     return "file", Path(spec)
 
 
+def random_source(engine, seed: int | None = None) -> RandomImageSource:
+    """A ``RandomImageSource`` over the image files of ``engine``'s index (an ``objsearch.engine.Engine``), where they
+    are now (``Engine.media_path``); video frames and items under a root the user did not choose are left out.
+
+    Raises
+    ------
+    SourceError
+        When no indexed image is left to draw from.
+    """
+    from objsearch.roots import UntrustedRootError
+
+    c = engine.catalog
+    paths, ids = [], []
+    for media_id in c.media_id[c.media_frame_index < 0]:  # video frames are not image files
+        try:
+            path = engine.media_path(media_id)
+        except UntrustedRootError:
+            continue
+        if path is not None:
+            paths.append(path)
+            ids.append(int(media_id))
+    return RandomImageSource(paths, seed=seed, media_ids=ids)
+
+
+def open_source(spec: str, *, engine=None, camera_opener: Callable | None = None,
+                screen_grabber: Callable[[], np.ndarray] | None = None) -> FrameSource:
+    """The frame source a spec names (``parse_source``): ``random`` (an image of ``engine``'s index, drawn per
+    read), ``webcam[:N]``, ``screen[:x,y,w,h]``, an image file (an indexed one leaves its own objects out of its
+    results) or a video file; a file whose suffix is not an image's is opened as a video. A new kind of source is
+    added here and in ``parse_source``.
+
+    Parameters
+    ----------
+    engine : the open ``Engine`` (needed by ``random``; tells an indexed image file by its path).
+    camera_opener, screen_grabber : stand-ins for the camera and the screen grab (``WebcamSource``, ``ScreenSource``).
+
+    Raises
+    ------
+    SourceError
+        For a malformed spec, ``random`` without an index or with no image in it, no camera, a video OpenCV cannot
+        open.
+    """
+    from objsearch.inputs import path_kind
+
+    kind, arg = parse_source(spec)
+    if kind == "random":
+        if engine is None:
+            raise SourceError("a random image needs an open index")
+        return random_source(engine)
+    if kind == "webcam":
+        return WebcamSource(arg, opener=camera_opener)
+    if kind == "screen":
+        return ScreenSource(arg, grabber=screen_grabber)
+    if path_kind(arg) == "image":
+        return ImageFileSource(arg, engine.media_id_of(arg) if engine is not None else -1)
+    return VideoFileSource(arg)
+
+
 def open_camera(device: int):
     """``cv2.VideoCapture(device)``; a seam tests replace with a stand-in that yields real video frames."""
     return cv2.VideoCapture(int(device))

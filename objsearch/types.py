@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm"}  # video files analysis reads (``objsearch.media``)
+# the one table of media suffixes (lower case): what analysis indexes, what a query, the app and watch accept
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jfif", ".pbm", ".pgm", ".ppm"}
+VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
+MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
 
 
 # ------------------------------------------------------------------------------------------------ detections

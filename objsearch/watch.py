@@ -28,12 +28,10 @@ from typing import Callable
 
 from objsearch.analysis import JobSummary, sync
 from objsearch.errors import ExitCode, IndexLockedError, ObjsearchError
-from objsearch.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from objsearch.types import MEDIA_SUFFIXES
 from objsearch.roots import Roots, is_under
 
 LOGGER = logging.getLogger(__name__)
-
-MEDIA_SUFFIXES = frozenset(IMAGE_SUFFIXES) | frozenset(VIDEO_SUFFIXES)
 
 
 class WatchError(ObjsearchError):
@@ -254,6 +252,31 @@ class Watcher:
         """One full ``sync`` of the watched folders (what changed while nobody watched; ``watch --once``);
         ``progress`` as for ``sync``."""
         return self._sync(self.folders, progress=progress)
+
+    def watch_until_interrupted(self, *, on_caught_up: Callable[[JobSummary], None] | None = None,
+                                on_job: Callable[[JobSummary], None] | None = None) -> None:
+        """``objsearch watch``: start listening, catch up once (``on_caught_up`` with its summary), then hand changes
+        to jobs (``on_job`` with each summary that added, changed, removed or skipped something) until Ctrl-C, which
+        stops listening and returns.
+
+        Raises
+        ------
+        WatchError, ObjsearchError
+            As ``start`` and ``run``.
+        """
+        def changed(summary: JobSummary) -> None:
+            if on_job is not None and (summary.n_added or summary.n_removed or summary.n_changed or summary.skipped):
+                on_job(summary)
+
+        try:
+            self.start()
+            summary = self.catch_up()
+            if on_caught_up is not None:
+                on_caught_up(summary)
+            self.on_job = changed
+            self.run(threading.Event(), catch_up=False)
+        except KeyboardInterrupt:
+            self.stop()
 
     def _ready(self, change: _Change, now: float) -> bool:
         quiet = now - change.last

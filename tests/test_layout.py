@@ -114,7 +114,5 @@ def test_a_clean_package_passes_and_long_files_are_counted_apart(layout_check, t
     assert layout_check.main([str(package), "--strict-length"]) == 1
 
 
-@pytest.mark.xfail(reason="issue 20: hdf5.py, memory.py, cli.py, gui/window.py and evaluate.py are still being "
-                          "shrunk; drop this mark once they are", strict=False)
 def test_no_file_is_too_long(layout_check):
     assert layout_check.check(ROOT / "objsearch").long_files == []

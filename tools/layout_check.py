@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SHELLS = ("cli", "gui", "web")
+SHELLS = ("cli", "cli_support", "gui", "web")
 """Top-level parts of the package that are shells: arguments and layout over the library."""
 
 MAX_LINES = 800

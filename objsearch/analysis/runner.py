@@ -19,7 +19,7 @@ import numpy as np
 
 from objsearch.analysis.journal import Journal, VideoEnd, record_key
 from objsearch.analysis.pipeline import analyse_in_order, video_sampling
-from objsearch.errors import ExitCode, ImageReadError, ObjsearchError, VideoReadError
+from objsearch.errors import ExitCode, ObjsearchError, VideoReadError
 from objsearch.hygiene import IndexPolicy
 from objsearch.media import VIDEO_SUFFIXES, make_thumbnail, video_info
 from objsearch.types import Detections, MediaRecord, MediaRef, SkippedFile

@@ -135,3 +135,18 @@ def probe_display(timeout: float = 60.0, environ: dict | None = None) -> None:
         raise DisplayError(f"the display {environ.get('DISPLAY', '')} did not answer within {timeout:.0f} s") from None
     if proc.returncode != 0:
         raise DisplayError(explain_qt_failure(proc.stderr, environ))
+
+
+def require_display(environ: dict | None = None) -> None:
+    """Refuse at once, on Linux, when no display is named (``DISPLAY``, ``WAYLAND_DISPLAY`` or ``QT_QPA_PLATFORM``).
+
+    Raises
+    ------
+    DisplayError
+        Saying where the app can run.
+    """
+    environ = os.environ if environ is None else environ
+    if sys.platform.startswith("linux") and not (environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY")
+                                                 or environ.get("QT_QPA_PLATFORM")):
+        raise DisplayError("no display to open a window on (DISPLAY is not set); run it in a desktop session, or "
+                           "under xvfb-run")

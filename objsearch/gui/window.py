@@ -9,119 +9,31 @@ threads (``objsearch.sources.CaptureThread``, ``objsearch.live.LivePipeline``): 
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
-import pyqtgraph as pg
 from PyQt6 import QtCore, QtGui, QtWidgets
 
-from objsearch.config import load_config
 from objsearch.analysis import JobCancelled, analyze
+from objsearch.catalog.snapshot import copy_index
+from objsearch.config import load_config
 from objsearch.engine import Engine
 from objsearch.errors import ObjsearchError
-from objsearch.media import IMAGE_SUFFIXES
-from objsearch.roots import UntrustedRootError
-from objsearch.types import format_timestamp, printable
+from objsearch.gui.layout import SOURCES, build_layout
+from objsearch.gui.rows import TOOLTIP_BACKGROUND, TOOLTIP_STYLE, TOOLTIP_TEXT, Bridge, compose_live
+from objsearch.inputs import path_kind
 from objsearch.live import LivePipeline, LiveResult, QuerySettings
-from objsearch.render import ComposedResult, compose_image_row, compose_rows, draw_boxes
-from objsearch.sources import (CaptureThread, FrameSlot, ImageFileSource, RandomImageSource, ScreenSource, SourceError,
-                               VideoFileSource, VideoFrameSource, WebcamSource, parse_source)
+from objsearch.render import ComposedResult
+from objsearch.roots import UntrustedRootError
+from objsearch.sources import (CaptureThread, FrameSlot, ImageFileSource, RandomImageSource, SourceError,
+                               ScreenSource, VideoFileSource, VideoFrameSource, open_source, parse_source,
+                               random_source)
+from objsearch.summary import summarize
+from objsearch.types import IMAGE_SUFFIXES, VIDEO_SUFFIXES, printable
 
 LOGGER = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
-SOURCES = ("random", "image", "webcam", "video", "screen")
-SOURCE_LABELS = {"random": "Random image", "image": "Image file", "webcam": "Webcam", "video": "Video file",
-                 "screen": "Screen grab"}
-
-
-class Bridge(QtCore.QObject):
-    """Signals that carry results from worker threads to the GUI thread (queued connections)."""
-
-    result = QtCore.pyqtSignal(object)
-    error = QtCore.pyqtSignal(str)
-    source_stopped = QtCore.pyqtSignal(str, bool)  # message, is_error
-    analyze_progress = QtCore.pyqtSignal(int, int, int)
-    analyze_done = QtCore.pyqtSignal(object, object)  # summary or None, error message or None
-    task_done = QtCore.pyqtSignal(object, object)  # callback, error message or None
-
-
-def _qimage(bgr: np.ndarray) -> QtGui.QImage:
-    """A QImage sharing ``bgr`` (H, W, 3) uint8 (keep the array alive while the image is used)."""
-    h, w = bgr.shape[:2]
-    return QtGui.QImage(bgr.data, w, h, bgr.strides[0], QtGui.QImage.Format.Format_BGR888)
-
-
-class ResultsView(QtWidgets.QWidget):
-    """The rows picture: paints it 1:1, shows a tooltip per tile (path, class, distance) and emits
-    ``neighbor_clicked(object_id)`` when a neighbour is clicked."""
-
-    neighbor_clicked = QtCore.pyqtSignal(int)
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self.setMouseTracking(True)
-        self.picture = np.zeros((0, 0, 3), np.uint8)
-        self.tiles = []
-        self.tooltips: dict[tuple[int, int], str] = {}
-        self._image = None
-        self.setMinimumSize(1, 1)
-
-    def set_picture(self, picture: np.ndarray, tiles, tooltips: dict[tuple[int, int], str]) -> None:
-        self.picture = np.ascontiguousarray(picture)
-        self.tiles, self.tooltips = tiles, tooltips
-        self._image = _qimage(self.picture) if self.picture.size else None
-        h, w = self.picture.shape[:2]
-        self.setFixedSize(max(w, 1), max(h, 1))
-        self.update()
-
-    def tile_at(self, x: float, y: float):
-        for tile in self.tiles:
-            if tile.x <= x < tile.x + tile.width and tile.y <= y < tile.y + tile.height:
-                return tile
-        return None
-
-    def paintEvent(self, event) -> None:
-        painter = QtGui.QPainter(self)
-        painter.fillRect(self.rect(), QtGui.QColor(24, 24, 24))
-        if self._image is not None:
-            painter.drawImage(0, 0, self._image)
-        painter.end()
-
-    def mouseMoveEvent(self, event) -> None:
-        pos = event.position()
-        tile = self.tile_at(pos.x(), pos.y())
-        if tile is None:
-            QtWidgets.QToolTip.hideText()
-            self.unsetCursor()
-            return
-        text = self.tooltips.get((tile.row, tile.column), "")
-        self.setCursor(QtCore.Qt.CursorShape.PointingHandCursor if tile.object_id >= 0 else
-                       QtCore.Qt.CursorShape.ArrowCursor)
-        QtWidgets.QToolTip.showText(event.globalPosition().toPoint(), text, self)
-
-    def mousePressEvent(self, event) -> None:
-        if event.button() != QtCore.Qt.MouseButton.LeftButton:
-            return
-        pos = event.position()
-        tile = self.tile_at(pos.x(), pos.y())
-        if tile is not None and tile.object_id >= 0:
-            self.neighbor_clicked.emit(tile.object_id)
-
-
-TOOLTIP_BACKGROUND, TOOLTIP_TEXT = "#202020", "#f0f0f0"
-TOOLTIP_STYLE = (f"QToolTip {{ color: {TOOLTIP_TEXT}; background-color: {TOOLTIP_BACKGROUND}; "
-                 "border: 1px solid #808080; padding: 3px; }")
-
-
-def _slider(lo: int, hi: int, value: int) -> QtWidgets.QSlider:
-    s = QtWidgets.QSlider(QtCore.Qt.Orientation.Horizontal)
-    s.setRange(lo, hi)
-    s.setValue(value)
-    return s
 
 
 class MainWindow(QtWidgets.QMainWindow):
@@ -179,174 +91,13 @@ class MainWindow(QtWidgets.QMainWindow):
         self._header_height = 360
         self._random: RandomImageSource | None = None
         self.message = ""
-        self._build()
+        build_layout(self)
         if index is not None:
             self.open_index(index, base_dir=base_dir)
         else:
             self.show_message("Open an index (Index ▸ Open…) or analyze a folder of images to start.")
 
     # ------------------------------------------------------------------------------------------------ layout
-    def _build(self) -> None:
-        self.header = pg.GraphicsLayoutWidget()
-        self.header.setBackground((24, 24, 24))
-        self.header_view = self.header.addViewBox(lockAspect=True, invertY=True, enableMouse=False)
-        self.header_view.setMenuEnabled(False)
-        self.frame_item = pg.ImageItem(axisOrder="row-major")
-        self.header_view.addItem(self.frame_item)
-        self.header.setFixedHeight(360)
-
-        self.rows = ResultsView()
-        self.rows.neighbor_clicked.connect(self._neighbor_clicked)
-        scroll = QtWidgets.QScrollArea()
-        scroll.setWidget(self.rows)
-        scroll.setWidgetResizable(False)
-        scroll.setStyleSheet("background: rgb(24, 24, 24)")
-        self.rows_scroll = scroll
-
-        central = QtWidgets.QWidget()
-        layout = QtWidgets.QVBoxLayout(central)
-        layout.setContentsMargins(2, 2, 2, 2)
-        layout.addWidget(self.header)
-        layout.addWidget(scroll, 1)
-        self.setCentralWidget(central)
-
-        panel = QtWidgets.QWidget()
-        form = QtWidgets.QVBoxLayout(panel)
-
-        # sources
-        box = QtWidgets.QGroupBox("Query source")
-        grid = QtWidgets.QGridLayout(box)
-        self.source_buttons = QtWidgets.QButtonGroup(self)
-        for i, kind in enumerate(SOURCES):
-            b = QtWidgets.QRadioButton(SOURCE_LABELS[kind])
-            b.setObjectName(f"source_{kind}")
-            self.source_buttons.addButton(b, i)
-            grid.addWidget(b, i, 0)
-        self.source_buttons.button(0).setChecked(True)
-        self.source_buttons.idClicked.connect(lambda i: self.select_source(SOURCES[i]))
-        self.next_button = QtWidgets.QPushButton("Next")
-        self.next_button.setToolTip("Another random image of the index (R)")
-        self.next_button.clicked.connect(self.query_random)
-        QtGui.QShortcut(QtGui.QKeySequence("R"), self, activated=self.query_random)
-        grid.addWidget(self.next_button, 0, 1)
-        open_image = QtWidgets.QPushButton("Open…")
-        open_image.setToolTip("Query an image file (or drop one on the window)")
-        open_image.clicked.connect(self._choose_image)
-        grid.addWidget(open_image, 1, 1)
-        self.camera_spin = QtWidgets.QSpinBox()
-        self.camera_spin.setRange(0, 15)
-        self.camera_spin.setPrefix("device ")
-        grid.addWidget(self.camera_spin, 2, 1)
-        open_video = QtWidgets.QPushButton("Open…")
-        open_video.clicked.connect(self._choose_video)
-        grid.addWidget(open_video, 3, 1)
-        self.region_edit = QtWidgets.QLineEdit()
-        self.region_edit.setPlaceholderText("whole screen, or x,y,w,h")
-        self.region_edit.setToolTip("Screen region to grab: left,top,width,height in pixels; empty for the first monitor")
-        self.region_edit.editingFinished.connect(lambda: self.source_kind == "screen" and self.start_screen())
-        grid.addWidget(self.region_edit, 4, 1)
-        self.play_button = QtWidgets.QPushButton("Pause")
-        self.play_button.setCheckable(True)
-        self.play_button.toggled.connect(self._toggle_pause)
-        self.seek_slider = _slider(0, 0, 0)
-        self.seek_slider.sliderMoved.connect(self._seek)
-        self.position_label = QtWidgets.QLabel("")
-        grid.addWidget(self.play_button, 5, 0)
-        grid.addWidget(self.position_label, 5, 1)
-        grid.addWidget(self.seek_slider, 6, 0, 1, 2)
-        form.addWidget(box)
-
-        # search
-        box = QtWidgets.QGroupBox("Search")
-        f = QtWidgets.QFormLayout(box)
-        self.results_slider = _slider(1, 100, self.settings.k)
-        self.results_slider.valueChanged.connect(self._set_k)
-        self.results_label = QtWidgets.QLabel(str(self.settings.k))
-        f.addRow("Results", self._with_label(self.results_slider, self.results_label))
-        self.conf_slider = _slider(1, 95, 25)
-        self.conf_slider.valueChanged.connect(self._set_conf)
-        self.conf_label = QtWidgets.QLabel("0.25")
-        f.addRow("Confidence", self._with_label(self.conf_slider, self.conf_label))
-        self.mode_combo = QtWidgets.QComboBox()
-        self.mode_combo.addItems(["objects", "whole image"])
-        self.mode_combo.currentTextChanged.connect(self._set_mode)
-        f.addRow("Search", self.mode_combo)
-        self.same_class_box = QtWidgets.QCheckBox("same class only")
-        self.same_class_box.toggled.connect(self._set_same_class)
-        f.addRow("", self.same_class_box)
-        self.dims_combo = QtWidgets.QComboBox()
-        self.dims_combo.currentTextChanged.connect(self._set_dims)
-        f.addRow("Dimensions", self.dims_combo)
-        form.addWidget(box)
-
-        # display
-        box = QtWidgets.QGroupBox("Display")
-        f = QtWidgets.QFormLayout(box)
-        self.header_slider = _slider(120, 1080, 360)
-        self.header_slider.valueChanged.connect(self._set_header_height)
-        self.header_label = QtWidgets.QLabel(f"{self.header_slider.value()} px")
-        self.header_slider.valueChanged.connect(lambda v: self.header_label.setText(f"{v} px"))
-        f.addRow("Header height", self._with_label(self.header_slider, self.header_label))
-        self.thumb_slider = _slider(32, 256, self.thumb_height)
-        self.thumb_slider.valueChanged.connect(self._set_thumb_height)
-        self.thumb_label = QtWidgets.QLabel(f"{self.thumb_height} px")
-        self.thumb_slider.valueChanged.connect(lambda v: self.thumb_label.setText(f"{v} px"))
-        f.addRow("Thumb height", self._with_label(self.thumb_slider, self.thumb_label))
-        form.addWidget(box)
-
-        # index
-        box = QtWidgets.QGroupBox("Index")
-        v = QtWidgets.QVBoxLayout(box)
-        self.index_label = QtWidgets.QLabel("no index")
-        self.index_label.setWordWrap(True)
-        v.addWidget(self.index_label)
-        row = QtWidgets.QHBoxLayout()
-        for text, slot in (("Open…", self._choose_index), ("Save as…", self._choose_save),
-                           ("Image folder…", self._choose_base_dir)):
-            b = QtWidgets.QPushButton(text)
-            b.clicked.connect(slot)
-            row.addWidget(b)
-        v.addLayout(row)
-        self.analyze_button = QtWidgets.QPushButton("Analyze folder…")
-        self.analyze_button.clicked.connect(self._choose_analyze)
-        v.addWidget(self.analyze_button)
-        self.progress = QtWidgets.QProgressBar()
-        self.progress.setVisible(False)
-        self.cancel_button = QtWidgets.QPushButton("Cancel analysis")
-        self.cancel_button.setVisible(False)
-        self.cancel_button.clicked.connect(self.cancel_analysis)
-        v.addWidget(self.progress)
-        v.addWidget(self.cancel_button)
-        form.addWidget(box)
-
-        self.message_label = QtWidgets.QLabel("")
-        self.message_label.setWordWrap(True)
-        self.message_label.setTextInteractionFlags(QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
-        form.addWidget(self.message_label)
-        form.addStretch(1)
-
-        dock = QtWidgets.QDockWidget("Controls", self)
-        dock.setFeatures(QtWidgets.QDockWidget.DockWidgetFeature.DockWidgetMovable)
-        scroll_panel = QtWidgets.QScrollArea()
-        scroll_panel.setWidget(panel)
-        scroll_panel.setWidgetResizable(True)
-        scroll_panel.setMinimumWidth(300)
-        dock.setWidget(scroll_panel)
-        self.addDockWidget(QtCore.Qt.DockWidgetArea.LeftDockWidgetArea, dock)
-        self.stage_label = QtWidgets.QLabel("")
-        self.statusBar().addPermanentWidget(self.stage_label)
-        self._update_source_controls()
-
-    @staticmethod
-    def _with_label(slider, label) -> QtWidgets.QWidget:
-        w = QtWidgets.QWidget()
-        h = QtWidgets.QHBoxLayout(w)
-        h.setContentsMargins(0, 0, 0, 0)
-        label.setMinimumWidth(32)
-        h.addWidget(slider, 1)
-        h.addWidget(label)
-        return w
-
     # ----------------------------------------------------------------------------------------------- messages
     def show_message(self, text: str, error: bool = False) -> None:
         """Show ``text`` in the controls panel and the status bar (red when ``error``); never a modal dialog."""
@@ -408,8 +159,7 @@ class MainWindow(QtWidgets.QMainWindow):
         if s is None:
             self.index_label.setText("no index")
             return
-        self.index_label.setText(f"{s.catalog.path.name}: {len(s.catalog.object_id):,} objects in "
-                                 f"{len(s.catalog.media_id):,} images\nimages under {s.base_dir}")
+        self.index_label.setText(f"{summarize(s.catalog).headline()}\nimages under {s.base_dir}")
         self.index_label.setToolTip(str(s.catalog.path))
 
     def _check_images(self) -> bool:
@@ -449,9 +199,7 @@ class MainWindow(QtWidgets.QMainWindow):
             return
 
         def work():
-            tmp = dst.with_name(dst.name + ".part")
-            shutil.copyfile(src, tmp)
-            tmp.replace(dst)
+            copy_index(src, dst)
 
         self._background(work, lambda err: self.show_message(
             f"cannot save {dst}: {err}" if err else f"saved {dst}", error=bool(err)))
@@ -603,22 +351,11 @@ class MainWindow(QtWidgets.QMainWindow):
             return False
         if self._random is None:  # one list of paths per index and image folder, not per click
             try:
-                c = self.searcher.catalog
-                images = c.media_id[c.media_frame_index < 0]  # video frames are not image files
-                paths = [self._readable_path(m) for m in images]
-                ids = [int(m) for m, p in zip(images, paths) if p is not None]
-                self._random = RandomImageSource([p for p in paths if p is not None], media_ids=ids)
+                self._random = random_source(self.searcher)
             except SourceError as exc:
                 self.show_message(str(exc), error=True)
                 return False
         return self._submit_still(self._random)
-
-    def _readable_path(self, media_id: int) -> Path | None:
-        """``Engine.media_path``, None for an item under a root the user did not choose."""
-        try:
-            return self.searcher.media_path(media_id)
-        except UntrustedRootError:
-            return None
 
     def query_image(self, path: str | Path, image_id: int | None = None) -> bool:
         """Query an image file (an indexed image leaves its own objects out of the results)."""
@@ -665,7 +402,8 @@ class MainWindow(QtWidgets.QMainWindow):
     def start_webcam(self, device: int = 0) -> bool:
         """Search a camera's frames continuously."""
         self.camera_spin.setValue(int(device))
-        return self._start_continuous("webcam", lambda: WebcamSource(device, opener=self.camera_opener))
+        return self._start_continuous("webcam", lambda: open_source(f"webcam:{int(device)}",
+                                                                      camera_opener=self.camera_opener))
 
     def start_video(self, path: str | Path, realtime: bool = True, start: int = 0) -> bool:
         """Play a video file from frame ``start`` and search its frames (at the file's frame rate;
@@ -684,14 +422,12 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def start_screen(self, region: tuple[int, int, int, int] | None = None) -> bool:
         """Grab a screen region continuously; None: the region typed in the controls (empty: the first monitor)."""
-        if region is None:
-            text = self.region_edit.text().strip()
-            if text:
-                try:
-                    region = tuple(int(v) for v in text.replace(" ", "").split(","))
-                except ValueError:
-                    self.show_message(f"screen region must be x,y,width,height in pixels, got {text!r}", error=True)
-                    return False
+        if region is None:  # the typed region is a spec's argument: a malformed one is a message, the source goes on
+            try:
+                region = parse_source(f"screen:{self.region_edit.text().strip()}")[1]
+            except SourceError as exc:
+                self.show_message(str(exc), error=True)
+                return False
         else:
             self.region_edit.setText(",".join(str(v) for v in region))
         return self._start_continuous("screen", lambda: ScreenSource(region, grabber=self.screen_grabber))
@@ -798,32 +534,8 @@ class MainWindow(QtWidgets.QMainWindow):
 
     # ------------------------------------------------------------------------------------------------ display
     def _compose(self, result: LiveResult) -> ComposedResult:
-        """Runs in the pipeline thread: the boxed frame (RGB) and the rows picture with its tiles and tooltips."""
-        image = result.frame.image
-        found = result.result
-        if result.image_mode:
-            picture, tiles = compose_image_row(image, found, result.thumbnails, thumb_height=self.thumb_height)
-            tips = {(0, -1): f"query: the whole of {printable(result.frame.name)}"}
-            for c, nb in enumerate(found.neighbors):
-                tips[(0, c)] = f"{nb.media.display_name()}\ndistance {nb.distance:.3f}\nclick: search this image"
-            return ComposedResult(np.ascontiguousarray(image[..., ::-1]), picture, tiles, tips)
-        dets = found.detections
-        shrink = max(1.0, image.shape[0] / max(self._header_height, 1))  # labels stay readable once scaled down
-        boxed = draw_boxes(image.copy(), found, 1.0, max(2, int(round(1.5 * shrink))), 0.45 * shrink)[..., ::-1]
-        picture, tiles = compose_rows(image, found, result.thumbnails, thumb_height=self.thumb_height)
-        tips = {}
-        for r in range(len(dets)):
-            x1, y1, x2, y2 = (float(v) for v in dets.xyxy[r])
-            note = f"\n{found.notes[r]}" if r < len(found.notes) and found.notes[r] else ""
-            tips[(r, -1)] = (f"query object: {found.label(dets.class_id[r])} {dets.confidence[r]:.2f}, box "
-                             f"{x1:.0f},{y1:.0f},{x2:.0f},{y2:.0f} in {printable(result.frame.name)}{note}")
-            for c, nb in enumerate(found.neighbors[r]):
-                moment = (f"\nmoment {format_timestamp(nb.moment.start_s)}-{format_timestamp(nb.moment.end_s)}, "
-                          f"{nb.moment.frames} frames" if nb.moment is not None and nb.moment.frames > 1 else "")
-                tips[(r, c)] = (f"{nb.media.display_name()}\n{found.label(nb.class_id)} {nb.confidence:.2f}, "
-                                f"distance {nb.distance:.3f} (object {nb.object_id}){moment}\nclick: search this "
-                                f"{'frame' if nb.media.is_video_frame else 'image'}")
-        return ComposedResult(np.ascontiguousarray(boxed), picture, tiles, tips)
+        """Runs in the pipeline thread (``objsearch.gui.rows.compose_live``)."""
+        return compose_live(result, thumb_height=self.thumb_height, header_height=self._header_height)
 
     def _paint_rows(self, result: LiveResult) -> None:
         composed = result.extra
@@ -911,12 +623,12 @@ class MainWindow(QtWidgets.QMainWindow):
     def open_path(self, path: str | Path) -> None:
         """What dropping a file does: an index opens, a video plays, an image is queried."""
         path = Path(path)
-        suffix = path.suffix.lower()
-        if suffix in (".h5", ".hdf5"):
+        kind = path_kind(path)
+        if kind == "index":
             self.open_index(path)
-        elif suffix in VIDEO_SUFFIXES:
+        elif kind == "video":
             self.start_video(path)
-        elif suffix in IMAGE_SUFFIXES:
+        elif kind == "image":
             self.query_image(path)
         else:
             self.show_message(f"{path.name}: not an image, a video or an index file", error=True)

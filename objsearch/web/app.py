@@ -13,7 +13,7 @@ Routes
 ``POST /api/fetch``              JSON ``{"url": ...}`` -> the image at a URL, checked and encoded again as JPEG (the
                                  page shows and crops it, then searches it as an upload)
 ``GET /api/examples``, ``GET /api/random``   indexed images to start from
-``GET /api/info``                what ``objsearch info`` prints, as JSON
+``GET /api/info``                what ``objsearch info`` prints, as JSON (``objsearch.summary``)
 
 Safety: bodies over ``max_upload_bytes`` get 413 (from ``Content-Length`` before reading, and while reading); images
 over ``max_pixels`` are refused from their header; URLs go through ``objsearch.fetch``; no request names a file:
@@ -54,6 +54,7 @@ from objsearch.errors import ImageReadError, IndexFileError, ObjsearchError
 from objsearch.media import DEFAULT_MAX_PIXELS, decode_image, make_thumbnail, read_media
 from objsearch.moments import DEFAULT_GROUP_S
 from objsearch.roots import UntrustedRootError
+from objsearch.summary import summarize
 from objsearch.types import MediaRef, printable
 from objsearch.fetch import DEFAULT_TIMEOUT_S, UrlFetchError, fetch_image_url
 
@@ -118,36 +119,6 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": _one_line(message)}, status_code=status, headers=SECURITY_HEADERS)
-
-
-def index_info(catalog, path: Path) -> dict:
-    """The fields ``objsearch info`` prints, as a JSON-ready dict."""
-    counts = np.bincount(catalog.class_id, minlength=len(catalog.class_names))
-    cfg = catalog.attrs.get("config", {})
-    try:
-        size = int(Path(path).stat().st_size)
-    except OSError:
-        size = None
-    return {
-        "index": printable(str(path)),
-        "format": catalog.attrs.get("format"),
-        "format_version": int(catalog.format_version),
-        "created": catalog.attrs.get("created"),
-        "generation": int(catalog.generation),
-        "state": catalog.state,
-        "images": int(len(catalog.media_id)),
-        "skipped": int(len(catalog.skipped)),
-        "base_dir": printable(str(catalog.base_dir)),
-        "objects": int(len(catalog.object_id)),
-        "classes": {catalog.class_names[c]: int(counts[c]) for c in np.argsort(-counts, kind="stable") if counts[c]},
-        "feature_recipe": catalog.attrs.get("feature_recipe"),
-        "projection": cfg.get("projection"),
-        "seed": cfg.get("seed"),
-        "dims": [int(d) for d in catalog.dims],
-        "model": catalog.attrs.get("weights_name"),
-        "weights_sha256": catalog.weights_sha256,
-        "size_bytes": size,
-    }
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -337,7 +308,7 @@ def create_app(engine, settings: WebSettings | None = None, *, watch_stats=None)
     @app.get("/api/info")
     async def info():
         await cpu(follow_index)
-        data = index_info(engine.catalog, engine.catalog.path)
+        data = summarize(engine.catalog).to_dict()
         data.update(roots=[{"path": printable(str(folder)), "readable": bool(ok)}
                            for folder, ok in zip(engine.roots.folders, engine.roots.trusted)])
         data.update(backend=engine.method, search_dims=int(engine.dims), conf=engine.conf, modes=modes_of(engine),
@@ -527,7 +498,7 @@ def serve(index, *, host: str = "127.0.0.1", port: int = 7860, backend: str = "a
     Raises
     ------
     IndexFileError, WeightsMismatchError, WeightsNotFoundError, ConfigError
-        From opening the index (see ``objsearch.engine.Engine``).
+        When ``index`` is not a file, or from opening it (see ``objsearch.engine.Engine``).
     ObjsearchError
         When the address cannot be bound, or ``host`` is beyond loopback and ``settings.token`` is not set
         (``check_token``).
@@ -539,7 +510,9 @@ def serve(index, *, host: str = "127.0.0.1", port: int = 7860, backend: str = "a
     from objsearch.engine import Engine
 
     settings = settings or WebSettings()
-    check_token(host, settings.token)
+    if not Path(index).is_file():
+        raise IndexFileError(f"index file {index} does not exist")
+    check_token(host, settings.token)  # before the index and the detector load
     # fail on a taken port before the detector loads (seconds)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
