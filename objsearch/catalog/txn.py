@@ -214,6 +214,17 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def apply_undo(fd: int, parsed: tuple[int, list[tuple[int, bytes]]]) -> None:
+    """Put back what an undo file saved (``read_undo``: the original size in bytes and the (offset, bytes) ranges)
+    into the file open as ``fd`` (its exclusive lock held), truncate it to that size and fsync it. Later records never
+    overlap earlier ones (each byte is saved once), so the order does not matter. Raises OSError from the writes."""
+    size, ranges = parsed
+    for offset, payload in ranges:
+        os.pwrite(fd, payload, offset)
+    os.ftruncate(fd, size)
+    os.fsync(fd)
+
+
 def read_undo(path: Path) -> tuple[int, list[tuple[int, bytes]]] | None:
     """The original size and the saved ranges of an undo file; None when even its header is torn (the transaction
     had not written anything yet)."""
@@ -249,13 +260,8 @@ def rollback(path: Path) -> bool:
         lock = FileLock(path, exclusive=True, fd=fd)
         try:
             if parsed is not None:
-                size, ranges = parsed
-                # later records never overlap earlier ones (each byte is saved once), so the order does not matter
-                for offset, payload in ranges:
-                    os.pwrite(fd, payload, offset)
-                os.ftruncate(fd, size)
-                os.fsync(fd)
-                LOGGER.warning("rolled back an unfinished transaction of %s (%d saved ranges)", path, len(ranges))
+                apply_undo(fd, parsed)
+                LOGGER.warning("rolled back an unfinished transaction of %s (%d saved ranges)", path, len(parsed[1]))
             os.unlink(upath)
             fsync_dir(upath.parent)
         finally:

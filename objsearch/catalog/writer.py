@@ -551,11 +551,7 @@ class CatalogWriter(CatalogView):
         """Roll back the failed transaction in place (the exclusive lock on ``fd`` is held)."""
         parsed = txn.read_undo(undo.path)
         if parsed is not None:
-            size, ranges = parsed
-            for offset, payload in ranges:
-                os.pwrite(fd, payload, offset)
-            os.ftruncate(fd, size)
-            os.fsync(fd)
+            txn.apply_undo(fd, parsed)
         os.unlink(undo.path)
 
     def _apply(self, jfile: txn.JournaledFile) -> tuple[dict, Tables]:
